@@ -1,0 +1,190 @@
+"""The pipeline's own tables, all prefixed `reinstatement_`, beside the platform's.
+
+They hold everything the pipeline knows about an incident, so that any step can be
+rerun or resumed from what the previous step left:
+
+- an incident and its normalised parameters (the idempotency key),
+- the faulty rule versions it names with their corrected versions,
+- the operator's list of account ids, when one was given,
+- one case per candidate account: its state, outcome, and why,
+- the outbox: one notice per reinstated account, with its delivery state,
+- an append-only audit trail of every state change,
+- one row per run, with its timings.
+
+Schema changes go through the Alembic migrations in `reinstatement/migrations`;
+`tests/test_migrations.py` fails if these models and the migrations drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from reinstatement.db import UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Our own surrogate keys: BIGINT on PostgreSQL, the auto-numbered rowid on SQLite.
+PipelineId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(none_as_null=True)}
+
+
+class Incident(Base):
+    """An incident declared by an operator under a key of their choosing."""
+
+    __tablename__ = "reinstatement_incidents"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    # The normalised parameters the key was registered with; a later run under the
+    # same key with other parameters is refused by comparing against these.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    params_digest: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24), server_default=text("'registered'"))
+    approval: Mapped[str | None] = mapped_column(String(16))
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    approval_note: Mapped[str | None] = mapped_column(Text)
+    approval_decided_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class IncidentVersion(Base):
+    """A faulty rule version named by an incident, with the version that corrects it."""
+
+    __tablename__ = "reinstatement_incident_versions"
+
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    faulty_rule_version_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    faulty_name: Mapped[str] = mapped_column(String(120))
+    corrected_rule_version_id: Mapped[int | None] = mapped_column(BigInteger)
+    corrected_name: Mapped[str | None] = mapped_column(String(120))
+
+
+class IncidentAccount(Base):
+    """An account id the operator listed for an incident (`--accounts-file`)."""
+
+    __tablename__ = "reinstatement_incident_accounts"
+
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class Case(Base):
+    """One candidate account of one incident, and how far the pipeline has taken it."""
+
+    __tablename__ = "reinstatement_cases"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "account_id"),
+        Index("ix_reinstatement_cases_incident_state", "incident_id", "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
+    # No foreign key to accounts: an operator may list ids that do not exist
+    # (they come out 'skipped'), and the platform's tables are not ours to reference.
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reasons: Mapped[dict[str, Any] | None]
+    faulty_ban_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True))
+    standing_ban_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True))
+    unban_action_id: Mapped[int | None] = mapped_column(BigInteger)
+    pins_restored: Mapped[int | None] = mapped_column(Integer)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[datetime | None]
+    reviewed_by: Mapped[str | None] = mapped_column(String(100))
+    review_note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Notice(Base):
+    """The outbox: one notice per reinstated account, written with the restore."""
+
+    __tablename__ = "reinstatement_notices"
+    __table_args__ = (Index("ix_reinstatement_notices_state_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_cases.id"), unique=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    # Deterministic from the incident key and the account, so a resend after a crash
+    # carries the same Message-ID and the recipient's mail system can drop the copy.
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    locale: Mapped[str] = mapped_column(String(35))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None]
+    last_error_code: Mapped[int | None] = mapped_column(Integer)
+    last_error_text: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """One state change of a case or an incident. Append-only (a trigger refuses edits)."""
+
+    __tablename__ = "reinstatement_audit"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_incidents.id"), index=True
+    )
+    case_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    from_state: Mapped[str | None] = mapped_column(String(24))
+    to_state: Mapped[str] = mapped_column(String(24))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
+
+
+class Run(Base):
+    """One run of an incident (real or dry), with its timings per step."""
+
+    __tablename__ = "reinstatement_runs"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_incidents.id"), index=True
+    )
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    step_seconds: Mapped[dict[str, Any] | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+pipeline_metadata = Base.metadata

@@ -1,0 +1,50 @@
+"""Creating the platform tables (local runs only) and migrating the pipeline's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from reinstatement.platform_schema import create_platform_tables
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "reinstatement_alembic_version"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations folder has no revisions"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def create_platform(engine: Engine) -> list[str]:
+    """Create the platform tables that are missing (idempotent); returns what was created."""
+    with engine.begin() as conn:
+        return create_platform_tables(conn)
+
+
+def upgrade_pipeline(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Apply the pipeline's migrations up to `revision`; returns (before, after)."""
+    before = current_revision(engine)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+    return before, current_revision(engine) or ""

@@ -1,0 +1,134 @@
+"""The pipeline's settings: one class, read from `REINSTATE_*` environment variables.
+
+A bad value is refused at start-up with a message naming the variable, so an operator
+never finds out halfway through an incident that the mail server's port was a typo.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class EmailBackendName(StrEnum):
+    FILE = "file"
+    CONSOLE = "console"
+    SMTP = "smtp"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each variable and what is wrong."""
+
+
+DEFAULT_DATABASE_URL = "sqlite:///reinstatement.db"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URL forms operators paste and pin PostgreSQL to the psycopg 3 driver."""
+    url = url.strip()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ValueError(f"unsupported database {backend!r}: use postgresql:// or sqlite:///")
+    if backend == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise ValueError(
+            f"PostgreSQL driver {parsed.get_driver_name()!r} is not supported: use psycopg 3 "
+            "(postgresql:// or postgresql+psycopg://)"
+        )
+    return url
+
+
+class Settings(BaseSettings):
+    """Everything the pipeline reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REINSTATE_",
+        env_file=None,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of the platform database; postgresql:// uses psycopg 3.",
+    )
+    email_backend: EmailBackendName = Field(
+        EmailBackendName.FILE, description="Where notices go: file, console or smtp."
+    )
+    email_dir: Path = Field(
+        Path("outbox"), description="Folder for the file backend: one .eml per notice."
+    )
+    email_from: str = Field(
+        "Trust & Safety <trust-and-safety@example.com>",
+        description="The From header of every notice.",
+    )
+    smtp_host: str = Field("localhost", description="SMTP server host.")
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        25, description="SMTP server port."
+    )
+    smtp_username: str | None = Field(None, description="SMTP user, if the server needs one.")
+    smtp_password: SecretStr | None = Field(
+        None, description="SMTP password: a secret, never printed."
+    )
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_ssl: bool = Field(False, description="Connect with implicit TLS (port 465 style).")
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0, description="Connect and send timeout."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        2000, description="Default number of cases per batch task."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("email_from")
+    @classmethod
+    def _single_line_sender(cls, value: str) -> str:
+        if "\r" in value or "\n" in value or not value.strip():
+            raise ValueError("must be one non-empty line")
+        return value.strip()
+
+    @field_validator("smtp_ssl")
+    @classmethod
+    def _not_both_tls_modes(cls, value: bool, info: object) -> bool:
+        data = getattr(info, "data", {})
+        if value and data.get("smtp_starttls"):
+            raise ValueError("choose REINSTATE_SMTP_STARTTLS or REINSTATE_SMTP_SSL, not both")
+        return value
+
+    @property
+    def is_postgresql(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "postgresql"
+
+    def redacted_database_url(self) -> str:
+        """The database URL with any password hidden, for messages and logs."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "REINSTATE_" + "_".join(str(p) for p in error["loc"]).upper()
+            # Never echo the rejected value: it may be a password.
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("bad settings: " + "; ".join(problems)) from None

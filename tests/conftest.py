@@ -1,0 +1,188 @@
+"""Shared fixtures: a fresh database per test, on SQLite and on PostgreSQL.
+
+Every database test runs twice, once per backend. A session-wide template database
+holds the platform tables and the pipeline's migrated tables; each test gets its own
+copy (CREATE DATABASE ... TEMPLATE on PostgreSQL, a file copy on SQLite), so tests never
+see each other's rows.
+
+PostgreSQL is expected at 127.0.0.1:5432 (override with REINSTATE_TEST_PG_URL). Where it
+cannot be reached the PostgreSQL half is skipped, except under CI=true, where that is a
+failure: a green CI must mean both databases were tested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from reinstatement.db import make_engine
+from reinstatement.schema_admin import create_platform, upgrade_pipeline
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = PROJECT_ROOT.parent / "shared" / "PLATFORM.md"
+PG_ADMIN_URL = os.environ.get(
+    "REINSTATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _pg_conninfo(url: str, database: str | None = None) -> str:
+    parsed = make_url(url)
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _pg_admin() -> psycopg.Connection:
+    return psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=5)
+
+
+def _pg_url(database: str) -> str:
+    return make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
+
+
+_pg_problem: str | None = None
+_pg_checked = False
+
+
+def pg_unavailable_reason() -> str | None:
+    global _pg_checked, _pg_problem
+    if not _pg_checked:
+        _pg_checked = True
+        try:
+            with _pg_admin() as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            _pg_problem = f"PostgreSQL unreachable at {make_url(PG_ADMIN_URL).host}: {exc}"
+    return _pg_problem
+
+
+def require_backend(backend: str) -> None:
+    if backend != "postgresql":
+        return
+    problem = pg_unavailable_reason()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{problem} (CI=true: the PostgreSQL half of the suite must run)")
+    pytest.skip(problem)
+
+
+class _Templates:
+    """One migrated template database per backend, made on first use in the session."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.sqlite_template: Path | None = None
+        self.pg_template: str | None = None
+        self.pg_databases: list[str] = []
+
+    def _prepare(self, url: str) -> None:
+        engine = make_engine(url)
+        try:
+            create_platform(engine)
+            upgrade_pipeline(engine)
+        finally:
+            engine.dispose()
+
+    def new_database(self, backend: str) -> str:
+        if backend == "sqlite":
+            if self.sqlite_template is None:
+                self.sqlite_template = self.workdir / "template.db"
+                self._prepare(f"sqlite:///{self.sqlite_template}")
+            target = self.workdir / f"test-{uuid.uuid4().hex[:12]}.db"
+            shutil.copyfile(self.sqlite_template, target)
+            return f"sqlite:///{target}"
+        if self.pg_template is None:
+            name = f"reinstate_tmpl_{uuid.uuid4().hex[:10]}"
+            with _pg_admin() as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            self._prepare(_pg_url(name))
+            self.pg_template = name
+            self.pg_databases.append(name)
+        name = f"reinstate_t_{uuid.uuid4().hex[:12]}"
+        with _pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
+        self.pg_databases.append(name)
+        return _pg_url(name)
+
+    def empty_database(self, backend: str) -> str:
+        """A database with no tables at all (for schema and migration tests)."""
+        if backend == "sqlite":
+            return f"sqlite:///{self.workdir / f'empty-{uuid.uuid4().hex[:12]}.db'}"
+        name = f"reinstate_e_{uuid.uuid4().hex[:12]}"
+        with _pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.pg_databases.append(name)
+        return _pg_url(name)
+
+    def drop(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql" or parsed.database is None:
+            return
+        with _pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        if parsed.database in self.pg_databases:
+            self.pg_databases.remove(parsed.database)
+
+    def drop_all(self) -> None:
+        if not self.pg_databases or pg_unavailable_reason() is not None:
+            return
+        with _pg_admin() as conn:
+            for name in self.pg_databases:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.pg_databases.clear()
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
+    holder = _Templates(tmp_path_factory.mktemp("databases"))
+    yield holder
+    holder.drop_all()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    require_backend(request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, templates: _Templates) -> Iterator[str]:
+    """A fresh database with the platform tables and the pipeline's tables, empty."""
+    url = templates.new_database(backend)
+    yield url
+    templates.drop(url)
+
+
+@pytest.fixture
+def empty_db_url(backend: str, templates: _Templates) -> Iterator[str]:
+    """A fresh database without any table."""
+    url = templates.empty_database(backend)
+    yield url
+    templates.drop(url)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for running `reinstate` against the test's database."""
+    monkeypatch.setenv("REINSTATE_DATABASE_URL", db_url)
+    monkeypatch.setenv("REINSTATE_EMAIL_DIR", str(tmp_path / "outbox"))
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "file")
+    monkeypatch.chdir(tmp_path)
+    return {"REINSTATE_DATABASE_URL": db_url, "REINSTATE_EMAIL_DIR": str(tmp_path / "outbox")}
