@@ -6,7 +6,10 @@ changed), 1 on failure.
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime
+from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -125,6 +128,197 @@ def seed(
     )
     typer.echo("expected outcomes for the seeded incident: " + ", ".join(
         f"{name} {count:,}" for name, count in sorted(summary.expected_outcomes.items())))
+
+
+def _require_pipeline_schema(engine: Engine) -> None:
+    from reinstatement.schema_admin import current_revision, head_revision
+
+    if current_revision(engine) != head_revision():
+        raise BadInput("the pipeline's tables are missing or out of date: run "
+                       "`reinstate db upgrade` first")
+
+
+def _parse_moment(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise BadInput(f"{option}: {value!r} is not an ISO 8601 timestamp") from None
+    if moment.tzinfo is None:
+        raise BadInput(f"{option}: {value!r} has no time zone: add Z or an offset such as "
+                       "+00:00")
+    return moment
+
+
+@app.command()
+@handles_errors
+def run(
+    key: str = typer.Argument(..., help="The incident key, e.g. INC-2025-04-spam."),
+    faulty: list[str] = typer.Option(
+        ..., "--faulty", help="NAME@V, or NAME@V=NAME@W to name the corrected version."
+    ),
+    since: str | None = typer.Option(None, help="Bans created at or after (ISO 8601)."),
+    until: str | None = typer.Option(None, help="Bans created before (ISO 8601)."),
+    accounts_file: Path | None = typer.Option(
+        None, help="Only these account ids: one per line, # comments allowed."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Preview outcomes; change nothing."),
+    no_notify: bool = typer.Option(False, "--no-notify", help="Restore without emailing."),
+    batch_size: int | None = typer.Option(None, help="Cases per batch task."),
+    require_approval: bool = typer.Option(
+        False, "--require-approval", help="Pause for approval in the Prefect UI."
+    ),
+) -> None:
+    """Run (or resume) the reinstatement of one incident."""
+    from reinstatement.incidents import build_request, check_request, read_account_ids
+
+    settings = _settings()
+    request = build_request(
+        incident_key=key,
+        faulty_versions=faulty,
+        since=_parse_moment(since, "--since"),
+        until=_parse_moment(until, "--until"),
+        account_ids=None if accounts_file is None else read_account_ids(accounts_file),
+        dry_run=dry_run,
+        notify=not no_notify,
+        batch_size=settings.batch_size if batch_size is None else batch_size,
+        require_approval=require_approval,
+    )
+    engine = _engine(settings)
+    _require_pipeline_schema(engine)
+    with engine.connect() as conn:
+        check_request(conn, request)
+    report = _run_flow(engine, request)
+    _print_report(report)
+
+
+def _run_flow(engine: Engine, request: Any) -> dict[str, Any]:
+    from flows.reinstate_incident import reinstate_incident
+    from reinstatement.progress import ProgressWatcher
+
+    with ProgressWatcher(engine, request.incident_key):
+        result: dict[str, Any] = reinstate_incident(request)
+    return result
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    typer.echo(f"incident {report['incident']}: {report['status']}")
+    width = max(len(o) for o in report["outcomes"])
+    for outcome, count in report["outcomes"].items():
+        typer.echo(f"  {outcome:<{width}}  {count:>10,}")
+    if report["preview_outcomes"]:
+        typer.echo("  preview (dry run, nothing changed):")
+        for outcome, count in sorted(report["preview_outcomes"].items()):
+            typer.echo(f"    {outcome:<{width}}  {count:>10,}")
+    typer.echo(f"  pins restored  {report['pins_restored']:,}")
+    if report["notices"]:
+        typer.echo("  notices: " + ", ".join(
+            f"{state} {count:,}" for state, count in sorted(report["notices"].items())))
+
+
+@app.command()
+@handles_errors
+def report(
+    key: str = typer.Argument(..., help="The incident key."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Counts per outcome and per notice state, and the runs' timings."""
+    from reinstatement.reports import incident_report
+
+    engine = _engine(_settings())
+    _require_pipeline_schema(engine)
+    with engine.connect() as conn:
+        result = incident_report(conn, key)
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True))
+        return
+    _print_report(result)
+    for run in result["runs"]:
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in run["step_seconds"].items())
+        typer.echo(f"  run {run['started_at']} {'dry ' if run['dry_run'] else ''}"
+                   f"{run['status']}: {steps or 'no step finished'}")
+
+
+@app.command()
+@handles_errors
+def cases(
+    key: str = typer.Argument(..., help="The incident key."),
+    outcome: str | None = typer.Option(None, help="Only this outcome."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Every case of an incident with its outcome and why."""
+    from reinstatement.reports import OUTCOMES, iter_cases
+
+    if outcome is not None and outcome not in OUTCOMES:
+        raise BadInput(f"--outcome: {outcome!r} is not one of {', '.join(OUTCOMES)}")
+    engine = _engine(_settings())
+    _require_pipeline_schema(engine)
+    with engine.connect() as conn:
+        for case in iter_cases(conn, key, outcome):
+            if as_json:
+                typer.echo(json.dumps(case, sort_keys=True, ensure_ascii=False))
+            else:
+                summary = (case["reasons"] or {}).get("summary", "")
+                typer.echo(f"{case['case_id']:>8} {case['account_id']:>10} "
+                           f"{case['outcome'] or '-':<15} {case['state']:<10} {summary}")
+
+
+@app.command()
+@handles_errors
+def demo(
+    accounts: int = typer.Option(2000, min=10, max=200_000, help="Accounts in the demo."),
+    folder: Path = typer.Option(Path("demo"), help="Where the demo's database and notices go."),
+) -> None:
+    """From nothing: create a database, seed an incident, reinstate it, print a summary."""
+    import os
+
+    from reinstatement import seed as seeding
+
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "reinstatement.db"
+    outbox = folder / "outbox"
+    for stale in (database, database.with_name(database.name + "-wal"),
+                  database.with_name(database.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    if outbox.exists():
+        for old in outbox.glob("*.eml"):
+            old.unlink()
+    os.environ["REINSTATE_DATABASE_URL"] = f"sqlite:///{database.resolve()}"
+    os.environ["REINSTATE_EMAIL_BACKEND"] = "file"
+    os.environ["REINSTATE_EMAIL_DIR"] = str(outbox.resolve())
+    settings = _settings()
+    engine = _engine(settings)
+    from reinstatement.schema_admin import create_platform, upgrade_pipeline
+
+    create_platform(engine)
+    upgrade_pipeline(engine)
+    summary = seeding.seed(engine, seeding.SeedOptions(accounts=accounts))
+    typer.echo(f"seeded {summary.accounts:,} accounts and {summary.pins:,} pins into "
+               f"{database}")
+    from reinstatement.incidents import build_request
+
+    request = build_request(
+        incident_key=seeding.INCIDENT_KEY,
+        faulty_versions=list(seeding.INCIDENT_FAULTY),
+        since=seeding.INCIDENT_SINCE,
+        until=seeding.INCIDENT_UNTIL,
+        batch_size=500,
+    )
+    result = _run_flow(engine, request)
+    typer.echo("")
+    _print_report(result)
+    expected = {k: v for k, v in summary.expected_outcomes.items()}
+    got = {k: v for k, v in result["outcomes"].items() if v}
+    typer.echo(f"  matches the seeded expectation: {'yes' if got == expected else 'NO'}")
+    notices = sorted(outbox.glob("*.eml"))
+    typer.echo(f"notices written: {len(notices):,} files in {outbox}/")
+    if notices:
+        typer.echo(f"  for example: {notices[0]}")
+    typer.echo(f"see every case: REINSTATE_DATABASE_URL=sqlite:///{database} "
+               f"reinstate cases {seeding.INCIDENT_KEY}")
+    if got != expected:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,6 +15,14 @@ from reinstatement.platform_schema import create_platform_tables
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "reinstatement_alembic_version"
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
+                   compare_to: Any) -> bool:
+    """Only our own tables: the platform's are never created, altered or dropped."""
+    if type_ == "table":
+        return bool(name and name.startswith("reinstatement_"))
+    return True
 
 
 def alembic_config() -> Config:

@@ -88,8 +88,16 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
         30.0, description="Connect and send timeout."
     )
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
-        2000, description="Default number of cases per batch task."
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = Field(
+        5000, description="Default number of cases per batch task."
+    )
+    notify_rate_per_second: Annotated[float, Field(ge=0, le=100_000)] = Field(
+        0, description="Most notices sent per second across this process; 0: no limit."
+    )
+    notice_lease_seconds: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        600,
+        description="How long a claimed notice is held in 'sending' before another run "
+        "may take it over (a crashed sender's notices are sent again after this).",
     )
 
     @field_validator("database_url")

@@ -106,8 +106,8 @@ def classify_ban(ban: StandingBan, rules: IncidentRules) -> str | None:
         return MODERATOR_BAN
     if ban.source != "rule":
         return NOT_A_RULE_BAN
-    # A rule ban that does not say which version made it cannot be from a named one.
-    if ban.rule_version_id is None or ban.rule_version_id not in rules.faulty:
+    # A rule ban whose rule_version_id is NULL cannot be from a named version: None is no key.
+    if ban.rule_version_id not in rules.faulty:
         return VERSION_NOT_NAMED
     created_at = _as_utc(ban.created_at)
     if rules.since is not None and created_at < _as_utc(rules.since):
@@ -238,7 +238,7 @@ def _skip_reason(account: AccountFacts, *, has_faulty_ban: bool) -> str | None:
 
 
 def _join(phrases: Iterable[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
+    """Join phrases as "a", "a and b" or "a, b and c"."""
     items = list(phrases)
     if len(items) <= 1:
         return "".join(items)

@@ -1,0 +1,395 @@
+"""Incidents: what an operator asks for, checked, resolved and registered under its key.
+
+An incident names faulty rule versions, each with the version that corrects it (by
+default the newest 'active' version of the same rule), optionally a window on the bans'
+created_at (half-open: since <= created_at < until) and optionally an explicit list of
+account ids. Everything is checked before anything runs: a request that cannot be
+carried out exactly as meant is refused as `BadInput` with nothing written.
+
+The key is the idempotency key. It is registered with the normalised parameters; the
+same key again resumes or does nothing, the same key with other parameters is refused,
+saying what differs. Operational switches (dry run, batch size, approval) are not
+parameters: they change how a run goes, not what the incident means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import Connection, Text, cast, insert, select
+
+from reinstatement.conditions import ConditionError, parse_condition_json
+from reinstatement.db import utcnow
+from reinstatement.errors import BadInput
+from reinstatement.models import Incident, IncidentAccount, IncidentVersion
+from reinstatement.platform_schema import rule_versions
+from reinstatement.verdicts import FaultyVersion, IncidentRules
+
+BIGINT_MAX = 2**63 - 1
+INCIDENT_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,199}$"
+_VERSION_NAME = r"[a-z][a-z0-9_.\-]{0,99}@\d{1,9}"
+FAULTY_SPEC_PATTERN = re.compile(rf"^(?P<faulty>{_VERSION_NAME})(?:=(?P<corrected>{_VERSION_NAME}))?$")
+
+
+class IncidentRequest(BaseModel):
+    """What an operator asks the pipeline to do about one incident."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    incident_key: str = Field(
+        ...,
+        title="Incident key",
+        description="Your name for the incident, e.g. INC-2025-04-spam. Running the same "
+        "key again resumes it; letters, digits and . _ : - only.",
+        pattern=INCIDENT_KEY_PATTERN,
+    )
+    faulty_versions: list[str] = Field(
+        ...,
+        title="Faulty rule versions",
+        description="Each as rule@version, or rule@version=rule@corrected to name the "
+        "version that corrects it (default: the newest active version of the rule).",
+        min_length=1,
+        max_length=100,
+    )
+    since: datetime | None = Field(
+        None,
+        title="Bans created from (UTC)",
+        description="Only bans created at or after this moment (ISO 8601 with a zone).",
+    )
+    until: datetime | None = Field(
+        None,
+        title="Bans created before (UTC)",
+        description="Only bans created before this moment (ISO 8601 with a zone).",
+    )
+    account_ids: list[int] | None = Field(
+        None,
+        title="Only these accounts",
+        description="Leave empty to find candidates from the bans; otherwise exactly these "
+        "account ids are judged.",
+        max_length=5_000_000,
+    )
+    notify: bool = Field(True, title="Notify users", description="Email each reinstated user.")
+    dry_run: bool = Field(
+        False,
+        title="Dry run",
+        description="Only preview the outcomes: nothing on the platform changes.",
+    )
+    batch_size: int = Field(
+        2000,
+        title="Batch size",
+        description="Cases per batch task.",
+        ge=1,
+        le=50_000,
+    )
+    require_approval: bool = Field(
+        False,
+        title="Require approval",
+        description="Pause after the preview until an operator approves or rejects.",
+    )
+
+    @field_validator("faulty_versions")
+    @classmethod
+    def _faulty_specs(cls, specs: list[str]) -> list[str]:
+        cleaned = []
+        for spec in specs:
+            spec = spec.strip()
+            if not FAULTY_SPEC_PATTERN.fullmatch(spec):
+                raise ValueError(
+                    f"{spec!r} is not rule@version or rule@version=rule@version"
+                )
+            cleaned.append(spec)
+        faulty = [s.split("=")[0] for s in cleaned]
+        twice = sorted({name for name in faulty if faulty.count(name) > 1})
+        if twice:
+            raise ValueError(f"named more than once: {', '.join(twice)}")
+        return cleaned
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, moment: datetime | None) -> datetime | None:
+        if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
+            raise ValueError(
+                f"{moment.isoformat()} has no time zone: add Z or an offset such as +00:00"
+            )
+        return moment
+
+    @field_validator("account_ids")
+    @classmethod
+    def _account_ids(cls, ids: list[int] | None) -> list[int] | None:
+        if ids is None:
+            return None
+        if not ids:
+            raise ValueError("the list of account ids is empty")
+        bad = [i for i in ids if not 1 <= i <= BIGINT_MAX]
+        if bad:
+            raise ValueError(f"not an account id: {bad[0]}")
+        return sorted(set(ids))
+
+    @model_validator(mode="after")
+    def _window(self) -> IncidentRequest:
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise ValueError(
+                f"the window ends ({self.until.isoformat()}) before it starts "
+                f"({self.since.isoformat()})"
+            )
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """The normalised parameters that the incident key is registered with."""
+        ids = self.account_ids
+        return {
+            "faulty_versions": sorted(self.faulty_versions),
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "account_ids": None if ids is None else {
+                "count": len(ids),
+                "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
+            },
+            "notify": self.notify,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def build_request(**fields: Any) -> IncidentRequest:
+    """An IncidentRequest, with pydantic's errors turned into one clear `BadInput`."""
+    try:
+        return IncidentRequest(**fields)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "request"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
+        raise BadInput("; ".join(problems)) from None
+
+
+def read_account_ids(path: Path) -> list[int]:
+    """Account ids from an operator's file: one per line, blank lines and # comments allowed."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read the accounts file {str(path)!r}: {exc.strerror}") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    ids: list[int] = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if not re.fullmatch(r"[0-9]{1,19}", entry) or not 1 <= int(entry) <= BIGINT_MAX:
+            shown = entry if len(entry) <= 40 else entry[:40] + "…"
+            raise BadInput(f"{path}, line {number}: not an account id: {shown!r}")
+        ids.append(int(entry))
+    if not ids:
+        raise BadInput(f"{path}: no account ids in the file")
+    return ids
+
+
+@dataclass(frozen=True)
+class RegisteredIncident:
+    """An incident as the steps use it: its id and key, and the rules to judge bans by."""
+
+    id: int
+    key: str
+    rules: IncidentRules
+    notify: bool
+    has_account_list: bool
+
+    @property
+    def versions(self) -> list[FaultyVersion]:
+        return sorted(self.rules.faulty.values(), key=lambda v: v.faulty_name)
+
+
+@dataclass(frozen=True)
+class _RuleVersionRow:
+    id: int
+    name: str
+    rule_name: str
+    status: str
+    condition_text: str
+
+
+def _rule_versions(conn: Connection) -> dict[str, _RuleVersionRow]:
+    rows = conn.execute(
+        select(
+            rule_versions.c.id,
+            rule_versions.c.rule_name,
+            rule_versions.c.version,
+            rule_versions.c.status,
+            cast(rule_versions.c.condition, Text).label("condition_text"),
+        )
+    )
+    return {
+        f"{r.rule_name}@{r.version}": _RuleVersionRow(
+            r.id, f"{r.rule_name}@{r.version}", r.rule_name, r.status, r.condition_text
+        )
+        for r in rows
+    }
+
+
+def _newest_active(rows: Iterable[_RuleVersionRow], rule_name: str) -> _RuleVersionRow | None:
+    candidates = [r for r in rows if r.rule_name == rule_name and r.status == "active"]
+    return max(candidates, key=lambda r: int(r.name.rsplit("@", 1)[1]), default=None)
+
+
+def _faulty_version(row: _RuleVersionRow, corrected: _RuleVersionRow | None) -> FaultyVersion:
+    condition = None
+    if corrected is not None:
+        try:
+            condition = parse_condition_json(corrected.condition_text)
+        except ConditionError as exc:
+            raise BadInput(f"{corrected.name}: {exc}") from None
+    return FaultyVersion(
+        faulty_version_id=row.id,
+        faulty_name=row.name,
+        corrected_version_id=None if corrected is None else corrected.id,
+        corrected_name=None if corrected is None else corrected.name,
+        corrected_condition=condition,
+    )
+
+
+def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersion]:
+    """Check each faulty version and find its corrected version; BadInput if any is wrong."""
+    known = _rule_versions(conn)
+    faulty_names = {spec.split("=")[0] for spec in specs}
+    resolved = []
+    for spec in specs:
+        faulty_name, _, corrected_name = spec.partition("=")
+        faulty = known.get(faulty_name)
+        if faulty is None:
+            raise BadInput(f"unknown rule version {faulty_name}")
+        if corrected_name:
+            corrected = known.get(corrected_name)
+            if corrected is None:
+                raise BadInput(f"unknown rule version {corrected_name} (named as the "
+                               f"corrected version of {faulty_name})")
+            if corrected.rule_name != faulty.rule_name:
+                raise BadInput(f"{corrected_name} cannot correct {faulty_name}: it is a "
+                               f"version of another rule")
+            if corrected.status == "faulty":
+                raise BadInput(f"{corrected_name} cannot correct {faulty_name}: its status "
+                               f"is 'faulty'")
+        else:
+            corrected = _newest_active(known.values(), faulty.rule_name)
+        if corrected is not None and corrected.name in faulty_names:
+            raise BadInput(f"{corrected.name} is named faulty, so it cannot be the corrected "
+                           f"version of {faulty_name}")
+        if corrected is not None and corrected.id == faulty.id:
+            raise BadInput(f"{faulty_name} cannot correct itself")
+        resolved.append(_faulty_version(faulty, corrected))
+    return resolved
+
+
+def _differences(registered: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    differences = []
+    for name in sorted(set(registered) | set(requested)):
+        before, after = registered.get(name), requested.get(name)
+        if before != after:
+            differences.append(
+                f"{name}: registered {json.dumps(before)}, this run {json.dumps(after)}"
+            )
+    return differences
+
+
+def register_incident(conn: Connection, request: IncidentRequest) -> RegisteredIncident:
+    """Register the incident under its key, or check a rerun asks for the same thing.
+
+    Idempotent: the first run writes the incident with its resolved versions and account
+    list; a later run with the same parameters returns the same incident.
+    """
+    parameters = request.parameters()
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+    registered = conn.execute(
+        select(Incident.id).where(Incident.key == request.incident_key)
+    ).scalar_one_or_none()
+    check_request(conn, request)
+    if registered is not None:
+        return load_incident(conn, request.incident_key)
+    versions = resolve_versions(conn, request.faulty_versions)
+    now = utcnow()
+    incident_id = conn.execute(
+        insert(Incident)
+        .values(key=request.incident_key, params=parameters, params_digest=digest,
+                status="registered", created_at=now, updated_at=now)
+        .returning(Incident.id)
+    ).scalar_one()
+    conn.execute(insert(IncidentVersion), [
+        {"incident_id": incident_id, "faulty_rule_version_id": v.faulty_version_id,
+         "faulty_name": v.faulty_name, "corrected_rule_version_id": v.corrected_version_id,
+         "corrected_name": v.corrected_name}
+        for v in versions
+    ])
+    if request.account_ids is not None:
+        ids = request.account_ids
+        for start in range(0, len(ids), 10_000):
+            conn.execute(insert(IncidentAccount), [
+                {"incident_id": incident_id, "account_id": i} for i in ids[start:start + 10_000]
+            ])
+    return load_incident(conn, request.incident_key)
+
+
+def load_incident(conn: Connection, key: str) -> RegisteredIncident:
+    """The registered incident under `key`, with its rules; BadInput if there is none."""
+    incident = conn.execute(
+        select(Incident.id, Incident.key, Incident.params).where(Incident.key == key)
+    ).one_or_none()
+    if incident is None:
+        raise BadInput(f"no incident registered under the key {key!r}")
+    known = {row.id: row for row in _rule_versions(conn).values()}
+    faulty: dict[int, FaultyVersion] = {}
+    for v in conn.execute(
+        select(IncidentVersion.faulty_rule_version_id, IncidentVersion.faulty_name,
+               IncidentVersion.corrected_rule_version_id)
+        .where(IncidentVersion.incident_id == incident.id)
+    ):
+        corrected = None if v.corrected_rule_version_id is None else known.get(
+            v.corrected_rule_version_id)
+        row = known.get(v.faulty_rule_version_id)
+        if row is None:
+            raise BadInput(f"rule version {v.faulty_name} of incident {key} no longer exists")
+        faulty[v.faulty_rule_version_id] = _faulty_version(row, corrected)
+    params = incident.params
+    return RegisteredIncident(
+        id=incident.id,
+        key=incident.key,
+        rules=IncidentRules(
+            faulty=faulty,
+            since=_parse_iso(params.get("since")),
+            until=_parse_iso(params.get("until")),
+        ),
+        notify=bool(params.get("notify", True)),
+        has_account_list=params.get("account_ids") is not None,
+    )
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def check_request(conn: Connection, request: IncidentRequest) -> None:
+    """Everything `register_incident` would refuse, checked without writing anything."""
+    existing = conn.execute(
+        select(Incident.params).where(Incident.key == request.incident_key)
+    ).scalar_one_or_none()
+    if existing is not None:
+        differences = _differences(existing, request.parameters())
+        if differences:
+            raise BadInput(
+                f"incident {request.incident_key} is already registered with other "
+                f"parameters ({'; '.join(differences)}): use a new key for a new incident"
+            )
+        return
+    resolve_versions(conn, request.faulty_versions)

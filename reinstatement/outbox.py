@@ -1,0 +1,217 @@
+"""The outbox: sending the notices that restores queued, exactly once where it can be.
+
+A notice row is written in the same transaction as its account's restore, so no notice
+exists for a restore that rolled back and none is lost when the sender fails. Sending:
+
+1. claim a batch of due notices (pending, retry whose time has come, or sending whose
+   lease ran out after a crash) and mark them 'sending' with a lease, in one commit;
+2. for each, outside any transaction: render, send, and commit its new state at once
+   (sent, retry with the next attempt time, or failed with the server's code and text).
+
+So a crash can leave at most the one notice whose send was under way unrecorded; it is
+sent again later with the same Message-ID (deterministic from the incident and account),
+which lets the recipient's mail system drop the copy. The per-notice commit is made with
+synchronous_commit off on PostgreSQL: a killed worker cannot lose it (the server has it),
+only a crash of the database server itself could, and then the cost is one more resend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, or_, select, text, update
+
+from reinstatement.db import utcnow
+from reinstatement.models import Case, Incident, Notice
+from reinstatement.notices.backends import DeliveryError, EmailBackend, mask_email
+from reinstatement.notices.ratelimit import RateLimiter
+from reinstatement.notices.render import NoticeContext, NoticeRenderer
+from reinstatement.platform_schema import accounts
+from reinstatement.retrying import in_transaction
+from reinstatement.steps import NoticeState
+
+logger = logging.getLogger(__name__)
+
+LEASE_REFRESH_EVERY = 200  # notices sent between extensions of the batch's lease
+MAX_ATTEMPTS = 8
+RETRY_BASE = timedelta(minutes=1)
+RETRY_MAX = timedelta(hours=6)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff between attempts: 1, 2, 4 ... minutes, at most six hours."""
+    return min(RETRY_MAX, RETRY_BASE * (2 ** max(0, attempts - 1)))
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        Notice.state.in_([NoticeState.PENDING, NoticeState.RETRY])
+        & (Notice.next_attempt_at <= now),
+        (Notice.state == NoticeState.SENDING) & (Notice.next_attempt_at <= now),
+    )
+
+
+@dataclass
+class ClaimedNotice:
+    id: int
+    message_id: str
+    recipient: str
+    locale: str
+    attempts: int
+    context: NoticeContext
+
+
+def due_count(conn: Connection, incident_id: int | None = None,
+              now: datetime | None = None) -> int:
+    query = select(func.count()).select_from(Notice).where(_due(now or utcnow()))
+    if incident_id is not None:
+        query = query.where(Notice.incident_id == incident_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def _rule_names(reasons: dict[str, Any] | None) -> tuple[str, ...]:
+    names = {str(b.get("faulty_version", "")).split("@")[0]
+             for b in (reasons or {}).get("faulty_bans", []) if isinstance(b, dict)}
+    return tuple(sorted(n for n in names if n))
+
+
+def _ban_date(reasons: dict[str, Any] | None, fallback: datetime) -> datetime:
+    moments = [datetime.fromisoformat(str(b["created_at"]))
+               for b in (reasons or {}).get("faulty_bans", [])
+               if isinstance(b, dict) and b.get("created_at")]
+    return min(moments, default=fallback)
+
+
+def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
+                  incident_id: int | None = None) -> list[ClaimedNotice]:
+    """Mark up to `limit` due notices 'sending' under a lease and return what to send."""
+    now = utcnow()
+    query = (
+        select(Notice.id).where(_due(now)).order_by(Notice.id).limit(limit)
+    )
+    if incident_id is not None:
+        query = query.where(Notice.incident_id == incident_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    ids = list(conn.execute(query).scalars())
+    if not ids:
+        return []
+    conn.execute(
+        update(Notice).where(Notice.id.in_(ids))
+        .values(state=NoticeState.SENDING, attempts=Notice.attempts + 1,
+                next_attempt_at=now + lease, updated_at=now)
+    )
+    rows = conn.execute(
+        select(Notice.id, Notice.message_id, Notice.recipient, Notice.locale, Notice.attempts,
+               Notice.account_id, Case.id.label("case_id"), Case.reasons, Case.pins_restored,
+               Case.updated_at, Incident.key, accounts.c.username, accounts.c.display_name)
+        .join(Case, Case.id == Notice.case_id)
+        .join(Incident, Incident.id == Notice.incident_id)
+        .join(accounts, accounts.c.id == Notice.account_id)
+        .where(Notice.id.in_(ids))
+        .order_by(Notice.id)
+    ).all()
+    return [
+        ClaimedNotice(
+            id=r.id, message_id=r.message_id, recipient=r.recipient, locale=r.locale,
+            attempts=r.attempts,
+            context=NoticeContext(
+                incident_key=r.key, case_id=r.case_id, account_id=r.account_id,
+                username=r.username, display_name=r.display_name, recipient=r.recipient,
+                locale=r.locale, rule_names=_rule_names(r.reasons),
+                ban_date=_ban_date(r.reasons, r.updated_at),
+                pins_restored=r.pins_restored or 0, message_id=r.message_id, sender=sender,
+            ),
+        )
+        for r in rows
+    ]
+
+
+def _record(engine: Engine, notice_id: int, values: dict[str, Any]) -> None:
+    def work(conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
+        conn.execute(update(Notice).where(Notice.id == notice_id,
+                                          Notice.state == NoticeState.SENDING)
+                     .values(updated_at=utcnow(), **values))
+
+    in_transaction(engine, work)
+
+
+@dataclass
+class SendResult:
+    claimed: int = 0
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+
+
+def _extend_lease(engine: Engine, notice_ids: Sequence[int], lease: timedelta) -> None:
+    """Keep a long batch's unsent notices from being taken over by another run."""
+    if not notice_ids:
+        return
+    in_transaction(engine, lambda conn: conn.execute(
+        update(Notice)
+        .where(Notice.id.in_(notice_ids), Notice.state == NoticeState.SENDING)
+        .values(next_attempt_at=utcnow() + lease)
+    ))
+
+
+def send_claimed(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
+                 notices: Sequence[ClaimedNotice], lease: timedelta,
+                 limiter: RateLimiter | None = None) -> SendResult:
+    """Send each claimed notice and commit its new state before the next one."""
+    result = SendResult(claimed=len(notices))
+    for position, notice in enumerate(notices):
+        if position and position % LEASE_REFRESH_EVERY == 0:
+            _extend_lease(engine, [n.id for n in notices[position:]], lease)
+        try:
+            message = renderer.render_bytes(notice.context)
+        except ValueError as exc:
+            # An address the platform holds but no mail system would take: permanent.
+            _record(engine, notice.id, {"state": NoticeState.FAILED, "last_error_code": None,
+                                        "last_error_text": f"not sendable: {exc}"[:2000],
+                                        "next_attempt_at": None})
+            result.failed += 1
+            continue
+        if limiter is not None:
+            limiter.acquire()
+        try:
+            backend.send(notice.recipient, notice.message_id, message)
+        except DeliveryError as exc:
+            values: dict[str, Any] = {"last_error_code": exc.code,
+                                      "last_error_text": str(exc.text)[:2000]}
+            if exc.permanent or notice.attempts >= MAX_ATTEMPTS:
+                values.update(state=NoticeState.FAILED, next_attempt_at=None)
+                result.failed += 1
+                logger.warning("notice %s to %s failed: %s %s", notice.id,
+                               mask_email(notice.recipient), exc.code, exc.text)
+            else:
+                values.update(state=NoticeState.RETRY,
+                              next_attempt_at=utcnow() + retry_delay(notice.attempts))
+                result.retry += 1
+                logger.info("notice %s to %s will be retried: %s %s", notice.id,
+                            mask_email(notice.recipient), exc.code, exc.text)
+            _record(engine, notice.id, values)
+            continue
+        _record(engine, notice.id, {"state": NoticeState.SENT, "sent_at": utcnow(),
+                                    "next_attempt_at": None, "last_error_code": None,
+                                    "last_error_text": None})
+        result.sent += 1
+    return result
+
+
+def send_batch(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer, limit: int,
+               sender: str, lease: timedelta, incident_id: int | None = None,
+               limiter: RateLimiter | None = None) -> SendResult:
+    """Claim one batch of due notices and send them over one backend connection."""
+    notices = in_transaction(
+        engine, lambda conn: claim_notices(conn, limit, sender, lease, incident_id))
+    if not notices:
+        return SendResult()
+    with backend:
+        return send_claimed(engine, backend, renderer, notices, lease, limiter)

@@ -1,0 +1,108 @@
+"""What an incident came to: counts per outcome and notice state, timings, and its cases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from reinstatement.incidents import load_incident
+from reinstatement.models import Case, Incident, Notice, Run
+from reinstatement.verdicts import Outcome
+
+OUTCOMES = [str(o) for o in Outcome]
+
+
+def incident_report(conn: Connection, key: str) -> dict[str, Any]:
+    incident = load_incident(conn, key)
+    row = conn.execute(select(Incident).where(Incident.id == incident.id)).one()
+    outcomes = {o: 0 for o in OUTCOMES}
+    states: dict[str, int] = {}
+    preview: dict[str, int] = {}
+    for state, outcome, count in conn.execute(
+        select(Case.state, Case.outcome, func.count())
+        .where(Case.incident_id == incident.id)
+        .group_by(Case.state, Case.outcome)
+    ):
+        states[state] = states.get(state, 0) + count
+        if outcome is None:
+            continue
+        if state == "previewed":
+            preview[outcome] = preview.get(outcome, 0) + count
+        else:
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    notices = dict(conn.execute(
+        select(Notice.state, func.count()).where(Notice.incident_id == incident.id)
+        .group_by(Notice.state)
+    ).all())
+    pins_restored = conn.execute(
+        select(func.coalesce(func.sum(Case.pins_restored), 0))
+        .where(Case.incident_id == incident.id)
+    ).scalar_one()
+    runs = [
+        {
+            "flow_run_id": r.flow_run_id, "dry_run": r.dry_run, "status": r.status,
+            "started_at": r.started_at.isoformat(),
+            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            "step_seconds": r.step_seconds or {},
+        }
+        for r in conn.execute(select(Run).where(Run.incident_id == incident.id)
+                              .order_by(Run.id))
+    ]
+    return {
+        "incident": key,
+        "status": row.status,
+        "approval": None if row.approval is None else {
+            "decision": row.approval, "by": row.approved_by, "note": row.approval_note,
+            "at": row.approval_decided_at.isoformat() if row.approval_decided_at else None,
+        },
+        "faulty_versions": [
+            {"faulty": v.faulty_name, "corrected": v.corrected_name}
+            for v in incident.versions
+        ],
+        "window": {
+            "since": incident.rules.since.isoformat() if incident.rules.since else None,
+            "until": incident.rules.until.isoformat() if incident.rules.until else None,
+        },
+        "cases": sum(states.values()),
+        "outcomes": outcomes,
+        "preview_outcomes": preview,
+        "case_states": states,
+        "notices": notices,
+        "pins_restored": int(pins_restored),
+        "runs": runs,
+    }
+
+
+def iter_cases(conn: Connection, key: str, outcome: str | None = None,
+               page: int = 5000) -> Iterator[dict[str, Any]]:
+    """Every case of the incident, in id order, read page by page (keyset)."""
+    incident = load_incident(conn, key)
+    after = 0
+    while True:
+        query = (
+            select(Case, Notice.state.label("notice_state"))
+            .outerjoin(Notice, Notice.case_id == Case.id)
+            .where(Case.incident_id == incident.id, Case.id > after)
+            .order_by(Case.id)
+            .limit(page)
+        )
+        if outcome is not None:
+            query = query.where(Case.outcome == outcome)
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        for case in rows:
+            yield {
+                "case_id": case.id,
+                "account_id": case.account_id,
+                "outcome": case.outcome,
+                "state": case.state,
+                "preview": case.state == "previewed",
+                "reasons": case.reasons,
+                "unban_action_id": case.unban_action_id,
+                "pins_restored": case.pins_restored,
+                "notice": case.notice_state,
+            }
+        after = rows[-1].id

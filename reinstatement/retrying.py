@@ -1,0 +1,69 @@
+"""Retrying one database transaction when it fails for a passing reason.
+
+The narrow layer of the two retry layers: a serialization failure, a deadlock, a dropped
+connection or a locked SQLite file makes the whole transaction run again (it is always
+safe, the transaction having rolled back). Anything else is a real error and is raised at
+once. The wider layer, Prefect's task retries, re-runs a whole batch task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs worth another try: serialization_failure, deadlock_detected, the connection
+# exception class, admin/crash shutdown, cannot_connect_now, lock_not_available.
+TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "55P03"}
+TRANSIENT_SQLSTATE_CLASSES = {"08"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may go away if the same transaction runs again."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in TRANSIENT_SQLSTATES or sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig).lower()
+        # psycopg errors raised before a SQLSTATE exists (connection refused, reset), and
+        # SQLite's lock contention.
+        return any(s in text for s in ("database is locked", "connection", "server closed",
+                                       "terminating", "timeout", "could not receive"))
+    return False
+
+
+def transaction_retrying(attempts: int = 5, max_seconds: float = 120.0) -> Retrying:
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
+        wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.5),
+        before_sleep=before_sleep_log(logger, logging.WARNING),
+        reraise=True,
+    )
+
+
+def in_transaction(engine: Engine, work: Callable[[Connection], T],
+                   retrying: Retrying | None = None) -> T:
+    """Run `work` in one transaction, again from the start after a transient failure."""
+    for attempt in retrying or transaction_retrying():
+        with attempt, engine.begin() as conn:
+            return work(conn)
+    raise AssertionError("unreachable: tenacity either returns or reraises")

@@ -1,0 +1,497 @@
+"""The pipeline's steps on one batch of cases: plan, verify, restore.
+
+Each function takes a connection inside a transaction the caller owns, works on one
+batch, and leaves its result in the pipeline's tables, so the next step (or a rerun
+after a crash) reads exactly where this one stopped:
+
+    planned ──verify──▶ verified ──restore──▶ restored        (outcome reinstated)
+       │                   └──────────────▶ closed | review  (other outcomes)
+       └──verify (dry run)──▶ previewed   (a real run verifies again)
+
+Work is claimed with SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL, so two runs of one
+incident, or several workers, never take the same case; on SQLite every transaction
+holds the database's write lock from its start (see db.py), which serialises claims.
+
+Nothing here knows about Prefect: the tasks in `tasks/` are thin wrappers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from reinstatement.db import utcnow
+from reinstatement.incidents import RegisteredIncident
+from reinstatement.models import AuditEntry, Case, IncidentAccount, IncidentVersion, Notice
+from reinstatement.notices.render import message_id_for
+from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+from reinstatement.verdicts import AccountFacts, CaseDecision, Outcome, StandingBan, decide
+
+PIPELINE_ACTOR = "reinstatement-pipeline"
+IN_CHUNK = 5000  # ids per IN (...) list: well under SQLite's limit on bound variables
+
+
+class CaseState:
+    PLANNED = "planned"
+    PREVIEWED = "previewed"
+    VERIFIED = "verified"
+    REVIEW = "review"
+    RESTORED = "restored"
+    CLOSED = "closed"
+
+
+class NoticeState:
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    NO_ADDRESS = "no_address"
+    SUPPRESSED = "suppressed"  # the incident was run with notify off
+
+
+def _chunks(ids: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _audit(conn: Connection, incident_id: int, rows: Iterable[tuple[int | None, str | None, str,
+                                                                      str]], actor: str) -> None:
+    """Append one audit row per (case_id, from_state, to_state, reason)."""
+    now = utcnow()
+    entries = [
+        {"incident_id": incident_id, "case_id": case_id, "from_state": before,
+         "to_state": after, "actor": actor, "reason": reason, "at": now}
+        for case_id, before, after, reason in rows
+    ]
+    if entries:
+        conn.execute(insert(AuditEntry), entries)
+
+
+def audit_incident(conn: Connection, incident_id: int, before: str | None, after: str,
+                   actor: str, reason: str) -> None:
+    _audit(conn, incident_id, [(None, before, after, reason)], actor)
+
+
+# -- plan -------------------------------------------------------------------------------
+
+def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id: int,
+               limit: int) -> tuple[int, int | None]:
+    """Create cases for the next `limit` candidate accounts after `after_account_id`.
+
+    Returns (cases created, last account id seen); None when there are no more
+    candidates. Idempotent: a case that exists already is left as it is.
+    """
+    if incident.has_account_list:
+        source = (
+            select(IncidentAccount.account_id)
+            .where(IncidentAccount.incident_id == incident.id,
+                   IncidentAccount.account_id > after_account_id)
+            .order_by(IncidentAccount.account_id)
+            .limit(limit)
+        )
+    else:
+        ea = enforcement_actions
+        conditions = [
+            ea.c.kind == "ban",
+            ea.c.source == "rule",
+            ea.c.reversed_at.is_(None),
+            ea.c.account_id > after_account_id,
+            ea.c.rule_version_id.in_(
+                select(IncidentVersion.faulty_rule_version_id)
+                .where(IncidentVersion.incident_id == incident.id)
+            ),
+        ]
+        if incident.rules.since is not None:
+            conditions.append(ea.c.created_at >= incident.rules.since)
+        if incident.rules.until is not None:
+            conditions.append(ea.c.created_at < incident.rules.until)
+        source = (
+            select(ea.c.account_id).where(*conditions).distinct()
+            .order_by(ea.c.account_id).limit(limit)
+        )
+    account_ids = list(conn.execute(source).scalars())
+    if not account_ids:
+        return 0, None
+    existing: set[int] = set()
+    for chunk in _chunks(account_ids):
+        existing.update(conn.execute(
+            select(Case.account_id).where(Case.incident_id == incident.id,
+                                          Case.account_id.in_(chunk))
+        ).scalars())
+    now = utcnow()
+    new = [
+        {"incident_id": incident.id, "account_id": account_id, "state": CaseState.PLANNED,
+         "created_at": now, "updated_at": now}
+        for account_id in account_ids if account_id not in existing
+    ]
+    if new:
+        case_ids = conn.execute(
+            insert(Case).returning(Case.id, sort_by_parameter_order=True), new
+        ).scalars().all()
+        _audit(conn, incident.id, ((case_id, None, CaseState.PLANNED, "candidate account")
+                                   for case_id in case_ids), PIPELINE_ACTOR)
+    return len(new), account_ids[-1]
+
+
+def planned_through(conn: Connection, incident_id: int) -> int:
+    """The highest account id planned so far: planning resumes after it."""
+    return conn.execute(
+        select(func.coalesce(func.max(Case.account_id), 0)).where(Case.incident_id == incident_id)
+    ).scalar_one()
+
+
+# -- facts ------------------------------------------------------------------------------
+
+@dataclass
+class AccountRecord:
+    id: int
+    status: str
+    username: str
+    display_name: str | None
+    email: str | None
+    locale: str
+
+
+def load_accounts(conn: Connection, account_ids: Sequence[int], *,
+                  lock: bool = False) -> dict[int, AccountRecord]:
+    found: dict[int, AccountRecord] = {}
+    for chunk in _chunks(sorted(account_ids)):
+        query = (
+            select(accounts.c.id, accounts.c.status, accounts.c.username,
+                   accounts.c.display_name, accounts.c.email, accounts.c.locale)
+            .where(accounts.c.id.in_(chunk))
+            .order_by(accounts.c.id)
+        )
+        if lock and conn.dialect.name == "postgresql":
+            # Lock the accounts (in id order, so concurrent batches cannot deadlock) so a
+            # moderator's action cannot slip in between our check and our write.
+            query = query.with_for_update()
+        for row in conn.execute(query):
+            found[row.id] = AccountRecord(*row)
+    return found
+
+
+def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
+                       lock: bool = False) -> dict[int, list[StandingBan]]:
+    ea, rv = enforcement_actions, rule_versions
+    bans: dict[int, list[StandingBan]] = defaultdict(list)
+    for chunk in _chunks(sorted(account_ids)):
+        query = (
+            select(ea.c.id, ea.c.account_id, ea.c.source, ea.c.rule_version_id,
+                   ea.c.created_at, ea.c.evidence, rv.c.rule_name, rv.c.version)
+            .select_from(ea.outerjoin(rv, rv.c.id == ea.c.rule_version_id))
+            .where(ea.c.account_id.in_(chunk), ea.c.kind == "ban", ea.c.reversed_at.is_(None))
+            .order_by(ea.c.account_id, ea.c.id)
+        )
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update(of=ea)
+        for row in conn.execute(query):
+            name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"
+            bans[row.account_id].append(StandingBan(
+                action_id=row.id, source=row.source, rule_version_id=row.rule_version_id,
+                rule_name=name, created_at=row.created_at, evidence=row.evidence,
+            ))
+    return bans
+
+
+def decide_accounts(conn: Connection, incident: RegisteredIncident, account_ids: Sequence[int],
+                    *, lock: bool = False) -> tuple[dict[int, CaseDecision],
+                                                    dict[int, AccountRecord]]:
+    found = load_accounts(conn, account_ids, lock=lock)
+    bans = load_standing_bans(conn, account_ids, lock=lock)
+    decisions = {}
+    for account_id in account_ids:
+        record = found.get(account_id)
+        facts = AccountFacts(account_id, None if record is None else record.status)
+        decisions[account_id] = decide(facts, bans.get(account_id, []), incident.rules)
+    return decisions, found
+
+
+# -- claims -----------------------------------------------------------------------------
+
+@dataclass
+class ClaimedCase:
+    id: int
+    account_id: int
+    state: str
+    outcome: str | None
+    standing_ban_ids: list[int] | None
+
+
+def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit: int,
+                outcome: str | None = None) -> list[ClaimedCase]:
+    """Take up to `limit` cases in `states`, locked for this transaction, in id order."""
+    query = (
+        select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids)
+        .where(Case.incident_id == incident_id, Case.state.in_(states))
+        .order_by(Case.id)
+        .limit(limit)
+    )
+    if outcome is not None:
+        query = query.where(Case.outcome == outcome)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return [ClaimedCase(*row) for row in conn.execute(query)]
+
+
+# -- verify -----------------------------------------------------------------------------
+
+_STATE_AFTER_VERIFY = {
+    Outcome.REINSTATED: CaseState.VERIFIED,
+    Outcome.NEEDS_REVIEW: CaseState.REVIEW,
+    Outcome.SKIPPED: CaseState.CLOSED,
+    Outcome.UPHELD: CaseState.CLOSED,
+    Outcome.KEPT_OTHER_BAN: CaseState.CLOSED,
+}
+
+
+@dataclass
+class BatchResult:
+    cases: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    pins_restored: int = 0
+    notices_queued: int = 0
+    changed_since_verification: int = 0
+
+    def merge(self, other: BatchResult) -> None:
+        self.cases += other.cases
+        self.outcomes.update(other.outcomes)
+        self.pins_restored += other.pins_restored
+        self.notices_queued += other.notices_queued
+        self.changed_since_verification += other.changed_since_verification
+
+
+def _case_update(case_id: int, decision: CaseDecision, state: str, now: datetime
+                 ) -> dict[str, Any]:
+    return {
+        "case_id": case_id, "state": state, "outcome": str(decision.outcome),
+        "reasons": decision.reasons, "faulty_ban_ids": list(decision.faulty_ban_ids),
+        "standing_ban_ids": list(decision.standing_ban_ids), "updated_at": now,
+    }
+
+
+_UPDATE_CASE = (
+    update(Case)
+    .where(Case.id == bindparam("case_id"))
+    .values(state=bindparam("state"), outcome=bindparam("outcome"),
+            reasons=bindparam("reasons"), faulty_ban_ids=bindparam("faulty_ban_ids"),
+            standing_ban_ids=bindparam("standing_ban_ids"), updated_at=bindparam("updated_at"))
+)
+
+
+def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
+                 preview: bool, actor: str = PIPELINE_ACTOR) -> BatchResult:
+    """Judge the next batch of planned cases and record each outcome with its reasons.
+
+    A preview (dry run) records outcomes as 'previewed'; a real run verifies planned
+    and previewed cases again against the data as it is now.
+    """
+    claimed = claim_cases(conn, incident.id, [CaseState.PLANNED, CaseState.PREVIEWED], limit)
+    if preview:
+        claimed = [c for c in claimed if c.state == CaseState.PLANNED]
+    result = BatchResult()
+    if not claimed:
+        return result
+    decisions, _ = decide_accounts(conn, incident, [c.account_id for c in claimed])
+    now = utcnow()
+    updates, audit_rows = [], []
+    for case in claimed:
+        decision = decisions[case.account_id]
+        state = CaseState.PREVIEWED if preview else _STATE_AFTER_VERIFY[decision.outcome]
+        updates.append(_case_update(case.id, decision, state, now))
+        audit_rows.append((case.id, case.state, state,
+                           f"{decision.outcome}: {decision.reasons.get('summary', '')}"))
+        result.outcomes[str(decision.outcome)] += 1
+    conn.execute(_UPDATE_CASE, updates)
+    _audit(conn, incident.id, audit_rows, actor)
+    result.cases = len(claimed)
+    return result
+
+
+# -- restore ----------------------------------------------------------------------------
+
+def _unban_reason(incident: RegisteredIncident, decision: CaseDecision) -> str:
+    versions = sorted({str(b["faulty_version"]) for b in decision.reasons.get("faulty_bans", [])
+                       if isinstance(b, dict)})
+    return (f"Reinstated by incident {incident.key}: the ban by "
+            f"{', '.join(versions) or 'a faulty rule version'} was a mistake")
+
+
+def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
+                  sender_domain: str, actor: str = PIPELINE_ACTOR) -> BatchResult:
+    """Restore the next batch of verified cases whose outcome is reinstated.
+
+    In this one transaction, per account: status 'active', one 'unban' action, each
+    standing ban reversed by it, exactly the pins those bans hid made visible, the
+    case's checkpoint and its outbox notice. Each account is first judged again under
+    lock: one whose bans changed since verification is not touched, and its case
+    records what it is now.
+    """
+    claimed = claim_cases(conn, incident.id, [CaseState.VERIFIED], limit,
+                          outcome=str(Outcome.REINSTATED))
+    result = BatchResult()
+    if not claimed:
+        return result
+    decisions, found = decide_accounts(conn, incident, [c.account_id for c in claimed],
+                                       lock=True)
+    now = utcnow()
+    to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]] = []
+    changed_updates, audit_rows = [], []
+    for case in claimed:
+        decision = decisions[case.account_id]
+        same_bans = sorted(case.standing_ban_ids or []) == list(decision.standing_ban_ids)
+        if decision.outcome == Outcome.REINSTATED and same_bans:
+            to_restore.append((case, decision, found[case.account_id]))
+            continue
+        # The platform moved since verification (a moderator acted, a ban was lifted or
+        # added): never overwrite that. Record the account's outcome as it is now; if it
+        # would still be reinstated but by other bans, a person looks first.
+        if decision.outcome == Outcome.REINSTATED:
+            reasons = dict(decision.reasons)
+            reasons["summary"] = ("needs review: the account's bans changed between "
+                                  "verification and restore")
+            decision = CaseDecision(Outcome.NEEDS_REVIEW, decision.faulty_ban_ids,
+                                    decision.standing_ban_ids, reasons)
+        state = _STATE_AFTER_VERIFY[decision.outcome]
+        changed_updates.append(_case_update(case.id, decision, state, now))
+        audit_rows.append((case.id, case.state, state,
+                           f"changed since verification: now {decision.outcome}"))
+        result.outcomes[str(decision.outcome)] += 1
+        result.changed_since_verification += 1
+    if changed_updates:
+        conn.execute(_UPDATE_CASE, changed_updates)
+    if to_restore:
+        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows)
+    _audit(conn, incident.id, audit_rows, actor)
+    result.cases = len(claimed)
+    return result
+
+
+class RestoreConflict(RuntimeError):
+    """A platform row changed under the restore although it was locked: roll back."""
+
+
+def _apply_restores(conn: Connection, incident: RegisteredIncident,
+                    to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                    now: datetime, sender_domain: str, result: BatchResult,
+                    audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
+    ea = enforcement_actions
+    account_update = conn.execute(
+        update(accounts)
+        .where(accounts.c.id == bindparam("account_id"), accounts.c.status == "banned")
+        .values(status="active", updated_at=now),
+        [{"account_id": record.id} for _, _, record in to_restore],
+    )
+    if account_update.rowcount != len(to_restore):
+        raise RestoreConflict("an account left 'banned' during the restore; nothing was kept")
+    unban_ids = conn.execute(
+        insert(ea).returning(ea.c.id, sort_by_parameter_order=True),
+        [
+            {"account_id": record.id, "kind": "unban", "source": "reinstatement",
+             "rule_version_id": None, "actor": PIPELINE_ACTOR,
+             "reason": _unban_reason(incident, decision), "evidence": None,
+             "created_at": now, "reversed_at": None, "reversed_by_action_id": None}
+            for _, decision, record in to_restore
+        ],
+    ).scalars().all()
+    reversals = [
+        {"ban_id": ban_id, "unban_id": unban_id}
+        for (_, decision, _), unban_id in zip(to_restore, unban_ids, strict=True)
+        for ban_id in decision.standing_ban_ids
+    ]
+    reversed_bans = conn.execute(
+        update(ea)
+        .where(ea.c.id == bindparam("ban_id"), ea.c.reversed_at.is_(None))
+        .values(reversed_at=now, reversed_by_action_id=bindparam("unban_id")),
+        reversals,
+    )
+    if reversed_bans.rowcount != len(reversals):
+        raise RestoreConflict("a ban was lifted by someone else during the restore")
+    pins_by_account = _restore_pins(conn, [r["ban_id"] for r in reversals], now)
+
+    case_updates, notices = [], []
+    for (case, decision, record), unban_id in zip(to_restore, unban_ids, strict=True):
+        restored = pins_by_account.get(record.id, 0)
+        case_updates.append({"case_id": case.id, "unban_action_id": unban_id,
+                             "pins_restored": restored, "updated_at": now})
+        notice_state = (NoticeState.SUPPRESSED if not incident.notify
+                        else NoticeState.PENDING if record.email else NoticeState.NO_ADDRESS)
+        notices.append({
+            "case_id": case.id, "incident_id": incident.id, "account_id": record.id,
+            "message_id": message_id_for(incident.key, record.id, sender_domain),
+            "recipient": record.email, "locale": record.locale, "state": notice_state,
+            "attempts": 0, "next_attempt_at": now if notice_state == NoticeState.PENDING
+            else None, "created_at": now, "updated_at": now,
+        })
+        audit_rows.append((case.id, case.state, CaseState.RESTORED,
+                           f"reinstated: unban action {unban_id}, {restored} pins restored"))
+        result.outcomes[str(Outcome.REINSTATED)] += 1
+        result.pins_restored += restored
+        result.notices_queued += notice_state == NoticeState.PENDING
+    conn.execute(
+        update(Case).where(Case.id == bindparam("case_id"))
+        .values(state=CaseState.RESTORED, unban_action_id=bindparam("unban_action_id"),
+                pins_restored=bindparam("pins_restored"), updated_at=bindparam("updated_at")),
+        case_updates,
+    )
+    conn.execute(insert(Notice), notices)
+
+
+def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Counter[int]:
+    """Make visible exactly the hidden pins that these bans hid on their own accounts."""
+    owner = (
+        select(enforcement_actions.c.account_id)
+        .where(enforcement_actions.c.id == pins.c.hidden_by_action_id)
+        .scalar_subquery()
+    )
+    restored: Counter[int] = Counter()
+    for chunk in _chunks(sorted(ban_ids)):
+        rows = conn.execute(
+            update(pins)
+            .where(pins.c.status == "hidden", pins.c.hidden_by_action_id.in_(chunk),
+                   pins.c.account_id == owner)
+            .values(status="visible", hidden_by_action_id=None, updated_at=now)
+            .returning(pins.c.account_id)
+        ).scalars()
+        restored.update(rows)
+    return restored
+
+
+# -- counts -----------------------------------------------------------------------------
+
+def count_cases(conn: Connection, incident_id: int, states: Sequence[str],
+                outcome: str | None = None) -> int:
+    query = select(func.count()).select_from(Case).where(
+        Case.incident_id == incident_id, Case.state.in_(states))
+    if outcome is not None:
+        query = query.where(Case.outcome == outcome)
+    return conn.execute(query).scalar_one()
+
+
+def pending_work(conn: Connection, incident_id: int) -> dict[str, int]:
+    """How many cases wait for each step."""
+    rows = conn.execute(
+        select(Case.state, Case.outcome, func.count())
+        .where(Case.incident_id == incident_id)
+        .group_by(Case.state, Case.outcome)
+    ).all()
+    counts: Counter[str] = Counter()
+    for state, outcome, n in rows:
+        if state in (CaseState.PLANNED, CaseState.PREVIEWED):
+            counts["verify"] += n
+        elif state == CaseState.VERIFIED and outcome == Outcome.REINSTATED:
+            counts["restore"] += n
+    return dict(counts)

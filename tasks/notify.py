@@ -1,0 +1,63 @@
+"""The notify step's batch task: send one batch of due notices over one connection."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from prefect import task
+from prefect.logging import get_run_logger
+from sqlalchemy import select
+
+from reinstatement import outbox
+from reinstatement.db import get_engine
+from reinstatement.models import Incident
+from reinstatement.notices.backends import backend_from_settings
+from reinstatement.notices.ratelimit import RateLimiter
+from reinstatement.notices.render import NoticeRenderer
+from reinstatement.settings import Settings, load_settings
+from tasks.pipeline import BATCH_TASK_OPTIONS
+
+_limiter_lock = threading.Lock()
+_limiters: dict[float, RateLimiter] = {}
+
+
+@lru_cache(maxsize=1)
+def renderer() -> NoticeRenderer:
+    """One renderer per process: its templates are compiled once."""
+    return NoticeRenderer()
+
+
+def rate_limiter(settings: Settings) -> RateLimiter | None:
+    """One limiter per process, shared by every sending thread."""
+    rate = settings.notify_rate_per_second
+    if not rate:
+        return None
+    with _limiter_lock:
+        if rate not in _limiters:
+            _limiters[rate] = RateLimiter(rate, burst=max(1, int(rate // 10)))
+        return _limiters[rate]
+
+
+@task(name="send-notices-batch", **BATCH_TASK_OPTIONS)
+def send_notices(incident_key: str | None, batch_size: int) -> dict[str, Any]:
+    """Send one batch of due notices (of one incident, or of all with None)."""
+    settings = load_settings()
+    engine = get_engine(settings.database_url)
+    incident_id = None
+    if incident_key is not None:
+        with engine.connect() as conn:
+            incident_id = conn.execute(
+                select(Incident.id).where(Incident.key == incident_key)).scalar_one()
+    result = outbox.send_batch(
+        engine, backend_from_settings(settings), renderer(), batch_size,
+        sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
+        incident_id=incident_id, limiter=rate_limiter(settings),
+    )
+    if result.claimed:
+        get_run_logger().info("notices: %d sent, %d to retry, %d failed", result.sent,
+                              result.retry, result.failed)
+    return {"cases": result.claimed, "sent": result.sent, "retry": result.retry,
+            "failed": result.failed}

@@ -1,0 +1,108 @@
+"""The reinstatement's batch tasks: thin Prefect wrappers over `reinstatement.runner`.
+
+Every task works on a batch of cases (thousands of accounts), never one account: a task
+run costs milliseconds and a row in Prefect's database. Batch tasks are safe to retry
+(each batch is one transaction over claimed cases), so Prefect's task retries re-run a
+failed batch; caching is off because N identical calls must each claim their own batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import State
+
+from reinstatement import runner
+from reinstatement.db import get_engine
+from reinstatement.incidents import IncidentRequest
+from reinstatement.notices.render import sender_domain
+from reinstatement.retrying import is_transient
+from reinstatement.settings import load_settings
+from reinstatement.steps import PIPELINE_ACTOR, BatchResult
+
+
+def run_actor() -> str:
+    """Who the audit trail names for changes made by this run."""
+    run_id = flow_run.get_id()
+    return f"flow-run:{run_id}" if run_id else PIPELINE_ACTOR
+
+
+def step_context(incident_key: str, batch_size: int) -> runner.StepContext:
+    settings = load_settings()
+    return runner.StepContext(
+        engine=get_engine(settings.database_url),
+        incident_key=incident_key,
+        batch_size=batch_size,
+        actor=run_actor(),
+        sender_domain=sender_domain(settings.email_from),
+    )
+
+
+def retry_transient_only(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry a batch only when it failed for a reason that may pass (not bad data)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - inspecting the failure is the point
+        return is_transient(exc) or isinstance(exc, (ConnectionError, TimeoutError))
+    return False
+
+
+BATCH_TASK_OPTIONS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient_only,
+    "cache_policy": NO_CACHE,
+}
+
+
+def _result_dict(result: BatchResult) -> dict[str, Any]:
+    return {
+        "cases": result.cases,
+        "outcomes": dict(result.outcomes),
+        "pins_restored": result.pins_restored,
+        "notices_queued": result.notices_queued,
+        "changed_since_verification": result.changed_since_verification,
+    }
+
+
+@task(name="register-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_only)
+def register_incident(request: IncidentRequest) -> int:
+    """Register the incident under its key (or check a rerun asks for the same thing)."""
+    settings = load_settings()
+    incident = runner.register(get_engine(settings.database_url), request, run_actor())
+    get_run_logger().info("incident %s: %d faulty version(s)", incident.key,
+                          len(incident.rules.faulty))
+    return incident.id
+
+
+@task(name="plan-candidates", **BATCH_TASK_OPTIONS)
+def plan_candidates(incident_key: str, batch_size: int) -> int:
+    """Create a case for each candidate account, page by page (keyset on account id)."""
+    created = runner.plan_all(step_context(incident_key, batch_size))
+    get_run_logger().info("planned %d new case(s)", created)
+    return created
+
+
+@task(name="verify-batch", **BATCH_TASK_OPTIONS)
+def verify_cases(incident_key: str, batch_size: int, preview: bool) -> dict[str, Any]:
+    """Judge one batch of planned cases against the corrected rule versions."""
+    return _result_dict(runner.verify_one_batch(step_context(incident_key, batch_size),
+                                                preview))
+
+
+@task(name="restore-batch", **BATCH_TASK_OPTIONS)
+def restore_cases(incident_key: str, batch_size: int) -> dict[str, Any]:
+    """Restore one batch of reinstated accounts with their pins, and queue their notices."""
+    return _result_dict(runner.restore_one_batch(step_context(incident_key, batch_size)))
+
+
+def current_task_run_id() -> str | None:
+    context = TaskRunContext.get()
+    return None if context is None or context.task_run is None else str(context.task_run.id)

@@ -1,0 +1,134 @@
+"""Tasks that show operators what a run found and did, as Prefect artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import select
+
+from reinstatement.db import get_engine
+from reinstatement.models import Case, Incident
+from reinstatement.reports import OUTCOMES, incident_report
+from reinstatement.settings import load_settings
+
+SAMPLES_PER_OUTCOME = 5
+
+
+def _artifact_key(incident_key: str, what: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    cleaned = "".join(c if c.isalnum() else "-" for c in incident_key.lower()).strip("-")
+    return f"{what}-{cleaned}"[:100]
+
+
+def _samples(incident_key: str) -> list[dict[str, Any]]:
+    settings = load_settings()
+    rows: list[dict[str, Any]] = []
+    with get_engine(settings.database_url).connect() as conn:
+        incident_id = conn.execute(select(Incident.id).where(Incident.key == incident_key)
+                                   ).scalar_one()
+        for outcome in OUTCOMES:
+            for case in conn.execute(
+                select(Case).where(Case.incident_id == incident_id, Case.outcome == outcome)
+                .order_by(Case.id).limit(SAMPLES_PER_OUTCOME)
+            ):
+                rows.append({
+                    "case": case.id,
+                    "account": case.account_id,
+                    "outcome": case.outcome,
+                    "why": (case.reasons or {}).get("summary", ""),
+                })
+    return rows
+
+
+def _report(incident_key: str) -> dict[str, Any]:
+    settings = load_settings()
+    with get_engine(settings.database_url).connect() as conn:
+        return incident_report(conn, incident_key)
+
+
+def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str:
+    lines = [f"# {title}: {report['incident']}", ""]
+    lines.append("| faulty version | corrected by |")
+    lines.append("| --- | --- |")
+    for version in report["faulty_versions"]:
+        lines.append(f"| {version['faulty']} | {version['corrected'] or '(none: uncertain)'} |")
+    window = report["window"]
+    lines += ["", f"Window on ban creation: {window['since'] or 'open'} to "
+              f"{window['until'] or 'open'} (end excluded).", ""]
+    lines.append("| outcome | accounts |")
+    lines.append("| --- | ---: |")
+    for outcome in OUTCOMES:
+        lines.append(f"| {outcome} | {counts.get(outcome, 0):,} |")
+    lines.append(f"| **total** | **{sum(counts.values()):,}** |")
+    if report["notices"]:
+        lines += ["", "| notice state | notices |", "| --- | ---: |"]
+        lines += [f"| {state} | {n:,} |" for state, n in sorted(report["notices"].items())]
+    lines += ["", f"Pins restored: {report['pins_restored']:,}."]
+    return "\n".join(lines)
+
+
+@task(name="publish-preview", cache_policy=NO_CACHE)
+def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
+    """Publish the verified outcomes (counts, rule versions, samples) before any change."""
+    report = _report(incident_key)
+    counts = report["preview_outcomes"] if dry_run else report["outcomes"]
+    title = "Dry run preview" if dry_run else "Preview before restore"
+    create_markdown_artifact(
+        key=_artifact_key(incident_key, "preview"),
+        markdown=_markdown(report, title, counts),
+        description=f"{title} of incident {incident_key}",
+    )
+    create_table_artifact(
+        key=_artifact_key(incident_key, "preview-samples"),
+        table=_samples(incident_key),
+        description=f"Up to {SAMPLES_PER_OUTCOME} sample cases per outcome",
+    )
+    return dict(counts)
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(incident_key: str) -> dict[str, Any]:
+    """Publish the incident's final counts as markdown and table artifacts."""
+    report = _report(incident_key)
+    create_markdown_artifact(
+        key=_artifact_key(incident_key, "report"),
+        markdown=_markdown(report, "Reinstatement report", report["outcomes"]),
+        description=f"Outcome of incident {incident_key}",
+    )
+    create_table_artifact(
+        key=_artifact_key(incident_key, "outcomes"),
+        table=[{"outcome": o, "accounts": report["outcomes"].get(o, 0)} for o in OUTCOMES]
+        + [{"outcome": f"notice {s}", "accounts": n} for s, n in report["notices"].items()],
+        description=f"Counts per outcome and notice state for {incident_key}",
+    )
+    return report
+
+
+class Progress:
+    """A progress artifact for one step, updated after each round of batches."""
+
+    def __init__(self, incident_key: str, step: str, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.artifact_id: UUID | None = None
+        artifact = create_progress_artifact(
+            progress=0.0,
+            key=_artifact_key(incident_key, f"progress-{step}"),
+            description=f"{step}: cases done of {total:,}",
+        )
+        self.artifact_id = artifact if isinstance(artifact, UUID) else None
+
+    def advance(self, cases: int) -> None:
+        self.done += cases
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id,
+                                     min(100.0, 100.0 * self.done / self.total))

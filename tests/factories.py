@@ -1,0 +1,94 @@
+"""Building platform scenarios for tests: rule versions, accounts, bans and pins."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, insert, select
+
+from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+
+T0 = datetime(2025, 4, 5, 12, 0, tzinfo=UTC)
+SPAM_FAULTY = {"any": [{"signal": "links", "op": ">=", "value": 5}]}
+SPAM_CORRECTED = {"all": [{"signal": "links", "op": ">=", "value": 50},
+                          {"signal": "verified", "op": "==", "value": False}]}
+WRONGFUL = {"links": 10, "verified": True}
+CONFIRMED = {"links": 80, "verified": False}
+UNCERTAIN = {"links": 80}
+_serials = itertools.count(1)
+
+
+@dataclass
+class Platform:
+    """A small platform written through one connection; the database numbers the rows."""
+
+    conn: Connection
+
+    def _insert(self, table: Table, **values: Any) -> int:
+        return int(self.conn.execute(insert(table).values(**values).returning(table.c.id)
+                                     ).scalar_one())
+
+    def rule(self, name: str, version: int, status: str, condition: Any,
+             deployed_at: datetime = T0 - timedelta(days=30)) -> int:
+        return self._insert(rule_versions, rule_name=name, version=version, status=status,
+                            condition=condition, deployed_at=deployed_at)
+
+    def account(self, status: str = "banned", *, email: str | None = "user@example.test",
+                locale: str = "en", display_name: str | None = "A user",
+                username: str | None = None) -> int:
+        serial = next(_serials)
+        return self._insert(
+            accounts, username=username or f"user{serial}", display_name=display_name,
+            email=email.replace("user@", f"user{serial}@") if email else None, locale=locale,
+            status=status, updated_at=T0 - timedelta(days=1))
+
+    def ban(self, account_id: int, rule_version_id: int | None, evidence: Any = None, *,
+            source: str = "rule", created_at: datetime = T0, reversed_by: int | None = None,
+            reversed_at: datetime | None = None) -> int:
+        return self._insert(
+            enforcement_actions, account_id=account_id, kind="ban", source=source,
+            rule_version_id=rule_version_id,
+            actor="rules-engine" if source == "rule" else "mod_alex",
+            reason="test ban", evidence=evidence, created_at=created_at,
+            reversed_at=reversed_at, reversed_by_action_id=reversed_by)
+
+    def unban(self, account_id: int, at: datetime = T0 + timedelta(days=1)) -> int:
+        return self._insert(
+            enforcement_actions, account_id=account_id, kind="unban", source="moderator",
+            actor="mod_bea", reason="appeal", evidence=None, created_at=at)
+
+    def pin(self, account_id: int, status: str = "hidden", hidden_by: int | None = None
+            ) -> int:
+        return self._insert(pins, account_id=account_id, title="a pin", status=status,
+                            hidden_by_action_id=hidden_by, updated_at=T0)
+
+
+def snapshot(engine: Engine) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every platform row, by table and id."""
+    result: dict[str, dict[int, dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for table in (accounts, rule_versions, enforcement_actions, pins):
+            result[table.name] = {
+                row["id"]: dict(row) for row in conn.execute(select(table)).mappings()
+            }
+    return result
+
+
+def changed_rows(before: dict[str, dict[int, dict[str, Any]]],
+                 after: dict[str, dict[int, dict[str, Any]]]
+                 ) -> dict[str, dict[int, dict[str, tuple[Any, Any]]]]:
+    """Per table and id, the columns that differ (new rows: every column from None)."""
+    changes: dict[str, dict[int, dict[str, tuple[Any, Any]]]] = {}
+    for table, rows in after.items():
+        old_rows = before.get(table, {})
+        for row_id, row in rows.items():
+            old = old_rows.get(row_id, {})
+            diff = {k: (old.get(k), v) for k, v in row.items() if old.get(k) != v}
+            if diff:
+                changes.setdefault(table, {})[row_id] = diff
+        for row_id in set(old_rows) - set(rows):
+            changes.setdefault(table, {})[row_id] = {"deleted": (True, None)}
+    return changes

@@ -1,0 +1,313 @@
+"""The steps on a real database (SQLite and PostgreSQL), driven without Prefect.
+
+One scenario holds every kind of account the contract tells apart; the tests check each
+outcome, that the platform rows changed are exactly those the contract names, that a
+rerun changes nothing, that a dry run changes nothing on the platform, and that an
+account whose bans changed between verification and restore is left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from reinstatement import runner
+from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.models import AuditEntry, Case, Notice
+from reinstatement.steps import PIPELINE_ACTOR, CaseState
+from tests.factories import (
+    CONFIRMED,
+    SPAM_CORRECTED,
+    SPAM_FAULTY,
+    T0,
+    UNCERTAIN,
+    WRONGFUL,
+    Platform,
+    changed_rows,
+    snapshot,
+)
+
+KEY = "INC-TEST-1"
+
+
+@dataclass
+class Scenario:
+    expected: dict[int, str]          # account id -> outcome
+    reinstated_bans: dict[int, list[int]]  # account id -> bans the restore must reverse
+    restored_pins: set[int]           # pins that must become visible
+    untouched_pins: set[int]          # hidden pins that must stay hidden
+    listed_only: list[int]            # ids for an operator's list, including a missing one
+
+
+def build_scenario(engine: Engine) -> Scenario:
+    with engine.begin() as conn:
+        p = Platform(conn)
+        p.rule("spam", 6, "retired", {"signal": "links", "op": ">=", "value": 500})
+        faulty = p.rule("spam", 7, "faulty", SPAM_FAULTY)
+        p.rule("spam", 8, "active", SPAM_CORRECTED)
+        other = p.rule("abuse", 2, "active", {"signal": "reports", "op": ">=", "value": 5})
+        unnamed = p.rule("farm", 1, "faulty", {"signal": "domains", "op": "<", "value": 3})
+        expected: dict[int, str] = {}
+        bans: dict[int, list[int]] = {}
+        restored_pins: set[int] = set()
+        untouched: set[int] = set()
+
+        # reinstated: one wrongful faulty ban; pins hidden by it come back, others stay
+        a = p.account()
+        ban = p.ban(a, faulty, WRONGFUL)
+        restored_pins |= {p.pin(a, "hidden", ban), p.pin(a, "hidden", ban)}
+        untouched |= {p.pin(a, "hidden", None)}  # hidden by its owner
+        p.pin(a, "deleted", None)
+        p.pin(a, "visible", None)
+        expected[a], bans[a] = "reinstated", [ban]
+
+        # reinstated: two wrongful faulty bans, plus an old reversed ban whose pin stays
+        b = p.account(locale="pt-BR")
+        unban = p.unban(b, T0 - timedelta(days=300))
+        old = p.ban(b, None, source="moderator", created_at=T0 - timedelta(days=301),
+                    reversed_by=unban, reversed_at=T0 - timedelta(days=300))
+        ban1 = p.ban(b, faulty, WRONGFUL)
+        ban2 = p.ban(b, faulty, {"links": 60, "verified": True}, created_at=T0 + timedelta(1))
+        restored_pins |= {p.pin(b, "hidden", ban1), p.pin(b, "hidden", ban2)}
+        untouched |= {p.pin(b, "hidden", old)}
+        expected[b], bans[b] = "reinstated", [ban1, ban2]
+
+        # reinstated without an email address: restored, no notice sent
+        c = p.account(email=None)
+        ban = p.ban(c, faulty, WRONGFUL)
+        restored_pins.add(p.pin(c, "hidden", ban))
+        expected[c], bans[c] = "reinstated", [ban]
+
+        # upheld: confirmed, even with a moderator ban too
+        d = p.account()
+        untouched.add(p.pin(d, "hidden", p.ban(d, faulty, CONFIRMED)))
+        p.ban(d, None, source="moderator")
+        expected[d] = "upheld"
+
+        # kept_other_ban: moderator; other active rule; unnamed faulty; outside window
+        for kind in ("moderator", "other", "unnamed", "window"):
+            e = p.account()
+            untouched.add(p.pin(e, "hidden", p.ban(e, faulty, WRONGFUL)))
+            if kind == "moderator":
+                p.ban(e, None, source="moderator")
+            elif kind == "other":
+                p.ban(e, other, {"reports": 9})
+            elif kind == "unnamed":
+                p.ban(e, unnamed, {"domains": 1})
+            else:
+                p.ban(e, faulty, WRONGFUL, created_at=T0 + timedelta(days=30))
+            expected[e] = "kept_other_ban"
+
+        # needs_review: absent signal, NULL evidence, mistyped value
+        for evidence in (UNCERTAIN, None, {"links": "80", "verified": False}):
+            f = p.account()
+            untouched.add(p.pin(f, "hidden", p.ban(f, faulty, evidence)))
+            expected[f] = "needs_review"
+
+        # skipped: deleted / deactivated with a standing faulty ban
+        for status in ("deleted", "deactivated"):
+            g = p.account(status=status)
+            p.ban(g, faulty, WRONGFUL)
+            expected[g] = "skipped"
+
+        # not candidates: ban already reversed; only outside the window; bystander
+        h = p.account(status="active")
+        p.ban(h, faulty, WRONGFUL, reversed_by=p.unban(h), reversed_at=T0 + timedelta(days=1))
+        i = p.account()
+        p.ban(i, faulty, WRONGFUL, created_at=T0 + timedelta(days=30))
+        bystander = p.account(status="active")
+        p.pin(bystander, "visible")
+    return Scenario(expected, bans, restored_pins, untouched,
+                    listed_only=[a, h, d, 999_999])
+
+
+def request(**overrides: object) -> IncidentRequest:
+    fields: dict[str, object] = {
+        "incident_key": KEY,
+        "faulty_versions": ["spam@7"],
+        "since": T0 - timedelta(days=10),
+        "until": T0 + timedelta(days=10),
+        "batch_size": 3,
+    }
+    fields.update(overrides)
+    return build_request(**fields)
+
+
+def run_all(engine: Engine, req: IncidentRequest, *, restore: bool = True) -> None:
+    """Plan, verify and restore as the flow does, without Prefect."""
+    runner.register(engine, req, PIPELINE_ACTOR)
+    ctx = runner.StepContext(engine, req.incident_key, req.batch_size)
+    runner.plan_all(ctx)
+    while runner.verify_one_batch(ctx, preview=req.dry_run).cases:
+        pass
+    if restore and not req.dry_run:
+        while runner.restore_one_batch(ctx).cases:
+            pass
+
+
+def outcomes(engine: Engine, key: str = KEY) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Case.account_id, Case.outcome)).all())
+
+
+def test_every_kind_of_account_comes_out_as_the_contract_says(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    run_all(engine, request())
+    assert outcomes(engine) == scenario.expected
+
+
+def test_restore_changes_exactly_the_rows_the_contract_names(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    before = snapshot(engine)
+    run_all(engine, request())
+    after = snapshot(engine)
+    changes = changed_rows(before, after)
+
+    reinstated = {a for a, o in scenario.expected.items() if o == "reinstated"}
+    assert set(changes["accounts"]) == reinstated
+    for account_id in reinstated:
+        assert set(changes["accounts"][account_id]) == {"status", "updated_at"}
+        assert after["accounts"][account_id]["status"] == "active"
+        assert after["accounts"][account_id]["updated_at"] > before["accounts"][account_id][
+            "updated_at"]
+
+    new_actions = {i: r for i, r in after["enforcement_actions"].items()
+                   if i not in before["enforcement_actions"]}
+    unban_by_account = {r["account_id"]: i for i, r in new_actions.items()}
+    assert len(new_actions) == len(unban_by_account) == len(reinstated)
+    assert set(unban_by_account) == reinstated
+    for action in new_actions.values():
+        assert (action["kind"], action["source"]) == ("unban", "reinstatement")
+        assert KEY in action["reason"]
+        assert action["reversed_at"] is None and action["evidence"] is None
+
+    changed_bans = {i for i in changes["enforcement_actions"] if i not in new_actions}
+    assert changed_bans == {b for bans in scenario.reinstated_bans.values() for b in bans}
+    for account_id, bans in scenario.reinstated_bans.items():
+        for ban in bans:
+            assert set(changes["enforcement_actions"][ban]) == {"reversed_at",
+                                                                "reversed_by_action_id"}
+            assert after["enforcement_actions"][ban]["reversed_by_action_id"] == \
+                unban_by_account[account_id]
+
+    assert set(changes["pins"]) == scenario.restored_pins
+    for pin in scenario.restored_pins:
+        assert after["pins"][pin]["status"] == "visible"
+        assert after["pins"][pin]["hidden_by_action_id"] is None
+    for pin in scenario.untouched_pins:
+        assert after["pins"][pin] == before["pins"][pin]
+    assert "rule_versions" not in changes
+
+
+def test_outbox_gets_one_notice_per_reinstated_account(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    run_all(engine, request())
+    with engine.connect() as conn:
+        notices = {n.account_id: n for n in conn.execute(select(Notice)).scalars()}
+    reinstated = {a for a, o in scenario.expected.items() if o == "reinstated"}
+    assert set(notices) == reinstated
+    states = {a: n.state for a, n in notices.items()}
+    assert sorted(states.values()) == ["no_address", "pending", "pending"]
+    assert len({n.message_id for n in notices.values()}) == len(notices)
+
+
+def test_rerun_changes_nothing(engine: Engine) -> None:
+    build_scenario(engine)
+    run_all(engine, request())
+    platform, pipeline = snapshot(engine), _pipeline_state(engine)
+    run_all(engine, request())
+    assert snapshot(engine) == platform
+    assert _pipeline_state(engine) == pipeline
+
+
+def _pipeline_state(engine: Engine) -> tuple[object, ...]:
+    with engine.connect() as conn:
+        cases = conn.execute(select(Case.account_id, Case.state, Case.outcome,
+                                    Case.unban_action_id).order_by(Case.id)).all()
+        notices = conn.execute(select(Notice.account_id, Notice.state, Notice.message_id)
+                               .order_by(Notice.id)).all()
+        return tuple(cases), tuple(notices)
+
+
+def test_dry_run_records_previews_and_changes_no_platform_row(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    before = snapshot(engine)
+    run_all(engine, request(dry_run=True))
+    assert snapshot(engine) == before
+    with engine.connect() as conn:
+        rows = conn.execute(select(Case.account_id, Case.state, Case.outcome)).all()
+        assert conn.execute(select(func.count()).select_from(Notice)).scalar_one() == 0
+    assert {r.account_id: r.outcome for r in rows} == scenario.expected
+    assert {r.state for r in rows} == {CaseState.PREVIEWED}
+    # The real run verifies again, against the data as it is now.
+    with engine.begin() as conn:
+        first_reinstated = min(a for a, o in scenario.expected.items() if o == "reinstated")
+        Platform(conn).ban(
+            first_reinstated, None, source="moderator")
+    run_all(engine, request())
+    assert outcomes(engine)[first_reinstated] == "kept_other_ban"
+
+
+def test_operator_list_judges_exactly_those_ids(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    run_all(engine, request(account_ids=scenario.listed_only))
+    got = outcomes(engine)
+    assert set(got) == set(scenario.listed_only)
+    a, h, d, missing = scenario.listed_only
+    assert got == {a: "reinstated", h: "skipped", d: "upheld", missing: "skipped"}
+
+
+def test_bans_changed_after_verification_are_never_overwritten(engine: Engine) -> None:
+    scenario = build_scenario(engine)
+    req = request()
+    run_all(engine, req, restore=False)
+    reinstated = sorted(a for a, o in scenario.expected.items() if o == "reinstated")
+    moderated, lifted = reinstated[0], reinstated[2]
+    with engine.begin() as conn:
+        p = Platform(conn)
+        p.ban(moderated, None, source="moderator")          # a moderator bans it again
+        from sqlalchemy import update
+
+        from reinstatement.platform_schema import accounts
+        conn.execute(update(accounts).where(accounts.c.id == lifted)
+                     .values(status="active"))              # a moderator lifted it by hand
+    before = snapshot(engine)
+    ctx = runner.StepContext(engine, KEY, 10)
+    while runner.restore_one_batch(ctx).cases:
+        pass
+    after = snapshot(engine)
+    assert after["accounts"][moderated] == before["accounts"][moderated]
+    assert after["accounts"][lifted] == before["accounts"][lifted]
+    got = outcomes(engine)
+    assert got[moderated] == "kept_other_ban"
+    assert got[lifted] == "skipped"
+    assert after["accounts"][reinstated[1]]["status"] == "active"
+
+
+def test_every_state_change_is_audited(engine: Engine) -> None:
+    build_scenario(engine)
+    run_all(engine, request())
+    with engine.connect() as conn:
+        cases = dict(conn.execute(select(Case.id, Case.state)).all())
+        trail = conn.execute(select(AuditEntry.case_id, AuditEntry.from_state,
+                                    AuditEntry.to_state).where(AuditEntry.case_id.is_not(None))
+                             .order_by(AuditEntry.id)).all()
+    last_state: dict[int, str | None] = {}
+    for case_id, before, after in trail:
+        assert last_state.get(case_id) == before, (case_id, before, after)
+        last_state[case_id] = after
+    assert last_state == cases
+
+
+def test_audit_trail_is_append_only(engine: Engine) -> None:
+    build_scenario(engine)
+    run_all(engine, request())
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DBAPIError
+
+    for statement in (update(AuditEntry).values(reason="edited"), delete(AuditEntry)):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(statement)
