@@ -26,7 +26,7 @@ from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from reinstatement import runner
 from reinstatement.db import get_engine, utcnow
@@ -122,10 +122,10 @@ def _start_run(incident_id: int, dry_run: bool) -> int:
 
     def work(conn: Any) -> int:
         return int(conn.execute(
-            Run.__table__.insert().values(
+            insert(Run).values(
                 incident_id=incident_id, flow_run_id=run_actor().removeprefix("flow-run:"),
                 dry_run=dry_run, status="running", started_at=utcnow(),
-            ).returning(Run.__table__.c.id)
+            ).returning(Run.id)
         ).scalar_one())
 
     return in_transaction(engine, work)
@@ -197,7 +197,8 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
         started = time.perf_counter()
         if request.dry_run:
             _reset_previews(incident_id)
-        verified = run_batches(verify_cases, key, size, "verify", "verify",
+        verified = run_batches(verify_cases, key, size,
+                               "preview" if request.dry_run else "verify", "verify",
                                preview=request.dry_run)
         timings["verify"] = time.perf_counter() - started
         logger.info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
@@ -241,9 +242,9 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
 def pause_for_approval() -> ApprovalDecision:
     from prefect.flow_runs import pause_flow_run
 
-    decision: ApprovalDecision = pause_flow_run(  # type: ignore[assignment]
+    decision: ApprovalDecision = pause_flow_run(
         wait_for_input=ApprovalDecision, timeout=APPROVAL_TIMEOUT_SECONDS,
-        key="operator-approval",
+        key="operator-approval", poll_interval=2,
     )
     return decision
 

@@ -35,8 +35,10 @@ from reinstatement.verdicts import FaultyVersion, IncidentRules
 
 BIGINT_MAX = 2**63 - 1
 INCIDENT_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,199}$"
-_VERSION_NAME = r"[a-z][a-z0-9_.\-]{0,99}@\d{1,9}"
-FAULTY_SPEC_PATTERN = re.compile(rf"^(?P<faulty>{_VERSION_NAME})(?:=(?P<corrected>{_VERSION_NAME}))?$")
+_VERSION_NAME = r"[A-Za-z0-9_.\-]{1,100}@\d{1,9}"
+FAULTY_SPEC_PATTERN = re.compile(
+    rf"^(?P<faulty>{_VERSION_NAME})(?:=(?P<corrected>{_VERSION_NAME}))?$"
+)
 
 
 class IncidentRequest(BaseModel):
@@ -90,9 +92,10 @@ class IncidentRequest(BaseModel):
         le=50_000,
     )
     require_approval: bool = Field(
-        False,
+        True,
         title="Require approval",
-        description="Pause after the preview until an operator approves or rejects.",
+        description="Pause after the preview until an operator approves or rejects "
+        "(on by default for runs started from the UI; the CLI asks for it explicitly).",
     )
 
     @field_validator("faulty_versions")

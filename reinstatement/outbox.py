@@ -27,7 +27,12 @@ from sqlalchemy import Connection, Engine, func, or_, select, text, update
 
 from reinstatement.db import utcnow
 from reinstatement.models import Case, Incident, Notice
-from reinstatement.notices.backends import DeliveryError, EmailBackend, mask_email
+from reinstatement.notices.backends import (
+    DeliveryConfigurationError,
+    DeliveryError,
+    EmailBackend,
+    mask_email,
+)
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeContext, NoticeRenderer
 from reinstatement.platform_schema import accounts
@@ -161,6 +166,16 @@ def _extend_lease(engine: Engine, notice_ids: Sequence[int], lease: timedelta) -
     ))
 
 
+def _release(engine: Engine, notice_ids: Sequence[int]) -> None:
+    """Give claimed, unsent notices back as they were: due now, the attempt not counted."""
+    in_transaction(engine, lambda conn: conn.execute(
+        update(Notice)
+        .where(Notice.id.in_(notice_ids), Notice.state == NoticeState.SENDING)
+        .values(state=NoticeState.PENDING, attempts=Notice.attempts - 1,
+                next_attempt_at=utcnow())
+    ))
+
+
 def send_claimed(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
                  notices: Sequence[ClaimedNotice], lease: timedelta,
                  limiter: RateLimiter | None = None) -> SendResult:
@@ -182,6 +197,11 @@ def send_claimed(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer
             limiter.acquire()
         try:
             backend.send(notice.recipient, notice.message_id, message)
+        except DeliveryConfigurationError:
+            # The mail server cannot be used as configured: no notice is at fault. Give
+            # the batch back untouched and fail loudly so an operator fixes the settings.
+            _release(engine, [n.id for n in notices[position:]])
+            raise
         except DeliveryError as exc:
             values: dict[str, Any] = {"last_error_code": exc.code,
                                       "last_error_text": str(exc.text)[:2000]}

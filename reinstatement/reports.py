@@ -17,7 +17,7 @@ OUTCOMES = [str(o) for o in Outcome]
 def incident_report(conn: Connection, key: str) -> dict[str, Any]:
     incident = load_incident(conn, key)
     row = conn.execute(select(Incident).where(Incident.id == incident.id)).one()
-    outcomes = {o: 0 for o in OUTCOMES}
+    outcomes = dict.fromkeys(OUTCOMES, 0)
     states: dict[str, int] = {}
     preview: dict[str, int] = {}
     for state, outcome, count in conn.execute(
@@ -70,7 +70,7 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
         "preview_outcomes": preview,
         "case_states": states,
         "notices": notices,
-        "pins_restored": int(pins_restored),
+        "pins_restored": int(pins_restored or 0),
         "runs": runs,
     }
 

@@ -17,7 +17,6 @@ batched inserts.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import time
@@ -305,11 +304,12 @@ class _Generator:
             hiding.append(ban[0])
         elif kind == "wrongful_both":
             first = faulty_spam()
+            # Both inside the incident's window, in either order.
             second = self._ban(account_id, "rule", "image_hash@2",
-                               in_window + timedelta(hours=5), self._hash_evidence())
+                               self._moment(INCIDENT_SINCE, 14), self._hash_evidence())
             actions += [first, second]
             hiding += [first[0], second[0]]
-            updated = second[8]
+            updated = max(first[8], second[8])
         elif kind == "wrongful_old_ban":
             old_at = self._moment(datetime(2023, 1, 1, tzinfo=UTC), 300)
             unban = self._unban(account_id, old_at + timedelta(days=2), "Appeal granted")

@@ -299,9 +299,8 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     A preview (dry run) records outcomes as 'previewed'; a real run verifies planned
     and previewed cases again against the data as it is now.
     """
-    claimed = claim_cases(conn, incident.id, [CaseState.PLANNED, CaseState.PREVIEWED], limit)
-    if preview:
-        claimed = [c for c in claimed if c.state == CaseState.PLANNED]
+    states = [CaseState.PLANNED] if preview else [CaseState.PLANNED, CaseState.PREVIEWED]
+    claimed = claim_cases(conn, incident.id, states, limit)
     result = BatchResult()
     if not claimed:
         return result
@@ -324,7 +323,8 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
 # -- restore ----------------------------------------------------------------------------
 
 def _unban_reason(incident: RegisteredIncident, decision: CaseDecision) -> str:
-    versions = sorted({str(b["faulty_version"]) for b in decision.reasons.get("faulty_bans", [])
+    faulty_bans = decision.reasons.get("faulty_bans", [])
+    versions = sorted({str(b["faulty_version"]) for b in faulty_bans  # type: ignore[attr-defined]
                        if isinstance(b, dict)})
     return (f"Reinstated by incident {incident.key}: the ban by "
             f"{', '.join(versions) or 'a faulty rule version'} was a mistake")
@@ -349,7 +349,8 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
                                        lock=True)
     now = utcnow()
     to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]] = []
-    changed_updates, audit_rows = [], []
+    changed_updates: list[dict[str, Any]] = []
+    audit_rows: list[tuple[int | None, str | None, str, str]] = []
     for case in claimed:
         decision = decisions[case.account_id]
         same_bans = sorted(case.standing_ban_ids or []) == list(decision.standing_ban_ids)
@@ -423,7 +424,7 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
     pins_by_account = _restore_pins(conn, [r["ban_id"] for r in reversals], now)
 
     case_updates, notices = [], []
-    for (case, decision, record), unban_id in zip(to_restore, unban_ids, strict=True):
+    for (case, _, record), unban_id in zip(to_restore, unban_ids, strict=True):
         restored = pins_by_account.get(record.id, 0)
         case_updates.append({"case_id": case.id, "unban_action_id": unban_id,
                              "pins_restored": restored, "updated_at": now})
@@ -492,6 +493,8 @@ def pending_work(conn: Connection, incident_id: int) -> dict[str, int]:
     for state, outcome, n in rows:
         if state in (CaseState.PLANNED, CaseState.PREVIEWED):
             counts["verify"] += n
+        if state == CaseState.PLANNED:
+            counts["preview"] += n
         elif state == CaseState.VERIFIED and outcome == Outcome.REINSTATED:
             counts["restore"] += n
     return dict(counts)

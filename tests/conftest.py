@@ -186,3 +186,21 @@ def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "file")
     monkeypatch.chdir(tmp_path)
     return {"REINSTATE_DATABASE_URL": db_url, "REINSTATE_EMAIL_DIR": str(tmp_path / "outbox")}
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One Prefect test server for the whole session (it takes seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _dispose_cached_engines() -> Iterator[None]:
+    """Engines cached by the CLI and tasks belong to one test's database."""
+    yield
+    from reinstatement.db import dispose_engines
+
+    dispose_engines()

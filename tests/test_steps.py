@@ -131,6 +131,7 @@ def request(**overrides: object) -> IncidentRequest:
         "since": T0 - timedelta(days=10),
         "until": T0 + timedelta(days=10),
         "batch_size": 3,
+        "require_approval": False,
     }
     fields.update(overrides)
     return build_request(**fields)
@@ -206,7 +207,7 @@ def test_outbox_gets_one_notice_per_reinstated_account(engine: Engine) -> None:
     scenario = build_scenario(engine)
     run_all(engine, request())
     with engine.connect() as conn:
-        notices = {n.account_id: n for n in conn.execute(select(Notice)).scalars()}
+        notices = {n.account_id: n for n in conn.execute(select(Notice))}
     reinstated = {a for a, o in scenario.expected.items() if o == "reinstated"}
     assert set(notices) == reinstated
     states = {a: n.state for a, n in notices.items()}
@@ -311,3 +312,22 @@ def test_audit_trail_is_append_only(engine: Engine) -> None:
     for statement in (update(AuditEntry).values(reason="edited"), delete(AuditEntry)):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(statement)
+
+
+def test_seeded_incident_comes_out_as_the_seed_intends(engine: Engine) -> None:
+    from collections import Counter
+
+    from reinstatement.seed import (
+        INCIDENT_FAULTY,
+        INCIDENT_KEY,
+        INCIDENT_SINCE,
+        INCIDENT_UNTIL,
+        SeedOptions,
+        seed,
+    )
+
+    summary = seed(engine, SeedOptions(accounts=1500, seed=9))
+    run_all(engine, build_request(
+        incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
+        since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=200, require_approval=False))
+    assert Counter(outcomes(engine).values()) == summary.expected_outcomes

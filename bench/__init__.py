@@ -1,0 +1,1 @@
+"""Benchmarks: small scripts that print a throughput figure (python -m bench.<name>)."""

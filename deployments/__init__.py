@@ -1,0 +1,1 @@
+"""Where flows meet schedules, work pools and default parameters (see definitions.py)."""

@@ -1,0 +1,1 @@
+"""Prefect flows: each reads like the steps of the job it runs."""

@@ -1,0 +1,56 @@
+"""Notices: the one email each reinstated user gets, and the backends that deliver it.
+
+`render` turns a `NoticeContext` into the bytes of a localised multipart message,
+`backends` sends those bytes (SMTP, a folder of .eml files, or the console) as chosen by
+settings, and `ratelimit` paces sending to what the mail provider allows.
+"""
+
+from __future__ import annotations
+
+from reinstatement.notices.backends import (
+    ConsoleBackend,
+    DeliveryConfigurationError,
+    DeliveryError,
+    DeliveryOutcomeUnknown,
+    EmailBackend,
+    FileBackend,
+    PermanentDeliveryError,
+    SmtpBackend,
+    TransientDeliveryError,
+    backend_from_settings,
+    mask_email,
+)
+from reinstatement.notices.ratelimit import RateLimiter
+from reinstatement.notices.render import (
+    SUPPORTED_LOCALES,
+    NoticeContent,
+    NoticeContext,
+    NoticeRenderer,
+    message_id_for,
+    normalise_recipient,
+    resolve_locale,
+    sender_domain,
+)
+
+__all__ = [
+    "SUPPORTED_LOCALES",
+    "ConsoleBackend",
+    "DeliveryConfigurationError",
+    "DeliveryError",
+    "DeliveryOutcomeUnknown",
+    "EmailBackend",
+    "FileBackend",
+    "NoticeContent",
+    "NoticeContext",
+    "NoticeRenderer",
+    "PermanentDeliveryError",
+    "RateLimiter",
+    "SmtpBackend",
+    "TransientDeliveryError",
+    "backend_from_settings",
+    "mask_email",
+    "message_id_for",
+    "normalise_recipient",
+    "resolve_locale",
+    "sender_domain",
+]

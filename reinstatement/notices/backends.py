@@ -1,0 +1,550 @@
+"""Deliver rendered notices: one small interface, three backends chosen by settings.
+
+`SmtpBackend` is production: one connection reused across a batch, each send retried on
+transient failures with tenacity, and every failure mapped to a `DeliveryError` that says
+whether trying again later can help. `FileBackend` (an outbox of .eml files) and
+`ConsoleBackend` are for local runs, the demo and tests, the way Django's email backends
+are.
+
+What `DeliveryError.permanent` means to a caller: True, this message to this recipient
+will never go through, record it and move on; False, it may go later, keep the notice
+pending. Configuration problems (no STARTTLS, login refused) are deliberately *not*
+permanent: no user should lose their notice because the operator mistyped a setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import ssl as ssl_module
+import sys
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from email.utils import parseaddr
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self, TextIO
+
+from pydantic import SecretStr
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from reinstatement.notices.render import normalise_recipient
+from reinstatement.settings import EmailBackendName, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class DeliveryError(Exception):
+    """A notice could not be handed over. `code` is the SMTP reply code when there was one."""
+
+    permanent: ClassVar[bool] = False
+
+    def __init__(self, code: int | None, text: str) -> None:
+        self.code = code
+        self.text = text
+        super().__init__(f"{code} {text}" if code is not None else text)
+
+
+class TransientDeliveryError(DeliveryError):
+    """Trying again later may work: a 4xx reply, a dropped connection, a timeout."""
+
+    permanent = False
+
+
+class PermanentDeliveryError(DeliveryError):
+    """This message to this recipient will never be accepted: a 5xx reply, a bad address."""
+
+    permanent = True
+
+
+class DeliveryConfigurationError(TransientDeliveryError):
+    """The server cannot be used as configured (no STARTTLS, login refused, bad certificate).
+
+    Not retried by the backend (it will not fix itself in a second) and not permanent (the
+    notice is fine; the settings are not), so callers keep the notice pending.
+    """
+
+
+class DeliveryOutcomeUnknown(TransientDeliveryError):
+    """The connection died after the whole message was sent but before the server replied.
+
+    The server may have accepted it. The backend does not retry, because a retry would
+    duplicate a message that may already be on its way; a caller that re-sends later does
+    so with the same Message-ID, the same allowance the contract makes for a send under
+    way when the process is killed.
+    """
+
+
+def mask_email(address: str) -> str:
+    """An address fit for a log line: "jane.doe@example.com" -> "j***@example.com"."""
+    candidate = (address or "").strip()
+    if "<" in candidate and candidate.endswith(">"):
+        candidate = candidate[candidate.rfind("<") + 1 : -1]
+    local, at, domain = candidate.rpartition("@")
+    # Keep log lines single and printable whatever the database holds.
+    domain = "".join(c if c.isprintable() and not c.isspace() else "?" for c in domain)
+    first = local[:1] if local[:1].isprintable() and not local[:1].isspace() else ""
+    if not at:
+        return "***"
+    return f"{first}***@{domain}"
+
+
+def _recipient_or_permanent(recipient: str) -> str:
+    try:
+        return normalise_recipient(recipient)
+    except ValueError as exc:
+        raise PermanentDeliveryError(None, f"invalid recipient address: {exc}") from None
+
+
+class EmailBackend(ABC):
+    """Where notices go. Use as a context manager around a batch: open once, send many."""
+
+    name: ClassVar[str]
+
+    def open(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing open
+        """Prepare for a batch (connect, create a folder)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, as open()
+        """Release whatever open() acquired; safe to call twice."""
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @abstractmethod
+    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+        """Hand over one rendered notice; raises a `DeliveryError` subclass on failure."""
+
+
+_FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+
+
+class FileBackend(EmailBackend):
+    """An outbox folder with one .eml file per notice, named after its Message-ID.
+
+    Each file is written to a temporary name and renamed into place, so a crash leaves
+    either the whole message or nothing; sending the same Message-ID again replaces the
+    same file, so a resumed run never makes a second copy.
+    """
+
+    name = "file"
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.fsync = fsync
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"FileBackend(directory={str(self.directory)!r})"
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._ready = True
+
+    def path_for(self, message_id: str) -> Path:
+        """The file a message id is written to."""
+        stem = message_id.strip().removeprefix("<").removesuffix(">")
+        if not stem:
+            raise ValueError("message id is empty")
+        safe = _FILE_NAME_UNSAFE.sub("_", stem).lstrip(".")
+        if safe != stem or len(safe) > 150:
+            # Two different ids must never share a file, so a changed or shortened name
+            # carries a hash of the original.
+            digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+            safe = f"{safe[:100]}-{digest[:16]}"
+        return self.directory / f"{safe}.eml"
+
+    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+        _recipient_or_permanent(recipient)
+        target = self.path_for(message_id)
+        try:
+            if not self._ready:
+                self.open()
+            descriptor, temporary = tempfile.mkstemp(
+                prefix=".tmp-", suffix=".part", dir=self.directory
+            )
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(message)
+                    handle.flush()
+                    if self.fsync:
+                        os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            if self.fsync:
+                self._fsync_directory()
+        except OSError as exc:
+            raise TransientDeliveryError(None, f"cannot write {target.name}: {exc}") from exc
+        logger.debug("wrote notice %s for %s", target.name, mask_email(recipient))
+
+    def _fsync_directory(self) -> None:
+        # The rename itself is only durable once the directory entry is on disk.
+        if os.name != "posix":
+            return
+        descriptor = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+class ConsoleBackend(EmailBackend):
+    """Writes each notice to stdout (or the given stream), between separator lines."""
+
+    name = "console"
+    separator = "-" * 79
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        # Several worker threads may share one console; keep each message in one piece.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "ConsoleBackend()"
+
+    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+        _recipient_or_permanent(recipient)
+        # Looked up at send time so that a redirected sys.stdout (pytest's capsys) is used.
+        stream = self._stream if self._stream is not None else sys.stdout
+        text = message.decode("utf-8", "replace").replace("\r\n", "\n")
+        if not text.endswith("\n"):
+            text += "\n"
+        with self._lock:
+            stream.write(f"{self.separator}\n{text}{self.separator}\n")
+            stream.flush()
+
+
+def _reply_text(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "replace")
+    return str(reply)
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: leading dots doubled, CRLF-terminated, then the lone dot."""
+    payload = re.sub(rb"(?m)^\.", b"..", message)
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    return payload + b".\r\n"
+
+
+class SmtpBackend(EmailBackend):
+    """Sends notices over SMTP on one reused connection, retrying transient failures.
+
+    Not thread-safe: one connection carries one conversation; give each worker its own.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        starttls: bool = False,
+        ssl: bool = False,
+        timeout: float = 30.0,
+        sender: str,
+        max_attempts: int = 3,
+        retry_wait: wait_base | None = None,
+        ssl_context_factory: Callable[[], ssl_module.SSLContext] | None = None,
+    ) -> None:
+        if starttls and ssl:
+            raise ValueError("choose STARTTLS or implicit TLS (ssl), not both")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.host = host
+        self.port = port
+        self.username = username or None
+        self._password = password
+        self.starttls = starttls
+        self.ssl = ssl
+        self.timeout = timeout
+        self.sender = sender
+        # The envelope sender is the bare address of the From header (bounces go there).
+        self.envelope_sender = normalise_recipient(parseaddr(sender)[1])
+        self._ssl_context_factory = ssl_context_factory or ssl_module.create_default_context
+        self._smtp: smtplib.SMTP | None = None
+        self.connections_opened = 0
+        self.retrying = Retrying(
+            stop=stop_after_attempt(max_attempts),
+            wait=retry_wait if retry_wait is not None else _backoff(),
+            # A configuration error will not fix itself in a second, and an unknown
+            # outcome must not be repeated blindly: both go straight to the caller.
+            retry=retry_if_exception_type(TransientDeliveryError)
+            & retry_if_not_exception_type((DeliveryConfigurationError, DeliveryOutcomeUnknown)),
+            before_sleep=before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
+
+    def __repr__(self) -> str:
+        password = "'**********'" if self._password is not None else "None"
+        return (
+            f"SmtpBackend(host={self.host!r}, port={self.port}, username={self.username!r}, "
+            f"password={password}, starttls={self.starttls}, ssl={self.ssl}, "
+            f"timeout={self.timeout})"
+        )
+
+    # -- connection -------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """Remove the password from any text that may end up in an exception or a log."""
+        if self._password is not None:
+            secret = self._password.get_secret_value()
+            if secret:
+                text = text.replace(secret, "**********")
+        return text
+
+    def open(self) -> None:
+        """Connect now (with the same retries as a send), rather than on the first send."""
+        if self._smtp is None:
+            self.retrying(self._connect)
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass  # the server went first; the socket is closed below either way
+        finally:
+            smtp.close()
+
+    def _drop(self) -> None:
+        """Forget the connection without a polite QUIT: it is broken or in an unknown state."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def _connect(self) -> smtplib.SMTP:
+        where = f"{self.host}:{self.port}"
+        try:
+            smtp = self._new_connection()
+        except DeliveryError:
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryConfigurationError(
+                exc.smtp_code, self._scrub(f"login refused: {_reply_text(exc.smtp_error)}")
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise DeliveryConfigurationError(None, self._scrub(f"{where}: {exc}")) from None
+        except ssl_module.SSLCertVerificationError as exc:
+            raise DeliveryConfigurationError(
+                None, f"TLS certificate of {where} not trusted: {exc.verify_message}"
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            text = self._scrub(f"{where} refused the session: {_reply_text(exc.smtp_error)}")
+            if 500 <= exc.smtp_code < 600:
+                raise DeliveryConfigurationError(exc.smtp_code, text) from None
+            raise TransientDeliveryError(exc.smtp_code, text) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientDeliveryError(
+                None, self._scrub(f"cannot connect to {where}: {exc}")
+            ) from None
+        self._smtp = smtp
+        self.connections_opened += 1
+        mode = "implicit TLS" if self.ssl else "STARTTLS" if self.starttls else "no TLS"
+        logger.info("connected to SMTP server %s (%s)", where, mode)
+        return smtp
+
+    def _new_connection(self) -> smtplib.SMTP:
+        smtp: smtplib.SMTP
+        if self.ssl:
+            smtp = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self._ssl_context_factory()
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            smtp.ehlo()
+            if self.starttls:
+                if not smtp.has_extn("starttls"):
+                    raise DeliveryConfigurationError(
+                        None,
+                        f"{self.host}:{self.port} does not offer STARTTLS; "
+                        "refusing to send in clear text",
+                    )
+                # smtplib returns a refusal of STARTTLS instead of raising, and would then
+                # carry on in clear text: check the reply ourselves.
+                code, reply = smtp.starttls(context=self._ssl_context_factory())
+                if code != 220:
+                    raise DeliveryConfigurationError(
+                        code, f"STARTTLS refused: {_reply_text(reply)}; not sending in clear text"
+                    )
+                smtp.ehlo()
+            if self.username:
+                secret = self._password.get_secret_value() if self._password else ""
+                smtp.login(self.username, secret)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+        address = _recipient_or_permanent(recipient)
+        try:
+            self.retrying(self._send_once, address, message)
+        except PermanentDeliveryError as exc:
+            logger.warning(
+                "notice %s to %s refused permanently: %s", message_id, mask_email(address), exc
+            )
+            raise
+        except TransientDeliveryError as exc:
+            logger.warning(
+                "notice %s to %s not delivered: %s", message_id, mask_email(address), exc
+            )
+            raise
+        logger.debug("sent notice %s to %s", message_id, mask_email(address))
+
+    def _send_once(self, recipient: str, message: bytes) -> None:
+        try:
+            reused = self._smtp is not None
+            smtp = self._smtp or self._connect()
+            try:
+                self._transaction(smtp, recipient, message, reused=reused)
+            except _IdleConnectionClosed:
+                # Servers close idle connections (between batches, say). Nothing was said
+                # yet, so a fresh connection is simply the first try, not a retry.
+                self._drop()
+                self._transaction(self._connect(), recipient, message, reused=False)
+        except TransientDeliveryError:
+            # The session is broken or in an unknown state: the next try starts afresh.
+            self._drop()
+            raise
+
+    def _transaction(
+        self, smtp: smtplib.SMTP, recipient: str, message: bytes, *, reused: bool
+    ) -> None:
+        stage = "MAIL FROM"
+        try:
+            code, reply = smtp.mail(self.envelope_sender)
+            if code != 250:
+                raise self._refused(smtp, code, reply, recipient, sender_stage=True)
+            stage = "RCPT TO"
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                raise self._refused(smtp, code, reply, recipient)
+            stage = "DATA"
+            smtp.putcmd("data")
+            code, reply = smtp.getreply()
+            if code != 354:
+                raise self._refused(smtp, code, reply, recipient)
+            smtp.send(_dot_stuffed(message))
+            # From here on the server holds the complete message and may have queued it.
+            stage = "end of DATA"
+            code, reply = smtp.getreply()
+            if code != 250:
+                raise self._refused(smtp, code, reply, recipient)
+        except DeliveryError:
+            raise
+        except smtplib.SMTPServerDisconnected as exc:
+            # smtplib reports a read timeout as a disconnect too; a slow server is not an
+            # idle-closed one and gets no free second try.
+            timed_out = isinstance(exc.__context__, TimeoutError)
+            if reused and stage == "MAIL FROM" and not timed_out:
+                raise _IdleConnectionClosed from exc
+            raise self._lost(stage, exc, recipient) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise self._lost(stage, exc, recipient) from None
+
+    def _lost(self, stage: str, exc: BaseException, recipient: str) -> TransientDeliveryError:
+        text = self._scrub(_without_address(f"connection lost at {stage}: {exc}", recipient))
+        if stage == "end of DATA":
+            return DeliveryOutcomeUnknown(None, text)
+        return TransientDeliveryError(None, text)
+
+    def _refused(
+        self,
+        smtp: smtplib.SMTP,
+        code: int,
+        reply: bytes | str,
+        recipient: str,
+        *,
+        sender_stage: bool = False,
+    ) -> DeliveryError:
+        text = self._scrub(_without_address(_reply_text(reply), recipient))
+        if 500 <= code < 600:
+            # The session stays usable after a refusal; reset it for the next message.
+            try:
+                smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
+            if sender_stage:
+                # A refused MAIL FROM (sender not allowed, authentication required) is
+                # about us, not this recipient: it would refuse every notice alike.
+                return DeliveryConfigurationError(code, f"sender refused: {text}")
+            return PermanentDeliveryError(code, text)
+        if code == 421:
+            text = f"server closing the connection: {text}"
+        return TransientDeliveryError(code, text)
+
+
+def _backoff() -> wait_base:
+    """0.2 s doubling up to 5 s, with jitter so parallel workers do not retry in step."""
+    try:
+        return wait_exponential_jitter(multiplier=0.2, max=5)
+    except TypeError:
+        # tenacity before 9.2 calls the first wait `initial` (9.2 renamed it and warns).
+        return wait_exponential_jitter(initial=0.2, max=5)
+
+
+class _IdleConnectionClosed(Exception):
+    """Internal: a reused connection was found closed before anything was sent on it."""
+
+
+def _without_address(text: str, address: str) -> str:
+    # Servers often quote the recipient back ("<jane@example.com>: no such user"); the
+    # text ends up in exceptions and logs, which must not carry full addresses.
+    return re.sub(re.escape(address), mask_email(address), text, flags=re.IGNORECASE)
+
+
+def backend_from_settings(
+    settings: Settings, *, smtp_password: SecretStr | None = None
+) -> EmailBackend:
+    """The backend the settings ask for. `smtp_password` overrides the settings' password
+    (a caller may have it from a Prefect Secret block rather than the environment)."""
+    if settings.email_backend == EmailBackendName.FILE:
+        return FileBackend(settings.email_dir)
+    if settings.email_backend == EmailBackendName.CONSOLE:
+        return ConsoleBackend()
+    return SmtpBackend(
+        settings.smtp_host,
+        settings.smtp_port,
+        username=settings.smtp_username,
+        password=smtp_password if smtp_password is not None else settings.smtp_password,
+        starttls=settings.smtp_starttls,
+        ssl=settings.smtp_ssl,
+        timeout=settings.smtp_timeout_seconds,
+        sender=settings.email_from,
+    )

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin batch wrappers over the plain-Python steps in reinstatement/."""

@@ -1,0 +1,793 @@
+"""Tests for the email backends, against a real SMTP server running in the test process.
+
+The server is aiosmtpd with a handler that records every accepted message and can be
+told to misbehave the ways real servers do: defer the first attempt (451), refuse a
+recipient (550), drop the connection, or answer slower than the client's timeout. Retry
+waits are replaced with `wait_none()`; nothing here sleeps for a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import io
+import logging
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from pydantic import SecretStr
+from tenacity import wait_none
+
+from reinstatement.notices.backends import (
+    ConsoleBackend,
+    DeliveryConfigurationError,
+    DeliveryError,
+    DeliveryOutcomeUnknown,
+    EmailBackend,
+    FileBackend,
+    PermanentDeliveryError,
+    SmtpBackend,
+    TransientDeliveryError,
+    backend_from_settings,
+    mask_email,
+)
+from reinstatement.notices.ratelimit import RateLimiter
+from reinstatement.notices.render import NoticeContext, NoticeRenderer, message_id_for
+from reinstatement.settings import EmailBackendName, Settings
+
+SENDER = "Trust & Safety <trust-and-safety@example.com>"
+PASSWORD = "Tr0ub4dor&3-not-for-logs"
+LOGGER = "reinstatement.notices.backends"
+
+
+# -- a real SMTP server ---------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    peer: tuple[str, int]
+    mail_from: str
+    rcpt_tos: list[str]
+    message_id: str
+    content: bytes
+    tls: bool
+    authenticated: bool
+
+
+@dataclass
+class RecordingHandler:
+    """An aiosmtpd handler that records deliveries and misbehaves on request."""
+
+    defer_first_attempt: bool = False
+    defer_always: bool = False
+    reject_recipients: set[str] = field(default_factory=set)
+    reject_sender: bool = False
+    drop_at_mail_number: int | None = None
+    drop_after_data_number: int | None = None
+    slow_rcpt_seconds: float = 0.0
+    slow_data_seconds: float = 0.0
+    delivered: list[Delivery] = field(default_factory=list)
+    data_attempts: Counter[str] = field(default_factory=Counter)
+    rcpt_attempts: Counter[str] = field(default_factory=Counter)
+    ehlo_count: int = 0
+    mail_count: int = 0
+    transports: list[Any] = field(default_factory=list)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.ehlo_count += 1
+        session.host_name = hostname
+        self.transports.append(server.transport)
+        return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.mail_count += 1
+        if self.mail_count == self.drop_at_mail_number:
+            server.transport.abort()
+            return "421 4.4.2 gone"  # never reaches the client: the transport is gone
+        if self.reject_sender:
+            return "550 5.7.1 sender not allowed"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.rcpt_attempts[address] += 1
+        if self.slow_rcpt_seconds:
+            await asyncio.sleep(self.slow_rcpt_seconds)
+        if address in self.reject_recipients:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        message_id = str(parsed["Message-ID"])
+        self.data_attempts[message_id] += 1
+        if self.slow_data_seconds:
+            await asyncio.sleep(self.slow_data_seconds)
+        first = self.data_attempts[message_id] == 1
+        if self.defer_always or (self.defer_first_attempt and first):
+            return "451 4.3.0 try later"
+        self.delivered.append(
+            Delivery(
+                peer=session.peer,
+                mail_from=envelope.mail_from,
+                rcpt_tos=list(envelope.rcpt_tos),
+                message_id=message_id,
+                content=envelope.original_content,
+                tls=server.transport.get_extra_info("ssl_object") is not None,
+                authenticated=bool(session.authenticated),
+            )
+        )
+        if len(self.delivered) == self.drop_after_data_number:
+            # Accepted and stored, but the client never hears so.
+            server.transport.abort()
+        return "250 OK"
+
+    @property
+    def delivered_ids(self) -> Counter[str]:
+        return Counter(delivery.message_id for delivery in self.delivered)
+
+    @property
+    def connections_used(self) -> int:
+        return len({delivery.peer for delivery in self.delivered})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class SmtpServer:
+    handler: RecordingHandler
+    controller: Controller
+    port: int
+
+    def abort_connections(self) -> None:
+        """Close every client connection from the server side, as an idle timeout would."""
+        done = threading.Event()
+
+        def abort_all() -> None:
+            for transport in self.handler.transports:
+                transport.abort()
+            done.set()
+
+        self.controller.loop.call_soon_threadsafe(abort_all)
+        assert done.wait(5)
+
+
+ServerFactory = Callable[..., SmtpServer]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[ServerFactory]:
+    """Start aiosmtpd servers on free local ports; all are stopped after the test."""
+    started: list[Controller] = []
+
+    def start(handler: RecordingHandler | None = None, **controller_kwargs: Any) -> SmtpServer:
+        handler = handler or RecordingHandler()
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **controller_kwargs)
+        controller.start()
+        started.append(controller)
+        return SmtpServer(handler, controller, port)
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def server_tls_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    return context
+
+
+def trusting(certificate: tuple[Path, Path]) -> Callable[[], ssl.SSLContext]:
+    return lambda: ssl.create_default_context(cafile=str(certificate[0]))
+
+
+def accept_password(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"mailer"
+        and auth_data.password == PASSWORD.encode()
+    )
+    # handled=False: let aiosmtpd send the 235/535 reply itself.
+    return AuthResult(success=ok, handled=False)
+
+
+# -- notices to send ------------------------------------------------------------------------
+
+_renderer = NoticeRenderer()
+
+
+@dataclass(frozen=True)
+class Notice:
+    recipient: str
+    message_id: str
+    data: bytes
+
+
+def notice(account_id: int, recipient: str | None = None) -> Notice:
+    recipient = recipient or f"user{account_id}@example.com"
+    message_id = message_id_for("INC-TEST", account_id, "example.com")
+    ctx = NoticeContext(
+        incident_key="INC-TEST",
+        case_id=account_id,
+        account_id=account_id,
+        username=f"user{account_id}",
+        display_name=None,
+        recipient=recipient,
+        locale="en",
+        rule_names=("spam_burst",),
+        ban_date=datetime(2025, 4, 15, tzinfo=UTC),
+        pins_restored=3,
+        message_id=message_id,
+        sender=SENDER,
+    )
+    return Notice(recipient, message_id, _renderer.render_bytes(ctx))
+
+
+def smtp_backend(server: SmtpServer, **overrides: Any) -> SmtpBackend:
+    options: dict[str, Any] = {"sender": SENDER, "timeout": 5.0, "retry_wait": wait_none()}
+    options.update(overrides)
+    return SmtpBackend("127.0.0.1", server.port, **options)
+
+
+def send(backend: EmailBackend, item: Notice) -> None:
+    backend.send(item.recipient, item.message_id, item.data)
+
+
+def assert_logs_are_clean(caplog: pytest.LogCaptureFixture, *addresses: str) -> None:
+    for record in caplog.records:
+        line = record.getMessage()
+        assert PASSWORD not in line
+        for address in addresses:
+            assert address not in line, line
+
+
+@pytest.fixture(autouse=True)
+def debug_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+
+
+# -- SMTP -----------------------------------------------------------------------------------
+
+
+def test_batch_reuses_one_connection(
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server()
+    batch = [notice(i) for i in range(1, 6)]
+    with smtp_backend(server) as backend:
+        for item in batch:
+            send(backend, item)
+        assert backend.connections_opened == 1
+    handler = server.handler
+    assert handler.delivered_ids == Counter(item.message_id for item in batch)
+    assert max(handler.delivered_ids.values()) == 1
+    assert handler.connections_used == 1
+    assert handler.ehlo_count == 1
+    first = handler.delivered[0]
+    assert first.mail_from == "trust-and-safety@example.com"
+    assert first.rcpt_tos == ["user1@example.com"]
+    assert first.content.replace(b"\r\n", b"\n") == batch[0].data.replace(b"\r\n", b"\n")
+    assert_logs_are_clean(caplog, *(item.recipient for item in batch))
+
+
+def test_send_without_open_connects_lazily(smtp_server: ServerFactory) -> None:
+    server = smtp_server()
+    backend = smtp_backend(server)
+    send(backend, notice(1))
+    send(backend, notice(2))
+    backend.close()
+    backend.close()
+    assert server.handler.connections_used == 1
+
+
+def test_deferred_first_attempt_is_retried_and_delivered_once(
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server(RecordingHandler(defer_first_attempt=True))
+    batch = [notice(i) for i in range(1, 4)]
+    with smtp_backend(server) as backend:
+        for item in batch:
+            send(backend, item)
+    handler = server.handler
+    assert handler.delivered_ids == Counter(item.message_id for item in batch)
+    assert all(handler.data_attempts[item.message_id] == 2 for item in batch)
+    retries = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "Retrying" in r.message
+    ]
+    assert len(retries) == 3
+    assert "451" in retries[0].getMessage()
+    assert_logs_are_clean(caplog, *(item.recipient for item in batch))
+
+
+def test_deferral_that_never_ends_is_transient_after_the_last_attempt(
+    smtp_server: ServerFactory,
+) -> None:
+    server = smtp_server(RecordingHandler(defer_always=True))
+    item = notice(1)
+    with smtp_backend(server, max_attempts=2) as backend:
+        with pytest.raises(TransientDeliveryError) as raised:
+            send(backend, item)
+    assert raised.value.code == 451
+    assert "4.3.0 try later" in raised.value.text
+    assert not raised.value.permanent
+    assert server.handler.data_attempts[item.message_id] == 2
+    assert server.handler.delivered == []
+
+
+def test_refused_recipient_is_permanent_and_not_retried(
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server(RecordingHandler(reject_recipients={"nobody@example.com"}))
+    refused, fine = notice(1, "nobody@example.com"), notice(2)
+    with smtp_backend(server) as backend:
+        with pytest.raises(PermanentDeliveryError) as raised:
+            send(backend, refused)
+        send(backend, fine)
+        assert backend.connections_opened == 1
+    assert raised.value.code == 550
+    assert "5.1.1 no such user" in raised.value.text
+    assert raised.value.permanent
+    assert server.handler.rcpt_attempts["nobody@example.com"] == 1
+    assert server.handler.delivered_ids == Counter([fine.message_id])
+    assert_logs_are_clean(caplog, refused.recipient, fine.recipient)
+
+
+def test_refused_sender_is_a_configuration_error_not_the_recipients_fault(
+    smtp_server: ServerFactory,
+) -> None:
+    server = smtp_server(RecordingHandler(reject_sender=True))
+    with smtp_backend(server) as backend, pytest.raises(DeliveryConfigurationError) as raised:
+        send(backend, notice(1))
+    assert raised.value.code == 550
+    assert not raised.value.permanent
+    assert server.handler.mail_count == 1  # not retried
+
+
+def test_connection_dropped_before_a_message_reconnects_without_duplicates(
+    smtp_server: ServerFactory,
+) -> None:
+    server = smtp_server(RecordingHandler(drop_at_mail_number=3))
+    batch = [notice(i) for i in range(1, 6)]
+    with smtp_backend(server) as backend:
+        for item in batch:
+            send(backend, item)
+    handler = server.handler
+    assert handler.delivered_ids == Counter(item.message_id for item in batch)
+    assert handler.connections_used == 2
+
+
+def test_connection_dropped_after_acceptance_is_never_resent(smtp_server: ServerFactory) -> None:
+    server = smtp_server(RecordingHandler(drop_after_data_number=2))
+    batch = [notice(i) for i in range(1, 5)]
+    outcomes: dict[str, str] = {}
+    with smtp_backend(server) as backend:
+        for item in batch:
+            try:
+                send(backend, item)
+                outcomes[item.message_id] = "sent"
+            except DeliveryError as exc:
+                outcomes[item.message_id] = type(exc).__name__
+                assert isinstance(exc, TransientDeliveryError)
+    handler = server.handler
+    # The server stored message 2 but its reply was lost: the backend must not resend it.
+    assert outcomes[batch[1].message_id] == "DeliveryOutcomeUnknown"
+    assert handler.data_attempts[batch[1].message_id] == 1
+    assert handler.delivered_ids == Counter(item.message_id for item in batch)
+    assert [outcomes[item.message_id] for item in (batch[0], batch[2], batch[3])] == ["sent"] * 3
+
+
+def test_server_closing_an_idle_connection_is_not_an_error(smtp_server: ServerFactory) -> None:
+    server = smtp_server()
+    with smtp_backend(server, max_attempts=1) as backend:
+        send(backend, notice(1))
+        server.abort_connections()
+        time.sleep(0.05)  # let the close reach the client's socket
+        send(backend, notice(2))
+        assert backend.connections_opened == 2
+    assert server.handler.delivered_ids == Counter(
+        [notice(1).message_id, notice(2).message_id]
+    )
+
+
+def test_slow_server_times_out_quickly(smtp_server: ServerFactory) -> None:
+    server = smtp_server(RecordingHandler(slow_rcpt_seconds=3.0))
+    backend = smtp_backend(server, timeout=0.5, max_attempts=1)
+    started = time.monotonic()
+    with pytest.raises(TransientDeliveryError) as raised:
+        send(backend, notice(1))
+    assert time.monotonic() - started < 2.0
+    assert not isinstance(raised.value, DeliveryOutcomeUnknown)
+    assert "RCPT" in raised.value.text
+    assert server.handler.delivered == []
+    backend.close()
+
+
+def test_slow_server_is_retried_up_to_the_limit(smtp_server: ServerFactory) -> None:
+    server = smtp_server(RecordingHandler(slow_rcpt_seconds=3.0))
+    backend = smtp_backend(server, timeout=0.3, max_attempts=2)
+    with pytest.raises(TransientDeliveryError):
+        send(backend, notice(1))
+    assert server.handler.rcpt_attempts["user1@example.com"] == 2
+    backend.close()
+
+
+def test_timeout_waiting_for_acceptance_is_an_unknown_outcome(smtp_server: ServerFactory) -> None:
+    server = smtp_server(RecordingHandler(slow_data_seconds=1.5))
+    backend = smtp_backend(server, timeout=0.5)
+    with pytest.raises(DeliveryOutcomeUnknown):
+        send(backend, notice(1))
+    backend.close()
+    time.sleep(1.2)  # the server finishes in its own time
+    assert server.handler.data_attempts[notice(1).message_id] == 1
+
+
+def test_nothing_listening_is_transient() -> None:
+    backend = SmtpBackend(
+        "127.0.0.1", free_port(), sender=SENDER, timeout=1.0, retry_wait=wait_none()
+    )
+    with pytest.raises(TransientDeliveryError) as raised:
+        backend.open()
+    assert "cannot connect" in raised.value.text
+
+
+def test_starttls_required_but_not_offered_refuses_to_send(
+    smtp_server: ServerFactory,
+) -> None:
+    server = smtp_server()
+    backend = smtp_backend(server, starttls=True)
+    with pytest.raises(DeliveryConfigurationError) as raised:
+        send(backend, notice(1))
+    assert "STARTTLS" in raised.value.text
+    assert not raised.value.permanent
+    handler = server.handler
+    assert handler.mail_count == 0 and handler.delivered == []
+    assert handler.ehlo_count == 1  # not retried: a missing STARTTLS will not appear
+
+
+def test_starttls_and_login(
+    smtp_server: ServerFactory,
+    certificate: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = smtp_server(
+        tls_context=server_tls_context(certificate),
+        require_starttls=True,
+        authenticator=accept_password,
+    )
+    backend = smtp_backend(
+        server,
+        starttls=True,
+        username="mailer",
+        password=SecretStr(PASSWORD),
+        ssl_context_factory=trusting(certificate),
+    )
+    with backend:
+        send(backend, notice(1))
+        send(backend, notice(2))
+    delivered = server.handler.delivered
+    assert len(delivered) == 2
+    assert all(d.tls and d.authenticated for d in delivered)
+    assert server.handler.connections_used == 1
+    assert_logs_are_clean(caplog, "user1@example.com", "user2@example.com")
+
+
+def test_wrong_password_is_a_configuration_error(
+    smtp_server: ServerFactory,
+    certificate: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = smtp_server(
+        tls_context=server_tls_context(certificate), authenticator=accept_password
+    )
+    wrong = "wrong-" + PASSWORD
+    backend = smtp_backend(
+        server,
+        starttls=True,
+        username="mailer",
+        password=SecretStr(wrong),
+        ssl_context_factory=trusting(certificate),
+    )
+    with pytest.raises(DeliveryConfigurationError) as raised:
+        send(backend, notice(1))
+    assert raised.value.code == 535
+    assert wrong not in str(raised.value) and wrong not in caplog.text
+    assert server.handler.delivered == []
+
+
+def test_untrusted_certificate_is_refused(
+    smtp_server: ServerFactory, certificate: tuple[Path, Path]
+) -> None:
+    server = smtp_server(tls_context=server_tls_context(certificate))
+    backend = smtp_backend(server, starttls=True)  # the system's trust store only
+    with pytest.raises(DeliveryConfigurationError) as raised:
+        send(backend, notice(1))
+    assert "certificate" in raised.value.text
+    assert server.handler.mail_count == 0
+
+
+def test_implicit_tls(smtp_server: ServerFactory, certificate: tuple[Path, Path]) -> None:
+    server = smtp_server(ssl_context=server_tls_context(certificate))
+    with smtp_backend(server, ssl=True, ssl_context_factory=trusting(certificate)) as backend:
+        send(backend, notice(1))
+    assert [d.tls for d in server.handler.delivered] == [True]
+
+
+def test_invalid_recipient_is_permanent_without_contacting_the_server(
+    smtp_server: ServerFactory,
+) -> None:
+    server = smtp_server()
+    backend = smtp_backend(server)
+    good = notice(1)
+    for bad in ("user@example.com\r\nRCPT TO:<x@example.com>", "not an address", ""):
+        with pytest.raises(PermanentDeliveryError):
+            backend.send(bad, good.message_id, good.data)
+    assert server.handler.ehlo_count == 0
+
+
+def test_repr_and_errors_never_show_the_password(smtp_server: ServerFactory) -> None:
+    server = smtp_server()
+    backend = smtp_backend(server, username="mailer", password=SecretStr(PASSWORD))
+    assert PASSWORD not in repr(backend)
+    assert "**********" in repr(backend)
+    # This server offers no AUTH over a clear connection: login fails, and says so safely.
+    with pytest.raises(DeliveryConfigurationError) as raised:
+        backend.open()
+    assert PASSWORD not in str(raised.value)
+    assert PASSWORD not in repr(raised.value)
+
+
+def test_tls_modes_are_exclusive() -> None:
+    with pytest.raises(ValueError):
+        SmtpBackend("localhost", 25, sender=SENDER, starttls=True, ssl=True)
+
+
+# -- file and console ----------------------------------------------------------------------
+
+
+def test_file_backend_writes_one_eml_per_message_id(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    batch = [notice(i) for i in range(1, 4)]
+    with FileBackend(outbox) as backend:
+        for item in batch:
+            send(backend, item)
+    files = sorted(outbox.iterdir())
+    assert [f.name for f in files] == sorted(
+        item.message_id.strip("<>") + ".eml" for item in batch
+    )
+    assert (outbox / (batch[0].message_id.strip("<>") + ".eml")).read_bytes() == batch[0].data
+
+
+def test_file_backend_same_id_twice_is_one_file(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path)
+    item = notice(1)
+    send(backend, item)
+    backend.send(item.recipient, item.message_id, item.data + b"")
+    backend.send(item.recipient, item.message_id, b"second version\r\n")
+    assert [f.name for f in tmp_path.iterdir()] == [item.message_id.strip("<>") + ".eml"]
+    assert backend.path_for(item.message_id).read_bytes() == b"second version\r\n"
+
+
+def test_file_backend_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FileBackend(tmp_path)
+    item = notice(1)
+    send(backend, item)
+
+    def crash(*args: object) -> None:
+        raise OSError("disk gone at the worst moment")
+
+    monkeypatch.setattr("reinstatement.notices.backends.os.replace", crash)
+    with pytest.raises(TransientDeliveryError):
+        backend.send(item.recipient, item.message_id, b"half")
+    with pytest.raises(TransientDeliveryError):
+        send(backend, notice(2))
+    # The earlier file is whole, the failed one absent, and no temporary is left behind.
+    assert [f.name for f in tmp_path.iterdir()] == [item.message_id.strip("<>") + ".eml"]
+    assert backend.path_for(item.message_id).read_bytes() == item.data
+
+
+def test_file_names_stay_inside_the_outbox_and_never_collide(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path / "outbox")
+    message_ids = ("<../../etc/passwd>", "<a/b@x>", "<a_b@x>", "<.hidden@x>", f"<{'x' * 400}>")
+    paths = {backend.path_for(message_id) for message_id in message_ids}
+    assert len(paths) == 5
+    for path in paths:
+        assert path.parent == tmp_path / "outbox"
+        assert not path.name.startswith(".")
+        assert len(path.name) < 200
+    with pytest.raises(ValueError):
+        backend.path_for("<>")
+
+
+def test_file_backend_refuses_an_invalid_recipient(tmp_path: Path) -> None:
+    with pytest.raises(PermanentDeliveryError):
+        FileBackend(tmp_path).send("a@b.example\r\nBcc: c@d.example", "<id@x>", b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_backend_writes_to_its_stream() -> None:
+    stream = io.StringIO()
+    item = notice(1)
+    ConsoleBackend(stream).send(item.recipient, item.message_id, item.data)
+    output = stream.getvalue()
+    assert output.startswith(ConsoleBackend.separator + "\n")
+    assert output.endswith(ConsoleBackend.separator + "\n")
+    assert f"Message-ID: {item.message_id}\n" in output
+    assert "\r" not in output
+
+
+def test_console_backend_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    item = notice(1)
+    with ConsoleBackend() as backend:
+        send(backend, item)
+    assert f"To: {item.recipient}" in capsys.readouterr().out
+
+
+# -- settings, masking, pacing -------------------------------------------------------------
+
+
+def test_backend_from_settings_picks_each_backend(tmp_path: Path) -> None:
+    file_backend = backend_from_settings(
+        Settings(email_backend=EmailBackendName.FILE, email_dir=tmp_path / "out")
+    )
+    assert isinstance(file_backend, FileBackend)
+    assert file_backend.directory == tmp_path / "out"
+    assert isinstance(
+        backend_from_settings(Settings(email_backend=EmailBackendName.CONSOLE)), ConsoleBackend
+    )
+    settings = Settings(
+        email_backend=EmailBackendName.SMTP,
+        email_from=SENDER,
+        smtp_host="mail.example.com",
+        smtp_port=587,
+        smtp_username="mailer",
+        smtp_password=SecretStr("from-environment"),
+        smtp_starttls=True,
+        smtp_timeout_seconds=12.5,
+    )
+    smtp = backend_from_settings(settings)
+    assert isinstance(smtp, SmtpBackend)
+    assert (smtp.host, smtp.port, smtp.username, smtp.starttls, smtp.ssl, smtp.timeout) == (
+        "mail.example.com", 587, "mailer", True, False, 12.5,
+    )  # fmt: skip
+    assert smtp.envelope_sender == "trust-and-safety@example.com"
+    assert smtp._password is not None
+    assert smtp._password.get_secret_value() == "from-environment"
+    override = backend_from_settings(settings, smtp_password=SecretStr("from-prefect-block"))
+    assert isinstance(override, SmtpBackend) and override._password is not None
+    assert override._password.get_secret_value() == "from-prefect-block"
+    assert "from-prefect-block" not in repr(override)
+
+
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("jane.doe@example.com", "j***@example.com"),
+        ("J@example.com", "J***@example.com"),
+        ("Jane Doe <jane@example.com>", "j***@example.com"),
+        ("@example.com", "***@example.com"),
+        ("not-an-address", "***"),
+        ("", "***"),
+        ("a@b@example.com", "a***@example.com"),
+        ("x@exa\r\nmple.com", "x***@exa??mple.com"),
+    ],
+)
+def test_mask_email(address: str, masked: str) -> None:
+    assert mask_email(address) == masked
+
+
+class FakeClock:
+    """Time that moves only when the limiter sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+@pytest.mark.parametrize("rate", [None, 0])
+def test_rate_limiter_unlimited(rate: float | None) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock=clock, sleep=clock.sleep)
+    for _ in range(1000):
+        limiter.acquire()
+    assert clock.sleeps == [] and limiter.unlimited
+
+
+def test_rate_limiter_paces_after_the_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, burst=3, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        limiter.acquire()
+    assert clock.sleeps == []
+    limiter.acquire()
+    assert clock.sleeps == [pytest.approx(0.1)]
+    clock.now += 60  # a long pause refills the bucket, but only up to the burst
+    for _ in range(3):
+        limiter.acquire()
+    assert len(clock.sleeps) == 1
+    assert not limiter.try_acquire()
+    clock.now += 0.1
+    assert limiter.try_acquire()
+
+
+def test_rate_limiter_holds_the_rate_across_threads() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(50.0, burst=5, clock=clock, sleep=clock.sleep)
+    start = clock.now
+
+    def worker() -> None:
+        for _ in range(25):
+            limiter.acquire()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # 200 tokens: 5 from the burst, 195 at 50 per second.
+    assert clock.now - start == pytest.approx(195 / 50)
+
+
+def test_rate_limiter_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(-1.0)
+    with pytest.raises(ValueError):
+        RateLimiter(1.0, burst=0)

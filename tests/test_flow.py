@@ -1,0 +1,124 @@
+"""The reinstate-incident flow through Prefect: end to end, approval and rejection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.flow_runs import resume_flow_run
+from sqlalchemy import Engine, func, select
+
+from flows.reinstate_incident import reinstate_incident
+from reinstatement.incidents import build_request
+from reinstatement.models import Case, Incident
+from reinstatement.platform_schema import accounts
+from reinstatement.seed import (
+    INCIDENT_FAULTY,
+    INCIDENT_KEY,
+    INCIDENT_SINCE,
+    INCIDENT_UNTIL,
+    SeedOptions,
+    seed,
+)
+from tests.factories import snapshot
+
+pytestmark = pytest.mark.prefect
+
+
+def incident_request(**overrides: Any) -> Any:
+    fields: dict[str, Any] = {
+        "incident_key": INCIDENT_KEY,
+        "faulty_versions": list(INCIDENT_FAULTY),
+        "since": INCIDENT_SINCE,
+        "until": INCIDENT_UNTIL,
+        "batch_size": 100,
+        "require_approval": False,
+    }
+    fields.update(overrides)
+    return build_request(**fields)
+
+
+def test_flow_reinstates_a_seeded_incident(prefect_api: None, engine: Engine,
+                                           cli_env: dict[str, str]) -> None:
+    summary = seed(engine, SeedOptions(accounts=400, seed=3))
+    report = reinstate_incident(incident_request())
+    outcomes = {k: v for k, v in report["outcomes"].items() if v}
+    assert outcomes == dict(summary.expected_outcomes)
+    assert report["status"] == "completed"
+    eml = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
+    assert len(eml) == report["notices"].get("sent", 0) > 0
+    assert report["notices"].get("pending", 0) == 0
+
+    # Running the same key again changes nothing and sends nothing.
+    before = snapshot(engine)
+    again = reinstate_incident(incident_request())
+    assert snapshot(engine) == before
+    assert again["outcomes"] == report["outcomes"]
+    assert len(list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))) == len(eml)
+
+
+def _run_in_background(request: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["report"] = reinstate_incident(request)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_paused_run(timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(limit=50):
+                if run.state is not None and run.state.is_paused():
+                    return run.id
+            time.sleep(0.5)
+    raise AssertionError("the flow never paused for approval")
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
+def test_operator_approves_or_rejects_through_the_api(
+    prefect_api: None, engine: Engine, cli_env: dict[str, str], approve: bool
+) -> None:
+    summary = seed(engine, SeedOptions(accounts=200, seed=4))
+    before = snapshot(engine)
+    thread, outcome = _run_in_background(incident_request(require_approval=True))
+    flow_run_id = _wait_for_paused_run()
+    # Paused: verified, previewed, and nothing restored yet.
+    assert snapshot(engine) == before
+    resume_flow_run(flow_run_id, run_input={
+        "approve": approve, "operator": "ops-oncall", "note": "checked the samples"})
+    thread.join(timeout=180)
+    assert "error" not in outcome, outcome.get("error")
+    with engine.connect() as conn:
+        incident = conn.execute(select(Incident.approval, Incident.approved_by)
+                                .where(Incident.key == INCIDENT_KEY)).one()
+        active = conn.execute(select(func.count()).select_from(accounts)
+                              .where(accounts.c.status == "active")).scalar_one()
+        reinstated_cases = conn.execute(select(func.count()).select_from(Case).where(
+            Case.state == "restored")).scalar_one()
+    assert incident.approved_by == "ops-oncall"
+    if approve:
+        assert incident.approval == "approved"
+        assert reinstated_cases == summary.expected_outcomes["reinstated"]
+        assert active == summary.kinds["bystander"] + summary.kinds["appealed"] + \
+            reinstated_cases
+    else:
+        assert incident.approval == "rejected"
+        assert reinstated_cases == 0
+        assert snapshot(engine) == before
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))[0]
+        assert run.state is not None and run.state.is_completed()
