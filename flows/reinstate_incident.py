@@ -35,7 +35,7 @@ from reinstatement.incidents import IncidentRequest
 from reinstatement.models import Case, Incident, Run
 from reinstatement.retrying import in_transaction
 from reinstatement.settings import load_settings
-from reinstatement.steps import CaseState
+from reinstatement.steps import CaseState, pending_work
 from tasks.notify import send_notices
 from tasks.pipeline import (
     plan_candidates,
@@ -232,8 +232,10 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
                         sent.get("retry", 0), sent.get("failed", 0))
             timings["notify"] = time.perf_counter() - started
 
-        _set_completed(incident_id)
-        final_status = "completed"
+        if _set_completed(incident_id):
+            final_status = "completed"
+        else:
+            final_status = "handed over"  # another run of the incident holds the rest
         return publish_report(key)
     finally:
         _finish_run(run_id, final_status, timings)
@@ -249,14 +251,18 @@ def pause_for_approval() -> ApprovalDecision:
     return decision
 
 
-def _set_completed(incident_id: int) -> None:
+def _set_completed(incident_id: int) -> bool:
+    """Mark the incident completed if no case waits for verification or restore."""
     engine = get_engine(load_settings().database_url)
 
-    def work(conn: Any) -> None:
+    def work(conn: Any) -> bool:
+        if pending_work(conn, incident_id):
+            return False
         status = conn.execute(select(Incident.status).where(Incident.id == incident_id)
                               ).scalar_one()
         if status != "completed":
             runner.set_incident_status(conn, incident_id, "completed", run_actor(),
                                        "every case verified and every restore done")
+        return True
 
-    in_transaction(engine, work)
+    return in_transaction(engine, work)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from reinstatement import steps
 from reinstatement.db import utcnow
@@ -44,7 +45,11 @@ def register(engine: Engine, request: IncidentRequest, actor: str) -> Registered
                                 f"registered with {request.parameters()}")
         return incident
 
-    return in_transaction(engine, work)
+    try:
+        return in_transaction(engine, work)
+    except IntegrityError:
+        # Another run registered the same key a moment ago: check against that one.
+        return in_transaction(engine, work)
 
 
 def set_incident_status(conn: Connection, incident_id: int, status: str, actor: str,

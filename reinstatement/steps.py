@@ -137,13 +137,26 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
          "created_at": now, "updated_at": now}
         for account_id in account_ids if account_id not in existing
     ]
+    created = 0
     if new:
+        # Another run of the incident may be planning the same page right now: a case it
+        # created first is kept, and only the cases created here are audited here.
         case_ids = conn.execute(
-            insert(Case).returning(Case.id, sort_by_parameter_order=True), new
+            _insert_ignoring_duplicates(conn, Case).returning(Case.id), new
         ).scalars().all()
         _audit(conn, incident.id, ((case_id, None, CaseState.PLANNED, "candidate account")
                                    for case_id in case_ids), PIPELINE_ACTOR)
-    return len(new), account_ids[-1]
+        created = len(case_ids)
+    return created, account_ids[-1]
+
+
+def _insert_ignoring_duplicates(conn: Connection, model: type[Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing()
+    return sqlite.insert(model).on_conflict_do_nothing()
 
 
 def planned_through(conn: Connection, incident_id: int) -> int:

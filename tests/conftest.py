@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from reinstatement.db import make_engine
 from reinstatement.schema_admin import create_platform, upgrade_pipeline
+from tests.smtp_server import smtp_server  # noqa: F401 - a fixture shared by several modules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = PROJECT_ROOT.parent / "shared" / "PLATFORM.md"
@@ -189,12 +190,16 @@ def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """One Prefect test server for the whole session (it takes seconds to start)."""
+def prefect_api() -> Iterator[str]:
+    """One Prefect test server for the whole session (it takes seconds to start).
+
+    Yields its API URL, for flows run in child processes.
+    """
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture(autouse=True)

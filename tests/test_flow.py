@@ -43,7 +43,7 @@ def incident_request(**overrides: Any) -> Any:
     return build_request(**fields)
 
 
-def test_flow_reinstates_a_seeded_incident(prefect_api: None, engine: Engine,
+def test_flow_reinstates_a_seeded_incident(prefect_api: str, engine: Engine,
                                            cli_env: dict[str, str]) -> None:
     summary = seed(engine, SeedOptions(accounts=400, seed=3))
     report = reinstate_incident(incident_request())
@@ -89,7 +89,7 @@ def _wait_for_paused_run(timeout: float = 120) -> Any:
 
 @pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
 def test_operator_approves_or_rejects_through_the_api(
-    prefect_api: None, engine: Engine, cli_env: dict[str, str], approve: bool
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], approve: bool
 ) -> None:
     summary = seed(engine, SeedOptions(accounts=200, seed=4))
     before = snapshot(engine)

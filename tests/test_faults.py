@@ -1,0 +1,224 @@
+"""Killed and concurrent runs: the platform ends exactly as after one uninterrupted run.
+
+Each run here is the real command, `reinstate run`, in a child process talking to the
+session's Prefect test server, sending its notices over SMTP to a server in this test
+process. A watcher reads the pipeline's tables and sends SIGKILL the moment a step is
+under way (planning, verifying, restoring, notifying), then the run is started again;
+after the last run the platform, the cases and the notices must equal those of an
+uninterrupted run of the same seeded incident on another database, and no notice may
+have been delivered twice except one in flight at a kill, with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from reinstatement.db import make_engine
+from reinstatement.models import AuditEntry, Case, Notice
+from reinstatement.seed import (
+    INCIDENT_FAULTY,
+    INCIDENT_KEY,
+    INCIDENT_SINCE,
+    INCIDENT_UNTIL,
+    SeedOptions,
+    seed,
+)
+from tests.factories import snapshot
+from tests.smtp_server import ServerFactory, SmtpServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.prefect]
+
+ACCOUNTS = 1200
+BATCH = 20
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env(db_url: str, api_url: str, smtp: SmtpServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REINSTATE_")}
+    env.update({
+        "REINSTATE_DATABASE_URL": db_url,
+        "REINSTATE_EMAIL_BACKEND": "smtp",
+        "REINSTATE_SMTP_HOST": "127.0.0.1",
+        "REINSTATE_SMTP_PORT": str(smtp.port),
+        "REINSTATE_SMTP_TIMEOUT_SECONDS": "10",
+        # A killed run's claimed notices may be taken over after two seconds.
+        "REINSTATE_NOTICE_LEASE_SECONDS": "2",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    })
+    return env
+
+
+def start_run(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "reinstatement.cli", "run", INCIDENT_KEY,
+        *[arg for name in INCIDENT_FAULTY for arg in ("--faulty", name)],
+        "--since", INCIDENT_SINCE.isoformat(), "--until", INCIDENT_UNTIL.isoformat(),
+        "--batch-size", str(BATCH),
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        cases = dict(conn.execute(select(Case.state, func.count()).group_by(Case.state)).all())
+        sent = conn.execute(select(func.count()).where(Notice.state == "sent")).scalar_one()
+    return {"cases": sum(cases.values()), "verified": sum(
+        n for s, n in cases.items() if s not in ("planned", "previewed")),
+        "restored": cases.get("restored", 0), "sent": sent}
+
+
+# When to kill: the first moment each step is seen under way, and again later in it.
+KILL_MOMENTS: list[tuple[str, Callable[[dict[str, int]], bool]]] = [
+    ("planning", lambda c: c["cases"] > 0),
+    ("verifying", lambda c: 0 < c["verified"]),
+    ("verifying, later", lambda c: c["verified"] > c["cases"] // 2),
+    ("restoring", lambda c: c["restored"] > 0),
+    ("restoring, later", lambda c: c["restored"] > 300),
+    ("notifying", lambda c: c["sent"] > 0),
+    ("notifying, later", lambda c: c["sent"] > 250),
+]
+
+
+def kill_when(engine: Engine, env: dict[str, str], log: Path,
+              moment: Callable[[dict[str, int]], bool]) -> bool:
+    """Start a run and SIGKILL it once `moment` holds; False if it finished first."""
+    process = start_run(env, log)
+    deadline = time.monotonic() + 180
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if moment(counts(engine)):
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=30)
+                    return True
+            except Exception:  # noqa: BLE001 - the tables may be mid-creation
+                pass
+            time.sleep(0.01)
+        return False
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def run_to_completion(env: dict[str, str], log: Path) -> None:
+    process = start_run(env, log)
+    assert process.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
+
+
+def normalised_platform(engine: Engine) -> dict[str, Any]:
+    """The platform with what legitimately differs between runs (times, new ids) left out."""
+    snap = snapshot(engine)
+    actions = snap["enforcement_actions"]
+    unban_owner = {i: r["account_id"] for i, r in actions.items()
+                   if r["source"] == "reinstatement"}
+    return {
+        "accounts": {i: (r["status"], r["username"], r["email"])
+                     for i, r in snap["accounts"].items()},
+        "bans": {
+            i: (r["reversed_at"] is not None,
+                ("pipeline", unban_owner[r["reversed_by_action_id"]])
+                if r["reversed_by_action_id"] in unban_owner else r["reversed_by_action_id"])
+            for i, r in actions.items() if r["source"] != "reinstatement"
+        },
+        "unbans_per_account": Counter(unban_owner.values()),
+        "pins": {i: (r["status"], r["hidden_by_action_id"]) for i, r in snap["pins"].items()},
+        "rule_versions": snap["rule_versions"],
+    }
+
+
+def pipeline_outcome(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        cases = {r.account_id: (r.outcome, r.state, r.pins_restored)
+                 for r in conn.execute(select(Case.account_id, Case.outcome, Case.state,
+                                              Case.pins_restored))}
+        notices = {r.account_id: (r.state, r.message_id)
+                   for r in conn.execute(select(Notice.account_id, Notice.state,
+                                                Notice.message_id))}
+    return {"cases": cases, "notices": notices}
+
+
+def seeded(url: str) -> Engine:
+    engine = make_engine(url)
+    seed(engine, SeedOptions(accounts=ACCOUNTS, seed=21))
+    return engine
+
+
+@pytest.fixture
+def reference(backend: str, templates: Any, prefect_api: str, smtp_server: ServerFactory,
+              tmp_path: Path) -> Any:
+    """An uninterrupted run of the seeded incident, on its own database and SMTP server."""
+    url = templates.new_database(backend)
+    engine = seeded(url)
+    smtp = smtp_server()
+    run_to_completion(child_env(url, prefect_api, smtp), tmp_path / "reference.log")
+    yield normalised_platform(engine), pipeline_outcome(engine), smtp.handler.delivered_ids
+    engine.dispose()
+    templates.drop(url)
+
+
+def test_runs_killed_at_every_step_end_as_an_uninterrupted_run(
+    reference: Any, db_url: str, prefect_api: str, smtp_server: ServerFactory,
+    tmp_path: Path,
+) -> None:
+    expected_platform, expected_pipeline, expected_deliveries = reference
+    engine = seeded(db_url)
+    smtp = smtp_server()
+    env = child_env(db_url, prefect_api, smtp)
+    log = tmp_path / "killed.log"
+    kills_while_sending = 0
+    killed = []
+    for name, moment in KILL_MOMENTS:
+        if kill_when(engine, env, log, moment):
+            killed.append(name)
+            kills_while_sending += name.startswith("notifying")
+    # The kills must really have landed across the steps, not after the run ended.
+    assert {"planning", "verifying", "restoring", "notifying"} <= {
+        k.split(",")[0] for k in killed}, killed
+    run_to_completion(env, log)
+
+    assert normalised_platform(engine) == expected_platform
+    assert pipeline_outcome(engine) == expected_pipeline
+    delivered = smtp.handler.delivered_ids
+    assert set(delivered) == set(expected_deliveries)
+    duplicates = {mid: n for mid, n in delivered.items() if n > 1}
+    # Only a notice whose send was under way at a kill may go twice, under its one id.
+    assert sum(n - 1 for n in duplicates.values()) <= kills_while_sending, duplicates
+    engine.dispose()
+
+
+def test_two_runs_of_one_incident_at_once_process_each_case_once(
+    reference: Any, db_url: str, prefect_api: str, smtp_server: ServerFactory,
+    tmp_path: Path,
+) -> None:
+    expected_platform, expected_pipeline, expected_deliveries = reference
+    engine = seeded(db_url)
+    smtp = smtp_server()
+    env = child_env(db_url, prefect_api, smtp)
+    runs = [start_run(env, tmp_path / f"run{i}.log") for i in range(2)]
+    for i, process in enumerate(runs):
+        assert process.wait(timeout=300) == 0, (tmp_path / f"run{i}.log").read_text()[-3000:]
+    assert normalised_platform(engine) == expected_platform
+    assert pipeline_outcome(engine) == expected_pipeline
+    assert smtp.handler.delivered_ids == expected_deliveries
+    assert set(expected_deliveries.values()) == {1}
+    with engine.connect() as conn:
+        transitions = Counter(conn.execute(
+            select(AuditEntry.case_id, AuditEntry.to_state)
+            .where(AuditEntry.case_id.is_not(None))).all())
+    assert max(transitions.values()) == 1, "a case went through the same step twice"
+    engine.dispose()
