@@ -160,6 +160,12 @@ def _record_approval(incident_id: int, decision: ApprovalDecision) -> None:
     in_transaction(engine, work)
 
 
+def _set_status(incident_id: int, status: str, reason: str) -> None:
+    engine = get_engine(load_settings().database_url)
+    in_transaction(engine, lambda conn: runner.set_incident_status(
+        conn, incident_id, status, run_actor(), reason))
+
+
 def _reset_previews(incident_id: int) -> None:
     """A new dry run previews every unverified case again, against the data as it is now."""
     engine = get_engine(load_settings().database_url)
@@ -210,6 +216,7 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
 
         if request.require_approval and approval != "approved":
             publish_preview(key, dry_run=False)
+            _set_status(incident_id, "awaiting_approval", "preview published")
             logger.info("waiting for an operator to approve or reject incident %s", key)
             decision = pause_for_approval()
             _record_approval(incident_id, decision)

@@ -36,13 +36,24 @@ class StepContext:
 
 
 def register(engine: Engine, request: IncidentRequest, actor: str) -> RegisteredIncident:
+    """Register the incident (or check a rerun asks the same thing) and mark real runs.
+
+    Incident status: 'registered' (dry runs only so far), 'running' (a real run began),
+    'awaiting_approval', 'approved', 'rejected', 'completed'. The nightly reconciliation
+    resumes only 'running' and 'approved' incidents, never one an operator has not seen.
+    """
+
     def work(conn: Connection) -> RegisteredIncident:
+        known = conn.execute(select(Incident.id).where(Incident.key == request.incident_key)
+                             ).scalar_one_or_none()
         incident = register_incident(conn, request)
+        if known is None:
+            steps.audit_incident(conn, incident.id, None, "registered", actor,
+                                 f"registered with {request.parameters()}")
         status = conn.execute(select(Incident.status).where(Incident.id == incident.id)
                               ).scalar_one()
-        if status == "registered":
-            set_incident_status(conn, incident.id, "open", actor,
-                                f"registered with {request.parameters()}")
+        if status == "registered" and not request.dry_run:
+            set_incident_status(conn, incident.id, "running", actor, "a real run began")
         return incident
 
     try:
