@@ -104,7 +104,7 @@ class Case(Base):
 
     __tablename__ = "reinstatement_cases"
     __table_args__ = (
-        UniqueConstraint("incident_id", "account_id"),
+        UniqueConstraint("incident_id", "account_id", "round"),
         Index("ix_reinstatement_cases_incident_state", "incident_id", "state", "id"),
     )
 
@@ -113,6 +113,9 @@ class Case(Base):
     # No foreign key to accounts: an operator may list ids that do not exist
     # (they come out 'skipped'), and the platform's tables are not ours to reference.
     account_id: Mapped[int] = mapped_column(BigInteger)
+    # 1 for the incident's own case of the account; 2, 3 ... when the account was banned
+    # again by one of the incident's faulty versions after it had been reinstated.
+    round: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     state: Mapped[str] = mapped_column(String(16))
     outcome: Mapped[str | None] = mapped_column(String(16))
     reasons: Mapped[dict[str, Any] | None]
@@ -123,6 +126,7 @@ class Case(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_until: Mapped[datetime | None]
     reviewed_by: Mapped[str | None] = mapped_column(String(100))
+    review_decision: Mapped[str | None] = mapped_column(String(16))
     review_note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from reinstatement.platform_schema import create_platform_tables
 
@@ -53,7 +53,30 @@ def upgrade_pipeline(engine: Engine, revision: str = "head") -> tuple[str | None
     """Apply the pipeline's migrations up to `revision`; returns (before, after)."""
     before = current_revision(engine)
     config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying it; with foreign keys enforced, dropping the
+            # old copy would fail for rows that reference it. Checks go off for the
+            # migration (outside any transaction, where the pragma takes effect) and every
+            # reference is verified before the migration commits.
+            _driver_execute(conn, "PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left broken references: {broken[:5]}")
+        finally:
+            if sqlite:
+                _driver_execute(conn, "PRAGMA foreign_keys = ON")
     return before, current_revision(engine) or ""
+
+
+def _driver_execute(conn: Connection, statement: str) -> None:
+    """Run a statement on the driver's connection, outside SQLAlchemy's transaction."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(statement)

@@ -73,3 +73,33 @@ def test_upgrade_is_idempotent_and_leaves_the_platform_alone(empty_db_url: str) 
         assert snapshot(engine) == platform_before
     finally:
         engine.dispose()
+
+
+def test_upgrade_keeps_the_pipeline_rows_of_an_earlier_revision(empty_db_url: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(empty_db_url)
+    try:
+        create_platform(engine)
+        upgrade_pipeline(engine, "0001")
+        now = "2025-05-01 00:00:00"
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO reinstatement_incidents (id, key, params, params_digest, status, "
+                "created_at, updated_at) VALUES (1, 'INC-1', '{}', 'x', 'running', :t, :t)"),
+                {"t": now})
+            conn.execute(text(
+                "INSERT INTO reinstatement_cases (id, incident_id, account_id, state, "
+                "created_at, updated_at) VALUES (7, 1, 42, 'restored', :t, :t)"), {"t": now})
+            conn.execute(text(
+                "INSERT INTO reinstatement_notices (case_id, incident_id, account_id, "
+                "message_id, locale, state, created_at, updated_at) "
+                "VALUES (7, 1, 42, '<m@x>', 'en', 'sent', :t, :t)"), {"t": now})
+        assert upgrade_pipeline(engine) == ("0001", head_revision())
+        with engine.connect() as conn:
+            assert conn.execute(text(
+                "SELECT id, account_id, round FROM reinstatement_cases")).all() == [(7, 42, 1)]
+            assert conn.execute(text(
+                "SELECT case_id FROM reinstatement_notices")).scalars().all() == [7]
+    finally:
+        engine.dispose()
