@@ -37,7 +37,14 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, IncidentVersion, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
-from reinstatement.verdicts import AccountFacts, CaseDecision, Outcome, StandingBan, decide
+from reinstatement.verdicts import (
+    AccountFacts,
+    CaseDecision,
+    IncidentRules,
+    Outcome,
+    StandingBan,
+    decide,
+)
 
 PIPELINE_ACTOR = "reinstatement-pipeline"
 IN_CHUNK = 5000  # ids per IN (...) list: well under SQLite's limit on bound variables
@@ -220,16 +227,31 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
     return bans
 
 
-def decide_accounts(conn: Connection, incident: RegisteredIncident, account_ids: Sequence[int],
-                    *, lock: bool = False) -> tuple[dict[int, CaseDecision],
-                                                    dict[int, AccountRecord]]:
+def rules_for_round(incident: RegisteredIncident, round_: int) -> IncidentRules:
+    """The incident's rules; from the second round on, without the window's end.
+
+    A later round is an account the incident reinstated and a faulty version of the same
+    incident banned again afterwards: that new ban falls after the window by nature, and
+    is judged like the incident's own bans.
+    """
+    if round_ <= 1:
+        return incident.rules
+    return IncidentRules(faulty=incident.rules.faulty, since=incident.rules.since, until=None)
+
+
+def decide_accounts(conn: Connection, incident: RegisteredIncident,
+                    cases: Sequence[ClaimedCase], *, lock: bool = False
+                    ) -> tuple[dict[int, CaseDecision], dict[int, AccountRecord]]:
+    """Each case's decision by the contract's rules, keyed by case id."""
+    account_ids = [c.account_id for c in cases]
     found = load_accounts(conn, account_ids, lock=lock)
     bans = load_standing_bans(conn, account_ids, lock=lock)
     decisions = {}
-    for account_id in account_ids:
-        record = found.get(account_id)
-        facts = AccountFacts(account_id, None if record is None else record.status)
-        decisions[account_id] = decide(facts, bans.get(account_id, []), incident.rules)
+    for case in cases:
+        record = found.get(case.account_id)
+        facts = AccountFacts(case.account_id, None if record is None else record.status)
+        decisions[case.id] = decide(facts, bans.get(case.account_id, []),
+                                    rules_for_round(incident, case.round))
     return decisions, found
 
 
@@ -242,19 +264,25 @@ class ClaimedCase:
     state: str
     outcome: str | None
     standing_ban_ids: list[int] | None
+    round: int = 1
+    review_decision: str | None = None
 
 
 def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit: int,
-                outcome: str | None = None) -> list[ClaimedCase]:
+                outcome: str | None = None, case_ids: Sequence[int] | None = None
+                ) -> list[ClaimedCase]:
     """Take up to `limit` cases in `states`, locked for this transaction, in id order."""
     query = (
-        select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids)
+        select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids,
+               Case.round, Case.review_decision)
         .where(Case.incident_id == incident_id, Case.state.in_(states))
         .order_by(Case.id)
         .limit(limit)
     )
     if outcome is not None:
         query = query.where(Case.outcome == outcome)
+    if case_ids is not None:
+        query = query.where(Case.id.in_(case_ids))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [ClaimedCase(*row) for row in conn.execute(query)]
@@ -317,11 +345,11 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     result = BatchResult()
     if not claimed:
         return result
-    decisions, _ = decide_accounts(conn, incident, [c.account_id for c in claimed])
+    decisions, _ = decide_accounts(conn, incident, claimed)
     now = utcnow()
     updates, audit_rows = [], []
     for case in claimed:
-        decision = decisions[case.account_id]
+        decision = decisions[case.id]
         state = CaseState.PREVIEWED if preview else _STATE_AFTER_VERIFY[decision.outcome]
         updates.append(_case_update(case.id, decision, state, now))
         audit_rows.append((case.id, case.state, state,
@@ -344,7 +372,8 @@ def _unban_reason(incident: RegisteredIncident, decision: CaseDecision) -> str:
 
 
 def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
-                  sender_domain: str, actor: str = PIPELINE_ACTOR) -> BatchResult:
+                  sender_domain: str, actor: str = PIPELINE_ACTOR,
+                  case_ids: Sequence[int] | None = None) -> BatchResult:
     """Restore the next batch of verified cases whose outcome is reinstated.
 
     In this one transaction, per account: status 'active', one 'unban' action, each
@@ -354,20 +383,23 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     records what it is now.
     """
     claimed = claim_cases(conn, incident.id, [CaseState.VERIFIED], limit,
-                          outcome=str(Outcome.REINSTATED))
+                          outcome=str(Outcome.REINSTATED), case_ids=case_ids)
     result = BatchResult()
     if not claimed:
         return result
-    decisions, found = decide_accounts(conn, incident, [c.account_id for c in claimed],
-                                       lock=True)
+    decisions, found = decide_accounts(conn, incident, claimed, lock=True)
     now = utcnow()
     to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]] = []
     changed_updates: list[dict[str, Any]] = []
     audit_rows: list[tuple[int | None, str | None, str, str]] = []
     for case in claimed:
-        decision = decisions[case.account_id]
+        decision = decisions[case.id]
         same_bans = sorted(case.standing_ban_ids or []) == list(decision.standing_ban_ids)
-        if decision.outcome == Outcome.REINSTATED and same_bans:
+        # A reviewer may decide an uncertain case: reinstated, as long as nothing about its
+        # bans changed since they looked.
+        reviewed = (case.review_decision == "reinstate"
+                    and decision.outcome == Outcome.NEEDS_REVIEW)
+        if (decision.outcome == Outcome.REINSTATED or reviewed) and same_bans:
             to_restore.append((case, decision, found[case.account_id]))
             continue
         # The platform moved since verification (a moderator acted, a ban was lifted or
@@ -445,7 +477,8 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
                         else NoticeState.PENDING if record.email else NoticeState.NO_ADDRESS)
         notices.append({
             "case_id": case.id, "incident_id": incident.id, "account_id": record.id,
-            "message_id": message_id_for(incident.key, record.id, sender_domain),
+            "message_id": message_id_for(notice_key(incident.key, case.round), record.id,
+                                         sender_domain),
             "recipient": record.email, "locale": record.locale, "state": notice_state,
             "attempts": 0, "next_attempt_at": now if notice_state == NoticeState.PENDING
             else None, "created_at": now, "updated_at": now,
@@ -462,6 +495,11 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
         case_updates,
     )
     conn.execute(insert(Notice), notices)
+
+
+def notice_key(incident_key: str, round_: int) -> str:
+    """What a notice's Message-ID is derived from: the incident, and the round after the first."""
+    return incident_key if round_ <= 1 else f"{incident_key}#{round_}"
 
 
 def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Counter[int]:
