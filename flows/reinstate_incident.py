@@ -31,7 +31,7 @@ from sqlalchemy import insert, select, update
 from reinstatement import runner
 from reinstatement.db import get_engine, utcnow
 from reinstatement.errors import BadInput
-from reinstatement.incidents import IncidentRequest
+from reinstatement.incidents import IncidentRequest, load_incident
 from reinstatement.models import Case, Incident, Run
 from reinstatement.retrying import in_transaction
 from reinstatement.settings import load_settings
@@ -69,7 +69,16 @@ class BatchesFailed(RuntimeError):
     """Some batch tasks failed after their retries; the rest of their step is left undone."""
 
 
-def run_batches(step: Task[..., dict[str, Any]], incident_key: str, batch_size: int,
+def _pending(incident_key: str | None, batch_size: int, pending_key: str) -> int:
+    if incident_key is None:  # notices of every incident (the nightly reconciliation)
+        from reinstatement.outbox import due_count
+
+        with get_engine(load_settings().database_url).connect() as conn:
+            return due_count(conn)
+    return runner.pending(step_context(incident_key, batch_size)).get(pending_key, 0)
+
+
+def run_batches(step: Task[..., dict[str, Any]], incident_key: str | None, batch_size: int,
                 pending_key: str, progress_name: str, **task_args: Any) -> dict[str, Any]:
     """Submit enough batch tasks for the pending work, resolve them all, repeat until none.
 
@@ -77,11 +86,10 @@ def run_batches(step: Task[..., dict[str, Any]], incident_key: str, batch_size: 
     future is resolved and every failure counted: a failed batch fails the run.
     """
     logger = get_run_logger()
-    ctx = step_context(incident_key, batch_size)
     totals: dict[str, Any] = {"cases": 0, "outcomes": Counter(), "pins_restored": 0,
                               "notices_queued": 0, "changed_since_verification": 0}
-    remaining = runner.pending(ctx).get(pending_key, 0)
-    progress = Progress(incident_key, progress_name, remaining)
+    remaining = _pending(incident_key, batch_size, pending_key)
+    progress = Progress(incident_key or "all-incidents", progress_name, remaining)
     while remaining:
         futures: list[PrefectFuture[dict[str, Any]]] = [
             step.submit(incident_key, batch_size, **task_args)
@@ -112,7 +120,7 @@ def run_batches(step: Task[..., dict[str, Any]], incident_key: str, batch_size: 
             logger.warning("%d %s cases are being handled by another run", remaining,
                            progress_name)
             break
-        remaining = runner.pending(ctx).get(pending_key, 0)
+        remaining = _pending(incident_key, batch_size, pending_key)
     totals["outcomes"] = dict(totals["outcomes"])
     return totals
 
@@ -196,18 +204,7 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
     final_status = "failed"
     key, size = request.incident_key, request.batch_size
     try:
-        started = time.perf_counter()
-        plan_candidates(key, size)
-        timings["plan"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        if request.dry_run:
-            _reset_previews(incident_id)
-        verified = run_batches(verify_cases, key, size,
-                               "preview" if request.dry_run else "verify", "verify",
-                               preview=request.dry_run)
-        timings["verify"] = time.perf_counter() - started
-        logger.info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
+        _plan_and_verify(key, size, incident_id, timings, preview=request.dry_run)
 
         if request.dry_run:
             publish_preview(key, dry_run=True)
@@ -226,24 +223,67 @@ def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
                 final_status = "rejected"
                 return publish_report(key)
 
-        started = time.perf_counter()
-        restored = run_batches(restore_cases, key, size, "restore", "restore")
-        timings["restore"] = time.perf_counter() - started
-        logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
-            "reinstated", 0), restored["pins_restored"])
-
-        if request.notify:
-            started = time.perf_counter()
-            sent = run_batches(send_notices, key, size, "notify", "notify")
-            logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
-                        sent.get("retry", 0), sent.get("failed", 0))
-            timings["notify"] = time.perf_counter() - started
-
-        if _set_completed(incident_id):
-            final_status = "completed"
-        else:
-            final_status = "handed over"  # another run of the incident holds the rest
+        _restore_and_notify(key, size, request.notify, timings)
+        final_status = "completed" if _set_completed(incident_id) else "handed over"
         return publish_report(key)
+    finally:
+        _finish_run(run_id, final_status, timings)
+
+
+def _plan_and_verify(key: str, size: int, incident_id: int, timings: dict[str, float], *,
+                     preview: bool) -> None:
+    """Steps 2 and 3: a case for every candidate, then every case judged."""
+    started = time.perf_counter()
+    plan_candidates(key, size)
+    timings["plan"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if preview:
+        _reset_previews(incident_id)
+    verified = run_batches(verify_cases, key, size, "preview" if preview else "verify",
+                           "verify", preview=preview)
+    timings["verify"] = time.perf_counter() - started
+    get_run_logger().info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
+
+
+def _restore_and_notify(key: str, size: int, notify: bool, timings: dict[str, float]) -> None:
+    """Steps 5 and 6: restore every verified reinstatement, then send the due notices."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    restored = run_batches(restore_cases, key, size, "restore", "restore")
+    timings["restore"] = time.perf_counter() - started
+    logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
+        "reinstated", 0), restored["pins_restored"])
+    if notify:
+        started = time.perf_counter()
+        sent = run_batches(send_notices, key, size, "notify", "notify")
+        logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
+                    sent.get("retry", 0), sent.get("failed", 0))
+        timings["notify"] = time.perf_counter() - started
+
+
+@flow(
+    name="resume-incident",
+    description="Continue an incident that a crashed or cancelled run left mid-way.",
+    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+)
+def resume_incident(incident_key: str, batch_size: int = 5000) -> dict[str, Any]:
+    """Continue a running or approved incident where its last run stopped."""
+    status, _ = _approval_state(incident_key)
+    if status not in ("running", "approved", "completed"):
+        raise BadInput(f"incident {incident_key} is {status}: only a running or approved "
+                       "incident is resumed without an operator")
+    engine = get_engine(load_settings().database_url)
+    with engine.connect() as conn:
+        incident = load_incident(conn, incident_key)
+    run_id = _start_run(incident.id, dry_run=False)
+    timings: dict[str, float] = {}
+    final_status = "failed"
+    try:
+        _plan_and_verify(incident_key, batch_size, incident.id, timings, preview=False)
+        _restore_and_notify(incident_key, batch_size, incident.notify, timings)
+        final_status = "completed" if _set_completed(incident.id) else "handed over"
+        return publish_report(incident_key)
     finally:
         _finish_run(run_id, final_status, timings)
 

@@ -127,3 +127,13 @@ def pending(ctx: StepContext) -> dict[str, int]:
         work = steps.pending_work(conn, incident.id)
         work["notify"] = due_count(conn, incident.id)
         return work
+
+
+def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
+    """Restore these verified cases only (a reviewer's decision), in one transaction."""
+    def work(conn: Connection) -> steps.BatchResult:
+        incident = load_incident(conn, ctx.incident_key)
+        return steps.restore_batch(conn, incident, len(case_ids), case_ids=case_ids,
+                                   sender_domain=ctx.sender_domain, actor=ctx.actor)
+
+    return in_transaction(ctx.engine, work)

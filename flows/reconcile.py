@@ -1,0 +1,178 @@
+"""The nightly reconciliation: find what drifted, repair what is safe, report the rest.
+
+Step 1, accounts banned again by a faulty version of the incident that reinstated them:
+        a new round of their case.
+Step 2, standing bans by versions marked 'faulty' that no incident covers: reported;
+        with auto_reinstate, run as an incident of their own under a generated key.
+Step 3, incidents left mid-way by a crashed or cancelled run: resumed.
+Step 4, notices whose retry time has come, or stuck in 'sending' after a crash: sent.
+Step 5, invariants: checked, repaired where safe; anything left fails the run so that
+        someone looks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.reinstate_incident import reinstate_incident, resume_incident, run_batches
+from reinstatement import reconcile
+from reinstatement.db import get_engine
+from reinstatement.incidents import build_request
+from reinstatement.retrying import in_transaction
+from reinstatement.settings import load_settings
+from tasks.notify import send_notices
+from tasks.pipeline import run_actor
+
+
+class InvariantsBroken(RuntimeError):
+    """The reconciliation found something it must not repair by itself."""
+
+
+def _engine() -> Any:
+    return get_engine(load_settings().database_url)
+
+
+@task(name="reopen-rebanned-accounts", cache_policy=NO_CACHE)
+def reopen_rebanned(dry_run: bool) -> list[dict[str, Any]]:
+    """Find reinstated accounts banned again by their incident's faulty versions."""
+    def work(conn: Any) -> list[dict[str, Any]]:
+        found = []
+        for reban in reconcile.rebanned_accounts(conn):
+            new_case = None if dry_run else reconcile.open_next_round(conn, reban, run_actor())
+            found.append({"incident": reban.incident, "case": reban.case_id,
+                          "account": reban.account_id, "bans": reban.ban_ids,
+                          "new_case": new_case})
+        return found
+
+    return in_transaction(_engine(), work)
+
+
+@task(name="find-uncovered-faulty-bans", cache_policy=NO_CACHE)
+def find_uncovered() -> list[dict[str, Any]]:
+    """Standing bans by versions marked 'faulty' that no incident covers."""
+    with _engine().connect() as conn:
+        return [vars(v) for v in reconcile.uncovered_faulty_bans(conn)]
+
+
+@task(name="uncovered-accounts", cache_policy=NO_CACHE)
+def uncovered_accounts(rule_version_ids: list[int]) -> list[int]:
+    """Every account with an uncovered standing ban by these versions."""
+    with _engine().connect() as conn:
+        return reconcile.uncovered_account_ids(conn, rule_version_ids)
+
+
+@task(name="find-incidents-to-resume", cache_policy=NO_CACHE)
+def find_incidents_to_resume() -> dict[str, list[str]]:
+    with _engine().connect() as conn:
+        return {"resume": reconcile.incidents_to_resume(conn),
+                "awaiting_operator": reconcile.incidents_awaiting_operator(conn)}
+
+
+@task(name="check-invariants", cache_policy=NO_CACHE)
+def check_invariants(repair: bool) -> dict[str, Any]:
+    """Check the pipeline's invariants and repair what is safe to repair."""
+    report = in_transaction(_engine(), lambda conn: reconcile.check_invariants(
+        conn, repair=repair))
+    return {**vars(report), "unrepaired": report.unrepaired}
+
+
+def _markdown(findings: dict[str, Any]) -> str:
+    lines = [f"# Nightly reconciliation, {findings['started_at']}", ""]
+    if findings["dry_run"]:
+        lines += ["Dry run: nothing was changed.", ""]
+    lines.append("| duty | found | done |")
+    lines.append("| --- | ---: | --- |")
+    lines.append(f"| accounts banned again by a faulty version | {len(findings['rebanned'])} | "
+                 f"{'new rounds opened' if not findings['dry_run'] else 'reported'} |")
+    uncovered = sum(v["standing_bans"] for v in findings["uncovered"])
+    lines.append(f"| standing bans by faulty versions no incident covers | {uncovered} | "
+                 f"{', '.join(findings['auto_incidents']) or 'reported'} |")
+    lines.append(f"| incidents left mid-way | {len(findings['resumed'])} | "
+                 f"{'resumed' if findings['resumed'] and not findings['dry_run'] else '-'} |")
+    lines.append(f"| notices due or stuck | {findings['notices'].get('cases', 0)} | "
+                 f"sent {findings['notices'].get('sent', 0)}, retry "
+                 f"{findings['notices'].get('retry', 0)}, failed "
+                 f"{findings['notices'].get('failed', 0)} |")
+    inv = findings["invariants"]
+    lines.append(f"| reinstated accounts banned with no cause | "
+                 f"{len(inv['banned_without_cause'])} | reported |")
+    lines.append(f"| pins still hidden by a reversed ban | {len(inv['pins_left_hidden'])} | "
+                 f"repaired {inv['pins_repaired']} |")
+    lines.append(f"| notices sent without a reinstatement | "
+                 f"{len(inv['notices_without_reinstatement'])} | reported |")
+    if findings["awaiting_operator"]:
+        lines += ["", "Waiting for an operator's approval (not resumed): "
+                  + ", ".join(findings["awaiting_operator"])]
+    for version in findings["uncovered"]:
+        lines.append(f"- {version['version']}: {version['standing_bans']} standing bans, "
+                     f"e.g. accounts {version['sample_accounts'][:5]}")
+    return "\n".join(lines)
+
+
+@flow(
+    name="nightly-reconciliation",
+    description="Repair what drifted: re-banned accounts, uncovered faulty bans, runs left "
+    "mid-way, unsent notices, broken invariants.",
+    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+)
+def nightly_reconciliation(auto_reinstate: bool = False, dry_run: bool = False,
+                           batch_size: int = 5000) -> dict[str, Any]:
+    """Find and repair drift; fail when an invariant is broken beyond a safe repair."""
+    logger = get_run_logger()
+    findings: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                "dry_run": dry_run, "auto_incidents": [], "resumed": []}
+
+    findings["rebanned"] = reopen_rebanned(dry_run)
+
+    findings["uncovered"] = find_uncovered()
+    if findings["uncovered"] and auto_reinstate and not dry_run:
+        versions = [v["version"] for v in findings["uncovered"]]
+        ids = uncovered_accounts([v["rule_version_id"] for v in findings["uncovered"]])
+        key = "AUTO-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + "-".join(
+            v.replace("@", ".") for v in versions)
+        key = key[:200]
+        reinstate_incident(build_request(
+            incident_key=key, faulty_versions=versions, account_ids=ids,
+            batch_size=batch_size, require_approval=False, notify=True))
+        findings["auto_incidents"].append(key)
+
+    incidents = find_incidents_to_resume()
+    findings["awaiting_operator"] = incidents["awaiting_operator"]
+    findings["resumed"] = incidents["resume"]
+    if not dry_run:
+        for key in incidents["resume"]:
+            logger.info("resuming incident %s", key)
+            resume_incident(key, batch_size)
+
+    findings["notices"] = {} if dry_run else run_batches(
+        send_notices, None, batch_size, "notify", "notify")
+
+    findings["invariants"] = check_invariants(repair=not dry_run)
+    create_markdown_artifact(key="nightly-reconciliation", markdown=_markdown(findings),
+                             description="What the nightly reconciliation found and did")
+    create_table_artifact(
+        key="nightly-reconciliation-findings",
+        table=[{"duty": "rebanned", "count": len(findings["rebanned"])},
+               {"duty": "uncovered faulty bans",
+                "count": sum(v["standing_bans"] for v in findings["uncovered"])},
+               {"duty": "incidents resumed", "count": len(findings["resumed"])},
+               {"duty": "notices sent", "count": findings["notices"].get("sent", 0)},
+               {"duty": "pins repaired", "count": findings["invariants"]["pins_repaired"]},
+               {"duty": "unrepaired invariant breaks",
+                "count": findings["invariants"]["unrepaired"]}],
+        description="Counts per duty",
+    )
+    if findings["invariants"]["unrepaired"]:
+        raise InvariantsBroken(
+            f"{findings['invariants']['unrepaired']} invariant break(s) need a person: "
+            "see the run's artifacts")
+    return findings
+
+

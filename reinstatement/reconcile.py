@@ -1,0 +1,233 @@
+"""What the nightly reconciliation looks for, and the repairs that are safe to make.
+
+Five duties, each a plain function on a connection (the flow in flows/reconcile.py
+wires them together and runs the incidents it finds through the usual steps):
+
+1. standing bans from a rule version whose status is 'faulty' that no incident covers;
+2. incidents left mid-way by a crashed or cancelled run (only those already running or
+   approved: an incident waiting for an operator's approval is never resumed by a robot);
+3. notices whose retry time has come, or stuck in 'sending' after a crash (outbox.py);
+4. accounts an incident reinstated that a faulty version of the same incident banned
+   again afterwards: a new round of the case, verified and reinstated like the first;
+5. invariants: a reinstated account that is banned again with no action explaining it; a
+   pin still hidden by a ban the pipeline reversed (repaired: it is exactly what the
+   restore should have done); a notice sent for a case that is not reinstated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, insert, select, update
+
+from reinstatement.db import utcnow
+from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
+from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+from reinstatement.steps import PIPELINE_ACTOR, CaseState, NoticeState, pending_work
+from reinstatement.verdicts import Outcome
+
+RESUMABLE_STATUSES = ("running", "approved")
+SAMPLE = 20
+
+
+@dataclass
+class UncoveredVersion:
+    version: str
+    rule_version_id: int
+    standing_bans: int
+    sample_accounts: list[int]
+
+
+def uncovered_faulty_bans(conn: Connection) -> list[UncoveredVersion]:
+    """Standing bans by versions marked 'faulty' whose account no incident has a case for."""
+    ea, rv = enforcement_actions, rule_versions
+    covered = exists().where(
+        Case.account_id == ea.c.account_id,
+        Case.incident_id == IncidentVersion.incident_id,
+        IncidentVersion.faulty_rule_version_id == ea.c.rule_version_id,
+    )
+    base = (
+        select(ea.c.account_id, rv.c.id, rv.c.rule_name, rv.c.version)
+        .join(rv, rv.c.id == ea.c.rule_version_id)
+        .where(ea.c.kind == "ban", ea.c.source == "rule", ea.c.reversed_at.is_(None),
+               rv.c.status == "faulty", ~covered)
+    ).subquery()
+    result = []
+    for row in conn.execute(
+        select(base.c.id, base.c.rule_name, base.c.version, func.count(),
+               func.min(base.c.account_id))
+        .group_by(base.c.id, base.c.rule_name, base.c.version)
+        .order_by(base.c.rule_name, base.c.version)
+    ):
+        sample = list(conn.execute(
+            select(base.c.account_id).where(base.c.id == row[0])
+            .order_by(base.c.account_id).limit(SAMPLE)
+        ).scalars())
+        result.append(UncoveredVersion(f"{row.rule_name}@{row.version}", row.id, row[3],
+                                       sample))
+    return result
+
+
+def uncovered_account_ids(conn: Connection, rule_version_ids: list[int]) -> list[int]:
+    """The accounts behind `uncovered_faulty_bans` for these versions."""
+    ea = enforcement_actions
+    covered = exists().where(
+        Case.account_id == ea.c.account_id,
+        Case.incident_id == IncidentVersion.incident_id,
+        IncidentVersion.faulty_rule_version_id == ea.c.rule_version_id,
+    )
+    return list(conn.execute(
+        select(ea.c.account_id).distinct()
+        .where(ea.c.kind == "ban", ea.c.source == "rule", ea.c.reversed_at.is_(None),
+               ea.c.rule_version_id.in_(rule_version_ids), ~covered)
+        .order_by(ea.c.account_id)
+    ).scalars())
+
+
+def incidents_to_resume(conn: Connection) -> list[str]:
+    """Keys of running or approved incidents that still have cases to verify or restore."""
+    keys = []
+    for incident_id, key in conn.execute(
+        select(Incident.id, Incident.key).where(Incident.status.in_(RESUMABLE_STATUSES))
+        .order_by(Incident.id)
+    ):
+        work = pending_work(conn, incident_id)
+        if work.get("verify") or work.get("restore"):
+            keys.append(key)
+    return keys
+
+
+def incidents_awaiting_operator(conn: Connection) -> list[str]:
+    return list(conn.execute(
+        select(Incident.key).where(Incident.status == "awaiting_approval").order_by(Incident.id)
+    ).scalars())
+
+
+@dataclass
+class Reban:
+    incident: str
+    case_id: int
+    account_id: int
+    ban_ids: list[int]
+
+
+def rebanned_accounts(conn: Connection) -> list[Reban]:
+    """Reinstated accounts banned again, after their unban, by a faulty version of the
+    same incident, whose latest round is the reinstated one."""
+    ea, unban = enforcement_actions, enforcement_actions.alias("unban")
+    case = Case.__table__.alias("latest")
+    newer = Case.__table__.alias("newer")
+    rows = conn.execute(
+        select(Incident.key, case.c.id, case.c.account_id, ea.c.id.label("ban_id"))
+        .select_from(case)
+        .join(Incident, Incident.id == case.c.incident_id)
+        .join(unban, unban.c.id == case.c.unban_action_id)
+        .join(ea, and_(ea.c.account_id == case.c.account_id, ea.c.kind == "ban",
+                       ea.c.reversed_at.is_(None), ea.c.created_at > unban.c.created_at))
+        .join(IncidentVersion, and_(IncidentVersion.incident_id == case.c.incident_id,
+                                    IncidentVersion.faulty_rule_version_id
+                                    == ea.c.rule_version_id))
+        .where(case.c.state == CaseState.RESTORED, ea.c.source == "rule",
+               ~exists().where(newer.c.incident_id == case.c.incident_id,
+                               newer.c.account_id == case.c.account_id,
+                               newer.c.round > case.c.round))
+        .order_by(case.c.id, ea.c.id)
+    ).all()
+    found: dict[int, Reban] = {}
+    for key, case_id, account_id, ban_id in rows:
+        found.setdefault(case_id, Reban(key, case_id, account_id, [])).ban_ids.append(ban_id)
+    return list(found.values())
+
+
+def open_next_round(conn: Connection, reban: Reban, actor: str = PIPELINE_ACTOR) -> int:
+    """A new case for a re-banned account, in the same incident, planned for verification."""
+    previous = conn.execute(select(Case.incident_id, Case.round).where(Case.id == reban.case_id)
+                            ).one()
+    now = utcnow()
+    case_id = int(conn.execute(
+        insert(Case).values(incident_id=previous.incident_id, account_id=reban.account_id,
+                            round=previous.round + 1, state=CaseState.PLANNED,
+                            created_at=now, updated_at=now)
+        .returning(Case.id)
+    ).scalar_one())
+    conn.execute(insert(AuditEntry).values(
+        incident_id=previous.incident_id, case_id=case_id, from_state=None,
+        to_state=CaseState.PLANNED, actor=actor, at=now,
+        reason=f"banned again after reinstatement (case {reban.case_id}) by "
+               f"ban(s) {', '.join(map(str, reban.ban_ids))}",
+    ))
+    # The incident goes back to work even if it had completed.
+    conn.execute(update(Incident).where(Incident.id == previous.incident_id,
+                                        Incident.status == "completed")
+                 .values(status="running", updated_at=now))
+    return case_id
+
+
+@dataclass
+class InvariantReport:
+    banned_without_cause: list[dict[str, Any]] = field(default_factory=list)
+    pins_left_hidden: list[dict[str, Any]] = field(default_factory=list)
+    pins_repaired: int = 0
+    notices_without_reinstatement: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def unrepaired(self) -> int:
+        left = 0 if self.pins_repaired else len(self.pins_left_hidden)
+        return len(self.banned_without_cause) + len(self.notices_without_reinstatement) + left
+
+
+def check_invariants(conn: Connection, *, repair: bool) -> InvariantReport:
+    report = InvariantReport()
+    ea = enforcement_actions
+    # A reinstated account that is not active, though no enforcement action came after
+    # the pipeline's unban and its owner did not close it: nothing explains it.
+    unban = ea.alias("unban")
+    later = ea.alias("later")
+    for row in conn.execute(
+        select(Case.id, Case.account_id, accounts.c.status)
+        .join(accounts, accounts.c.id == Case.account_id)
+        .join(unban, unban.c.id == Case.unban_action_id)
+        .where(Case.state == CaseState.RESTORED,
+               accounts.c.status.not_in(("active", "deactivated", "deleted")),
+               ~exists().where(later.c.account_id == Case.account_id,
+                               later.c.created_at > unban.c.created_at))
+        .order_by(Case.id).limit(1000)
+    ):
+        report.banned_without_cause.append(
+            {"case_id": row.id, "account_id": row.account_id, "status": row.status})
+
+    # Pins still hidden by a ban that the pipeline reversed.
+    reversed_ban = ea.alias("reversed_ban")
+    ours = ea.alias("ours")
+    hidden = (
+        select(pins.c.id, pins.c.account_id, pins.c.hidden_by_action_id)
+        .join(reversed_ban, reversed_ban.c.id == pins.c.hidden_by_action_id)
+        .join(ours, ours.c.id == reversed_ban.c.reversed_by_action_id)
+        .where(pins.c.status == "hidden", ours.c.source == "reinstatement",
+               pins.c.account_id == reversed_ban.c.account_id)
+        .order_by(pins.c.id)
+    )
+    report.pins_left_hidden = [
+        {"pin_id": r.id, "account_id": r.account_id, "ban_id": r.hidden_by_action_id}
+        for r in conn.execute(hidden.limit(1000))
+    ]
+    if repair and report.pins_left_hidden:
+        ids = [p["pin_id"] for p in report.pins_left_hidden]
+        report.pins_repaired = conn.execute(
+            update(pins).where(pins.c.id.in_(ids), pins.c.status == "hidden")
+            .values(status="visible", hidden_by_action_id=None, updated_at=utcnow())
+        ).rowcount
+
+    # A notice that went out for a case that is not a reinstatement.
+    for row in conn.execute(
+        select(Notice.id, Notice.case_id, Case.state, Case.outcome)
+        .join(Case, Case.id == Notice.case_id)
+        .where(Notice.state == NoticeState.SENT,
+               (Case.state != CaseState.RESTORED) | (Case.outcome != str(Outcome.REINSTATED)))
+        .order_by(Notice.id).limit(1000)
+    ):
+        report.notices_without_reinstatement.append(
+            {"notice_id": row.id, "case_id": row.case_id, "state": row.state,
+             "outcome": row.outcome})
+    return report

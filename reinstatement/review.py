@@ -1,0 +1,125 @@
+"""Human review of `needs_review` cases: list them, and record a reviewer's decision.
+
+A decision to reinstate sends the case on through restore and notice like any other
+(the restore still checks under lock that its bans are the ones the reviewer saw); a
+decision to uphold closes it. Every decision is audited with the reviewer and the note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from sqlalchemy import Connection, insert, select, update
+
+from reinstatement.db import utcnow
+from reinstatement.errors import BadInput
+from reinstatement.models import AuditEntry, Case, Incident
+from reinstatement.steps import CaseState
+from reinstatement.verdicts import Outcome
+
+Decision = Literal["reinstate", "uphold"]
+
+
+def cases_awaiting_review(conn: Connection, incident_key: str | None = None,
+                          page: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every case waiting for a reviewer, oldest first, read page by page."""
+    after = 0
+    while True:
+        query = (
+            select(Case.id, Case.account_id, Case.reasons, Case.round, Incident.key)
+            .join(Incident, Incident.id == Case.incident_id)
+            .where(Case.state == CaseState.REVIEW, Case.id > after)
+            .order_by(Case.id)
+            .limit(page)
+        )
+        if incident_key is not None:
+            query = query.where(Incident.key == incident_key)
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        for row in rows:
+            yield {"case_id": row.id, "incident": row.key, "account_id": row.account_id,
+                   "round": row.round, "why": (row.reasons or {}).get("summary", ""),
+                   "reasons": row.reasons}
+        after = rows[-1].id
+
+
+def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: str,
+                note: str) -> tuple[str, int]:
+    """Record a reviewer's decision; returns (incident key, case id). BadInput if refused."""
+    reviewer, note = reviewer.strip(), note.strip()
+    if not reviewer or len(reviewer) > 100:
+        raise BadInput("--reviewer: give your name or handle (at most 100 characters)")
+    if not note:
+        raise BadInput("--note: say why, for the audit trail")
+    if decision not in ("reinstate", "uphold"):
+        raise BadInput(f"decision must be reinstate or uphold, not {decision!r}")
+    query = select(Case.id, Case.state, Case.incident_id, Incident.key, Incident.status
+                   ).join(Incident, Incident.id == Case.incident_id).where(Case.id == case_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=Case)
+    case = conn.execute(query).one_or_none()
+    if case is None:
+        raise BadInput(f"no case {case_id}")
+    if case.state != CaseState.REVIEW:
+        raise BadInput(f"case {case_id} is not waiting for review (its state is "
+                       f"{case.state!r})")
+    if decision == "reinstate" and case.status == "rejected":
+        raise BadInput(f"incident {case.key} was rejected by an operator: its cases cannot "
+                       "be reinstated")
+    now = utcnow()
+    outcome, state = ((Outcome.REINSTATED, CaseState.VERIFIED) if decision == "reinstate"
+                      else (Outcome.UPHELD, CaseState.CLOSED))
+    conn.execute(
+        update(Case).where(Case.id == case_id).values(
+            outcome=str(outcome), state=state, reviewed_by=reviewer,
+            review_decision=decision, review_note=note, updated_at=now,
+        )
+    )
+    conn.execute(insert(AuditEntry).values(
+        incident_id=case.incident_id, case_id=case_id, from_state=case.state, to_state=state,
+        actor=f"reviewer:{reviewer}", reason=f"{decision}: {note}", at=now,
+    ))
+    return case.key, case_id
+
+
+def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> dict[str, Any]:
+    """Record the decision and, for a reinstatement, restore the case and send its notice.
+
+    One implementation for the CLI and the Prefect UI's review flow.
+    """
+    from datetime import timedelta
+
+    from reinstatement import outbox, runner
+    from reinstatement.db import get_engine
+    from reinstatement.incidents import load_incident
+    from reinstatement.notices.backends import backend_from_settings
+    from reinstatement.notices.render import NoticeRenderer, sender_domain
+    from reinstatement.retrying import in_transaction
+    from reinstatement.settings import load_settings
+
+    settings = load_settings()
+    engine = get_engine(settings.database_url)
+    key, _ = in_transaction(engine, lambda conn: decide_case(conn, case_id, decision,
+                                                             reviewer, note))
+    result: dict[str, Any] = {"case_id": case_id, "incident": key, "decision": decision}
+    if decision == "reinstate":
+        ctx = runner.StepContext(engine, key, 1, actor=f"reviewer:{reviewer.strip()}",
+                                 sender_domain=sender_domain(settings.email_from))
+        restored = runner.restore_cases(ctx, [case_id])
+        result["reinstated"] = restored.outcomes.get(str(Outcome.REINSTATED), 0)
+        result["pins_restored"] = restored.pins_restored
+        with engine.connect() as conn:
+            incident = load_incident(conn, key)
+        if incident.notify:
+            sent = outbox.send_batch(
+                engine, backend_from_settings(settings), NoticeRenderer(), 100,
+                sender=settings.email_from,
+                lease=timedelta(seconds=settings.notice_lease_seconds),
+                incident_id=incident.id, case_ids=[case_id])
+            result["notice"] = {"sent": sent.sent, "retry": sent.retry, "failed": sent.failed}
+    with engine.connect() as conn:
+        row = conn.execute(select(Case.state, Case.outcome).where(Case.id == case_id)).one()
+    result.update(state=row.state, outcome=row.outcome)
+    return result
