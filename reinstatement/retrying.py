@@ -15,8 +15,8 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import (
+    RetryCallState,
     Retrying,
-    before_sleep_log,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
@@ -50,12 +50,31 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _describe(exc: BaseException | None) -> str:
+    """The error without its statement and bound parameters (addresses, names)."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        first_line = (str(exc.orig).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__} ({sqlstate or 'no SQLSTATE'}): {first_line}"
+    return type(exc).__name__
+
+
+def _log_before_retry(retry_state: RetryCallState) -> None:
+    # Not tenacity's before_sleep_log: it logs str(exception), and a SQLAlchemy error's
+    # text carries the statement's parameters, recipients' addresses included.
+    outcome = retry_state.outcome
+    wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    logger.warning("transaction attempt %d failed with %s; retrying in %.2f s",
+                   retry_state.attempt_number,
+                   _describe(outcome.exception() if outcome else None), wait)
+
+
 def transaction_retrying(attempts: int = 5, max_seconds: float = 120.0) -> Retrying:
     return Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
         wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.5),
-        before_sleep=before_sleep_log(logger, logging.WARNING),
+        before_sleep=_log_before_retry,
         reraise=True,
     )
 

@@ -1,0 +1,476 @@
+"""The outbox against a real SMTP server (aiosmtpd in the test process), without Prefect.
+
+A small platform with reinstated accounts (some without an address, some with display
+names written to break things) is planned, verified and restored as the flow would, then
+its notices are sent with `outbox.send_batch` over `SmtpBackend` until nothing is due.
+The server misbehaves the ways real ones do (451 on the first try, 550 for one address,
+dropped connections, answers slower than the timeout, no STARTTLS), and each test checks
+the contract's promise: one notice per reinstated account with an address, none for the
+others, nothing lost, nothing sent twice except a message whose outcome the client could
+not know, and then with the same Message-ID.
+
+Backoff waits are patched out (`wait_none()`); where a notice waits for its next attempt,
+the test moves `next_attempt_at` into the past instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+from tenacity import wait_none
+
+from reinstatement import outbox
+from reinstatement.db import utcnow
+from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.models import Notice
+from reinstatement.notices.backends import (
+    DeliveryConfigurationError,
+    SmtpBackend,
+    TransientDeliveryError,
+)
+from reinstatement.notices.render import NoticeRenderer
+from reinstatement.platform_schema import accounts
+from reinstatement.steps import NoticeState
+from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform
+from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
+from tests.test_steps import run_all
+
+KEY = "INC-OUTBOX-1"
+SENDER = "Trust & Safety <trust-and-safety@example.com>"
+LEASE = timedelta(minutes=5)
+RENDERER = NoticeRenderer()
+
+HOSTILE_NAMES = [
+    "Eve\r\nBcc: everyone@attacker.test",
+    '<script>alert("pwned")</script> & "friends"',
+    "=?utf-8?q?Subject:_forged?=\n\nFake body",
+]
+
+
+@dataclass
+class OutboxScenario:
+    with_address: dict[int, str]  # account id -> its email
+    without_address: set[int]
+
+
+def build_platform(engine: Engine, addressed: int = 5, unaddressed: int = 2) -> OutboxScenario:
+    """`addressed` + `unaddressed` accounts, each banned once, wrongly, by spam@7."""
+    with engine.begin() as conn:
+        p = Platform(conn)
+        faulty = p.rule("spam", 7, "faulty", SPAM_FAULTY)
+        p.rule("spam", 8, "active", SPAM_CORRECTED)
+        with_address: dict[int, str] = {}
+        without_address: set[int] = set()
+        for n in range(addressed + unaddressed):
+            has_address = n < addressed
+            account = p.account(
+                email="user@example.test" if has_address else None,
+                display_name=HOSTILE_NAMES[n % len(HOSTILE_NAMES)],
+                locale=("en", "fr", "pt-BR", "ja", "xx")[n % 5],
+            )
+            ban = p.ban(account, faulty, WRONGFUL)
+            p.pin(account, "hidden", ban)
+            if has_address:
+                with_address[account] = conn.execute(
+                    select(accounts.c.email).where(accounts.c.id == account)).scalar_one()
+            else:
+                without_address.add(account)
+    return OutboxScenario(with_address, without_address)
+
+
+def incident_request() -> IncidentRequest:
+    return build_request(incident_key=KEY, faulty_versions=["spam@7"],
+                         since=T0 - timedelta(days=10), until=T0 + timedelta(days=10),
+                         batch_size=3, require_approval=False)
+
+
+def restored(engine: Engine, **kwargs: int) -> OutboxScenario:
+    scenario = build_platform(engine, **kwargs)
+    run_all(engine, incident_request())
+    return scenario
+
+
+def smtp_backend(server: SmtpServer, *, timeout: float = 5.0, starttls: bool = False
+                 ) -> SmtpBackend:
+    return SmtpBackend(host="127.0.0.1", port=server.port, sender=SENDER, timeout=timeout,
+                       starttls=starttls, retry_wait=wait_none())
+
+
+def send_until_done(engine: Engine, server: SmtpServer, *, limit: int = 2,
+                    timeout: float = 5.0, lease: timedelta = LEASE,
+                    max_rounds: int = 50) -> list[outbox.SendResult]:
+    """Send batches until none is claimed (notices waiting for a later attempt stay)."""
+    results: list[outbox.SendResult] = []
+    for _ in range(max_rounds):
+        result = outbox.send_batch(engine, smtp_backend(server, timeout=timeout), RENDERER,
+                                   limit, sender=SENDER, lease=lease)
+        if not result.claimed:
+            return results
+        results.append(result)
+    raise AssertionError(f"the outbox was not empty after {max_rounds} batches")
+
+
+def make_due(engine: Engine) -> None:
+    """Pretend time passed: every notice waiting for a retry or a lease is due now."""
+    with engine.begin() as conn:
+        conn.execute(update(Notice)
+                     .where(Notice.state.in_([NoticeState.RETRY, NoticeState.SENDING]))
+                     .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+
+
+def notices(engine: Engine) -> dict[int, Any]:
+    """Every notice row, by account id."""
+    with engine.connect() as conn:
+        return {n.account_id: n for n in conn.execute(select(Notice).order_by(Notice.id))}
+
+
+def expected_message_ids(engine: Engine) -> set[str]:
+    return {n.message_id for n in notices(engine).values() if n.recipient is not None}
+
+
+def assert_nothing_for_accounts_without_address(engine: Engine, scenario: OutboxScenario,
+                                                server: SmtpServer) -> None:
+    rows = notices(engine)
+    for account_id in scenario.without_address:
+        assert rows[account_id].state == NoticeState.NO_ADDRESS
+        assert rows[account_id].attempts == 0
+        assert rows[account_id].message_id not in server.handler.data_attempts
+    delivered_to = {r for d in server.handler.delivered for r in d.rcpt_tos}
+    assert delivered_to <= set(scenario.with_address.values())
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_every_first_attempt_deferred_still_one_notice_each(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    scenario = restored(engine)
+    server = smtp_server(RecordingHandler(defer_first_attempt=True))
+
+    send_until_done(engine, server)
+
+    expected = expected_message_ids(engine)
+    assert len(expected) == len(scenario.with_address)
+    assert set(server.handler.delivered_ids) == expected
+    assert set(server.handler.delivered_ids.values()) == {1}
+    # Each was refused once (451) and accepted on the backend's immediate second try.
+    assert server.handler.data_attempts == Counter(dict.fromkeys(expected, 2))
+    rows = notices(engine)
+    for account_id, address in scenario.with_address.items():
+        assert rows[account_id].state == NoticeState.SENT
+        assert rows[account_id].sent_at is not None
+        assert rows[account_id].recipient == address
+        assert rows[account_id].attempts == 1
+    assert_nothing_for_accounts_without_address(engine, scenario, server)
+
+
+def test_user_written_names_change_no_header_and_inject_no_markup(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    scenario = restored(engine)
+    server = smtp_server()
+    send_until_done(engine, server)
+    assert len(server.handler.delivered) == len(scenario.with_address)
+    texts, htmls = [], []
+    for delivery in server.handler.delivered:
+        assert len(delivery.rcpt_tos) == 1
+        message = email.message_from_bytes(delivery.content, policy=email.policy.default)
+        assert sorted(message.keys()) == sorted([
+            "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Auto-Submitted",
+            "X-Reinstatement-Reference", "Content-Type"])
+        assert message["To"] == delivery.rcpt_tos[0]
+        assert b"attacker.test" not in delivery.content.split(b"\r\n\r\n", 1)[0]
+        text_part, html_part = message.get_body(("plain",)), message.get_body(("html",))
+        assert text_part is not None and html_part is not None
+        texts.append(text_part.get_content())
+        htmls.append(html_part.get_content())
+    # The names did reach the notices: on one line in the text, escaped in the HTML.
+    assert any("Eve Bcc: everyone@attacker.test" in t for t in texts)
+    assert not any("<script>" in h for h in htmls)
+    assert any("&lt;script&gt;" in h for h in htmls)
+
+
+def test_a_refused_recipient_fails_once_and_is_never_tried_again(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    scenario = restored(engine)
+    refused_account, refused_address = sorted(scenario.with_address.items())[1]
+    server = smtp_server(RecordingHandler(reject_recipients={refused_address}))
+
+    send_until_done(engine, server)
+    make_due(engine)
+    send_until_done(engine, server)
+
+    rows = notices(engine)
+    refused = rows[refused_account]
+    assert refused.state == NoticeState.FAILED
+    assert refused.last_error_code == 550
+    assert refused.last_error_text == "5.1.1 no such user"
+    assert refused.attempts == 1
+    assert refused.next_attempt_at is None and refused.sent_at is None
+    assert server.handler.rcpt_attempts[refused_address] == 1
+    others = expected_message_ids(engine) - {refused.message_id}
+    assert server.handler.delivered_ids == Counter(dict.fromkeys(others, 1))
+    for account_id in set(scenario.with_address) - {refused_account}:
+        assert rows[account_id].state == NoticeState.SENT
+    assert_nothing_for_accounts_without_address(engine, scenario, server)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_connection_dropped_at_mail_loses_and_duplicates_nothing(
+    engine: Engine, smtp_server: ServerFactory, k: int
+) -> None:
+    scenario = restored(engine)
+    server = smtp_server(RecordingHandler(drop_at_mail_number=k))
+
+    send_until_done(engine, server)
+    make_due(engine)  # resume: anything left waiting is taken up again
+    send_until_done(engine, server)
+
+    assert server.handler.mail_count > len(scenario.with_address)  # the drop happened
+    assert server.handler.delivered_ids == Counter(dict.fromkeys(expected_message_ids(engine), 1))
+    assert {n.state for a, n in notices(engine).items() if a in scenario.with_address} == {
+        NoticeState.SENT}
+    assert_nothing_for_accounts_without_address(engine, scenario, server)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_connection_dropped_after_data_resends_only_that_message_with_its_id(
+    engine: Engine, smtp_server: ServerFactory, k: int
+) -> None:
+    scenario = restored(engine)
+    server = smtp_server(RecordingHandler(drop_after_data_number=k))
+
+    send_until_done(engine, server)
+    rows = notices(engine)
+    unknown = server.handler.delivered[k - 1].message_id
+    in_doubt = next(n for n in rows.values() if n.message_id == unknown)
+    # The server kept it but the client never heard: it is not recorded as sent.
+    assert in_doubt.state == NoticeState.RETRY
+    assert in_doubt.sent_at is None and in_doubt.next_attempt_at > utcnow()
+    assert "end of DATA" in (in_doubt.last_error_text or "")
+
+    make_due(engine)  # resume after the backoff
+    send_until_done(engine, server)
+
+    expected = expected_message_ids(engine)
+    assert unknown in expected
+    assert server.handler.delivered_ids == Counter(
+        {m: 2 if m == unknown else 1 for m in expected})
+    copies = [d for d in server.handler.delivered if d.message_id == unknown]
+    assert len({d.content.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0]
+                for d in copies}) == 1
+    assert {n.state for a, n in notices(engine).items() if a in scenario.with_address} == {
+        NoticeState.SENT}
+    assert_nothing_for_accounts_without_address(engine, scenario, server)
+
+
+def test_a_server_slower_than_the_timeout_leaves_notices_to_retry(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    restored(engine, addressed=2, unaddressed=1)
+    server = smtp_server(RecordingHandler(slow_data_seconds=0.8))
+    before = utcnow()
+
+    results = send_until_done(engine, server, timeout=0.4)
+
+    assert sum(r.sent for r in results) == 0
+    assert sum(r.retry for r in results) == 2
+    for notice in notices(engine).values():
+        if notice.recipient is None:
+            continue
+        assert notice.state == NoticeState.RETRY
+        assert notice.sent_at is None
+        assert notice.next_attempt_at > before + timedelta(seconds=30)
+        assert notice.last_error_text
+        assert notice.attempts == 1
+    # Nothing is recorded as sent that the server did not take.
+    sent = {n.message_id for n in notices(engine).values() if n.state == NoticeState.SENT}
+    assert sent <= set(server.handler.delivered_ids)
+
+
+def test_transient_failures_beyond_max_attempts_end_failed(
+    engine: Engine, smtp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "MAX_ATTEMPTS", 3)
+    scenario = restored(engine, addressed=2, unaddressed=1)
+    server = smtp_server(RecordingHandler(defer_always=True))
+
+    for round_number in range(1, 4):
+        send_until_done(engine, server)
+        states = {n.state for a, n in notices(engine).items() if a in scenario.with_address}
+        assert states == ({NoticeState.RETRY} if round_number < 3 else {NoticeState.FAILED})
+        make_due(engine)
+    assert send_until_done(engine, server) == []
+
+    for account_id in scenario.with_address:
+        notice = notices(engine)[account_id]
+        assert notice.attempts == 3
+        assert notice.last_error_code == 451
+        assert notice.next_attempt_at is None
+        # Three outbox attempts, each tried three times by the backend.
+        assert server.handler.data_attempts[notice.message_id] == 9
+    assert server.handler.delivered == []
+
+
+def test_a_crash_between_claim_and_send_is_resent_after_the_lease(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    scenario = restored(engine)
+    server = smtp_server()
+    with engine.begin() as conn:
+        claimed = outbox.claim_notices(conn, 3, SENDER, LEASE)
+    # ... and the process dies here, before any send.
+    assert len(claimed) == 3
+    claimed_ids = {c.id for c in claimed}
+    rows = {n.id: n for n in notices(engine).values()}
+    assert {rows[i].state for i in claimed_ids} == {NoticeState.SENDING}
+
+    # While the lease holds, no other run takes them.
+    send_until_done(engine, server)
+    assert {n.id for n in notices(engine).values() if n.state == NoticeState.SENDING} == \
+        claimed_ids
+    assert not set(server.handler.delivered_ids) & {c.message_id for c in claimed}
+
+    make_due(engine)  # the lease runs out
+    send_until_done(engine, server)
+
+    assert server.handler.delivered_ids == Counter(dict.fromkeys(expected_message_ids(engine), 1))
+    rows = {n.id: n for n in notices(engine).values()}
+    for notice in claimed:
+        assert rows[notice.id].state == NoticeState.SENT
+        assert rows[notice.id].message_id == notice.message_id
+        assert rows[notice.id].attempts == 2  # the crashed claim counts as an attempt
+    assert_nothing_for_accounts_without_address(engine, scenario, server)
+
+
+def test_a_tiny_lease_expires_and_the_notices_are_taken_over(
+    engine: Engine, smtp_server: ServerFactory
+) -> None:
+    restored(engine, addressed=2, unaddressed=0)
+    server = smtp_server()
+    with engine.begin() as conn:
+        claimed = outbox.claim_notices(conn, 10, SENDER, timedelta(milliseconds=20))
+    assert len(claimed) == 2
+    time.sleep(0.05)  # the lease runs out
+    send_until_done(engine, server)
+    assert server.handler.delivered_ids == Counter({c.message_id: 1 for c in claimed})
+    assert {n.state for n in notices(engine).values()} == {NoticeState.SENT}
+
+
+def test_a_rerun_sends_nothing_more(engine: Engine, smtp_server: ServerFactory) -> None:
+    restored(engine)
+    server = smtp_server()
+    send_until_done(engine, server)
+    delivered, rows = list(server.handler.delivered), notices(engine)
+
+    run_all(engine, incident_request())
+    make_due(engine)
+    assert send_until_done(engine, server) == []
+
+    assert server.handler.delivered == delivered
+    assert notices(engine).keys() == rows.keys()
+    assert {a: (n.state, n.attempts, n.sent_at) for a, n in notices(engine).items()} == {
+        a: (n.state, n.attempts, n.sent_at) for a, n in rows.items()}
+
+
+@pytest.mark.parametrize("problem", ["no STARTTLS", "sender refused"])
+def test_a_configuration_error_gives_the_batch_back_and_raises(
+    engine: Engine, smtp_server: ServerFactory, problem: str
+) -> None:
+    restored(engine)
+    if problem == "no STARTTLS":
+        server = smtp_server()  # aiosmtpd without a TLS context offers no STARTTLS
+        backend = smtp_backend(server, starttls=True)
+    else:
+        server = smtp_server(RecordingHandler(reject_sender=True))
+        backend = smtp_backend(server)
+    before = notices(engine)
+
+    with pytest.raises(DeliveryConfigurationError):
+        outbox.send_batch(engine, backend, RENDERER, 3, sender=SENDER, lease=LEASE)
+
+    after = notices(engine)
+    now = utcnow()
+    for account_id, notice in after.items():
+        if notice.recipient is None:
+            continue
+        assert notice.state == NoticeState.PENDING, account_id
+        assert notice.attempts == 0
+        assert notice.next_attempt_at <= now
+        assert notice.sent_at is None
+    assert {a: n.state for a, n in after.items()} == {a: n.state for a, n in before.items()}
+    assert server.handler.delivered == []
+
+    # Once the settings are fixed, every notice goes out, once.
+    good = smtp_server()
+    send_until_done(engine, good)
+    assert good.handler.delivered_ids == Counter(dict.fromkeys(expected_message_ids(engine), 1))
+
+
+def test_an_unreachable_server_gives_the_batch_back_uncounted(engine: Engine) -> None:
+    restored(engine)
+    nobody = SmtpBackend(host="127.0.0.1", port=free_port(), sender=SENDER, timeout=1.0,
+                         retry_wait=wait_none())
+
+    with pytest.raises(TransientDeliveryError):
+        outbox.send_batch(engine, nobody, RENDERER, 3, sender=SENDER, lease=LEASE)
+
+    addressed = [n for n in notices(engine).values() if n.recipient is not None]
+    # Not one notice was tried: none waits out a lease, none has used up an attempt.
+    assert {(n.state, n.attempts) for n in addressed} == {(NoticeState.PENDING, 0)}
+
+
+class _QuotingHandler(RecordingHandler):
+    """Quotes the refused address back, as many real servers do."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        reply = await super().handle_RCPT(server, session, envelope, address, options)
+        if reply.startswith("550"):
+            return f"550 5.1.1 <{address}>: no such user here"
+        return reply
+
+
+# aiosmtpd, the test's own server, logs the conversation it receives; it is not ours.
+_SERVER_LOGGERS = ("mail.log", "mail.debug", "asyncio")
+
+
+def test_addresses_never_appear_unmasked_in_logs(
+    engine: Engine, smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    scenario = restored(engine)
+    addresses = sorted(scenario.with_address.values())
+    server = smtp_server(_QuotingHandler(defer_first_attempt=True,
+                                         reject_recipients={addresses[0]},
+                                         drop_after_data_number=2))
+    caplog.clear()
+
+    send_until_done(engine, server)
+    make_due(engine)
+    send_until_done(engine, server)
+
+    ours = [r for r in caplog.records if not r.name.startswith(_SERVER_LOGGERS)]
+    assert any("***@example.test" in r.getMessage() for r in ours)  # the logs do talk
+    formatter = logging.Formatter()
+    for record in ours:
+        text = record.getMessage()
+        if record.exc_info:
+            text += formatter.formatException(record.exc_info)
+        for address in addresses:
+            assert address not in text, (record.name, text)
+    failed = notices(engine)[next(a for a, e in scenario.with_address.items()
+                                  if e == addresses[0])]
+    assert failed.state == NoticeState.FAILED
+    assert addresses[0] not in (failed.last_error_text or "")
