@@ -77,7 +77,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """A new engine for `url`, set up for this pipeline's use of that database."""
+    """A new engine for `url`, set up for this pipeline's use of that database.
+
+    Statement parameters are kept out of error messages (`hide_parameters`): they carry
+    users' email addresses and names, and errors end up in logs and Prefect's UI.
+    """
+    kwargs.setdefault("hide_parameters", True)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 60})
