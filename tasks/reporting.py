@@ -72,7 +72,10 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
     if report["notices"]:
         lines += ["", "| notice state | notices |", "| --- | ---: |"]
         lines += [f"| {state} | {n:,} |" for state, n in sorted(report["notices"].items())]
-    lines += ["", f"Pins restored: {report['pins_restored']:,}."]
+    if title.startswith(("Dry run", "Preview")):
+        lines += ["", "Nothing on the platform has changed yet."]
+    else:
+        lines += ["", f"Pins restored: {report['pins_restored']:,}."]
     return "\n".join(lines)
 
 
