@@ -81,16 +81,33 @@ def counts(engine: Engine) -> dict[str, int]:
         "restored": cases.get("restored", 0), "sent": sent}
 
 
-# When to kill: the first moment each step is seen under way, and again later in it.
-KILL_MOMENTS: list[tuple[str, Callable[[dict[str, int]], bool]]] = [
-    ("planning", lambda c: c["cases"] > 0),
-    ("verifying", lambda c: 0 < c["verified"]),
-    ("verifying, later", lambda c: c["verified"] > c["cases"] // 2),
-    ("restoring", lambda c: c["restored"] > 0),
-    ("restoring, later", lambda c: c["restored"] > 300),
-    ("notifying", lambda c: c["sent"] > 0),
-    ("notifying, later", lambda c: c["sent"] > 250),
-]
+STEPS = ("planning", "verifying", "restoring", "notifying")
+KILLS = 10
+KILL_SEED = 20251125  # fixed, so a failure can be replayed
+
+
+def kill_moments(expected: dict[str, Any], seed: int) -> list[tuple[str, Callable[
+        [dict[str, int]], bool]]]:
+    """Ten moments drawn at random, at least two in each step: a fraction of its work done."""
+    import random
+
+    rng = random.Random(seed)
+    cases = len(expected["cases"])
+    restored = sum(1 for c in expected["cases"].values() if c[1] == "restored")
+    sent = sum(1 for n in expected["notices"].values() if n[0] == "sent")
+    measure = {"planning": ("cases", cases), "verifying": ("verified", cases),
+               "restoring": ("restored", restored), "notifying": ("sent", sent)}
+    moments = []
+    for i in range(KILLS):
+        step = STEPS[i % len(STEPS)]
+        counter, total = measure[step]
+        threshold = max(1, int(total * rng.uniform(0.02, 0.9)))
+        moments.append((f"{step} at {threshold}/{total}",
+                        lambda c, k=counter, t=threshold: c[k] >= t))
+    # In the order the run reaches them, so each kill lands inside its step.
+    order = {s: n for n, s in enumerate(STEPS)}
+    return sorted(moments, key=lambda m: (order[m[0].split()[0]],
+                                          int(m[0].split()[2].split("/")[0])))
 
 
 def kill_when(engine: Engine, env: dict[str, str], log: Path,
@@ -182,13 +199,13 @@ def test_runs_killed_at_every_step_end_as_an_uninterrupted_run(
     log = tmp_path / "killed.log"
     kills_while_sending = 0
     killed = []
-    for name, moment in KILL_MOMENTS:
+    for name, moment in kill_moments(expected_pipeline, seed=KILL_SEED):
         if kill_when(engine, env, log, moment):
             killed.append(name)
             kills_while_sending += name.startswith("notifying")
-    # The kills must really have landed across the steps, not after the run ended.
-    assert {"planning", "verifying", "restoring", "notifying"} <= {
-        k.split(",")[0] for k in killed}, killed
+    # The kills must really have landed, in every step, not after the run ended.
+    assert len(killed) >= KILLS - 1, killed
+    assert set(STEPS) <= {k.split()[0] for k in killed}, killed
     run_to_completion(env, log)
 
     assert normalised_platform(engine) == expected_platform
@@ -221,4 +238,53 @@ def test_two_runs_of_one_incident_at_once_process_each_case_once(
             select(AuditEntry.case_id, AuditEntry.to_state)
             .where(AuditEntry.case_id.is_not(None))).all())
     assert max(transitions.values()) == 1, "a case went through the same step twice"
+    engine.dispose()
+
+
+def test_database_connections_cut_mid_run_are_retried_to_completion(
+    reference: Any, db_url: str, backend: str, prefect_api: str, smtp_server: ServerFactory,
+    tmp_path: Path,
+) -> None:
+    """Every connection to PostgreSQL is reset while the run restores; the run completes."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no connection to cut")
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from tests.tcp_proxy import TcpProxy
+
+    expected_platform, expected_pipeline, expected_deliveries = reference
+    engine = seeded(db_url)
+    real = make_url(db_url)
+    with TcpProxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        proxied = real.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False)
+        smtp = smtp_server()
+        env = child_env(proxied, prefect_api, smtp)
+        stop = threading.Event()
+
+        def cut_while_restoring() -> None:
+            while not stop.is_set():
+                try:
+                    c = counts(engine)
+                except Exception:  # noqa: BLE001 - tables may not exist yet
+                    c = {"restored": 0, "sent": 0, "cases": 0, "verified": 0}
+                if (proxy.cuts == 0 and c["restored"] > 0) or (
+                        proxy.cuts == 1 and c["sent"] > 0):
+                    proxy.cut_all()
+                stop.wait(0.01)
+
+        watcher = threading.Thread(target=cut_while_restoring, daemon=True)
+        watcher.start()
+        try:
+            run_to_completion(env, tmp_path / "cut.log")
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+        assert proxy.cuts == 2, "the connections were not cut during the run"
+        assert proxy.connections > 2
+    assert normalised_platform(engine) == expected_platform
+    assert pipeline_outcome(engine) == expected_pipeline
+    assert set(smtp.handler.delivered_ids) == set(expected_deliveries)
     engine.dispose()
