@@ -1,0 +1,107 @@
+"""The operators' commands: `reinstate serve`, `reinstate reconcile`, `reinstate review ...`.
+
+Registered on the main `reinstate` app by reinstatement/cli.py, with its error handling.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+
+def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
+             check_database: Callable[[], Any]) -> None:
+    """Add the operators' commands to `app`; `check_database` reaches and checks the DB."""
+    review_app = typer.Typer(help="Human review of needs_review cases.", no_args_is_help=True)
+    app.add_typer(review_app, name="review")
+
+    @app.command()
+    @handles_errors
+    def serve() -> None:
+        """Register the deployments against PREFECT_API_URL and serve their runs."""
+        check_database()
+        from deployments.serve import main as serve_deployments
+
+        serve_deployments()
+
+    @app.command()
+    @handles_errors
+    def reconcile(
+        dry_run: bool = typer.Option(False, "--dry-run", help="Report only; change nothing."),
+        auto_reinstate: bool = typer.Option(
+            False, "--auto-reinstate",
+            help="Run uncovered bans by faulty versions as an incident of their own."),
+        batch_size: int = typer.Option(5000, min=1, max=50_000, help="Cases per batch."),
+        as_json: bool = typer.Option(False, "--json", help="The findings as one JSON object."),
+    ) -> None:
+        """Run the nightly reconciliation now."""
+        check_database()
+        from flows.reconcile import nightly_reconciliation
+
+        findings = nightly_reconciliation(auto_reinstate=auto_reinstate, dry_run=dry_run,
+                                          batch_size=batch_size)
+        if as_json:
+            typer.echo(json.dumps(findings, sort_keys=True, default=str))
+            return
+        inv = findings["invariants"]
+        typer.echo(f"accounts banned again by a faulty version: {len(findings['rebanned'])}")
+        typer.echo("uncovered standing bans by faulty versions: " + (", ".join(
+            f"{v['version']} {v['standing_bans']:,}" for v in findings["uncovered"]) or "none"))
+        if findings["auto_incidents"]:
+            typer.echo(f"run as incidents: {', '.join(findings['auto_incidents'])}")
+        typer.echo(f"incidents resumed: {', '.join(findings['resumed']) or 'none'}")
+        if findings["awaiting_operator"]:
+            typer.echo("waiting for an operator: " + ", ".join(findings["awaiting_operator"]))
+        notices = findings["notices"]
+        typer.echo(f"notices sent: {notices.get('sent', 0)}, to retry: "
+                   f"{notices.get('retry', 0)}, failed: {notices.get('failed', 0)}")
+        typer.echo(f"pins repaired: {inv['pins_repaired']}; unrepaired invariant breaks: "
+                   f"{inv['unrepaired']}")
+
+    @review_app.command("list")
+    @handles_errors
+    def review_list(
+        key: str | None = typer.Argument(None, help="Only this incident."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    ) -> None:
+        """Cases waiting for a reviewer, with why each is uncertain."""
+        from reinstatement.review import cases_awaiting_review
+
+        engine = check_database()
+        with engine.connect() as conn:
+            if key is not None:
+                from reinstatement.incidents import load_incident
+
+                load_incident(conn, key)  # an unknown key is bad input, not an empty list
+            for case in cases_awaiting_review(conn, key):
+                if as_json:
+                    typer.echo(json.dumps(case, sort_keys=True, ensure_ascii=False))
+                else:
+                    typer.echo(f"{case['case_id']:>8} {case['incident']} account "
+                               f"{case['account_id']}: {case['why']}")
+
+    @review_app.command("decide")
+    @handles_errors
+    def review_decide(
+        case_id: int = typer.Argument(..., min=1, help="The case, from `review list`."),
+        reinstate: bool = typer.Option(False, "--reinstate", help="Lift the ban and notify."),
+        uphold: bool = typer.Option(False, "--uphold", help="Keep the ban."),
+        reviewer: str = typer.Option(..., help="Your name or handle."),
+        note: str = typer.Option(..., help="Why, for the audit trail."),
+    ) -> None:
+        """Decide one case: reinstate (restore and notify now) or uphold."""
+        from reinstatement.errors import BadInput
+        from reinstatement.review import apply_review
+
+        if reinstate == uphold:
+            raise BadInput("give exactly one of --reinstate or --uphold")
+        check_database()
+        result = apply_review(case_id, "reinstate" if reinstate else "uphold", reviewer, note)
+        typer.echo(f"case {case_id} of {result['incident']}: {result['outcome']} "
+                   f"({result['state']})")
+        if "notice" in result:
+            typer.echo(f"  notice: sent {result['notice']['sent']}, retry "
+                       f"{result['notice']['retry']}, failed {result['notice']['failed']}")
