@@ -21,7 +21,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.reinstate_incident import reinstate_incident, resume_incident, run_batches
+from flows.reinstate_incident import (
+    MAX_PARALLEL_TASKS,
+    reinstate_incident,
+    resume_incident,
+    run_batches,
+)
 from reinstatement import reconcile
 from reinstatement.db import get_engine
 from reinstatement.incidents import build_request
@@ -120,7 +125,7 @@ def _markdown(findings: dict[str, Any]) -> str:
     name="nightly-reconciliation",
     description="Repair what drifted: re-banned accounts, uncovered faulty bans, runs left "
     "mid-way, unsent notices, broken invariants.",
-    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
 )
 def nightly_reconciliation(auto_reinstate: bool = False, dry_run: bool = False,
                            batch_size: int = 5000) -> dict[str, Any]:

@@ -48,6 +48,9 @@ from tasks.pipeline import (
 from tasks.reporting import Progress, publish_preview, publish_report
 
 APPROVAL_TIMEOUT_SECONDS = 7 * 24 * 3600
+# The pool is sized for the largest of REINSTATE_WORKERS and REINSTATE_SMTP_CONNECTIONS
+# (at most 8 each); those settings limit how many tasks of each kind really run at once.
+MAX_PARALLEL_TASKS = 8
 
 
 class ApprovalDecision(RunInput):
@@ -188,7 +191,7 @@ def _reset_previews(incident_id: int) -> None:
     name="reinstate-incident",
     description="Find, verify and restore the accounts an incident banned by mistake, "
     "then tell each user.",
-    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
     validate_parameters=True,
 )
 def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
@@ -265,7 +268,7 @@ def _restore_and_notify(key: str, size: int, notify: bool, timings: dict[str, fl
 @flow(
     name="resume-incident",
     description="Continue an incident that a crashed or cancelled run left mid-way.",
-    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
 )
 def resume_incident(incident_key: str, batch_size: int = 5000) -> dict[str, Any]:
     """Continue a running or approved incident where its last run stopped."""

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = Field(
         5000, description="Default number of cases per batch task."
     )
+    workers: Annotated[int, Field(ge=1, le=8)] = Field(
+        2, description="Batch tasks of one step that run at once in one flow run."
+    )
+    smtp_connections: Annotated[int, Field(ge=1, le=8)] = Field(
+        2, description="SMTP connections open at once in one process (one per sending task)."
+    )
     notify_rate_per_second: Annotated[float, Field(ge=0, le=100_000)] = Field(
         0, description="Most notices sent per second across this process; 0: no limit."
     )

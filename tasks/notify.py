@@ -18,7 +18,7 @@ from reinstatement.notices.backends import backend_from_settings
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.settings import Settings, load_settings
-from tasks.pipeline import BATCH_TASK_OPTIONS
+from tasks.pipeline import BATCH_TASK_OPTIONS, slots
 
 _limiter_lock = threading.Lock()
 _limiters: dict[float, RateLimiter] = {}
@@ -51,11 +51,12 @@ def send_notices(incident_key: str | None, batch_size: int) -> dict[str, Any]:
         with engine.connect() as conn:
             incident_id = conn.execute(
                 select(Incident.id).where(Incident.key == incident_key)).scalar_one()
-    result = outbox.send_batch(
-        engine, backend_from_settings(settings), renderer(), batch_size,
-        sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
-        incident_id=incident_id, limiter=rate_limiter(settings),
-    )
+    with slots("smtp", settings.smtp_connections):
+        result = outbox.send_batch(
+            engine, backend_from_settings(settings), renderer(), batch_size,
+            sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
+            incident_id=incident_id, limiter=rate_limiter(settings),
+        )
     if result.claimed:
         get_run_logger().info("notices: %d sent, %d to retry, %d failed", result.sent,
                               result.retry, result.failed)

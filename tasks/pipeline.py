@@ -8,11 +8,11 @@ failed batch; caching is off because N identical calls must each claim their own
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -30,6 +30,26 @@ def run_actor() -> str:
     """Who the audit trail names for changes made by this run."""
     run_id = flow_run.get_id()
     return f"flow-run:{run_id}" if run_id else PIPELINE_ACTOR
+
+
+_slots_lock = threading.Lock()
+_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def slots(kind: str, count: int) -> threading.BoundedSemaphore:
+    """A process-wide limit on how many batch tasks of a kind run at once.
+
+    The flow's thread pool is sized for the largest limit; these keep database steps to
+    REINSTATE_WORKERS and sending to REINSTATE_SMTP_CONNECTIONS.
+    """
+    with _slots_lock:
+        if (kind, count) not in _slots:
+            _slots[(kind, count)] = threading.BoundedSemaphore(count)
+        return _slots[(kind, count)]
+
+
+def database_slots() -> threading.BoundedSemaphore:
+    return slots("database", load_settings().workers)
 
 
 def step_context(incident_key: str, batch_size: int) -> runner.StepContext:
@@ -93,16 +113,13 @@ def plan_candidates(incident_key: str, batch_size: int) -> int:
 @task(name="verify-batch", **BATCH_TASK_OPTIONS)
 def verify_cases(incident_key: str, batch_size: int, preview: bool) -> dict[str, Any]:
     """Judge one batch of planned cases against the corrected rule versions."""
-    return _result_dict(runner.verify_one_batch(step_context(incident_key, batch_size),
-                                                preview))
+    with database_slots():
+        return _result_dict(runner.verify_one_batch(step_context(incident_key, batch_size),
+                                                    preview))
 
 
 @task(name="restore-batch", **BATCH_TASK_OPTIONS)
 def restore_cases(incident_key: str, batch_size: int) -> dict[str, Any]:
     """Restore one batch of reinstated accounts with their pins, and queue their notices."""
-    return _result_dict(runner.restore_one_batch(step_context(incident_key, batch_size)))
-
-
-def current_task_run_id() -> str | None:
-    context = TaskRunContext.get()
-    return None if context is None or context.task_run is None else str(context.task_run.id)
+    with database_slots():
+        return _result_dict(runner.restore_one_batch(step_context(incident_key, batch_size)))

@@ -122,3 +122,33 @@ def test_operator_approves_or_rejects_through_the_api(
         run = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[flow_run_id])))[0]
         assert run.state is not None and run.state.is_completed()
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_smtp_connections_limit_how_many_batches_send_at_once(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, connections: int,
+) -> None:
+    import reinstatement.outbox as outbox
+
+    seed(engine, SeedOptions(accounts=300, seed=6))
+    monkeypatch.setenv("REINSTATE_SMTP_CONNECTIONS", str(connections))
+    real_send_batch = outbox.send_batch
+    lock = threading.Lock()
+    sending = {"now": 0, "most": 0}
+
+    def counting_send_batch(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            sending["now"] += 1
+            sending["most"] = max(sending["most"], sending["now"])
+        try:
+            time.sleep(0.2)  # hold the slot long enough for the others to queue up
+            return real_send_batch(*args, **kwargs)
+        finally:
+            with lock:
+                sending["now"] -= 1
+
+    monkeypatch.setattr(outbox, "send_batch", counting_send_batch)
+    report = reinstate_incident(incident_request(batch_size=10))
+    assert report["notices"].get("sent", 0) > 30
+    assert sending["most"] == connections
