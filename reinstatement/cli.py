@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from reinstatement import cli_operations
 from reinstatement.errors import BadInput, DatabaseUnavailable
 from reinstatement.settings import Settings, SettingsError, load_settings
 
@@ -51,6 +53,12 @@ def handles_errors(command: F) -> F:
             _fail(str(exc), 2)
         except OperationalError as exc:
             _fail(f"database error: {_first_line(exc.orig or exc)}", 1)
+        except SQLAlchemyError as exc:
+            _fail(f"database error: {_first_line(exc)}", 1)
+        except RuntimeError as exc:
+            # A run that failed (batches failing after their retries, broken invariants):
+            # the run's logs and Prefect's UI have the details.
+            _fail(f"{type(exc).__name__}: {_first_line(exc)}", 1)
         return None
 
     return wrapper  # type: ignore[return-value]
@@ -65,16 +73,35 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _engine(settings: Settings) -> Engine:
+def _redacted_url(settings: Settings) -> str:
+    """The database URL for messages: the password hidden, in the URL's query too."""
+    parsed = make_url(settings.database_url)
+    secret = [name for name in parsed.query if "password" in name.lower()]
+    if secret:
+        parsed = parsed.update_query_dict(dict.fromkeys(secret, "***"))
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def _engine(settings: Settings, *, create: bool = False) -> Engine:
+    """The engine, once the database answers; a missing SQLite file is only made if `create`."""
     from reinstatement.db import get_engine
 
+    parsed = make_url(settings.database_url)
+    database = parsed.database or ""
+    if (not create and parsed.get_backend_name() == "sqlite" and database
+            and database != ":memory:" and not database.startswith("file:")
+            and not Path(database).exists()):
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {_redacted_url(settings)}: no such file (create "
+            "it with `reinstate db create-platform`)"
+        )
     engine = get_engine(settings.database_url)
     try:
         with engine.connect():
             pass
     except OperationalError as exc:
         raise DatabaseUnavailable(
-            f"cannot reach the database at {settings.redacted_database_url()}: "
+            f"cannot reach the database at {_redacted_url(settings)}: "
             f"{_first_line(exc.orig or exc)}"
         ) from None
     return engine
@@ -86,7 +113,7 @@ def db_create_platform() -> None:
     """Create the platform's four tables, for local runs and tests (idempotent)."""
     from reinstatement.schema_admin import create_platform
 
-    created = create_platform(_engine(_settings()))
+    created = create_platform(_engine(_settings(), create=True))
     typer.echo(f"created: {', '.join(created)}" if created else "platform tables already exist")
 
 
@@ -96,7 +123,7 @@ def db_upgrade() -> None:
     """Apply the pipeline's own migrations (idempotent; never touches platform tables)."""
     from reinstatement.schema_admin import upgrade_pipeline
 
-    before, after = upgrade_pipeline(_engine(_settings()))
+    before, after = upgrade_pipeline(_engine(_settings(), create=True))
     if before == after:
         typer.echo(f"pipeline schema already at {after}")
     else:
@@ -116,6 +143,7 @@ def seed(
 
     settings = _settings()
     engine = _engine(settings)
+    _require_platform_tables(engine)
     options = SeedOptions(accounts=accounts, seed=seed, pins_per_account=pins_per_account)
     try:
         with typer.progressbar(length=accounts, label="seeding", file=sys.stderr) as bar:
@@ -130,9 +158,21 @@ def seed(
         f"{name} {count:,}" for name, count in sorted(summary.expected_outcomes.items())))
 
 
+def _require_platform_tables(engine: Engine) -> None:
+    from reinstatement.platform_schema import PLATFORM_TABLES
+
+    with engine.connect() as conn:
+        existing = set(inspect(conn).get_table_names())
+    missing = [name for name in PLATFORM_TABLES if name not in existing]
+    if missing:
+        raise BadInput(f"the platform tables {', '.join(missing)} are missing: is this the "
+                       "platform's database? (for local runs: `reinstate db create-platform`)")
+
+
 def _require_pipeline_schema(engine: Engine) -> None:
     from reinstatement.schema_admin import current_revision, head_revision
 
+    _require_platform_tables(engine)
     if current_revision(engine) != head_revision():
         raise BadInput("the pipeline's tables are missing or out of date: run "
                        "`reinstate db upgrade` first")
@@ -292,7 +332,7 @@ def demo(
     os.environ["REINSTATE_EMAIL_BACKEND"] = "file"
     os.environ["REINSTATE_EMAIL_DIR"] = str(outbox.resolve())
     settings = _settings()
-    engine = _engine(settings)
+    engine = _engine(settings, create=True)
     from reinstatement.schema_admin import create_platform, upgrade_pipeline
 
     create_platform(engine)
@@ -324,6 +364,17 @@ def demo(
                f"reinstate cases {seeding.INCIDENT_KEY}")
     if got != expected:
         raise typer.Exit(1)
+
+
+def _checked_engine() -> Engine:
+    """The database engine, after checking both schemas are in place (for operators' commands)."""
+    engine = _engine(_settings())
+    _require_platform_tables(engine)
+    _require_pipeline_schema(engine)
+    return engine
+
+
+cli_operations.register(app, handles_errors, _checked_engine)
 
 
 def main() -> None:

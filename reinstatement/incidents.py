@@ -85,7 +85,7 @@ class IncidentRequest(BaseModel):
         description="Only preview the outcomes: nothing on the platform changes.",
     )
     batch_size: int = Field(
-        2000,
+        5000,
         title="Batch size",
         description="Cases per batch task.",
         ge=1,
@@ -122,6 +122,11 @@ class IncidentRequest(BaseModel):
             raise ValueError(
                 f"{moment.isoformat()} has no time zone: add Z or an offset such as +00:00"
             )
+        if moment is not None:
+            try:
+                moment.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(f"{moment.isoformat()} is out of range in UTC") from None
         return moment
 
     @field_validator("account_ids")
@@ -184,11 +189,13 @@ def read_account_ids(path: Path) -> list[int]:
     except OSError as exc:
         raise BadInput(f"cannot read the accounts file {str(path)!r}: {exc.strerror}") from None
     try:
-        content = raw.decode("utf-8")
+        content = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is fine
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
     ids: list[int] = []
-    for number, line in enumerate(content.splitlines(), start=1):
+    # Lines end at LF (CR LF too: strip() takes the CR) and nowhere else, so that the line
+    # numbers in messages are the ones an editor shows.
+    for number, line in enumerate(content.split("\n"), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
