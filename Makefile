@@ -29,7 +29,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.seed_bench
+	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 
 clean:
 	rm -rf $(VENV) reinstatement.db* outbox build *.egg-info

@@ -1,0 +1,513 @@
+"""Scale benchmark: the seeded incident through Prefect on PostgreSQL, against a raw-SQL floor.
+
+    python -m bench.pipeline_bench --accounts 100000 [--batch-size 5000] [--skip-floor]
+        [--skip-notify] [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+
+What one run does, for N accounts (the seed's mix of outcomes, ~5 pins each):
+
+1. Seeds a fresh database `reinstate_bench_<N>` (COPY) and makes two copies of it
+   with CREATE DATABASE ... TEMPLATE: `_notify` and `_floor`.
+2. Starts a Prefect server (`prefect server start`, SQLite, PREFECT_HOME in a temporary
+   folder, a free port) and Postfix's `smtp-sink` on a free port, each a process of its
+   own.
+3. Run A, "without notices": `python -m bench.run_flow` (a child process) runs the flow
+   with notify off on the seeded database: plan, verify and restore. Their wall times
+   come from the pipeline's own reinstatement_runs.step_seconds; the peak RSS is the
+   child's ru_maxrss (os.wait4); task runs are counted by Prefect's API for that flow run.
+4. Run B, notices: the same flow with notify on, on the `_notify` copy, sending over SMTP
+   to smtp-sink; notices/s is the notices sent divided by the notify step's wall time.
+5. The floor: on the `_floor` copy, the account ids run A restored are loaded into a
+   temporary table (not timed), then sql/raw_floor_restore.sql's write statements run in
+   one transaction (timed, commit included). Ratio = (plan + verify + restore) / floor.
+   The floor's row counts are checked against run A's (accounts, pins).
+
+smtp-sink comes with Postfix: `DEBIAN_FRONTEND=noninteractive apt-get install -y postfix`
+(the package's own daemon need not run; smtp-sink listens on its own port). Without it
+the benchmark stops and says so, unless --skip-notify. py-spy (dev extra) profiles run A
+with --profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from reinstatement.db import make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOR_SQL = ROOT / "sql" / "raw_floor_restore.sql"
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+FLOOR_ACTOR = "raw-sql-floor"
+FLOOR_WRITES = ("activate-accounts", "write-unbans", "reverse-bans", "restore-pins")
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# -- the floor's SQL ----------------------------------------------------------------------
+
+def floor_statements(path: Path = FLOOR_SQL) -> dict[str, str]:
+    """The named blocks of an aiosql-style file (`-- name: x`), comments left in."""
+    blocks: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"--\s*name:\s*([\w-]+)", line)
+        if match:
+            if name is not None:
+                blocks[name] = "\n".join(lines).strip().rstrip(";")
+            name, lines = match.group(1), []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        blocks[name] = "\n".join(lines).strip().rstrip(";")
+    return blocks
+
+
+@dataclass
+class FloorResult:
+    load_seconds: float
+    write_seconds: float
+    step_seconds: dict[str, float]
+    rowcounts: dict[str, int]
+
+
+def run_floor(engine: Engine, account_ids: list[int], reason: str,
+              now: datetime | None = None) -> FloorResult:
+    """Reinstate `account_ids` with the floor's statements, in one transaction."""
+    statements = floor_statements()
+    now = now or datetime.now(UTC)
+    params = {"now": now, "actor": FLOOR_ACTOR, "reason": reason}
+    step_seconds: dict[str, float] = {}
+    rowcounts: dict[str, int] = {}
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        conn.execute(text(statements["create-reinstated-set"]))
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy("COPY floor_reinstated (account_id) FROM STDIN") as copy:
+            for account_id in account_ids:
+                copy.write_row((account_id,))
+        conn.execute(text(statements["analyze-reinstated-set"]))
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for name in FLOOR_WRITES:
+            step_started = time.perf_counter()
+            rowcounts[name] = conn.execute(text(statements[name]), params).rowcount
+            step_seconds[name] = time.perf_counter() - step_started
+        commit_started = time.perf_counter()
+        conn.commit()
+        step_seconds["commit"] = time.perf_counter() - commit_started
+        write_seconds = time.perf_counter() - started
+    return FloorResult(load_seconds, write_seconds, step_seconds, rowcounts)
+
+
+# -- databases ----------------------------------------------------------------------------
+
+def _conninfo(url: str, database: str) -> str:
+    return (make_url(url).set(database=database).set(drivername="postgresql")
+            .render_as_string(hide_password=False))
+
+
+def _db_url(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def _admin(url: str) -> psycopg.Connection:
+    return psycopg.connect(_conninfo(url, make_url(url).database or "postgres"),
+                           autocommit=True)
+
+
+def recreate_database(url: str, name: str, template: str | None = None) -> str:
+    with _admin(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return _db_url(url, name)
+
+
+def drop_database(url: str, name: str) -> None:
+    with _admin(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- servers in their own processes -------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+SMTP_SINK_HINT = ("smtp-sink (Postfix) is not installed: run `sudo DEBIAN_FRONTEND="
+                  "noninteractive apt-get install -y postfix` (the postfix daemon itself need "
+                  "not run), or pass --skip-notify")
+
+
+def smtp_sink_path() -> str | None:
+    return shutil.which("smtp-sink") or next(
+        (p for p in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink")
+         if os.access(p, os.X_OK)), None)
+
+
+@contextmanager
+def smtp_sink(binary: str) -> Iterator[int]:
+    """Postfix's smtp-sink on a free port: accepts and discards every message."""
+    port = free_port()
+    command = [binary]
+    if os.geteuid() == 0:
+        command += ["-u", "nobody"]  # it refuses to keep root privileges
+    command += [f"127.0.0.1:{port}", "1000"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"smtp-sink exited: {process.stderr.read().decode()[:500]}"
+                               if process.stderr else "smtp-sink exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    log(f"smtp-sink listening on 127.0.0.1:{port} (pid {process.pid})")
+    try:
+        yield port
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME; yields the API URL."""
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    log_file = (home / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    started = time.monotonic()
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 180:
+                raise RuntimeError("prefect server did not answer /api/health in 180 s")
+            time.sleep(0.5)
+        log(f"prefect server at {api} (pid {process.pid}) after "
+            f"{time.monotonic() - started:.1f} s")
+        yield api
+    finally:
+        _stop(process)
+        log_file.close()
+
+
+def count_task_runs(api: str, flow_run_id: str, settle_seconds: float = 3.0) -> int:
+    """Task runs Prefect recorded for the flow run, once the count stops growing.
+
+    Task runs reach the server as events and are written a little after the flow ends.
+    """
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    last, stable_since = -1, time.monotonic()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        count = int(httpx.post(f"{api}/task_runs/count", json=body, timeout=30).json())
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since >= settle_seconds:
+            break
+        time.sleep(0.5)
+    return last
+
+
+# -- one flow run in a child process ------------------------------------------------------
+
+@dataclass
+class FlowRun:
+    wall_seconds: float
+    peak_rss_mb: float
+    step_seconds: dict[str, float]
+    flow_run_id: str
+    report: dict[str, Any]
+    cpu_seconds: float = 0.0
+    task_runs: int = 0
+
+
+def run_flow_child(env: dict[str, str], batch_size: int, notify: bool, db_url: str,
+                   profile: Path | None = None) -> FlowRun:
+    command = [sys.executable, "-m", "bench.run_flow", "--batch-size", str(batch_size)]
+    if notify:
+        command.append("--notify")
+    if profile is not None:
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
+                   "--format", "speedscope", "-o", str(profile), "--", *command]
+    out = tempfile.TemporaryFile()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out)
+    # wait4 gives this child's own rusage: its peak RSS, not the servers' or ours.
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    out.seek(0)
+    lines = out.read().decode().strip().splitlines()
+    if process.returncode != 0:
+        raise RuntimeError(f"flow run failed (exit {process.returncode})")
+    # The report is the last JSON line (py-spy, under --profile, prints its own lines).
+    report = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT flow_run_id, step_seconds FROM reinstatement_runs ORDER BY id DESC "
+                "LIMIT 1")).one()
+    finally:
+        engine.dispose()
+    return FlowRun(wall_seconds=wall, peak_rss_mb=usage.ru_maxrss / 1024,
+                   step_seconds=dict(row.step_seconds or {}), flow_run_id=row.flow_run_id,
+                   report=report, cpu_seconds=usage.ru_utime + usage.ru_stime)
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+@dataclass
+class BenchResult:
+    accounts: int
+    batch_size: int
+    command: str
+    seed_seconds: float = 0.0
+    pins_seeded: int = 0
+    cases: int = 0
+    reinstated: int = 0
+    pins_restored: int = 0
+    plan_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    cases_per_second: float = 0.0
+    pins_per_second: float = 0.0
+    peak_rss_mb: float = 0.0
+    task_runs: int = 0
+    notify_seconds: float | None = None
+    notices_sent: int | None = None
+    notices_per_second: float | None = None
+    notify_peak_rss_mb: float | None = None
+    notify_task_runs: int | None = None
+    floor_seconds: float | None = None
+    floor_load_seconds: float | None = None
+    floor_steps: dict[str, float] = field(default_factory=dict)
+    floor_matches: bool | None = None
+    ratio: float | None = None
+
+    def markdown_row(self) -> str:
+        def num(value: float | None, fmt: str) -> str:
+            return "n/a" if value is None else format(value, fmt)
+
+        return (f"| {self.accounts:,} | {self.seed_seconds:.1f} | {self.plan_seconds:.1f} | "
+                f"{self.verify_seconds:.1f} | {self.restore_seconds:.1f} | "
+                f"{num(self.notify_seconds, '.1f')} | {self.cases_per_second:,.0f} | "
+                f"{self.pins_per_second:,.0f} | {num(self.notices_per_second, ',.0f')} | "
+                f"{max(self.peak_rss_mb, self.notify_peak_rss_mb or 0):.0f} | "
+                f"{self.task_runs} / {num(self.notify_task_runs, 'd') if self.notify_task_runs is not None else 'n/a'} | "  # noqa: E501
+                f"{num(self.floor_seconds, '.2f')} | {num(self.ratio, '.1f')}x |")
+
+
+MARKDOWN_HEADER = (
+    "| accounts | seed s | plan s | verify s | restore s | notify s | cases/s | pins/s | "
+    "notices/s | peak RSS MB | task runs (A / B) | floor s | ratio |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def bench(args: argparse.Namespace) -> BenchResult:
+    from reinstatement.schema_admin import create_platform, upgrade_pipeline
+    from reinstatement.seed import SeedOptions, seed
+
+    result = BenchResult(accounts=args.accounts, batch_size=args.batch_size,
+                         command="python -m bench.pipeline_bench " + " ".join(sys.argv[1:]))
+    sink = None if args.skip_notify else smtp_sink_path()
+    if not args.skip_notify and sink is None:
+        raise SystemExit(SMTP_SINK_HINT)
+
+    base = f"reinstate_bench_{args.accounts}"
+    names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor"}
+    urls = {"pipeline": recreate_database(args.pg_url, base)}
+    engine = make_engine(urls["pipeline"])
+    try:
+        create_platform(engine)
+        upgrade_pipeline(engine)
+        log(f"seeding {args.accounts:,} accounts into {base}")
+        summary = seed(engine, SeedOptions(accounts=args.accounts, seed=args.seed))
+    finally:
+        engine.dispose()
+    result.seed_seconds, result.pins_seeded = summary.seconds, summary.pins
+    log(f"seeded in {summary.seconds:.1f} s: {summary.pins:,} pins, expected "
+        f"{dict(summary.expected_outcomes)}")
+    copies = [] if args.skip_floor else ["floor"]
+    copies += [] if args.skip_notify else ["notify"]
+    for copy in copies:
+        started = time.perf_counter()
+        urls[copy] = recreate_database(args.pg_url, names[copy], template=base)
+        log(f"copied {base} to {names[copy]} in {time.perf_counter() - started:.1f} s")
+
+    with tempfile.TemporaryDirectory(prefix="reinstate-bench-") as tmp:
+        home = Path(tmp)
+        with prefect_server(home) as api:
+            env = dict(os.environ, PREFECT_API_URL=api, PREFECT_HOME=str(home),
+                       PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                       REINSTATE_DATABASE_URL=urls["pipeline"], REINSTATE_EMAIL_BACKEND="smtp",
+                       REINSTATE_NOTIFY_RATE_PER_SECOND="0",
+                       PYTHONPATH=str(ROOT))
+            log(f"run A: plan, verify, restore without notices (batch {args.batch_size})")
+            run_a = run_flow_child(env, args.batch_size, notify=False, db_url=urls["pipeline"],
+                                   profile=args.profile)
+            run_a.task_runs = count_task_runs(api, run_a.flow_run_id)
+            steps = run_a.step_seconds
+            result.plan_seconds = steps.get("plan", 0.0)
+            result.verify_seconds = steps.get("verify", 0.0)
+            result.restore_seconds = steps.get("restore", 0.0)
+            result.pipeline_seconds = (result.plan_seconds + result.verify_seconds
+                                       + result.restore_seconds)
+            outcomes = run_a.report["outcomes"]
+            result.cases = sum(outcomes.values())
+            result.reinstated = outcomes.get("reinstated", 0)
+            result.pins_restored = run_a.report["pins_restored"]
+            result.cases_per_second = result.cases / result.pipeline_seconds
+            result.pins_per_second = result.pins_restored / max(result.restore_seconds, 1e-9)
+            result.peak_rss_mb, result.task_runs = run_a.peak_rss_mb, run_a.task_runs
+            log(f"run A: {steps} wall {run_a.wall_seconds:.1f} s, peak RSS "
+                f"{run_a.peak_rss_mb:.0f} MB, {run_a.cpu_seconds:.1f} CPU s, {run_a.task_runs} "
+                f"task runs, outcomes {outcomes}")
+            if dict(summary.expected_outcomes) != {k: v for k, v in outcomes.items() if v}:
+                log("WARNING: outcomes differ from the seed's expectation")
+
+            if not args.skip_notify:
+                assert sink is not None
+                with smtp_sink(sink) as port:
+                    env_b = dict(env, REINSTATE_DATABASE_URL=urls["notify"],
+                                 REINSTATE_SMTP_HOST="127.0.0.1", REINSTATE_SMTP_PORT=str(port))
+                    log("run B: the same flow with notices, into smtp-sink")
+                    profile_b = (None if args.profile is None else args.profile.with_name(
+                        f"{args.profile.stem}-notify{args.profile.suffix}"))
+                    run_b = run_flow_child(env_b, args.batch_size, notify=True,
+                                           db_url=urls["notify"], profile=profile_b)
+                run_b.task_runs = count_task_runs(api, run_b.flow_run_id)
+                notices = run_b.report.get("notices", {})
+                result.notify_seconds = run_b.step_seconds.get("notify")
+                result.notices_sent = int(notices.get("sent", 0))
+                if result.notify_seconds:
+                    result.notices_per_second = result.notices_sent / result.notify_seconds
+                result.notify_peak_rss_mb = run_b.peak_rss_mb
+                result.notify_task_runs = run_b.task_runs
+                log(f"run B: {run_b.step_seconds} notices {notices}, peak RSS "
+                    f"{run_b.peak_rss_mb:.0f} MB, {run_b.cpu_seconds:.1f} CPU s, "
+                    f"{run_b.task_runs} task runs")
+
+    if not args.skip_floor:
+        result.floor_matches = measure_floor(args, urls, result)
+    for copy in ([] if args.keep else copies + ["pipeline"]):
+        drop_database(args.pg_url, names[copy])
+    return result
+
+
+def measure_floor(args: argparse.Namespace, urls: dict[str, str], result: BenchResult) -> bool:
+    """Time the floor's writes for the accounts run A restored; check its row counts."""
+    source = make_engine(urls["pipeline"])
+    try:
+        with source.connect() as conn:
+            account_ids = list(conn.execute(text(
+                "SELECT account_id FROM reinstatement_cases WHERE outcome = 'reinstated' "
+                "AND state = 'restored' ORDER BY account_id")).scalars())
+    finally:
+        source.dispose()
+    engine = make_engine(urls["floor"])
+    try:
+        floor = run_floor(engine, account_ids,
+                          reason="Reinstated by the raw-SQL floor of the scale benchmark")
+    finally:
+        engine.dispose()
+    result.floor_seconds, result.floor_load_seconds = floor.write_seconds, floor.load_seconds
+    result.floor_steps = {k: round(v, 3) for k, v in floor.step_seconds.items()}
+    result.ratio = result.pipeline_seconds / floor.write_seconds
+    matches = (floor.rowcounts["activate-accounts"] == len(account_ids) == result.reinstated
+               and floor.rowcounts["restore-pins"] == result.pins_restored)
+    log(f"floor: {floor.write_seconds:.2f} s writes ({result.floor_steps}), "
+        f"{floor.load_seconds:.2f} s to load {len(account_ids):,} ids; rows "
+        f"{floor.rowcounts}; same counts as the pipeline: {matches}")
+    return matches
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=20250401)
+    parser.add_argument("--pg-url", default=os.environ.get("REINSTATE_BENCH_PG_URL",
+                                                           DEFAULT_PG_URL))
+    parser.add_argument("--skip-floor", action="store_true", help="no raw-SQL floor")
+    parser.add_argument("--skip-notify", action="store_true", help="no run with notices")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record the runs with py-spy into this speedscope file (run B: "
+                        "NAME-notify.json); peak RSS is then py-spy's, not the flow's")
+    parser.add_argument("--json", type=Path, default=None, help="append the result here")
+    args = parser.parse_args(argv)
+    if make_url(args.pg_url).get_backend_name() != "postgresql":
+        parser.error("--pg-url must be a PostgreSQL URL")
+    result = bench(args)
+    sys.stdout.write(MARKDOWN_HEADER + "\n" + result.markdown_row() + "\n")
+    sys.stdout.write(f"command: {result.command}\n")
+    if args.json is not None:
+        with args.json.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(result)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The benchmark's raw-SQL floor is a fair comparison: it writes what the pipeline writes.
+
+Two copies of one small seeded incident (the same seed writes the same rows): on one the
+pipeline runs (plan, verify, restore, without Prefect); on the other the floor's
+statements (sql/raw_floor_restore.sql) reinstate the accounts the pipeline restored. The
+platform must end up the same on both, up to what is free to differ: the moments written,
+the unban actions' ids, actor and reason. PostgreSQL only, as the floor is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from bench.pipeline_bench import run_floor
+from reinstatement import runner, seed
+from reinstatement.db import make_engine
+from reinstatement.incidents import build_request
+from reinstatement.models import Case
+from reinstatement.steps import PIPELINE_ACTOR
+from tests.factories import snapshot
+
+ACCOUNTS = 600
+
+
+def _platform_end_state(before: dict[str, dict[int, dict[str, Any]]],
+                        after: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The platform rows with what may legitimately differ between the two replaced.
+
+    Moments that changed become "moved"; an unban is known by its account, not its id.
+    """
+    unban_account = {
+        row_id: row["account_id"]
+        for row_id, row in after["enforcement_actions"].items()
+        if row_id not in before["enforcement_actions"]
+    }
+
+    def normal(table: str, row_id: int, row: dict[str, Any]) -> dict[str, Any]:
+        old = before[table].get(row_id, {})
+        out: dict[str, Any] = {}
+        for column, value in row.items():
+            if column in ("updated_at", "reversed_at", "created_at") and value != old.get(column):
+                out[column] = "moved"
+            elif column in ("reversed_by_action_id", "hidden_by_action_id") and (
+                    value in unban_account):
+                out[column] = ("unban of", unban_account[value])
+            else:
+                out[column] = value
+        return out
+
+    state: dict[str, Any] = {}
+    for table, rows in after.items():
+        state[table] = {}
+        for row_id, row in rows.items():
+            if table == "enforcement_actions" and row_id in unban_account:
+                key: Any = ("unban of", row["account_id"])
+                row = {k: v for k, v in row.items() if k not in ("id", "actor", "reason")}
+            else:
+                key = row_id
+            state[table][key] = normal(table, row_id, row)
+    return state
+
+
+@pytest.fixture
+def floor_engine(backend: str, templates: Any) -> Any:
+    url = templates.new_database(backend)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+    templates.drop(url)
+
+
+def test_the_floor_leaves_the_platform_as_the_pipeline_does(
+        backend: str, engine: Engine, floor_engine: Engine) -> None:
+    if backend != "postgresql":
+        pytest.skip("the raw-SQL floor is PostgreSQL SQL")
+    options = seed.SeedOptions(accounts=ACCOUNTS, seed=7)
+    seed.seed(engine, options)
+    seed.seed(floor_engine, options)
+    seeded = snapshot(engine)
+    assert snapshot(floor_engine) == seeded
+
+    request = build_request(
+        incident_key=seed.INCIDENT_KEY, faulty_versions=list(seed.INCIDENT_FAULTY),
+        since=seed.INCIDENT_SINCE, until=seed.INCIDENT_UNTIL, notify=False, batch_size=100,
+        require_approval=False,
+    )
+    runner.register(engine, request, PIPELINE_ACTOR)
+    ctx = runner.StepContext(engine, request.incident_key, request.batch_size)
+    runner.plan_all(ctx)
+    while runner.verify_one_batch(ctx, preview=False).cases:
+        pass
+    while runner.restore_one_batch(ctx).cases:
+        pass
+    with engine.connect() as conn:
+        restored = list(conn.execute(
+            select(Case.account_id).where(Case.outcome == "reinstated",
+                                          Case.state == "restored")
+            .order_by(Case.account_id)).scalars())
+    assert restored, "the seed always has accounts to reinstate"
+
+    floor = run_floor(floor_engine, restored, reason="floor")
+    assert floor.rowcounts["activate-accounts"] == len(restored)
+    after_floor = snapshot(floor_engine)
+    assert (_platform_end_state(seeded, after_floor)
+            == _platform_end_state(seeded, snapshot(engine)))
+
+    # Safe to run again for the same accounts: nothing changes the second time.
+    again = run_floor(floor_engine, restored, reason="floor")
+    assert again.rowcounts["activate-accounts"] == 0
+    assert snapshot(floor_engine) == after_floor
