@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = Field(
         None, description="SMTP password: a secret, never printed."
     )
+    smtp_password_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the SMTP password (instead of "
+        "REINSTATE_SMTP_PASSWORD).",
+    )
     smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
     smtp_ssl: bool = Field(False, description="Connect with implicit TLS (port 465 style).")
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(

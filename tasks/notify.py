@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import task
 from prefect.logging import get_run_logger
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from reinstatement import outbox
@@ -41,6 +42,16 @@ def rate_limiter(settings: Settings) -> RateLimiter | None:
         return _limiters[rate]
 
 
+def smtp_password(settings: Settings) -> SecretStr | None:
+    """The SMTP password: from the Prefect Secret block named in settings, if one is."""
+    if not settings.smtp_password_block:
+        return settings.smtp_password
+    from prefect.blocks.system import Secret
+
+    block: Any = Secret.load(settings.smtp_password_block)  # sync in a sync context
+    return SecretStr(str(block.get()))
+
+
 @task(name="send-notices-batch", **BATCH_TASK_OPTIONS)
 def send_notices(incident_key: str | None, batch_size: int) -> dict[str, Any]:
     """Send one batch of due notices (of one incident, or of all with None)."""
@@ -53,7 +64,8 @@ def send_notices(incident_key: str | None, batch_size: int) -> dict[str, Any]:
                 select(Incident.id).where(Incident.key == incident_key)).scalar_one()
     with slots("smtp", settings.smtp_connections):
         result = outbox.send_batch(
-            engine, backend_from_settings(settings), renderer(), batch_size,
+            engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),
+            renderer(), batch_size,
             sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
             incident_id=incident_id, limiter=rate_limiter(settings),
         )

@@ -152,3 +152,22 @@ def test_smtp_connections_limit_how_many_batches_send_at_once(
     report = reinstate_incident(incident_request(batch_size=10))
     assert report["notices"].get("sent", 0) > 30
     assert sending["most"] == connections
+
+
+def test_smtp_password_can_come_from_a_prefect_secret_block(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from reinstatement.settings import load_settings
+    from tasks.notify import smtp_password
+
+    Secret(value="from-the-block").save("reinstatement-smtp-test", overwrite=True)
+    monkeypatch.setenv("REINSTATE_SMTP_PASSWORD", "from-the-environment")
+    settings = load_settings()
+    assert smtp_password(settings).get_secret_value() == "from-the-environment"  # type: ignore[union-attr]
+    monkeypatch.setenv("REINSTATE_SMTP_PASSWORD_BLOCK", "reinstatement-smtp-test")
+    settings = load_settings()
+    password = smtp_password(settings)
+    assert password is not None and password.get_secret_value() == "from-the-block"
+    assert "from-the-block" not in repr(password)
