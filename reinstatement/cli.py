@@ -360,8 +360,9 @@ def demo(
     typer.echo(f"notices written: {len(notices):,} files in {outbox}/")
     if notices:
         typer.echo(f"  for example: {notices[0]}")
+    command = sys.argv[0] if Path(sys.argv[0]).name == "reinstate" else "reinstate"
     typer.echo(f"see every case: REINSTATE_DATABASE_URL=sqlite:///{database} "
-               f"reinstate cases {seeding.INCIDENT_KEY}")
+               f"{command} cases {seeding.INCIDENT_KEY}")
     if got != expected:
         raise typer.Exit(1)
 
