@@ -9,7 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, insert, select
 
+from reinstatement.incidents import IncidentRequest, build_request
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
 
 T0 = datetime(2025, 4, 5, 12, 0, tzinfo=UTC)
 SPAM_FAULTY = {"any": [{"signal": "links", "op": ">=", "value": 5}]}
@@ -64,6 +66,20 @@ class Platform:
             ) -> int:
         return self._insert(pins, account_id=account_id, title="a pin", status=status,
                             hidden_by_action_id=hidden_by, updated_at=T0)
+
+
+def seeded_incident_request(**overrides: Any) -> IncidentRequest:
+    """The request for the incident `reinstatement.seed` writes, with small batches."""
+    fields: dict[str, Any] = {
+        "incident_key": INCIDENT_KEY,
+        "faulty_versions": list(INCIDENT_FAULTY),
+        "since": INCIDENT_SINCE,
+        "until": INCIDENT_UNTIL,
+        "batch_size": 100,
+        "require_approval": False,
+    }
+    fields.update(overrides)
+    return build_request(**fields)
 
 
 def snapshot(engine: Engine) -> dict[str, dict[int, dict[str, Any]]]:

@@ -26,7 +26,7 @@ from typer.testing import CliRunner, Result
 from reinstatement import cli, runner
 from reinstatement.cli import app
 from reinstatement.db import make_engine
-from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.incidents import IncidentRequest
 from reinstatement.models import Case, Notice
 from reinstatement.platform_schema import PLATFORM_TABLES, accounts, enforcement_actions, pins
 from reinstatement.platform_schema import rule_versions as rule_versions_table
@@ -45,6 +45,7 @@ from reinstatement.seed import (
 )
 from reinstatement.steps import PIPELINE_ACTOR
 from tests.factories import Platform, snapshot
+from tests.factories import seeded_incident_request as incident_request
 
 KEY = "INC-CLI-1"
 INCIDENT_ARGS = [
@@ -127,19 +128,6 @@ def pipeline_tables(engine: Engine) -> set[str]:
 def count(engine: Engine, tbl: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(tbl)).scalar_one())
-
-
-def incident_request(**overrides: Any) -> IncidentRequest:
-    fields: dict[str, Any] = {
-        "incident_key": INCIDENT_KEY,
-        "faulty_versions": list(INCIDENT_FAULTY),
-        "since": INCIDENT_SINCE,
-        "until": INCIDENT_UNTIL,
-        "batch_size": 100,
-        "require_approval": False,
-    }
-    fields.update(overrides)
-    return build_request(**fields)
 
 
 def run_steps(engine: Engine, request: IncidentRequest) -> None:

@@ -14,33 +14,17 @@ from prefect.flow_runs import resume_flow_run
 from sqlalchemy import Engine, func, select
 
 from flows.reinstate_incident import reinstate_incident
-from reinstatement.incidents import build_request
 from reinstatement.models import Case, Incident
 from reinstatement.platform_schema import accounts
 from reinstatement.seed import (
-    INCIDENT_FAULTY,
     INCIDENT_KEY,
-    INCIDENT_SINCE,
-    INCIDENT_UNTIL,
     SeedOptions,
     seed,
 )
+from tests.factories import seeded_incident_request as incident_request
 from tests.factories import snapshot
 
 pytestmark = pytest.mark.prefect
-
-
-def incident_request(**overrides: Any) -> Any:
-    fields: dict[str, Any] = {
-        "incident_key": INCIDENT_KEY,
-        "faulty_versions": list(INCIDENT_FAULTY),
-        "since": INCIDENT_SINCE,
-        "until": INCIDENT_UNTIL,
-        "batch_size": 100,
-        "require_approval": False,
-    }
-    fields.update(overrides)
-    return build_request(**fields)
 
 
 def test_flow_reinstates_a_seeded_incident(prefect_api: str, engine: Engine,
