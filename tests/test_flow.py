@@ -155,3 +155,24 @@ def test_smtp_password_can_come_from_a_prefect_secret_block(
     password = smtp_password(settings)
     assert password is not None and password.get_secret_value() == "from-the-block"
     assert "from-the-block" not in repr(password)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"faulty_versions": ["nosuch@1"]}, "unknown rule version nosuch@1"),
+    ({"faulty_versions": ["spam_burst@7=image_hash@3"]}, "version of another rule"),
+])
+def test_bad_input_from_the_ui_fails_the_run_with_the_same_message(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], overrides: dict[str, Any],
+    message: str,
+) -> None:
+    from reinstatement.errors import BadInput
+
+    seed(engine, SeedOptions(accounts=50, seed=2))
+    before = snapshot(engine)
+    with pytest.raises(BadInput, match=message):
+        reinstate_incident(incident_request(**overrides))
+    assert snapshot(engine) == before
+    with get_client(sync_client=True) as client:
+        latest = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
+    assert latest.state is not None and latest.state.is_failed()
+    assert message in (latest.state.message or "")
