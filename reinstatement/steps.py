@@ -36,11 +36,10 @@ from sqlalchemy import (
     cast,
     func,
     insert,
-    literal,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
@@ -105,28 +104,11 @@ def _audit(conn: Connection, incident_id: int, rows: Iterable[tuple[int | None, 
          "to_state": after, "actor": actor, "reason": reason, "at": now}
         for case_id, before, after, reason in rows
     ]
-    if not entries:
-        return
-    if conn.dialect.name != "postgresql":
-        conn.execute(insert(AuditEntry), entries)
-        return
-    # One INSERT ... SELECT FROM unnest(arrays) per batch: as an executemany, the audit
-    # rows (one per case and step) cost ~30 us each, a seventh of the pipeline's time in
-    # the scale benchmark; as arrays, a few milliseconds per thousand.
-    text_array = postgresql.ARRAY(Text)
-    rows_in = func.unnest(
-        bindparam(None, [e["case_id"] for e in entries], type_=postgresql.ARRAY(BigInteger)),
-        bindparam(None, [e["from_state"] for e in entries], type_=text_array),
-        bindparam(None, [e["to_state"] for e in entries], type_=text_array),
-        bindparam(None, [e["reason"] for e in entries], type_=text_array),
-    ).table_valued("case_id", "from_state", "to_state", "reason").render_derived()
-    table = AuditEntry.__table__
-    conn.execute(insert(AuditEntry).from_select(
-        ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
-        select(literal(incident_id, BigInteger), rows_in.c.case_id, rows_in.c.from_state,
-               rows_in.c.to_state, literal(actor, Text), rows_in.c.reason,
-               literal(now, table.c.at.type)),
-    ))
+    # As one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL: as an executemany the
+    # audit rows (one per case and step) were a seventh of the scale benchmark's time.
+    _insert_many(conn, AuditEntry, entries, {
+        "incident_id": BigInteger, "case_id": BigInteger, "from_state": Text,
+        "to_state": Text, "actor": Text, "reason": Text, "at": DateTime(timezone=True)})
 
 
 def audit_incident(conn: Connection, incident_id: int, before: str | None, after: str,
@@ -201,7 +183,7 @@ def _insert_cases(conn: Connection, new: list[dict[str, Any]]) -> Sequence[int]:
     """Insert planned cases, skipping any another run created first; the new cases' ids."""
     if conn.dialect.name != "postgresql":
         return conn.execute(
-            _insert_ignoring_duplicates(conn, Case).returning(Case.id), new
+            sqlite.insert(Case).on_conflict_do_nothing().returning(Case.id), new
         ).scalars().all()
     rows = _array_rows(**{name: (element, [row[name] for row in new]) for name, element in (
         ("incident_id", BigInteger), ("account_id", BigInteger), ("state", Text),
@@ -233,15 +215,6 @@ def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
                             for name, element in element_types.items()})
     conn.execute(insert(table).from_select(
         list(element_types), select(*(source.c[name] for name in element_types))))
-
-
-def _insert_ignoring_duplicates(conn: Connection, model: type[Any]) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING, in the dialect at hand."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(model).on_conflict_do_nothing()
-    return sqlite.insert(model).on_conflict_do_nothing()
 
 
 def planned_through(conn: Connection, incident_id: int) -> int:
@@ -386,30 +359,15 @@ class BatchResult:
     notices_queued: int = 0
     changed_since_verification: int = 0
 
-    def merge(self, other: BatchResult) -> None:
-        self.cases += other.cases
-        self.outcomes.update(other.outcomes)
-        self.pins_restored += other.pins_restored
-        self.notices_queued += other.notices_queued
-        self.changed_since_verification += other.changed_since_verification
 
 
 def _case_update(case_id: int, decision: CaseDecision, state: str, now: datetime
                  ) -> dict[str, Any]:
     return {
-        "case_id": case_id, "state": state, "outcome": str(decision.outcome),
+        "id": case_id, "state": state, "outcome": str(decision.outcome),
         "reasons": decision.reasons, "faulty_ban_ids": list(decision.faulty_ban_ids),
         "standing_ban_ids": list(decision.standing_ban_ids), "updated_at": now,
     }
-
-
-_UPDATE_CASE = (
-    update(Case)
-    .where(Case.id == bindparam("case_id"))
-    .values(state=bindparam("state"), outcome=bindparam("outcome"),
-            reasons=bindparam("reasons"), faulty_ban_ids=bindparam("faulty_ban_ids"),
-            standing_ban_ids=bindparam("standing_ban_ids"), updated_at=bindparam("updated_at"))
-)
 
 
 def _array_rows(**columns: tuple[Any, list[Any]]) -> Any:
@@ -429,30 +387,49 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _update_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
+                 types: dict[str, Any], *, where: Sequence[Any] = (),
+                 fixed: dict[str, Any] | None = None) -> int:
+    """UPDATE each row (by its "id") with its own values; returns the rows changed.
+
+    `types` names the per-row columns and their types (JSON columns travel as text and
+    are cast back); `where` adds guards, `fixed` values the same for every row. On
+    PostgreSQL it is one UPDATE ... FROM unnest(arrays); elsewhere an executemany.
+    """
+    if not rows:
+        return 0
+    fixed = fixed or {}
+    if conn.dialect.name != "postgresql":
+        statement = (
+            update(table).where(table.c.id == bindparam("row_id"), *where)
+            .values(**{name: bindparam(f"row_{name}") for name in types}, **fixed)
+        )
+        return conn.execute(statement, [
+            {"row_id": row["id"], **{f"row_{name}": row[name] for name in types}}
+            for row in rows
+        ]).rowcount
+    json_columns = {name for name, kind in types.items() if kind is JSON}
+    source = _array_rows(id=(BigInteger, [row["id"] for row in rows]), **{
+        name: (Text, [_json_text(row[name]) for row in rows]) if name in json_columns
+        else (kind, [row[name] for row in rows])
+        for name, kind in types.items()
+    })
+    values = {name: cast(source.c[name], JSON) if name in json_columns else source.c[name]
+              for name in types}
+    return conn.execute(
+        update(table).where(table.c.id == source.c.id, *where).values(**values, **fixed)
+    ).rowcount
+
+
+_CASE_DECISION_COLUMNS = {
+    "state": Text, "outcome": Text, "reasons": JSON, "faulty_ban_ids": JSON,
+    "standing_ban_ids": JSON, "updated_at": DateTime(timezone=True),
+}
+
+
 def _update_cases(conn: Connection, updates: list[dict[str, Any]]) -> None:
     """Record each case's state, outcome and reasons (rows as `_case_update` makes them)."""
-    if not updates:
-        return
-    if conn.dialect.name != "postgresql":
-        conn.execute(_UPDATE_CASE, updates)
-        return
-    rows = _array_rows(
-        case_id=(BigInteger, [u["case_id"] for u in updates]),
-        state=(Text, [u["state"] for u in updates]),
-        outcome=(Text, [u["outcome"] for u in updates]),
-        reasons=(Text, [_json_text(u["reasons"]) for u in updates]),
-        faulty_ban_ids=(Text, [_json_text(u["faulty_ban_ids"]) for u in updates]),
-        standing_ban_ids=(Text, [_json_text(u["standing_ban_ids"]) for u in updates]),
-        updated_at=(DateTime(timezone=True), [u["updated_at"] for u in updates]),
-    )
-    conn.execute(
-        update(Case).where(Case.id == rows.c.case_id)
-        .values(state=rows.c.state, outcome=rows.c.outcome,
-                reasons=cast(rows.c.reasons, JSON),
-                faulty_ban_ids=cast(rows.c.faulty_ban_ids, JSON),
-                standing_ban_ids=cast(rows.c.standing_ban_ids, JSON),
-                updated_at=rows.c.updated_at)
-    )
+    _update_many(conn, Case.__table__, updates, _CASE_DECISION_COLUMNS)
 
 
 def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
@@ -599,33 +576,22 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
         for _, decision, record in to_restore
     ])
     reversals = [
-        {"ban_id": ban_id, "unban_id": unban_id}
+        {"id": ban_id, "reversed_by_action_id": unban_id}
         for (_, decision, _), unban_id in zip(to_restore, unban_ids, strict=True)
         for ban_id in decision.standing_ban_ids
     ]
-    if conn.dialect.name == "postgresql":
-        pairs = _array_rows(ban_id=(BigInteger, [r["ban_id"] for r in reversals]),
-                            unban_id=(BigInteger, [r["unban_id"] for r in reversals]))
-        reversed_count = conn.execute(
-            update(ea).where(ea.c.id == pairs.c.ban_id, ea.c.reversed_at.is_(None))
-            .values(reversed_at=now, reversed_by_action_id=pairs.c.unban_id)
-        ).rowcount
-    else:
-        reversed_count = conn.execute(
-            update(ea)
-            .where(ea.c.id == bindparam("ban_id"), ea.c.reversed_at.is_(None))
-            .values(reversed_at=now, reversed_by_action_id=bindparam("unban_id")),
-            reversals,
-        ).rowcount
+    reversed_count = _update_many(conn, ea, reversals, {"reversed_by_action_id": BigInteger},
+                                  where=[ea.c.reversed_at.is_(None)],
+                                  fixed={"reversed_at": now})
     if reversed_count != len(reversals):
         raise RestoreConflict("a ban was lifted by someone else during the restore")
-    pins_by_account = _restore_pins(conn, [r["ban_id"] for r in reversals], now)
+    pins_by_account = _restore_pins(conn, [r["id"] for r in reversals], now)
 
     case_updates, notices = [], []
     for (case, _, record), unban_id in zip(to_restore, unban_ids, strict=True):
         restored = pins_by_account.get(record.id, 0)
-        case_updates.append({"case_id": case.id, "unban_action_id": unban_id,
-                             "pins_restored": restored, "updated_at": now})
+        case_updates.append({"id": case.id, "unban_action_id": unban_id,
+                             "pins_restored": restored})
         notice_state = (NoticeState.SUPPRESSED if not incident.notify
                         else NoticeState.PENDING if record.email else NoticeState.NO_ADDRESS)
         notices.append({
@@ -641,25 +607,9 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
         result.outcomes[str(Outcome.REINSTATED)] += 1
         result.pins_restored += restored
         result.notices_queued += notice_state == NoticeState.PENDING
-    if conn.dialect.name == "postgresql":
-        restored_cases = _array_rows(
-            case_id=(BigInteger, [u["case_id"] for u in case_updates]),
-            unban_action_id=(BigInteger, [u["unban_action_id"] for u in case_updates]),
-            pins_restored=(Integer, [u["pins_restored"] for u in case_updates]),
-        )
-        conn.execute(
-            update(Case).where(Case.id == restored_cases.c.case_id)
-            .values(state=CaseState.RESTORED, unban_action_id=restored_cases.c.unban_action_id,
-                    pins_restored=restored_cases.c.pins_restored, updated_at=now)
-        )
-    else:
-        conn.execute(
-            update(Case).where(Case.id == bindparam("case_id"))
-            .values(state=CaseState.RESTORED, unban_action_id=bindparam("unban_action_id"),
-                    pins_restored=bindparam("pins_restored"),
-                    updated_at=bindparam("updated_at")),
-            case_updates,
-        )
+    _update_many(conn, Case.__table__, case_updates,
+                 {"unban_action_id": BigInteger, "pins_restored": Integer},
+                 fixed={"state": CaseState.RESTORED, "updated_at": now})
     _insert_many(conn, Notice, notices, {
         "case_id": BigInteger, "incident_id": BigInteger, "account_id": BigInteger,
         "message_id": Text, "recipient": Text, "locale": Text, "state": Text,
@@ -693,15 +643,6 @@ def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Co
 
 
 # -- counts -----------------------------------------------------------------------------
-
-def count_cases(conn: Connection, incident_id: int, states: Sequence[str],
-                outcome: str | None = None) -> int:
-    query = select(func.count()).select_from(Case).where(
-        Case.incident_id == incident_id, Case.state.in_(states))
-    if outcome is not None:
-        query = query.where(Case.outcome == outcome)
-    return conn.execute(query).scalar_one()
-
 
 def pending_work(conn: Connection, incident_id: int) -> dict[str, int]:
     """How many cases wait for each step."""
