@@ -1,4 +1,4 @@
-"""The platform's four tables, exactly as shared/PLATFORM.md fixes them.
+"""The platform's four tables, exactly as docs/platform-contract.md fixes them.
 
 The platform owns these tables. In production they already exist and the pipeline
 never creates or alters them; `reinstate db create-platform` creates them only for

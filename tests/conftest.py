@@ -28,7 +28,7 @@ from reinstatement.schema_admin import create_platform, upgrade_pipeline
 from tests.smtp_server import smtp_server  # noqa: F401 - a fixture shared by several modules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONTRACT = PROJECT_ROOT.parent / "shared" / "PLATFORM.md"
+CONTRACT = PROJECT_ROOT / "docs" / "platform-contract.md"
 PG_ADMIN_URL = os.environ.get(
     "REINSTATE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

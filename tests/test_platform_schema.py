@@ -1,7 +1,7 @@
-"""The platform tables we create match shared/PLATFORM.md, read from the contract itself.
+"""The platform tables we create match docs/platform-contract.md, read from that document.
 
 The expectations are parsed from the contract's markdown tables, not copied from our
-schema module, so the test fails if either the schema or the contract moves. Every
+schema module, so the test fails if either the schema or the document moves. Every
 column's type, nullability and default, every primary key, unique constraint, index and
 foreign key is compared on the reflected database, on SQLite and on PostgreSQL.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,11 @@ from sqlalchemy.engine import Inspector
 
 from reinstatement.db import make_engine
 from reinstatement.schema_admin import create_platform
-from tests.conftest import CONTRACT
+from tests.conftest import CONTRACT, PROJECT_ROOT
+
+# The platform team's own copy of the contract, beside a development checkout only. A
+# user's clone has none: the one test that reads it skips there, and nothing else reads it.
+PLATFORMS_COPY = PROJECT_ROOT.parent / "shared" / "PLATFORM.md"
 
 
 @dataclass
@@ -53,12 +58,12 @@ class ContractTable:
     unique_together: list[tuple[str, ...]] = field(default_factory=list)
 
 
-def parse_contract() -> dict[str, ContractTable]:
-    text = CONTRACT.read_text(encoding="utf-8")
+def parse_contract(path: Path = CONTRACT) -> dict[str, ContractTable]:
+    text = path.read_text(encoding="utf-8")
     tables: dict[str, ContractTable] = {}
     current: ContractTable | None = None
     for line in text.splitlines():
-        heading = re.fullmatch(r"## (\w+)", line.strip())
+        heading = re.fullmatch(r"#{2,3} (\w+)", line.strip())
         if heading:
             name = heading.group(1)
             current = tables.setdefault(name, ContractTable(name)) if name.islower() else None
@@ -230,3 +235,28 @@ def _schema_snapshot(inspector: Inspector) -> dict[str, Any]:
         )
         for name in sorted(inspector.get_table_names())
     }
+
+
+def _contract_terms(path: Path) -> dict[str, Any]:
+    """What the two statements of the contract must agree on beyond the tables."""
+    text = path.read_text(encoding="utf-8")
+    operators = re.search(r"OP is one of ((?:`[^`]+`\s*)+)", text)
+    assert operators, f"{path}: no operator list"
+    return {
+        "tables": parse_contract(path),
+        "operators": re.findall(r"`([^`]+)`", operators.group(1)),
+        "signal_pattern": re.search(r"NAME matches\s+`([^`]+)`", text).group(1),  # type: ignore[union-attr]
+        "outcomes": re.findall(r"^\d\. `(\w+)`", text, flags=re.MULTILINE),
+        "locale_fallback": bool(re.search(r"'pt-BR'\s+to\s+'pt'\s+to\s+'en'", text)),
+    }
+
+
+def test_project_contract_agrees_with_the_platform_teams_copy() -> None:
+    """Beside a development checkout, the platform team's copy: our document must agree."""
+    if not PLATFORMS_COPY.exists():
+        pytest.skip(f"{PLATFORMS_COPY} is absent (a user's clone): nothing to compare with")
+    ours, theirs = _contract_terms(CONTRACT), _contract_terms(PLATFORMS_COPY)
+    assert ours["outcomes"] == [
+        "skipped", "upheld", "kept_other_ban", "needs_review", "reinstated",
+    ]
+    assert ours == theirs
