@@ -21,6 +21,11 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from reinstatement import cli_operations
 from reinstatement.errors import BadInput, DatabaseUnavailable
+from reinstatement.local_prefect import (
+    SERVER_DID_NOT_START,
+    is_startup_failure,
+    prepare_local_prefect,
+)
 from reinstatement.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -56,6 +61,8 @@ def handles_errors(command: F) -> F:
         except SQLAlchemyError as exc:
             _fail(f"database error: {_first_line(exc)}", 1)
         except RuntimeError as exc:
+            if is_startup_failure(exc):
+                _fail(SERVER_DID_NOT_START, 1)
             # A run that failed (batches failing after their retries, broken invariants):
             # the run's logs and Prefect's UI have the details.
             _fail(f"{type(exc).__name__}: {_first_line(exc)}", 1)
@@ -324,10 +331,6 @@ def demo(
     if outbox.exists():
         for old in outbox.glob("*.eml"):
             old.unlink()
-    # The demo's Prefect runs go to a temporary server whose history lives in the demo
-    # folder, away from any server or history the user already has.
-    os.environ.setdefault("PREFECT_HOME", str((folder / ".prefect").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["REINSTATE_DATABASE_URL"] = f"sqlite:///{database.resolve()}"
     os.environ["REINSTATE_EMAIL_BACKEND"] = "file"
     os.environ["REINSTATE_EMAIL_DIR"] = str(outbox.resolve())
@@ -379,6 +382,7 @@ cli_operations.register(app, handles_errors, _checked_engine)
 
 
 def main() -> None:
+    prepare_local_prefect()
     app()
 
 

@@ -239,12 +239,15 @@ def test_no_pins_is_not_phrased_as_a_count(renderer: NoticeRenderer) -> None:
 
 @pytest.mark.parametrize(
     ("locale", "expected"),
-    [("en", "1,234 pins"), ("de", "1.234 Pins"), ("de-CH", "1’234 Pins"), ("ja", "ピン1,234件")],
+    [("en", ["1,234 pins"]), ("de", ["1.234 Pins"]),
+     # Swiss grouping: CLDR spelt it with U+2019 until Babel 2.18, with an apostrophe since.
+     ("de-CH", ["1’234 Pins", "1'234 Pins"]), ("ja", ["ピン1,234件"])],
 )
 def test_large_pin_counts_are_formatted_for_the_locale(
-    renderer: NoticeRenderer, locale: str, expected: str
+    renderer: NoticeRenderer, locale: str, expected: list[str]
 ) -> None:
-    assert expected in renderer.render_content(make_context(locale=locale, pins_restored=1234)).text
+    text = renderer.render_content(make_context(locale=locale, pins_restored=1234)).text
+    assert any(spelling in text for spelling in expected), text
 
 
 @pytest.mark.parametrize(
