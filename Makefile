@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest install clean bench
+.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench check-bare-clone check-local-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,37 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest
+# Tests run in parallel workers (pytest-xdist; each worker makes its own Prefect test
+# server and database templates). Each file stays on one worker: a file's tests share
+# module fixtures, and the role tests share a PostgreSQL role, which is cluster-wide.
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-test: lint typecheck pytest
+pytest: $(STAMP)
+	$(PYTEST)
+
+pytest-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
+
+# `make test`: everything (ruff, mypy, the whole suite with the fault tests, both
+# databases); `make test-fast`: the same without the slow fault and deployment tests.
+test test-fast: $(STAMP)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint typecheck $(if $(filter test-fast,$@),pytest-fast,pytest); \
+	status=$$?; echo "make $@: $$(( $$(date +%s) - start )) s, exit status $$status"; \
+	exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 
+# A new user's first steps in an empty folder: clone, `make test`, `make demo`.
+check-bare-clone:
+	bash checks/bare_clone.sh
+
+# Ten back-to-back local dry runs beside a CPU-bound process, PREFECT_HOME unset.
+check-local-runs: $(STAMP)
+	$(BIN)/python -m checks.local_runs_under_load --runs $(or $(RUNS),10)
+
 clean:
-	rm -rf $(VENV) reinstatement.db* outbox build *.egg-info
+	rm -rf $(VENV) reinstatement.db* outbox build *.egg-info .prefect

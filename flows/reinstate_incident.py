@@ -3,8 +3,10 @@
 Step 1, register the incident under its key (or check a rerun asks the same thing).
 Step 2, plan: a case for every candidate account.
 Step 3, verify: judge every case against the corrected rule versions.
-Step 4, preview and approval: publish the outcomes; when approval is required, pause
-        until an operator approves or rejects in the Prefect UI.
+Step 4, preview and approval: publish the outcomes. An incident that requires approval
+        restores nothing until an operator approves it: a deployment run suspends
+        (holding no process) until the operator decides in the Prefect UI; a run
+        started elsewhere (the CLI) ends there, awaiting `reinstate approve`.
 Step 5, restore: reinstated accounts, their unban, ban reversals and pins, in batches.
 Step 6, notify: send the queued notices.
 Step 7, report.
@@ -18,24 +20,27 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 from prefect import Task, flow
 from prefect.futures import PrefectFuture, as_completed
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
+from prefect.runtime import deployment
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
-from reinstatement import runner
+from reinstatement import lifecycle, runner
 from reinstatement.db import get_engine, utcnow
 from reinstatement.errors import BadInput
-from reinstatement.incidents import IncidentRequest, load_incident
-from reinstatement.models import Case, Incident, Run
+from reinstatement.incidents import IncidentRequest, RegisteredIncident, load_incident
+from reinstatement.lifecycle import IncidentStatus
+from reinstatement.models import AuditEntry, Case, Run
 from reinstatement.retrying import in_transaction
 from reinstatement.settings import load_settings
-from reinstatement.steps import CaseState, pending_work
+from reinstatement.steps import CaseState
 from tasks.notify import send_notices
 from tasks.pipeline import (
     plan_candidates,
@@ -47,24 +52,29 @@ from tasks.pipeline import (
 )
 from tasks.reporting import Progress, publish_preview, publish_report
 
-APPROVAL_TIMEOUT_SECONDS = 7 * 24 * 3600
+APPROVAL_TIMEOUT_SECONDS = 30 * 24 * 3600
 # The pool is sized for the largest of REINSTATE_WORKERS and REINSTATE_SMTP_CONNECTIONS
 # (at most 8 each); those settings limit how many tasks of each kind really run at once.
 MAX_PARALLEL_TASKS = 8
 
 
 class ApprovalDecision(RunInput):
-    """An operator's decision on a previewed incident."""
+    """An operator's decision on a previewed incident. No field has a default: an untouched
+    form cannot be submitted, so nobody rejects (or approves) by accident."""
 
-    approve: bool = Field(
-        False, title="Approve", description="Tick to restore the accounts previewed above."
+    decision: Literal["approve", "reject"] = Field(
+        ..., title="Decision",
+        description="approve: restore the accounts previewed above and notify their owners. "
+        "reject: restore nothing, now or ever, under this incident key.",
     )
     operator: str = Field(
         ..., title="Operator", description="Your name or handle, for the audit trail.",
-        min_length=1, max_length=100,
+        min_length=1, max_length=100, pattern=r"\S",
     )
     note: str = Field(
-        "", title="Note", description="Why you approve or reject.", max_length=2000
+        ..., title="Note", description="Why you approve or reject (required; kept in the "
+        "audit trail and shown on the report).", min_length=1, max_length=2000,
+        pattern=r"\S",
     )
 
 
@@ -72,17 +82,22 @@ class BatchesFailed(RuntimeError):
     """Some batch tasks failed after their retries; the rest of their step is left undone."""
 
 
-def _pending(incident_key: str | None, batch_size: int, pending_key: str) -> int:
-    if incident_key is None:  # notices of every incident (the nightly reconciliation)
+def _engine() -> Engine:
+    return get_engine(load_settings().database_url)
+
+
+def _pending(incident: RegisteredIncident | None, batch_size: int, pending_key: str) -> int:
+    if incident is None:  # notices of every incident (the nightly reconciliation)
         from reinstatement.outbox import due_count
 
-        with get_engine(load_settings().database_url).connect() as conn:
+        with _engine().connect() as conn:
             return due_count(conn)
-    return runner.pending(step_context(incident_key, batch_size)).get(pending_key, 0)
+    return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
 
 
-def run_batches(step: Task[..., dict[str, Any]], incident_key: str | None, batch_size: int,
-                pending_key: str, progress_name: str, **task_args: Any) -> dict[str, Any]:
+def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
+                batch_size: int, pending_key: str, progress_name: str,
+                **task_args: Any) -> dict[str, Any]:
     """Submit enough batch tasks for the pending work, resolve them all, repeat until none.
 
     Each task claims its own batch, so the number submitted only bounds the work. Every
@@ -91,11 +106,12 @@ def run_batches(step: Task[..., dict[str, Any]], incident_key: str | None, batch
     logger = get_run_logger()
     totals: dict[str, Any] = {"cases": 0, "outcomes": Counter(), "pins_restored": 0,
                               "notices_queued": 0, "changed_since_verification": 0}
-    remaining = _pending(incident_key, batch_size, pending_key)
-    progress = Progress(incident_key or "all-incidents", progress_name, remaining)
+    remaining = _pending(incident, batch_size, pending_key)
+    progress = Progress(incident.key if incident else "all-incidents", progress_name,
+                        remaining)
     while remaining:
         futures: list[PrefectFuture[dict[str, Any]]] = [
-            step.submit(incident_key, batch_size, **task_args)
+            step.submit(incident, batch_size, **task_args)
             for _ in range(math.ceil(remaining / batch_size))
         ]
         failures: list[BaseException] = []
@@ -123,14 +139,12 @@ def run_batches(step: Task[..., dict[str, Any]], incident_key: str | None, batch
             logger.warning("%d %s cases are being handled by another run", remaining,
                            progress_name)
             break
-        remaining = _pending(incident_key, batch_size, pending_key)
+        remaining = _pending(incident, batch_size, pending_key)
     totals["outcomes"] = dict(totals["outcomes"])
     return totals
 
 
 def _start_run(incident_id: int, dry_run: bool) -> int:
-    engine = get_engine(load_settings().database_url)
-
     def work(conn: Any) -> int:
         return int(conn.execute(
             insert(Run).values(
@@ -139,12 +153,11 @@ def _start_run(incident_id: int, dry_run: bool) -> int:
             ).returning(Run.id)
         ).scalar_one())
 
-    return in_transaction(engine, work)
+    return in_transaction(_engine(), work)
 
 
 def _finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None:
-    engine = get_engine(load_settings().database_url)
-    in_transaction(engine, lambda conn: conn.execute(
+    in_transaction(_engine(), lambda conn: conn.execute(
         update(Run).where(Run.id == run_id).values(
             status=status, finished_at=utcnow(),
             step_seconds={k: round(v, 3) for k, v in step_seconds.items()},
@@ -152,35 +165,9 @@ def _finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> Non
     ))
 
 
-def _approval_state(incident_key: str) -> tuple[str, str | None]:
-    return runner.incident_status(get_engine(load_settings().database_url), incident_key)
-
-
-def _record_approval(incident_id: int, decision: ApprovalDecision) -> None:
-    engine = get_engine(load_settings().database_url)
-    verdict = "approved" if decision.approve else "rejected"
-
-    def work(conn: Any) -> None:
-        runner.set_incident_status(
-            conn, incident_id, "approved" if decision.approve else "rejected",
-            f"operator:{decision.operator}", decision.note or verdict,
-            approval=verdict, approved_by=decision.operator, approval_note=decision.note,
-            approval_decided_at=utcnow(),
-        )
-
-    in_transaction(engine, work)
-
-
-def _set_status(incident_id: int, status: str, reason: str) -> None:
-    engine = get_engine(load_settings().database_url)
-    in_transaction(engine, lambda conn: runner.set_incident_status(
-        conn, incident_id, status, run_actor(), reason))
-
-
 def _reset_previews(incident_id: int) -> None:
     """A new dry run previews every unverified case again, against the data as it is now."""
-    engine = get_engine(load_settings().database_url)
-    in_transaction(engine, lambda conn: conn.execute(
+    in_transaction(_engine(), lambda conn: conn.execute(
         update(Case)
         .where(Case.incident_id == incident_id, Case.state == CaseState.PREVIEWED)
         .values(state=CaseState.PLANNED)
@@ -194,75 +181,137 @@ def _reset_previews(incident_id: int) -> None:
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
     validate_parameters=True,
 )
-def reinstate_incident(request: IncidentRequest) -> dict[str, Any]:
-    """Reinstate the accounts of one incident; returns the incident's report."""
-    logger = get_run_logger()
-    incident_id = register_incident(request)
-    status, approval = _approval_state(request.incident_key)
-    if approval == "rejected" and not request.dry_run:
-        raise BadInput(f"incident {request.incident_key} was rejected by an operator; "
-                       "declare a new incident key to try again")
-    run_id = _start_run(incident_id, request.dry_run)
+def reinstate_incident(request: IncidentRequest) -> Any:
+    """Reinstate the accounts of one incident; returns the incident's report.
+
+    A rejected incident ends the run Cancelled ("rejected by NAME: note"), never Completed.
+    """
+    incident = register_incident(request)
+    lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
+    run_id = _start_run(incident.id, request.dry_run)
     timings: dict[str, float] = {}
     final_status = "failed"
-    key, size = request.incident_key, request.batch_size
     try:
-        _plan_and_verify(key, size, incident_id, timings, preview=request.dry_run)
-
         if request.dry_run:
-            publish_preview(key, dry_run=True)
+            _plan_and_verify(incident, request.batch_size, timings, preview=True)
+            publish_preview(incident.key, dry_run=True)
+            runner.record_preview(_engine(), incident, run_actor())
             final_status = "previewed"
-            return publish_report(key)
-
-        if request.require_approval and approval != "approved":
-            publish_preview(key, dry_run=False)
-            _set_status(incident_id, "awaiting_approval", "preview published")
-            logger.info("waiting for an operator to approve or reject incident %s", key)
-            decision = pause_for_approval()
-            _record_approval(incident_id, decision)
-            if not decision.approve:
-                logger.warning("incident %s rejected by %s: nothing restored", key,
-                               decision.operator)
-                final_status = "rejected"
-                return publish_report(key)
-
-        _restore_and_notify(key, size, request.notify, timings)
-        final_status = "completed" if _set_completed(incident_id) else "handed over"
-        return publish_report(key)
+            return publish_report(incident.key)
+        final_status, result = _carry_on(incident, request.batch_size, timings, wait=True)
+        return result
     finally:
         _finish_run(run_id, final_status, timings)
 
 
-def _plan_and_verify(key: str, size: int, incident_id: int, timings: dict[str, float], *,
+def _carry_on(incident: RegisteredIncident, size: int, timings: dict[str, float], *,
+              wait: bool) -> tuple[str, Any]:
+    """A real run: plan, verify, the operator's decision where needed, restore, notify.
+
+    `wait`: a deployment run suspends for the operator's decision; otherwise the run ends
+    awaiting it. Returns the run's final status and the flow's result (the report, or a
+    Cancelled state for a rejection).
+    """
+    logger = get_run_logger()
+    engine, actor = _engine(), run_actor()
+    runner.begin_real_run(engine, incident, actor)
+    _plan_and_verify(incident, size, timings, preview=False)
+    state = runner.state(engine, incident)
+    if not state.may_restore():
+        state = runner.request_approval(engine, incident, actor)
+    if state.status == IncidentStatus.AWAITING_APPROVAL:
+        publish_preview(incident.key, dry_run=False)
+        if not wait or deployment.get_id() is None:
+            # Not a deployment run: it cannot be suspended, and holding a process for
+            # days is worse than ending here; approval comes from `reinstate approve`.
+            logger.info("incident %s %s", incident.key, state.describe())
+            return "needs approval", publish_report(incident.key)
+        logger.info("waiting for an operator to approve or reject incident %s in the UI "
+                    "(Resume, in the run's menu); no process is held meanwhile", incident.key)
+        decision = wait_for_decision(incident)
+        state = record_decision(engine, incident, decision)
+        if state.status == IncidentStatus.REJECTED:
+            logger.warning("incident %s %s: nothing restored", incident.key,
+                           state.describe())
+            publish_report(incident.key)
+            return "rejected", Cancelled(message=state.describe())
+        state = runner.begin_real_run(engine, incident, actor)
+    if not state.may_restore():
+        raise lifecycle.TransitionRefused(
+            f"incident {incident.key} may not restore: it is {state.describe()}")
+    _restore_and_notify(incident, size, timings)
+    done = runner.complete_if_done(engine, incident, actor)
+    return ("completed" if done else "handed over"), publish_report(incident.key)
+
+
+def _plan_and_verify(incident: RegisteredIncident, size: int, timings: dict[str, float], *,
                      preview: bool) -> None:
     """Steps 2 and 3: a case for every candidate, then every case judged."""
     started = time.perf_counter()
-    plan_candidates(key, size)
+    created = plan_candidates(incident, size)
     timings["plan"] = time.perf_counter() - started
+    if not preview:
+        runner.after_planning(_engine(), incident, created, run_actor())
 
     started = time.perf_counter()
     if preview:
-        _reset_previews(incident_id)
-    verified = run_batches(verify_cases, key, size, "preview" if preview else "verify",
+        _reset_previews(incident.id)
+    verified = run_batches(verify_cases, incident, size, "preview" if preview else "verify",
                            "verify", preview=preview)
     timings["verify"] = time.perf_counter() - started
     get_run_logger().info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
 
 
-def _restore_and_notify(key: str, size: int, notify: bool, timings: dict[str, float]) -> None:
+def _restore_and_notify(incident: RegisteredIncident, size: int,
+                        timings: dict[str, float]) -> None:
     """Steps 5 and 6: restore every verified reinstatement, then send the due notices."""
     logger = get_run_logger()
     started = time.perf_counter()
-    restored = run_batches(restore_cases, key, size, "restore", "restore")
+    restored = run_batches(restore_cases, incident, size, "restore", "restore")
     timings["restore"] = time.perf_counter() - started
     logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
         "reinstated", 0), restored["pins_restored"])
-    if notify:
+    if incident.notify:
         started = time.perf_counter()
-        sent = run_batches(send_notices, key, size, "notify", "notify")
+        sent = run_batches(send_notices, incident, size, "notify", "notify")
         logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
                     sent.get("retry", 0), sent.get("failed", 0))
         timings["notify"] = time.perf_counter() - started
+
+
+def wait_for_decision(incident: RegisteredIncident) -> ApprovalDecision:
+    """Suspend the run until an operator decides; the run reruns from the top on resume.
+
+    The key names the preview the operator is deciding on (one per time the incident went
+    to awaiting approval), so a decision on an earlier preview is never reused for a later
+    one, and the rerun after the resume gets back the decision given for this one.
+    """
+    from prefect.flow_runs import suspend_flow_run
+
+    with _engine().connect() as conn:
+        previews = conn.execute(
+            select(func.count()).select_from(AuditEntry).where(
+                AuditEntry.incident_id == incident.id, AuditEntry.case_id.is_(None),
+                AuditEntry.to_state == IncidentStatus.AWAITING_APPROVAL)
+        ).scalar_one()
+    decision: ApprovalDecision = suspend_flow_run(
+        wait_for_input=ApprovalDecision, timeout=APPROVAL_TIMEOUT_SECONDS,
+        key=f"approval-{previews}",
+    )
+    return decision
+
+
+def record_decision(engine: Engine, incident: RegisteredIncident,
+                    decision: ApprovalDecision) -> lifecycle.IncidentState:
+    """The operator's decision from the UI, as a transition; a decision already recorded
+    (by `reinstate approve` or `reject` meanwhile) stands, and this one is not applied."""
+    now = runner.state(engine, incident)
+    if now.status != IncidentStatus.AWAITING_APPROVAL:
+        return now
+    to = IncidentStatus.APPROVED if decision.decision == "approve" else IncidentStatus.REJECTED
+    return runner.change(engine, incident, to, f"operator:{decision.operator.strip()}",
+                         decision.note, decided_by=decision.operator.strip(),
+                         note=decision.note)
 
 
 @flow(
@@ -270,49 +319,22 @@ def _restore_and_notify(key: str, size: int, notify: bool, timings: dict[str, fl
     description="Continue an incident that a crashed or cancelled run left mid-way.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
 )
-def resume_incident(incident_key: str, batch_size: int = 5000) -> dict[str, Any]:
+def resume_incident(incident_key: str, batch_size: int = 5000) -> Any:
     """Continue a running or approved incident where its last run stopped."""
-    status, _ = _approval_state(incident_key)
-    if status not in ("running", "approved", "completed"):
-        raise BadInput(f"incident {incident_key} is {status}: only a running or approved "
-                       "incident is resumed without an operator")
-    engine = get_engine(load_settings().database_url)
+    engine = _engine()
     with engine.connect() as conn:
         incident = load_incident(conn, incident_key)
+    state = runner.state(engine, incident)
+    lifecycle.refuse_unapproved(state)
+    if state.status not in (*lifecycle.RESUMABLE, IncidentStatus.COMPLETED):
+        raise BadInput(f"incident {incident_key} is {state.describe()}: only a running or "
+                       "approved incident is resumed without an operator")
     run_id = _start_run(incident.id, dry_run=False)
     timings: dict[str, float] = {}
     final_status = "failed"
     try:
-        _plan_and_verify(incident_key, batch_size, incident.id, timings, preview=False)
-        _restore_and_notify(incident_key, batch_size, incident.notify, timings)
-        final_status = "completed" if _set_completed(incident.id) else "handed over"
-        return publish_report(incident_key)
+        final_status, result = _carry_on(incident, batch_size, timings, wait=False)
+        return result
     finally:
         _finish_run(run_id, final_status, timings)
 
-
-def pause_for_approval() -> ApprovalDecision:
-    from prefect.flow_runs import pause_flow_run
-
-    decision: ApprovalDecision = pause_flow_run(
-        wait_for_input=ApprovalDecision, timeout=APPROVAL_TIMEOUT_SECONDS,
-        key="operator-approval", poll_interval=2,
-    )
-    return decision
-
-
-def _set_completed(incident_id: int) -> bool:
-    """Mark the incident completed if no case waits for verification or restore."""
-    engine = get_engine(load_settings().database_url)
-
-    def work(conn: Any) -> bool:
-        if pending_work(conn, incident_id):
-            return False
-        status = conn.execute(select(Incident.status).where(Incident.id == incident_id)
-                              ).scalar_one()
-        if status != "completed":
-            runner.set_incident_status(conn, incident_id, "completed", run_actor(),
-                                       "every case verified and every restore done")
-        return True
-
-    return in_transaction(engine, work)

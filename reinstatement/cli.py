@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
 from sqlalchemy import Engine, inspect
@@ -245,12 +245,18 @@ def _run_flow(engine: Engine, request: Any) -> dict[str, Any]:
     from reinstatement.progress import ProgressWatcher
 
     with ProgressWatcher(engine, request.incident_key):
-        result: dict[str, Any] = reinstate_incident(request)
-    return result
+        result = reinstate_incident(request)
+    return cast(dict[str, Any], result)
 
 
 def _print_report(report: dict[str, Any]) -> None:
     typer.echo(f"incident {report['incident']}: {report['status']}")
+    if report["status_words"] != report["status"]:
+        typer.echo(f"  {report['status_words']}")
+    approval = report.get("approval")
+    if approval and report["status"] != "rejected":
+        typer.echo(f"  {approval['decision']} by {approval['by']} at {approval['at']}"
+                   + (f": {approval['note']}" if approval["note"] else ""))
     width = max(len(o) for o in report["outcomes"])
     for outcome, count in report["outcomes"].items():
         typer.echo(f"  {outcome:<{width}}  {count:>10,}")

@@ -61,6 +61,47 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         typer.echo(f"pins repaired: {inv['pins_repaired']}; unrepaired invariant breaks: "
                    f"{inv['unrepaired']}")
 
+    @app.command()
+    @handles_errors
+    def approve(
+        key: str = typer.Argument(..., help="The incident key."),
+        operator: str = typer.Option(..., help="Your name or handle, for the audit trail."),
+        note: str = typer.Option("", help="Why you approve."),
+    ) -> None:
+        """Approve an incident awaiting approval; the next run of its key restores it."""
+        _decide(key, "approve", operator, note)
+
+    @app.command()
+    @handles_errors
+    def reject(
+        key: str = typer.Argument(..., help="The incident key."),
+        operator: str = typer.Option(..., help="Your name or handle, for the audit trail."),
+        note: str = typer.Option(..., help="Why you reject (required)."),
+    ) -> None:
+        """Reject an incident awaiting approval: nothing is ever restored under its key."""
+        _decide(key, "reject", operator, note)
+
+    def _decide(key: str, decision: str, operator: str, note: str) -> None:
+        from reinstatement import runner
+        from reinstatement.incidents import load_incident
+        from reinstatement.lifecycle import IncidentStatus
+
+        engine = check_database()
+        with engine.connect() as conn:
+            incident = load_incident(conn, key)
+        to = IncidentStatus.APPROVED if decision == "approve" else IncidentStatus.REJECTED
+        operator = operator.strip()
+        state = runner.change(engine, incident, to, f"operator:{operator}",
+                              note.strip() or f"{decision}d", decided_by=operator,
+                              note=note.strip())
+        if to == IncidentStatus.APPROVED:
+            typer.echo(f"incident {key}: approved by {operator}. Restore it by running the "
+                       f"same `reinstate run {key} ...` again (or Resume its run in the "
+                       "Prefect UI).")
+        else:
+            typer.echo(f"incident {key}: {state.describe()}. Nothing will be restored under "
+                       "this key.")
+
     @review_app.command("list")
     @handles_errors
     def review_list(

@@ -8,8 +8,9 @@ carried out exactly as meant is refused as `BadInput` with nothing written.
 
 The key is the idempotency key. It is registered with the normalised parameters; the
 same key again resumes or does nothing, the same key with other parameters is refused,
-saying what differs. Operational switches (dry run, batch size, approval) are not
-parameters: they change how a run goes, not what the incident means.
+saying what differs. Whether the incident needs an operator's approval is one of its
+parameters, fixed when the key is first registered, so no later run can skip it. Dry run
+and batch size are operational: they change how a run goes, not what the incident means.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ class IncidentRequest(BaseModel):
     require_approval: bool = Field(
         True,
         title="Require approval",
-        description="Pause after the preview until an operator approves or rejects "
-        "(on by default for runs started from the UI; the CLI asks for it explicitly).",
+        description="Restore nothing until an operator approves the preview (on by "
+        "default for runs started from the UI; the CLI asks for it explicitly). Fixed for "
+        "the incident when its key is first registered.",
     )
 
     @field_validator("faulty_versions")
@@ -162,6 +164,7 @@ class IncidentRequest(BaseModel):
                 "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
             },
             "notify": self.notify,
+            "require_approval": self.require_approval,
         }
 
 
@@ -217,6 +220,7 @@ class RegisteredIncident:
     rules: IncidentRules
     notify: bool
     has_account_list: bool
+    require_approval: bool
 
     @property
     def versions(self) -> list[FaultyVersion]:
@@ -332,8 +336,10 @@ def register_incident(conn: Connection, request: IncidentRequest) -> RegisteredI
     now = utcnow()
     incident_id = conn.execute(
         insert(Incident)
+        # The status starts as the column's default, 'registered': every later change of
+        # it is a transition of reinstatement.lifecycle.
         .values(key=request.incident_key, params=parameters, params_digest=digest,
-                status="registered", created_at=now, updated_at=now)
+                created_at=now, updated_at=now)
         .returning(Incident.id)
     ).scalar_one()
     conn.execute(insert(IncidentVersion), [
@@ -382,6 +388,7 @@ def load_incident(conn: Connection, key: str) -> RegisteredIncident:
         ),
         notify=bool(params.get("notify", True)),
         has_account_list=params.get("account_ids") is not None,
+        require_approval=bool(params.get("require_approval", False)),
     )
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
+from reinstatement import lifecycle
 from reinstatement.db import utcnow
+from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.steps import PIPELINE_ACTOR, CaseState, NoticeState, pending_work
 from reinstatement.verdicts import Outcome
 
-RESUMABLE_STATUSES = ("running", "approved")
 SAMPLE = 20
 
 
@@ -89,7 +90,8 @@ def incidents_to_resume(conn: Connection) -> list[str]:
     """Keys of running or approved incidents that still have cases to verify or restore."""
     keys = []
     for incident_id, key in conn.execute(
-        select(Incident.id, Incident.key).where(Incident.status.in_(RESUMABLE_STATUSES))
+        select(Incident.id, Incident.key)
+        .where(Incident.status.in_([str(s) for s in lifecycle.RESUMABLE]))
         .order_by(Incident.id)
     ):
         work = pending_work(conn, incident_id)
@@ -100,7 +102,8 @@ def incidents_to_resume(conn: Connection) -> list[str]:
 
 def incidents_awaiting_operator(conn: Connection) -> list[str]:
     return list(conn.execute(
-        select(Incident.key).where(Incident.status == "awaiting_approval").order_by(Incident.id)
+        select(Incident.key).where(Incident.status == IncidentStatus.AWAITING_APPROVAL)
+        .order_by(Incident.id)
     ).scalars())
 
 
@@ -158,9 +161,10 @@ def open_next_round(conn: Connection, reban: Reban, actor: str = PIPELINE_ACTOR)
                f"ban(s) {', '.join(map(str, reban.ban_ids))}",
     ))
     # The incident goes back to work even if it had completed.
-    conn.execute(update(Incident).where(Incident.id == previous.incident_id,
-                                        Incident.status == "completed")
-                 .values(status="running", updated_at=now))
+    if lifecycle.current_state(conn, previous.incident_id, lock=True).status == (
+            IncidentStatus.COMPLETED):
+        lifecycle.transition(conn, previous.incident_id, IncidentStatus.RUNNING, actor,
+                             f"account {reban.account_id} banned again by a faulty version")
     return case_id
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from reinstatement import lifecycle
 from reinstatement.incidents import load_incident
 from reinstatement.models import Case, Incident, Notice, Run
 from reinstatement.verdicts import Outcome
@@ -50,9 +51,12 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
         for r in conn.execute(select(Run).where(Run.incident_id == incident.id)
                               .order_by(Run.id))
     ]
+    lifecycle_state = lifecycle.current_state(conn, incident.id)
     return {
         "incident": key,
         "status": row.status,
+        "status_words": lifecycle_state.describe(),
+        "require_approval": lifecycle_state.require_approval,
         "approval": None if row.approval is None else {
             "decision": row.approval, "by": row.approved_by, "note": row.approval_note,
             "at": row.approval_decided_at.isoformat() if row.approval_decided_at else None,

@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, insert, select, update
 
+from reinstatement import lifecycle
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
+from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident
 from reinstatement.steps import CaseState
 from reinstatement.verdicts import Outcome
@@ -65,9 +67,8 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
     if case.state != CaseState.REVIEW:
         raise BadInput(f"case {case_id} is not waiting for review (its state is "
                        f"{case.state!r})")
-    if decision == "reinstate" and case.status == "rejected":
-        raise BadInput(f"incident {case.key} was rejected by an operator: its cases cannot "
-                       "be reinstated")
+    if decision == "reinstate":
+        _ready_to_restore(conn, case.incident_id, f"reviewer:{reviewer}", case_id)
     now = utcnow()
     outcome, state = ((Outcome.REINSTATED, CaseState.VERIFIED) if decision == "reinstate"
                       else (Outcome.UPHELD, CaseState.CLOSED))
@@ -82,6 +83,20 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
         actor=f"reviewer:{reviewer}", reason=f"{decision}: {note}", at=now,
     ))
     return case.key, case_id
+
+
+def _ready_to_restore(conn: Connection, incident_id: int, actor: str, case_id: int) -> None:
+    """Refuse a reinstatement the incident's lifecycle does not allow; else let it restore.
+
+    An incident that requires approval and is not approved restores nothing, a reviewer's
+    decision included: the operator must approve the incident first. A completed incident
+    goes back to running for this one restore, and completes again after it.
+    """
+    state = lifecycle.current_state(conn, incident_id, lock=True)
+    lifecycle.refuse_unapproved(state)
+    if state.status != IncidentStatus.RUNNING:
+        lifecycle.transition(conn, incident_id, IncidentStatus.RUNNING, actor,
+                             f"case {case_id} reinstated by review")
 
 
 def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> dict[str, Any]:
@@ -105,13 +120,15 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> 
                                                              reviewer, note))
     result: dict[str, Any] = {"case_id": case_id, "incident": key, "decision": decision}
     if decision == "reinstate":
-        ctx = runner.StepContext(engine, key, 1, actor=f"reviewer:{reviewer.strip()}",
-                                 sender_domain=sender_domain(settings.email_from))
-        restored = runner.restore_cases(ctx, [case_id])
-        result["reinstated"] = restored.outcomes.get(str(Outcome.REINSTATED), 0)
-        result["pins_restored"] = restored.pins_restored
         with engine.connect() as conn:
             incident = load_incident(conn, key)
+        actor = f"reviewer:{reviewer.strip()}"
+        ctx = runner.StepContext(engine, incident, 1, actor=actor,
+                                 sender_domain=sender_domain(settings.email_from))
+        restored = runner.restore_cases(ctx, [case_id])
+        runner.complete_if_done(engine, incident, actor)
+        result["reinstated"] = restored.outcomes.get(str(Outcome.REINSTATED), 0)
+        result["pins_restored"] = restored.pins_restored
         if incident.notify:
             sent = outbox.send_batch(
                 engine, backend_from_settings(settings), NoticeRenderer(), 100,

@@ -4,6 +4,10 @@ Prefect's tasks (in `tasks/`) call these; tests and tools call them directly, wi
 Prefect. Every function opens its own transaction through `in_transaction`, so a
 transient database failure re-runs the batch from the start, and a crash at any moment
 leaves each batch either wholly done or not done at all.
+
+The incident travels as a value (`RegisteredIncident`: its id, rules and parameters),
+loaded once by the run; its status is read and changed only through
+`reinstatement.lifecycle`.
 """
 
 from __future__ import annotations
@@ -14,46 +18,40 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import steps
-from reinstatement.db import utcnow
-from reinstatement.incidents import (
-    IncidentRequest,
-    RegisteredIncident,
-    load_incident,
-    register_incident,
-)
+from reinstatement import lifecycle, steps
+from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
+from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Incident
 from reinstatement.retrying import in_transaction
+
+S = IncidentStatus
 
 
 @dataclass(frozen=True)
 class StepContext:
     engine: Engine
-    incident_key: str
+    incident: RegisteredIncident
     batch_size: int
     actor: str = steps.PIPELINE_ACTOR
     sender_domain: str = "example.com"
 
 
-def register(engine: Engine, request: IncidentRequest, actor: str) -> RegisteredIncident:
-    """Register the incident (or check a rerun asks the same thing) and mark real runs.
+class RestoreNotAllowed(lifecycle.TransitionRefused):
+    """A restore was asked for an incident that may not restore now; nothing changed."""
 
-    Incident status: 'registered' (dry runs only so far), 'running' (a real run began),
-    'awaiting_approval', 'approved', 'rejected', 'completed'. The nightly reconciliation
-    resumes only 'running' and 'approved' incidents, never one an operator has not seen.
-    """
+
+# -- the incident's lifecycle, step by step -------------------------------------------
+
+def register(engine: Engine, request: IncidentRequest, actor: str) -> RegisteredIncident:
+    """Register the incident (or check a rerun asks the same thing); its status is untouched."""
 
     def work(conn: Connection) -> RegisteredIncident:
         known = conn.execute(select(Incident.id).where(Incident.key == request.incident_key)
                              ).scalar_one_or_none()
         incident = register_incident(conn, request)
         if known is None:
-            steps.audit_incident(conn, incident.id, None, "registered", actor,
+            steps.audit_incident(conn, incident.id, None, S.REGISTERED, actor,
                                  f"registered with {request.parameters()}")
-        status = conn.execute(select(Incident.status).where(Incident.id == incident.id)
-                              ).scalar_one()
-        if status == "registered" and not request.dry_run:
-            set_incident_status(conn, incident.id, "running", actor, "a real run began")
         return incident
 
     try:
@@ -63,33 +61,100 @@ def register(engine: Engine, request: IncidentRequest, actor: str) -> Registered
         return in_transaction(engine, work)
 
 
-def set_incident_status(conn: Connection, incident_id: int, status: str, actor: str,
-                        reason: str, **fields: object) -> None:
-    from sqlalchemy import update
-
-    before = conn.execute(select(Incident.status).where(Incident.id == incident_id)).scalar_one()
-    conn.execute(update(Incident).where(Incident.id == incident_id)
-                 .values(status=status, updated_at=utcnow(), **fields))
-    steps.audit_incident(conn, incident_id, before, status, actor, reason)
-
-
-def incident_status(engine: Engine, key: str) -> tuple[str, str | None]:
+def state(engine: Engine, incident: RegisteredIncident) -> IncidentState:
     with engine.connect() as conn:
-        row = conn.execute(select(Incident.status, Incident.approval)
-                           .where(Incident.key == key)).one()
-        return row.status, row.approval
+        return lifecycle.current_state(conn, incident.id)
 
+
+def change(engine: Engine, incident: RegisteredIncident, to: IncidentStatus, actor: str,
+           reason: str, **decision: str | None) -> IncidentState:
+    """One lifecycle transition in its own transaction (see `lifecycle.transition`)."""
+    return in_transaction(engine, lambda conn: lifecycle.transition(
+        conn, incident.id, to, actor, reason, **decision))
+
+
+def _move_if(engine: Engine, incident: RegisteredIncident, when: Callable[[IncidentState], bool],
+             to: IncidentStatus, actor: str, reason: str) -> IncidentState:
+    """Transition to `to` if `when` holds for the status as it is under lock; else no change."""
+
+    def work(conn: Connection) -> IncidentState:
+        now = lifecycle.current_state(conn, incident.id, lock=True)
+        if not when(now):
+            return now
+        return lifecycle.transition(conn, incident.id, to, actor, reason)
+
+    return in_transaction(engine, work)
+
+
+def record_preview(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:
+    """A dry run finished: 'previewed', unless the incident is further along already."""
+    return _move_if(engine, incident, lambda s: s.status in (S.REGISTERED, S.PREVIEWED),
+                    S.PREVIEWED, actor, "dry run: preview published")
+
+
+def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:
+    """A real run starts: 'running' if the incident may restore; unchanged otherwise.
+
+    An incident that needs approval stays where it is (registered, previewed, awaiting
+    approval) until an operator approves it; one that does not goes to 'running' before
+    planning, so that a crash mid-way leaves it for the nightly reconciliation to resume.
+    """
+    def ready(s: IncidentState) -> bool:
+        if s.status == S.REJECTED or s.status == S.RUNNING:
+            return False
+        if s.require_approval:
+            return s.status in (S.APPROVED, S.COMPLETED) and s.approved
+        return s.status in (S.REGISTERED, S.PREVIEWED, S.APPROVED, S.COMPLETED)
+
+    return _move_if(engine, incident, ready, S.RUNNING, actor, "a real run began")
+
+
+def after_planning(engine: Engine, incident: RegisteredIncident, created: int,
+                   actor: str) -> IncidentState:
+    """New candidates after an approval send the incident back to the operator."""
+    return _move_if(
+        engine, incident,
+        lambda s: created > 0 and s.require_approval and s.status in (S.APPROVED, S.RUNNING),
+        S.AWAITING_APPROVAL, actor,
+        f"{created} new candidate(s) since the approval: the operator must see them",
+    )
+
+
+def request_approval(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:
+    """Verified and previewed for a real run: wait for the operator (if not waiting already)."""
+    return _move_if(engine, incident,
+                    lambda s: s.status in (S.REGISTERED, S.PREVIEWED),
+                    S.AWAITING_APPROVAL, actor, "preview published for approval")
+
+
+def complete_if_done(engine: Engine, incident: RegisteredIncident, actor: str) -> bool:
+    """Mark the incident completed if no case waits for verification or restore."""
+    def work(conn: Connection) -> bool:
+        now = lifecycle.current_state(conn, incident.id, lock=True)
+        if steps.pending_work(conn, incident.id) or now.status not in (S.RUNNING,
+                                                                       S.COMPLETED):
+            return False
+        if now.status == S.RUNNING:
+            lifecycle.transition(conn, incident.id, S.COMPLETED, actor,
+                                 "every case verified and every restore done")
+        return True
+
+    return in_transaction(engine, work)
+
+
+# -- the batch steps ------------------------------------------------------------------
 
 def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) -> int:
-    """Create a case for every candidate, page by page; resumes after the last planned."""
-    created_total = 0
-    with ctx.engine.connect() as conn:
-        incident = load_incident(conn, ctx.incident_key)
-        after = steps.planned_through(conn, incident.id)
+    """A case for every account that is a candidate now, page by page over all of them.
 
+    Every run walks the whole candidate set (keyset on the account id), so an account that
+    became a candidate after an earlier planning, whatever its id, gets its case; an
+    account that has one already is left as it is. Returns the cases created.
+    """
+    created_total, after = 0, 0
     while True:
         def work(conn: Connection, after: int = after) -> tuple[int, int | None]:
-            return steps.plan_batch(conn, incident, after, ctx.batch_size)
+            return steps.plan_batch(conn, ctx.incident, after, ctx.batch_size)
 
         created, last = in_transaction(ctx.engine, work)
         if last is None:
@@ -101,18 +166,37 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) ->
 
 
 def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
-    def work(conn: Connection) -> steps.BatchResult:
-        incident = load_incident(conn, ctx.incident_key)
-        return steps.verify_batch(conn, incident, ctx.batch_size, preview=preview,
-                                  actor=ctx.actor)
+    return in_transaction(ctx.engine, lambda conn: steps.verify_batch(
+        conn, ctx.incident, ctx.batch_size, preview=preview, actor=ctx.actor))
 
-    return in_transaction(ctx.engine, work)
+
+def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
+    """Refuse, in the restoring transaction itself, a restore the lifecycle does not allow.
+
+    The row is read with a share lock on PostgreSQL, so no transition (which takes the row
+    for update) can change the status until this batch commits, while restore batches of
+    the same incident still run side by side.
+    """
+    now = lifecycle.current_state(conn, incident.id, lock="share")
+    if not now.may_restore():
+        raise RestoreNotAllowed(f"incident {incident.key} may not restore now: it is "
+                                f"{now.describe()}")
 
 
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
-        incident = load_incident(conn, ctx.incident_key)
-        return steps.restore_batch(conn, incident, ctx.batch_size,
+        _check_may_restore(conn, ctx.incident)
+        return steps.restore_batch(conn, ctx.incident, ctx.batch_size,
+                                   sender_domain=ctx.sender_domain, actor=ctx.actor)
+
+    return in_transaction(ctx.engine, work)
+
+
+def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
+    """Restore these verified cases only (a reviewer's decision), in one transaction."""
+    def work(conn: Connection) -> steps.BatchResult:
+        _check_may_restore(conn, ctx.incident)
+        return steps.restore_batch(conn, ctx.incident, len(case_ids), case_ids=case_ids,
                                    sender_domain=ctx.sender_domain, actor=ctx.actor)
 
     return in_transaction(ctx.engine, work)
@@ -123,17 +207,38 @@ def pending(ctx: StepContext) -> dict[str, int]:
     from reinstatement.outbox import due_count
 
     with ctx.engine.connect() as conn:
-        incident = load_incident(conn, ctx.incident_key)
-        work = steps.pending_work(conn, incident.id)
-        work["notify"] = due_count(conn, incident.id)
+        work = steps.pending_work(conn, ctx.incident.id)
+        work["notify"] = due_count(conn, ctx.incident.id)
         return work
 
 
-def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
-    """Restore these verified cases only (a reviewer's decision), in one transaction."""
-    def work(conn: Connection) -> steps.BatchResult:
-        incident = load_incident(conn, ctx.incident_key)
-        return steps.restore_batch(conn, incident, len(case_ids), case_ids=case_ids,
-                                   sender_domain=ctx.sender_domain, actor=ctx.actor)
+# -- the whole job without Prefect ----------------------------------------------------
 
-    return in_transaction(ctx.engine, work)
+def run_without_prefect(engine: Engine, request: IncidentRequest,
+                        actor: str = steps.PIPELINE_ACTOR, *,
+                        restore: bool = True) -> IncidentState:
+    """Register, plan, verify and (when the lifecycle allows) restore, as the flow does.
+
+    For tests and tools: one batch at a time in this thread, no notices sent (they stay
+    queued in the outbox). `restore=False` stops after verification, as a crash would.
+    """
+    incident = register(engine, request, actor)
+    lifecycle.refuse_if_rejected(state(engine, incident))
+    ctx = StepContext(engine, incident, request.batch_size, actor=actor)
+    if request.dry_run:
+        plan_all(ctx)
+        while verify_one_batch(ctx, preview=True).cases:
+            pass
+        return record_preview(engine, incident, actor)
+    begin_real_run(engine, incident, actor)
+    after_planning(engine, incident, plan_all(ctx), actor)
+    while verify_one_batch(ctx, preview=False).cases:
+        pass
+    now = state(engine, incident)
+    if not now.may_restore():
+        return request_approval(engine, incident, actor)
+    if restore:
+        while restore_one_batch(ctx).cases:
+            pass
+        complete_if_done(engine, incident, actor)
+    return state(engine, incident)

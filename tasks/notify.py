@@ -10,11 +10,10 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import SecretStr
-from sqlalchemy import select
 
 from reinstatement import outbox
 from reinstatement.db import get_engine
-from reinstatement.models import Incident
+from reinstatement.incidents import RegisteredIncident
 from reinstatement.notices.backends import backend_from_settings
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeRenderer
@@ -53,15 +52,11 @@ def smtp_password(settings: Settings) -> SecretStr | None:
 
 
 @task(name="send-notices-batch", **BATCH_TASK_OPTIONS)
-def send_notices(incident_key: str | None, batch_size: int) -> dict[str, Any]:
+def send_notices(incident: RegisteredIncident | None, batch_size: int) -> dict[str, Any]:
     """Send one batch of due notices (of one incident, or of all with None)."""
     settings = load_settings()
     engine = get_engine(settings.database_url)
-    incident_id = None
-    if incident_key is not None:
-        with engine.connect() as conn:
-            incident_id = conn.execute(
-                select(Incident.id).where(Incident.key == incident_key)).scalar_one()
+    incident_id = None if incident is None else incident.id
     with slots("smtp", settings.smtp_connections):
         result = outbox.send_batch(
             engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),

@@ -19,7 +19,7 @@ from prefect.states import State
 
 from reinstatement import runner
 from reinstatement.db import get_engine
-from reinstatement.incidents import IncidentRequest
+from reinstatement.incidents import IncidentRequest, RegisteredIncident
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
 from reinstatement.settings import load_settings
@@ -52,11 +52,12 @@ def database_slots() -> threading.BoundedSemaphore:
     return slots("database", load_settings().workers)
 
 
-def step_context(incident_key: str, batch_size: int) -> runner.StepContext:
+def step_context(incident: RegisteredIncident, batch_size: int) -> runner.StepContext:
+    """The steps' context for one batch: the incident as the run loaded it, this run's actor."""
     settings = load_settings()
     return runner.StepContext(
         engine=get_engine(settings.database_url),
-        incident_key=incident_key,
+        incident=incident,
         batch_size=batch_size,
         actor=run_actor(),
         sender_domain=sender_domain(settings.email_from),
@@ -93,33 +94,34 @@ def _result_dict(result: BatchResult) -> dict[str, Any]:
 
 @task(name="register-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_only)
-def register_incident(request: IncidentRequest) -> int:
+def register_incident(request: IncidentRequest) -> RegisteredIncident:
     """Register the incident under its key (or check a rerun asks for the same thing)."""
     settings = load_settings()
     incident = runner.register(get_engine(settings.database_url), request, run_actor())
     get_run_logger().info("incident %s: %d faulty version(s)", incident.key,
                           len(incident.rules.faulty))
-    return incident.id
+    return incident
 
 
 @task(name="plan-candidates", **BATCH_TASK_OPTIONS)
-def plan_candidates(incident_key: str, batch_size: int) -> int:
+def plan_candidates(incident: RegisteredIncident, batch_size: int) -> int:
     """Create a case for each candidate account, page by page (keyset on account id)."""
-    created = runner.plan_all(step_context(incident_key, batch_size))
+    created = runner.plan_all(step_context(incident, batch_size))
     get_run_logger().info("planned %d new case(s)", created)
     return created
 
 
 @task(name="verify-batch", **BATCH_TASK_OPTIONS)
-def verify_cases(incident_key: str, batch_size: int, preview: bool) -> dict[str, Any]:
+def verify_cases(incident: RegisteredIncident, batch_size: int, preview: bool
+                 ) -> dict[str, Any]:
     """Judge one batch of planned cases against the corrected rule versions."""
     with database_slots():
-        return _result_dict(runner.verify_one_batch(step_context(incident_key, batch_size),
+        return _result_dict(runner.verify_one_batch(step_context(incident, batch_size),
                                                     preview))
 
 
 @task(name="restore-batch", **BATCH_TASK_OPTIONS)
-def restore_cases(incident_key: str, batch_size: int) -> dict[str, Any]:
+def restore_cases(incident: RegisteredIncident, batch_size: int) -> dict[str, Any]:
     """Restore one batch of reinstated accounts with their pins, and queue their notices."""
     with database_slots():
-        return _result_dict(runner.restore_one_batch(step_context(incident_key, batch_size)))
+        return _result_dict(runner.restore_one_batch(step_context(incident, batch_size)))

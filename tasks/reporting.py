@@ -55,8 +55,25 @@ def _report(incident_key: str) -> dict[str, Any]:
         return incident_report(conn, incident_key)
 
 
+def _decision_lines(report: dict[str, Any]) -> list[str]:
+    """What the operator decided, first thing on the page: a rejection cannot be missed."""
+    approval = report.get("approval")
+    if report["status"] == "rejected" and approval:
+        return [f"## REJECTED by {approval['by']} at {approval['at']}", "",
+                f"Note: {approval['note']}", "",
+                "Nothing was restored and nothing will be under this incident key.", ""]
+    if approval and approval["decision"] == "approved":
+        note = f": {approval['note']}" if approval["note"] else ""
+        return [f"Approved by {approval['by']} at {approval['at']}{note}.", ""]
+    if report["status"] == "awaiting_approval":
+        return [f"**Awaiting approval.** {report['status_words']}.", ""]
+    return []
+
+
 def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str:
-    lines = [f"# {title}: {report['incident']}", ""]
+    if report["status"] == "rejected":
+        title = f"REJECTED: {title}"
+    lines = [f"# {title}: {report['incident']}", "", *_decision_lines(report)]
     lines.append("| faulty version | corrected by |")
     lines.append("| --- | --- |")
     for version in report["faulty_versions"]:

@@ -87,13 +87,7 @@ def test_the_floor_leaves_the_platform_as_the_pipeline_does(
         since=seed.INCIDENT_SINCE, until=seed.INCIDENT_UNTIL, notify=False, batch_size=100,
         require_approval=False,
     )
-    runner.register(engine, request, PIPELINE_ACTOR)
-    ctx = runner.StepContext(engine, request.incident_key, request.batch_size)
-    runner.plan_all(ctx)
-    while runner.verify_one_batch(ctx, preview=False).cases:
-        pass
-    while runner.restore_one_batch(ctx).cases:
-        pass
+    runner.run_without_prefect(engine, request, PIPELINE_ACTOR)
     with engine.connect() as conn:
         restored = list(conn.execute(
             select(Case.account_id).where(Case.outcome == "reinstated",

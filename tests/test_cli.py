@@ -132,14 +132,7 @@ def count(engine: Engine, tbl: Any) -> int:
 
 def run_steps(engine: Engine, request: IncidentRequest) -> None:
     """Register, plan, verify and restore as the flow does, without Prefect."""
-    runner.register(engine, request, PIPELINE_ACTOR)
-    ctx = runner.StepContext(engine, request.incident_key, request.batch_size)
-    runner.plan_all(ctx)
-    while runner.verify_one_batch(ctx, preview=request.dry_run).cases:
-        pass
-    if not request.dry_run:
-        while runner.restore_one_batch(ctx).cases:
-            pass
+    runner.run_without_prefect(engine, request, PIPELINE_ACTOR)
 
 
 def case_outcomes(engine: Engine) -> dict[int, str | None]:

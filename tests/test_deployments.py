@@ -3,8 +3,9 @@
 A child process runs `python -m deployments.serve` against the session's Prefect test
 server, exactly as `reinstate serve` does for an operator. The test reads the registered
 deployments back (the nightly cron, the parameter forms), starts `reinstate-incident`
-through the API with parameters for a seeded database, approves the paused run with the
-operator's input, and checks the platform rows and the notices written.
+through the API with parameters for a seeded database, sees the run suspended for approval
+(holding no process, surviving a restart of the server that ran it), decides with the
+operator's input and checks the platform rows, the notices written and the report.
 """
 
 from __future__ import annotations
@@ -56,23 +57,45 @@ def test_incident_form_has_descriptions_bounds_and_approval_on() -> None:
         assert request[name].get("description"), name
 
 
+class Server:
+    """`python -m deployments.serve` in a child process, as `reinstate serve` runs it."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "deployments.serve"],
+                                            env=self.env, cwd=PROJECT_ROOT, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        _wait_for_deployments(4)
+
+    def kill(self) -> None:
+        """Gone at once, as when its machine restarts; nothing it ran survives it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
 @pytest.fixture
-def served(prefect_api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+def served(prefect_api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING",
            **cli_env}
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env,
-                               cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(env, tmp_path / "serve.log")
+    server.start()
     try:
-        _wait_for_deployments(4)
-        yield
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        server.stop()
 
 
 def _wait_for_deployments(count: int, timeout: float = 90) -> None:
@@ -91,7 +114,8 @@ def _wait_for_state(flow_run_id: Any, done: str, timeout: float = 180) -> Any:
         while time.monotonic() < deadline:
             run = client.read_flow_run(flow_run_id)
             if run.state is not None and (run.state.type.value == done
-                                          or run.state.name == done):
+                                          or run.state.name == done
+                                          or (done == "final" and run.state.is_final())):
                 return run
             if run.state is not None and run.state.is_final() and done != "final":
                 raise AssertionError(f"run ended {run.state.name}: {run.state.message}")
@@ -99,8 +123,39 @@ def _wait_for_state(flow_run_id: Any, done: str, timeout: float = 180) -> Any:
     raise AssertionError(f"the run never reached {done}")
 
 
+def _start_incident(batch_size: int = 100) -> Any:
+    return run_deployment(
+        "reinstate-incident/reinstate-incident",
+        parameters={"request": {
+            "incident_key": INCIDENT_KEY,
+            "faulty_versions": list(INCIDENT_FAULTY),
+            "since": INCIDENT_SINCE.isoformat(),
+            "until": INCIDENT_UNTIL.isoformat(),
+            "batch_size": batch_size,
+        }},
+        timeout=0,
+    )
+
+
+def _restored(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Case).where(
+            Case.state == "restored")).scalar_one())
+
+
+def _report_markdown() -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.reporting import _artifact_key
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "report")])))
+    return str(artifact.data)
+
+
 def test_operator_runs_an_incident_from_the_deployment(
-    served: None, engine: Engine, cli_env: dict[str, str]
+    served: Server, engine: Engine, cli_env: dict[str, str]
 ) -> None:
     summary = seed(engine, SeedOptions(accounts=300, seed=8))
     with get_client(sync_client=True) as client:
@@ -114,32 +169,57 @@ def test_operator_runs_an_incident_from_the_deployment(
         fields = form["definitions"]["IncidentRequest"]["properties"]
         assert fields["require_approval"]["default"] is True
 
-    flow_run = run_deployment(
-        "reinstate-incident/reinstate-incident",
-        parameters={"request": {
-            "incident_key": INCIDENT_KEY,
-            "faulty_versions": list(INCIDENT_FAULTY),
-            "since": INCIDENT_SINCE.isoformat(),
-            "until": INCIDENT_UNTIL.isoformat(),
-            "batch_size": 100,
-        }},
-        timeout=0,
-    )
-    _wait_for_state(flow_run.id, "Paused")
-    with engine.connect() as conn:  # previewed, nothing restored yet
-        assert conn.execute(select(func.count()).select_from(Case).where(
-            Case.state == "restored")).scalar_one() == 0
-    resume_flow_run(flow_run.id, run_input={"approve": True, "operator": "ops-oncall",
-                                            "note": "preview checked"})
+    flow_run = _start_incident()
+    # Suspended, not paused: the run's process has ended and holds nothing while it waits.
+    _wait_for_state(flow_run.id, "Suspended")
+    assert _restored(engine) == 0  # previewed, nothing restored yet
+
+    # The server that ran it goes away and comes back, as after a restart.
+    served.kill()
+    served.start()
+
+    # The approval form has no defaults: an untouched or partial form is refused.
+    for partial in ({}, {"operator": "ops-oncall", "note": "preview checked"},
+                    {"decision": "approve", "operator": "ops-oncall"},
+                    {"decision": "maybe", "operator": "ops-oncall", "note": "x"}):
+        with pytest.raises(RuntimeError, match="Validation failed"):
+            resume_flow_run(flow_run.id, run_input=partial)
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(flow_run.id).state.name == "Suspended", partial
+    assert _restored(engine) == 0
+
+    resume_flow_run(flow_run.id, run_input={
+        "decision": "approve", "operator": "ops-oncall", "note": "preview checked"})
     run = _wait_for_state(flow_run.id, "COMPLETED")
     assert run.state.is_completed()
 
+    restored = _restored(engine)
     with engine.connect() as conn:
-        restored = conn.execute(select(func.count()).select_from(Case).where(
-            Case.state == "restored")).scalar_one()
         active = conn.execute(select(func.count()).select_from(accounts).where(
             accounts.c.status == "active")).scalar_one()
     assert restored == summary.expected_outcomes["reinstated"]
     assert active == summary.kinds["bystander"] + summary.kinds["appealed"] + restored
     notices = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     assert 0 < len(notices) <= restored
+    assert "Approved by ops-oncall at " in _report_markdown()
+
+
+def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
+    served: Server, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    seed(engine, SeedOptions(accounts=120, seed=9))
+    flow_run = _start_incident()
+    _wait_for_state(flow_run.id, "Suspended")
+    with pytest.raises(RuntimeError, match="Validation failed"):  # who, and why
+        resume_flow_run(flow_run.id, run_input={"decision": "reject"})
+    resume_flow_run(flow_run.id, run_input={
+        "decision": "reject", "operator": "ops-oncall", "note": "corrected rule is wrong"})
+    run = _wait_for_state(flow_run.id, "final")
+    assert run.state.type.value == "CANCELLED", run.state
+    assert not run.state.is_completed()
+    assert run.state.message == "rejected by ops-oncall: corrected rule is wrong"
+    assert _restored(engine) == 0
+    assert not list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
+    report = _report_markdown()
+    assert report.startswith(f"# REJECTED: Reinstatement report: {INCIDENT_KEY}")
+    assert "## REJECTED by ops-oncall" in report and "corrected rule is wrong" in report

@@ -9,11 +9,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from flows.reconcile import InvariantsBroken, nightly_reconciliation
-from reinstatement import runner
 from reinstatement.db import utcnow
 from reinstatement.models import Case, Incident, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
-from reinstatement.steps import PIPELINE_ACTOR, CaseState, NoticeState
+from reinstatement.steps import CaseState, NoticeState
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import KEY, build_scenario, request, run_all
 
@@ -70,11 +69,8 @@ def test_incidents_left_mid_way_are_resumed_but_not_those_awaiting_approval(
         p = Platform(conn)
         other = p.account()
         p.ban(other, 2, WRONGFUL)  # spam@7, the scenario's faulty version
-    run_all(engine, request(incident_key="INC-WAITING"), restore=False)
-    with engine.begin() as conn:
-        runner.set_incident_status(
-            conn, conn.execute(select(Incident.id).where(Incident.key == "INC-WAITING")
-                               ).scalar_one(), "awaiting_approval", PIPELINE_ACTOR, "test")
+    run_all(engine, request(incident_key="INC-WAITING", require_approval=True),
+            restore=False)
     findings = nightly_reconciliation()
     assert findings["resumed"] == [KEY]
     assert findings["awaiting_operator"] == ["INC-WAITING"]

@@ -364,15 +364,20 @@ def planned_incident(engine: Engine, accounts_count: int = 4) -> None:
     req = build_request(incident_key=VERIFY_KEY, faulty_versions=["spam@7"],
                         since=T0 - timedelta(days=1), until=T0 + timedelta(days=1),
                         batch_size=10, require_approval=False)
-    runner.register(engine, req, PIPELINE_ACTOR)
-    runner.plan_all(runner.StepContext(engine, VERIFY_KEY, 10))
+    incident = runner.register(engine, req, PIPELINE_ACTOR)
+    runner.plan_all(runner.StepContext(engine, incident, 10))
 
 
 @flow(name="verify-one-batch-under-test")
 def verify_flow(incident_key: str, batch_size: int) -> dict[str, Any]:
+    from reinstatement.db import get_engine
+    from reinstatement.incidents import load_incident
+    from reinstatement.settings import load_settings
     from tasks.pipeline import verify_cases
 
-    return verify_cases.with_options(retry_delay_seconds=0)(incident_key, batch_size, False)
+    with get_engine(load_settings().database_url).connect() as conn:
+        incident = load_incident(conn, incident_key)
+    return verify_cases.with_options(retry_delay_seconds=0)(incident, batch_size, False)
 
 
 def failing_first(monkeypatch: pytest.MonkeyPatch, error: Callable[[], Exception],

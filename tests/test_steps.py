@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from reinstatement import runner
-from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.incidents import IncidentRequest, build_request, load_incident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.steps import PIPELINE_ACTOR, CaseState
 from tests.factories import (
@@ -139,14 +139,13 @@ def request(**overrides: object) -> IncidentRequest:
 
 def run_all(engine: Engine, req: IncidentRequest, *, restore: bool = True) -> None:
     """Plan, verify and restore as the flow does, without Prefect."""
-    runner.register(engine, req, PIPELINE_ACTOR)
-    ctx = runner.StepContext(engine, req.incident_key, req.batch_size)
-    runner.plan_all(ctx)
-    while runner.verify_one_batch(ctx, preview=req.dry_run).cases:
-        pass
-    if restore and not req.dry_run:
-        while runner.restore_one_batch(ctx).cases:
-            pass
+    runner.run_without_prefect(engine, req, PIPELINE_ACTOR, restore=restore)
+
+
+def step_context(engine: Engine, key: str, batch_size: int) -> runner.StepContext:
+    """The steps' context for the incident registered under `key`."""
+    with engine.connect() as conn:
+        return runner.StepContext(engine, load_incident(conn, key), batch_size)
 
 
 def outcomes(engine: Engine, key: str = KEY) -> dict[int, str]:
@@ -276,7 +275,7 @@ def test_bans_changed_after_verification_are_never_overwritten(engine: Engine) -
         conn.execute(update(accounts).where(accounts.c.id == lifted)
                      .values(status="active"))              # a moderator lifted it by hand
     before = snapshot(engine)
-    ctx = runner.StepContext(engine, KEY, 10)
+    ctx = step_context(engine, KEY, 10)
     while runner.restore_one_batch(ctx).cases:
         pass
     after = snapshot(engine)
