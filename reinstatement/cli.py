@@ -214,7 +214,9 @@ def run(
     no_notify: bool = typer.Option(False, "--no-notify", help="Restore without emailing."),
     batch_size: int | None = typer.Option(None, help="Cases per batch task."),
     require_approval: bool = typer.Option(
-        False, "--require-approval", help="Pause for approval in the Prefect UI."
+        False, "--require-approval",
+        help="Restore nothing until an operator approves (fixed for the key when first "
+        "registered).",
     ),
 ) -> None:
     """Run (or resume) the reinstatement of one incident."""
