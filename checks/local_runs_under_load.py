@@ -55,7 +55,7 @@ def main() -> int:
                 started = time.monotonic()
                 done = reinstate(*command)
                 seconds = time.monotonic() - started
-                ok = done.returncode == 0 and "registered" in done.stdout
+                ok = done.returncode == 0 and f"incident {INCIDENT_KEY}: previewed" in done.stdout
                 failures += not ok
                 first = " (first: migrates Prefect's database)" if number == 1 else ""
                 print(f"run {number:>2}: exit {done.returncode}, {seconds:5.1f} s{first}")

@@ -28,10 +28,9 @@ from flows.reinstate_incident import (
     run_batches,
 )
 from reinstatement import reconcile
-from reinstatement.db import get_engine
+from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
 from reinstatement.retrying import in_transaction
-from reinstatement.settings import load_settings
 from tasks.notify import send_notices
 from tasks.pipeline import run_actor
 
@@ -41,7 +40,7 @@ class InvariantsBroken(RuntimeError):
 
 
 def _engine() -> Any:
-    return get_engine(load_settings().database_url)
+    return pipeline_engine()
 
 
 @task(name="reopen-rebanned-accounts", cache_policy=NO_CACHE)

@@ -33,13 +33,12 @@ from pydantic import Field
 from sqlalchemy import Engine, func, insert, select, update
 
 from reinstatement import lifecycle, runner
-from reinstatement.db import get_engine, utcnow
+from reinstatement.db import pipeline_engine, utcnow
 from reinstatement.errors import BadInput
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Run
 from reinstatement.retrying import in_transaction
-from reinstatement.settings import load_settings
 from reinstatement.steps import CaseState
 from tasks.notify import send_notices
 from tasks.pipeline import (
@@ -83,7 +82,7 @@ class BatchesFailed(RuntimeError):
 
 
 def _engine() -> Engine:
-    return get_engine(load_settings().database_url)
+    return pipeline_engine()
 
 
 def _pending(incident: RegisteredIncident | None, batch_size: int, pending_key: str) -> int:

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from reinstatement import runner
-from reinstatement.db import get_engine
+from reinstatement.db import get_engine, pipeline_engine
 from reinstatement.incidents import IncidentRequest, RegisteredIncident
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
@@ -96,8 +96,7 @@ def _result_dict(result: BatchResult) -> dict[str, Any]:
       retry_condition_fn=retry_transient_only)
 def register_incident(request: IncidentRequest) -> RegisteredIncident:
     """Register the incident under its key (or check a rerun asks for the same thing)."""
-    settings = load_settings()
-    incident = runner.register(get_engine(settings.database_url), request, run_actor())
+    incident = runner.register(pipeline_engine(), request, run_actor())
     get_run_logger().info("incident %s: %d faulty version(s)", incident.key,
                           len(incident.rules.faulty))
     return incident

@@ -15,10 +15,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
-from reinstatement.db import get_engine
+from reinstatement.db import pipeline_engine
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOMES, incident_report
-from reinstatement.settings import load_settings
 
 SAMPLES_PER_OUTCOME = 5
 
@@ -30,9 +29,8 @@ def _artifact_key(incident_key: str, what: str) -> str:
 
 
 def _samples(incident_key: str) -> list[dict[str, Any]]:
-    settings = load_settings()
     rows: list[dict[str, Any]] = []
-    with get_engine(settings.database_url).connect() as conn:
+    with pipeline_engine().connect() as conn:
         incident_id = conn.execute(select(Incident.id).where(Incident.key == incident_key)
                                    ).scalar_one()
         for outcome in OUTCOMES:
@@ -50,8 +48,7 @@ def _samples(incident_key: str) -> list[dict[str, Any]]:
 
 
 def _report(incident_key: str) -> dict[str, Any]:
-    settings = load_settings()
-    with get_engine(settings.database_url).connect() as conn:
+    with pipeline_engine().connect() as conn:
         return incident_report(conn, incident_key)
 
 

@@ -210,6 +210,13 @@ def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
     seed(engine, SeedOptions(accounts=120, seed=9))
     flow_run = _start_incident()
     _wait_for_state(flow_run.id, "Suspended")
+    # The resume deployment is no way around the operator.
+    resumed = run_deployment("resume-incident/resume-incident", timeout=0,
+                             parameters={"incident_key": INCIDENT_KEY, "batch_size": 100})
+    resumed = _wait_for_state(resumed.id, "final")
+    assert resumed.state.is_failed(), resumed.state
+    assert "requires an operator's approval" in resumed.state.message
+    assert _restored(engine) == 0
     with pytest.raises(RuntimeError, match="Validation failed"):  # who, and why
         resume_flow_run(flow_run.id, run_input={"decision": "reject"})
     resume_flow_run(flow_run.id, run_input={
