@@ -17,9 +17,10 @@ import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TypeAlias, cast
 
-Scalar: TypeAlias = int | float | str | bool
+Scalar: TypeAlias = int | Decimal | float | str | bool
 
 OPERATORS: frozenset[str] = frozenset({"==", "!=", "<", "<=", ">", ">=", "in", "not_in"})
 SIGNAL_NAME: re.Pattern[str] = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -28,7 +29,7 @@ MAX_DEPTH = 64
 """Deepest nesting accepted; the top-level condition is at depth 1."""
 
 _LIST_OPERATORS = frozenset({"in", "not_in"})
-_ORDERINGS: dict[str, Callable[[float, float], bool]] = {
+_ORDERINGS: dict[str, Callable[[Decimal, Decimal], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
     ">": operator.gt,
@@ -47,12 +48,22 @@ ABSENT = "absent"
 NULL = "null"
 TYPE_MISMATCH = "type_mismatch"
 NOT_A_NUMBER = "not_a_number"
+OUT_OF_RANGE = "number_out_of_range"
 NO_EVIDENCE = "no_evidence"
 NOT_AN_OBJECT = "not_an_object"
+EVIDENCE_TOO_DEEP = "evidence_nested_too_deep"
+EVIDENCE_UNREADABLE = "evidence_unreadable"
 BAD_VALUE = "bad_value"
 UNKNOWN_PROBLEMS = frozenset(
-    {ABSENT, NULL, TYPE_MISMATCH, NOT_A_NUMBER, NO_EVIDENCE, NOT_AN_OBJECT, BAD_VALUE}
+    {ABSENT, NULL, TYPE_MISMATCH, NOT_A_NUMBER, OUT_OF_RANGE, NO_EVIDENCE, NOT_AN_OBJECT,
+     EVIDENCE_TOO_DEEP, EVIDENCE_UNREADABLE, BAD_VALUE}
 )
+# The largest finite double. A number beyond it (1e309, an integer of 5,000 digits) is no
+# finite number any database or client agrees on, so comparing with it is unknown.
+LARGEST_NUMBER = Decimal("1.7976931348623157e308")
+# Evidence is an object of signals: nesting deeper than this is no evidence the engine
+# wrote, and a decoder that followed it would exhaust the stack.
+MAX_EVIDENCE_DEPTH = 64
 
 _ABSENT_MARKER = object()
 
@@ -127,10 +138,15 @@ def parse_condition(raw: object, path: str = "condition") -> Condition:
 
 
 def parse_condition_json(text: str | bytes, path: str = "condition") -> Condition:
-    """Parse a condition from JSON text, refusing NaN/Infinity and duplicate keys."""
+    """Parse a condition from JSON text, refusing NaN/Infinity and duplicate keys.
+
+    Numbers are read exactly: decimals as `Decimal`, so `100.1` means 100.1 and not the
+    nearest binary fraction.
+    """
     try:
         raw = json.loads(
-            text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys
+            text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys,
+            parse_float=Decimal,
         )
     except RecursionError:
         # json.loads recurses per nesting level; hostile input must not escape as RecursionError.
@@ -138,6 +154,62 @@ def parse_condition_json(text: str | bytes, path: str = "condition") -> Conditio
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the refusals below
         raise ConditionError(path, f"not valid JSON: {err}") from None
     return parse_condition(raw, path)
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableEvidence:
+    """Evidence whose JSON could not be read safely; every comparison on it is unknown."""
+
+    problem: str  # EVIDENCE_TOO_DEEP or EVIDENCE_UNREADABLE
+    detail: str
+
+
+def decode_evidence(text: str | None) -> object:
+    """A ban's evidence from its JSON text, read exactly and without trusting it.
+
+    Numbers become `int` or `Decimal` (never float), so comparisons are exact. Text that
+    is not JSON, nests deeper than MAX_EVIDENCE_DEPTH, or that Python's decoder refuses
+    (an integer of thousands of digits) becomes `UnreadableEvidence` instead of an error:
+    one poisoned row must not stop the batch it is in.
+    """
+    if text is None:
+        return None
+    depth = _nesting_depth(text)
+    if depth > MAX_EVIDENCE_DEPTH:
+        return UnreadableEvidence(EVIDENCE_TOO_DEEP,
+                                  f"nested {depth} levels deep (at most {MAX_EVIDENCE_DEPTH})")
+    try:
+        return json.loads(text, parse_float=Decimal, parse_int=_exact_int,
+                          parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        return UnreadableEvidence(EVIDENCE_UNREADABLE, str(exc)[:200])
+
+
+def _exact_int(digits: str) -> int | Decimal:
+    # Python refuses int() on more than 4,300 digits; such a number is out of range anyway.
+    return int(digits) if len(digits) <= 400 else Decimal(digits)
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text, brackets in strings aside."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _refuse_constant(name: str) -> object:
@@ -228,13 +300,23 @@ def _parse_comparison(raw: dict[object, object], path: str) -> Comparison:
 
 
 def _parse_scalar(raw: object, path: str) -> Scalar:
-    if isinstance(raw, bool | str | int):
+    if isinstance(raw, bool | str):
         return raw
-    if isinstance(raw, float):
-        if not math.isfinite(raw):
+    if isinstance(raw, int | float | Decimal):
+        if not _finite(raw):
             raise ConditionError(path, f"expected a finite number, got {raw!r}")
-        return raw
+        if cast(Decimal, abs(raw)) > LARGEST_NUMBER:
+            raise ConditionError(path, "expected a number of at most 1.8e308 in size")
+        # Compared exactly: a float given here means the decimal it was written as.
+        return Decimal(repr(raw)) if isinstance(raw, float) else raw
     raise ConditionError(path, f"expected a number, string or boolean, got {_json_type(raw)}")
+
+
+def _finite(number: int | float | Decimal) -> bool:
+    # Not math.isfinite: it converts a Decimal to float first, and 1e309 would be infinite.
+    if isinstance(number, Decimal):
+        return number.is_finite()
+    return isinstance(number, int) or math.isfinite(number)
 
 
 def _json_type(raw: object) -> str:
@@ -242,7 +324,7 @@ def _json_type(raw: object) -> str:
         return "null"
     if isinstance(raw, bool):
         return "boolean"
-    if isinstance(raw, int | float):
+    if isinstance(raw, int | float | Decimal):
         return "number"
     if isinstance(raw, str):
         return "string"
@@ -272,10 +354,19 @@ def _show_keys(raw: dict[object, object]) -> str:
 # --- serialising -----------------------------------------------------------------------------
 
 
+def _json_number(value: object) -> object:
+    """A Decimal as a JSON number (json cannot write Decimal); other values as they are."""
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    return value
+
+
 def condition_to_json(cond: Condition) -> dict[str, object]:
     """The JSON form of a condition; parse_condition of it gives the condition back."""
     if isinstance(cond, Comparison):
-        value = list(cond.value) if isinstance(cond.value, tuple) else cond.value
+        value = ([_json_number(v) for v in cond.value] if isinstance(cond.value, tuple)
+                 else _json_number(cond.value))
         return {"signal": cond.signal, "op": cond.op, "value": value}
     if isinstance(cond, AllOf):
         return {"all": [condition_to_json(part) for part in cond.parts]}
@@ -327,6 +418,8 @@ def explain(cond: Condition, evidence: object) -> tuple[bool | None, list[Unknow
 def _evidence_problem(evidence: object) -> str:
     # Evidence that is not an object tells nothing about any signal: treat it like NULL, the
     # reading that never reinstates on evidence the engine did not record.
+    if isinstance(evidence, UnreadableEvidence):
+        return evidence.problem
     return NO_EVIDENCE if evidence is None else NOT_AN_OBJECT
 
 
@@ -399,7 +492,7 @@ def _compare(comparison: Comparison, values: dict[object, object]) -> bool | str
         return value != expected
     if kind != _NUMBER:
         return TYPE_MISMATCH  # ordering is defined on numbers only
-    return _ORDERINGS[op](cast(float, value), cast(float, expected))
+    return _ORDERINGS[op](cast(Decimal, value), cast(Decimal, expected))
 
 
 def _kind(value: object) -> str:
@@ -408,10 +501,10 @@ def _kind(value: object) -> str:
         return _BOOLEAN
     if isinstance(value, str):
         return _STRING
-    if isinstance(value, int):
-        return _NUMBER
-    if isinstance(value, float):
-        return _NUMBER if math.isfinite(value) else NOT_A_NUMBER
+    if isinstance(value, int | Decimal | float):
+        if not _finite(value):
+            return NOT_A_NUMBER
+        return _NUMBER if cast(Decimal, abs(value)) <= LARGEST_NUMBER else OUT_OF_RANGE
     if value is None:
         return NULL
     return BAD_VALUE

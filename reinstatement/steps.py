@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, IncidentVersion, Notice
@@ -261,8 +262,12 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
     bans: dict[int, list[StandingBan]] = defaultdict(list)
     for chunk in _chunks(sorted(account_ids)):
         query = (
+            # The evidence as its JSON text, decoded here row by row (decode_evidence): the
+            # driver's decoder would fail the whole batch on one poisoned value, and read
+            # decimals as floats.
             select(ea.c.id, ea.c.account_id, ea.c.source, ea.c.rule_version_id,
-                   ea.c.created_at, ea.c.evidence, rv.c.rule_name, rv.c.version)
+                   ea.c.created_at, cast(ea.c.evidence, Text).label("evidence_text"),
+                   rv.c.rule_name, rv.c.version)
             .select_from(ea.outerjoin(rv, rv.c.id == ea.c.rule_version_id))
             .where(_id_in(conn, ea.c.account_id, chunk), ea.c.kind == "ban",
                    ea.c.reversed_at.is_(None))
@@ -274,7 +279,8 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
             name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"
             bans[row.account_id].append(StandingBan(
                 action_id=row.id, source=row.source, rule_version_id=row.rule_version_id,
-                rule_name=name, created_at=row.created_at, evidence=row.evidence,
+                rule_name=name, created_at=row.created_at,
+                evidence=decode_evidence(row.evidence_text),
             ))
     return bans
 

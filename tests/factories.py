@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, select
+from sqlalchemy import JSON, Connection, Engine, Table, Text, cast, insert, select
 
 from reinstatement.incidents import IncidentRequest, build_request
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
@@ -83,12 +83,14 @@ def seeded_incident_request(**overrides: Any) -> IncidentRequest:
 
 
 def snapshot(engine: Engine) -> dict[str, dict[int, dict[str, Any]]]:
-    """Every platform row, by table and id."""
+    """Every platform row, by table and id (JSON columns as their text, undecoded)."""
     result: dict[str, dict[int, dict[str, Any]]] = {}
     with engine.connect() as conn:
         for table in (accounts, rule_versions, enforcement_actions, pins):
+            columns = [cast(c, Text).label(c.name) if isinstance(c.type, JSON) else c
+                       for c in table.columns]
             result[table.name] = {
-                row["id"]: dict(row) for row in conn.execute(select(table)).mappings()
+                row["id"]: dict(row) for row in conn.execute(select(*columns)).mappings()
             }
     return result
 

@@ -1,0 +1,97 @@
+"""Evidence the platform really holds: poisoned values and exact decimals, on both databases.
+
+The evidence column is JSON; PostgreSQL's `json` keeps whatever text the rules engine
+wrote, including an integer of 5,000 digits, 5,000 levels of nesting and `1e309`, which a
+plain `json.loads` refuses or turns into floats. Each such value must send its case to
+review with a reason naming the problem, never stop the batch, and decimals must compare
+exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from reinstatement import runner
+from reinstatement.models import Case
+from reinstatement.steps import PIPELINE_ACTOR
+from tests.factories import T0, Platform, snapshot
+from tests.test_steps import KEY, request
+
+CORRECTED = {"signal": "score", "op": ">", "value": 100}
+HUGE = "9" * 5000
+DEEP = "[" * 5000 + "]" * 5000
+# evidence JSON text -> the outcome the contract asks for, and the reason it names
+CASES = {
+    '{"score": 50}': ("reinstated", None),
+    '{"score": 150}': ("upheld", None),
+    '{"score": 100.00000000000000001}': ("upheld", None),  # a float would make it 100
+    '{"score": 99.999999999999999999}': ("reinstated", None),
+    '{"score": 100.0}': ("reinstated", None),  # 100.0 > 100 is false: the same number
+    f'{{"score": {HUGE}}}': ("needs_review", "score number_out_of_range"),
+    f'{{"score": -{HUGE}}}': ("needs_review", "score number_out_of_range"),
+    '{"score": 1e309}': ("needs_review", "score number_out_of_range"),
+    f'{{"score": {DEEP}}}': ("needs_review", "score evidence_nested_too_deep"),
+    f'{{"score": 1, "junk": {DEEP}}}': ("needs_review", "score evidence_nested_too_deep"),
+}
+
+
+def seed_hostile(engine: Engine) -> dict[int, tuple[str, str | None]]:
+    """One banned account per evidence text; returns account id -> expected (outcome, why)."""
+    with engine.begin() as conn:
+        p = Platform(conn)
+        faulty = p.rule("spam", 7, "faulty", {"signal": "score", "op": ">", "value": 10})
+        p.rule("spam", 8, "active", CORRECTED)
+        expected = {}
+        for evidence, outcome in CASES.items():
+            account = p.account()
+            ban = p.ban(account, faulty, None)
+            # Written as text, as the rules engine's own client would: SQLAlchemy's JSON
+            # serialiser could not even produce some of these values.
+            cast = "CAST(:evidence AS JSON)" if conn.dialect.name == "postgresql" else ":evidence"
+            conn.execute(text(f"UPDATE enforcement_actions SET evidence = {cast} WHERE id = :id"),
+                         {"evidence": evidence, "id": ban})
+            expected[account] = outcome
+    return expected
+
+
+def judged(engine: Engine) -> dict[int, tuple[str | None, str]]:
+    with engine.connect() as conn:
+        return {row.account_id: (row.outcome, (row.reasons or {}).get("summary", ""))
+                for row in conn.execute(select(Case.account_id, Case.outcome, Case.reasons))}
+
+
+@pytest.mark.parametrize("batch_size", [1, 50])
+def test_poisoned_evidence_goes_to_review_and_decimals_compare_exactly(
+    engine: Engine, batch_size: int
+) -> None:
+    expected = seed_hostile(engine)
+    state = runner.run_without_prefect(engine, request(
+        faulty_versions=["spam@7"], since=T0 - timedelta(days=1),
+        until=T0 + timedelta(days=1), batch_size=batch_size), PIPELINE_ACTOR)
+    assert state.status == "completed"
+    got = judged(engine)
+    for account, (outcome, why) in expected.items():
+        assert got[account][0] == outcome, (account, got[account])
+        if why is not None:
+            assert why in got[account][1], got[account]
+
+
+@pytest.mark.prefect
+def test_the_nightly_reconciliation_completes_over_poisoned_rows(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    from flows.reconcile import nightly_reconciliation
+
+    seed_hostile(engine)
+    runner.run_without_prefect(engine, request(
+        faulty_versions=["spam@7"], since=T0 - timedelta(days=1),
+        until=T0 + timedelta(days=1)), PIPELINE_ACTOR)
+    before = snapshot(engine)
+    findings = nightly_reconciliation()
+    assert findings["invariants"]["unrepaired"] == 0
+    assert findings["resumed"] == []
+    assert snapshot(engine) == before
+    assert KEY  # the scenario's incident
