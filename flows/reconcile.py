@@ -30,6 +30,7 @@ from flows.reinstate_incident import (
 from reinstatement import reconcile
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
+from reinstatement.markdown import md
 from reinstatement.retrying import in_transaction
 from tasks.notify import send_notices
 from tasks.pipeline import run_actor
@@ -88,7 +89,7 @@ def check_invariants(repair: bool) -> dict[str, Any]:
 
 
 def _markdown(findings: dict[str, Any]) -> str:
-    lines = [f"# Nightly reconciliation, {findings['started_at']}", ""]
+    lines = [f"# Nightly reconciliation, {md(findings['started_at'])}", ""]
     if findings["dry_run"]:
         lines += ["Dry run: nothing was changed.", ""]
     lines.append("| duty | found | done |")
@@ -97,7 +98,7 @@ def _markdown(findings: dict[str, Any]) -> str:
                  f"{'new rounds opened' if not findings['dry_run'] else 'reported'} |")
     uncovered = sum(v["standing_bans"] for v in findings["uncovered"])
     lines.append(f"| standing bans by faulty versions no incident covers | {uncovered} | "
-                 f"{', '.join(findings['auto_incidents']) or 'reported'} |")
+                 f"{md(', '.join(findings['auto_incidents']) or 'reported')} |")
     lines.append(f"| incidents left mid-way | {len(findings['resumed'])} | "
                  f"{'resumed' if findings['resumed'] and not findings['dry_run'] else '-'} |")
     lines.append(f"| notices due or stuck | {findings['notices'].get('cases', 0)} | "
@@ -113,10 +114,10 @@ def _markdown(findings: dict[str, Any]) -> str:
                  f"{len(inv['notices_without_reinstatement'])} | reported |")
     if findings["awaiting_operator"]:
         lines += ["", "Waiting for an operator's approval (not resumed): "
-                  + ", ".join(findings["awaiting_operator"])]
+                  + ", ".join(md(key) for key in findings["awaiting_operator"])]
     for version in findings["uncovered"]:
-        lines.append(f"- {version['version']}: {version['standing_bans']} standing bans, "
-                     f"e.g. accounts {version['sample_accounts'][:5]}")
+        lines.append(f"- {md(version['version'])}: {version['standing_bans']} standing "
+                     f"bans, e.g. accounts {md(version['sample_accounts'][:5])}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
 from reinstatement.db import pipeline_engine
+from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOMES, incident_report
 
@@ -23,9 +25,15 @@ SAMPLES_PER_OUTCOME = 5
 
 
 def _artifact_key(incident_key: str, what: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    cleaned = "".join(c if c.isalnum() else "-" for c in incident_key.lower()).strip("-")
-    return f"{what}-{cleaned}"[:100]
+    """The artifact key of one incident's `what`: distinct for distinct incident keys.
+
+    Artifact keys allow lowercase letters, digits and dashes only, so `INC-1`, `inc-1` and
+    `INC.1` would all read `inc-1`: a digest of the exact key keeps them apart.
+    """
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-"
+                      for c in incident_key.lower()).strip("-")
+    digest = hashlib.sha256(incident_key.encode()).hexdigest()[:10]
+    return f"{what}-{cleaned[:60]}-{digest}"
 
 
 def _samples(incident_key: str) -> list[dict[str, Any]]:
@@ -42,7 +50,7 @@ def _samples(incident_key: str) -> list[dict[str, Any]]:
                     "case": case.id,
                     "account": case.account_id,
                     "outcome": case.outcome,
-                    "why": (case.reasons or {}).get("summary", ""),
+                    "why": cell((case.reasons or {}).get("summary", "")),
                 })
     return rows
 
@@ -56,28 +64,29 @@ def _decision_lines(report: dict[str, Any]) -> list[str]:
     """What the operator decided, first thing on the page: a rejection cannot be missed."""
     approval = report.get("approval")
     if report["status"] == "rejected" and approval:
-        return [f"## REJECTED by {approval['by']} at {approval['at']}", "",
-                f"Note: {approval['note']}", "",
+        return [f"## REJECTED by {md(approval['by'])} at {md(approval['at'])}", "",
+                f"Note: {md(approval['note'])}", "",
                 "Nothing was restored and nothing will be under this incident key.", ""]
     if approval and approval["decision"] == "approved":
-        note = f": {approval['note']}" if approval["note"] else ""
-        return [f"Approved by {approval['by']} at {approval['at']}{note}.", ""]
+        note = f": {md(approval['note'])}" if approval["note"] else ""
+        return [f"Approved by {md(approval['by'])} at {md(approval['at'])}{note}.", ""]
     if report["status"] == "awaiting_approval":
-        return [f"**Awaiting approval.** {report['status_words']}.", ""]
+        return [f"**Awaiting approval.** {md(report['status_words'])}", ""]
     return []
 
 
 def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str:
     if report["status"] == "rejected":
         title = f"REJECTED: {title}"
-    lines = [f"# {title}: {report['incident']}", "", *_decision_lines(report)]
+    lines = [f"# {title}: {md(report['incident'])}", "", *_decision_lines(report)]
     lines.append("| faulty version | corrected by |")
     lines.append("| --- | --- |")
     for version in report["faulty_versions"]:
-        lines.append(f"| {version['faulty']} | {version['corrected'] or '(none: uncertain)'} |")
+        corrected = md(version["corrected"]) if version["corrected"] else "(none: uncertain)"
+        lines.append(f"| {md(version['faulty'])} | {corrected} |")
     window = report["window"]
-    lines += ["", f"Window on ban creation: {window['since'] or 'open'} to "
-              f"{window['until'] or 'open'} (end excluded).", ""]
+    lines += ["", f"Window on ban creation: {md(window['since'] or 'open')} to "
+              f"{md(window['until'] or 'open')} (end excluded).", ""]
     lines.append("| outcome | accounts |")
     lines.append("| --- | ---: |")
     for outcome in OUTCOMES:
@@ -85,7 +94,7 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
     lines.append(f"| **total** | **{sum(counts.values()):,}** |")
     if report["notices"]:
         lines += ["", "| notice state | notices |", "| --- | ---: |"]
-        lines += [f"| {state} | {n:,} |" for state, n in sorted(report["notices"].items())]
+        lines += [f"| {md(state)} | {n:,} |" for state, n in sorted(report["notices"].items())]
     if title.startswith(("Dry run", "Preview")):
         lines += ["", "Nothing on the platform has changed yet."]
     else:

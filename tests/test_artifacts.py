@@ -1,0 +1,110 @@
+"""Operators' artifacts: values from the platform's rows are inert, and keys never collide.
+
+The markdown is rendered by a real CommonMark renderer (markdown-it-py, with tables and raw
+HTML enabled, as a permissive UI would render it) and the HTML it gives is checked: no
+link, image or tag from the data, and every table keeps its shape.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from markdown_it import MarkdownIt
+
+from flows.reconcile import _markdown as reconciliation_markdown
+from reinstatement.markdown import cell, md
+from tasks.reporting import _artifact_key, _markdown
+
+HOSTILE = [
+    "x](https://evil.test) ![t](https://evil.test/pixel.png) [Approve",
+    "<img src=https://evil.test/p.png onerror=alert(1)><script>alert(2)</script>",
+    "a | b | c\n| --- | --- |\n| forged | row |",
+    "**bold** _it_ `code` # heading\r\n> quote",
+    "[click](javascript:alert(1)) <https://evil.test> www.evil.test https://evil.test",
+    "&lt;b&gt; &amp; \\ \\| \u202e\u0000",
+]
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def render(markdown: str) -> list[tuple[str, dict[str, str | None]]]:
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    parser = Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+ALLOWED_TAGS = {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "strong"}
+
+
+def report_with(value: str) -> dict[str, Any]:
+    return {
+        "incident": value, "status": "rejected", "status_words": value,
+        "approval": {"decision": "rejected", "by": value, "note": value, "at": value},
+        "faulty_versions": [{"faulty": value, "corrected": value},
+                            {"faulty": value, "corrected": None}],
+        "window": {"since": value, "until": None},
+        "notices": {value: 3},
+        "pins_restored": 0,
+    }
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_report_and_preview_markdown_are_inert(value: str) -> None:
+    markdown = _markdown(report_with(value), "Preview before restore", {value: 1})
+    tags = render(markdown)
+    assert {tag for tag, _ in tags} <= ALLOWED_TAGS, tags
+    assert not [a for _, a in tags if set(a) - {"style"}], tags  # no href, src, onerror
+    assert {a.get("style") for _, a in tags} <= {None, "text-align:right"}
+    # Each table has its header, its rows and two columns: nothing broke out of a cell.
+    # versions: header + 2; outcomes: header + 5 + total; notices: header + 1
+    assert [tag for tag, _ in tags].count("tr") == (1 + 2) + (1 + 5 + 1) + (1 + 1)
+    for row in re.findall(r"^\|.*\|$", markdown, flags=re.MULTILINE):
+        assert len(re.findall(r"(?<!\\)\|", row)) == 3, row
+    # The text is still there for the operator to read, as text.
+    assert "evil" in markdown or "alert" in markdown or "bold" in markdown or "lt" in markdown
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_reconciliation_markdown_is_inert(value: str) -> None:
+    findings = {
+        "started_at": value, "dry_run": False, "rebanned": [], "auto_incidents": [value],
+        "uncovered": [{"version": value, "standing_bans": 2, "sample_accounts": [1, 2]}],
+        "resumed": [], "awaiting_operator": [value],
+        "notices": {}, "invariants": {"banned_without_cause": [], "pins_left_hidden": [],
+                                      "pins_repaired": 0, "notices_without_reinstatement": []},
+    }
+    tags = render(reconciliation_markdown(findings))
+    assert {tag for tag, _ in tags} <= ALLOWED_TAGS | {"ul", "li"}, tags
+    assert not [a for _, a in tags if set(a) - {"style"}], tags
+
+
+def test_escaped_text_reads_as_written() -> None:
+    rendered = MarkdownIt("commonmark").render(md("spam_burst@7 (a|b) 2025-04-01T00:00:00Z"))
+    assert rendered == "<p>spam_burst@7 (a|b) 2025-04-01T00:00:00Z</p>\n"
+
+
+def test_table_cells_are_one_bounded_line() -> None:
+    assert cell("a\nb\r\nc\td") == "a b  c d"
+    assert cell(5) == 5 and cell(None) is None
+    assert len(str(cell("x" * 10_000))) <= 501
+
+
+def test_distinct_incident_keys_get_distinct_artifact_keys() -> None:
+    keys = ["INC-1", "inc-1", "INC.1", "INC_1", "INC:1", "inc--1"]
+    artifact_keys = {_artifact_key(key, "report") for key in keys}
+    assert len(artifact_keys) == len(keys)
+    for key in artifact_keys:
+        assert re.fullmatch(r"[a-z0-9-]+", key) and len(key) <= 100, key
+    assert _artifact_key("INC-1", "report") == _artifact_key("INC-1", "report")
+    assert len(_artifact_key("I" * 200, "progress-restore")) <= 100
