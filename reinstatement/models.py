@@ -150,6 +150,9 @@ class Notice(Base):
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None]
+    # Who holds the notice while it is 'sending': every write of the claim checks it, so a
+    # sender whose claim was taken over can neither send nor record under it.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     last_error_code: Mapped[int | None] = mapped_column(Integer)
     last_error_text: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -76,6 +77,8 @@ class ClaimedNotice:
     locale: str
     attempts: int
     context: NoticeContext
+    claim_token: str
+    claimed_at: float  # time.monotonic() when the claim was taken
 
 
 def due_count(conn: Connection, incident_id: int | None = None,
@@ -102,8 +105,14 @@ def _ban_date(reasons: dict[str, Any] | None, fallback: datetime) -> datetime:
 def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
                   incident_id: int | None = None, case_ids: Sequence[int] | None = None
                   ) -> list[ClaimedNotice]:
-    """Mark up to `limit` due notices 'sending' under a lease and return what to send."""
-    now = utcnow()
+    """Mark up to `limit` due notices 'sending' under a lease and return what to send.
+
+    The claim gets a token of its own; every later write of the claim (its renewal, each
+    notice's final state, a release) checks it, so a claim another sender took over after
+    its lease ran out is never written to, nor sent under.
+    """
+    now, claimed_at = utcnow(), time.monotonic()
+    token = uuid.uuid4().hex
     query = (
         select(Notice.id).where(_due(now)).order_by(Notice.id).limit(limit)
     )
@@ -119,7 +128,7 @@ def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
     conn.execute(
         update(Notice).where(Notice.id.in_(ids))
         .values(state=NoticeState.SENDING, attempts=Notice.attempts + 1,
-                next_attempt_at=now + lease, updated_at=now)
+                next_attempt_at=now + lease, updated_at=now, claim_token=token)
     )
     rows = conn.execute(
         select(Notice.id, Notice.message_id, Notice.recipient, Notice.locale, Notice.attempts,
@@ -142,20 +151,22 @@ def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
                 ban_date=_ban_date(r.reasons, r.updated_at),
                 pins_restored=r.pins_restored or 0, message_id=r.message_id, sender=sender,
             ),
+            claim_token=token, claimed_at=claimed_at,
         )
         for r in rows
     ]
 
 
-def _record(engine: Engine, notice_id: int, values: dict[str, Any]) -> None:
-    def work(conn: Connection) -> None:
+def _record(engine: Engine, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
+    def work(conn: Connection) -> bool:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SET LOCAL synchronous_commit = off"))
-        conn.execute(update(Notice).where(Notice.id == notice_id,
-                                          Notice.state == NoticeState.SENDING)
-                     .values(updated_at=utcnow(), **values))
+        return conn.execute(update(Notice).where(
+            Notice.id == notice.id, Notice.state == NoticeState.SENDING,
+            Notice.claim_token == notice.claim_token,
+        ).values(updated_at=utcnow(), **values)).rowcount == 1
 
-    in_transaction(engine, work)
+    return in_transaction(engine, work)
 
 
 _RECORD_STATEMENTS: dict[tuple[str, ...], Any] = {}
@@ -171,7 +182,8 @@ def _record_statement(columns: tuple[str, ...]) -> Any:
     if statement is None:
         statement = _RECORD_STATEMENTS[columns] = (
             update(Notice)
-            .where(Notice.id == bindparam("v_notice_id"), Notice.state == NoticeState.SENDING)
+            .where(Notice.id == bindparam("v_notice_id"), Notice.state == NoticeState.SENDING,
+                   Notice.claim_token == bindparam("v_claim_token"))
             .values(updated_at=bindparam("v_updated_at"),
                     **{name: bindparam(f"v_{name}") for name in columns})
         )
@@ -201,22 +213,28 @@ class _NoticeRecorder:
             self._conn = conn
         return self._conn
 
-    def record(self, notice_id: int, values: dict[str, Any]) -> None:
+    def record(self, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
+        """Write the notice's new state under its claim; False if the claim was lost."""
         statement = _record_statement(tuple(sorted(values)))
         parameters = {f"v_{name}": value for name, value in values.items()}
-        parameters.update(v_notice_id=notice_id, v_updated_at=utcnow())
+        parameters.update(v_notice_id=notice.id, v_updated_at=utcnow(),
+                          v_claim_token=notice.claim_token)
         try:
             conn = self._connection()
             if self.postgresql:
-                conn.execute(statement, parameters)
+                written = conn.execute(statement, parameters).rowcount == 1
             else:
                 with conn.begin():
-                    conn.execute(statement, parameters)
+                    written = conn.execute(statement, parameters).rowcount == 1
         except DBAPIError as exc:
             if not is_transient(exc):
                 raise
             self.close()
-            _record(self.engine, notice_id, values)
+            written = _record(self.engine, notice, values)
+        if not written:
+            logger.warning("notice %s: its claim was taken over before its state was "
+                           "written; the other sender records it", notice.id)
+        return written
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -240,24 +258,39 @@ class SendResult:
     failed: int = 0
 
 
-def _extend_lease(engine: Engine, notice_ids: Sequence[int], lease: timedelta) -> None:
-    """Keep a long batch's unsent notices from being taken over by another run."""
-    if not notice_ids:
+def _extend_claim(engine: Engine, notices: Sequence[ClaimedNotice], hold: timedelta
+                  ) -> set[int]:
+    """Renew the claim on these unsent notices; the ids still held (a claim another
+    sender took over after its lease ran out is not renewed, and not sent)."""
+    if not notices:
+        return set()
+    token = notices[0].claim_token
+
+    def work(conn: Connection) -> set[int]:
+        ids = [n.id for n in notices]
+        conn.execute(
+            update(Notice)
+            .where(Notice.id.in_(ids), Notice.state == NoticeState.SENDING,
+                   Notice.claim_token == token)
+            .values(next_attempt_at=utcnow() + hold)
+        )
+        return set(conn.execute(select(Notice.id).where(
+            Notice.id.in_(ids), Notice.state == NoticeState.SENDING,
+            Notice.claim_token == token)).scalars())
+
+    return in_transaction(engine, work)
+
+
+def _release(engine: Engine, notices: Sequence[ClaimedNotice]) -> None:
+    """Give claimed, unsent notices back as they were: due now, the attempt not counted."""
+    if not notices:
         return
     in_transaction(engine, lambda conn: conn.execute(
         update(Notice)
-        .where(Notice.id.in_(notice_ids), Notice.state == NoticeState.SENDING)
-        .values(next_attempt_at=utcnow() + lease)
-    ))
-
-
-def _release(engine: Engine, notice_ids: Sequence[int]) -> None:
-    """Give claimed, unsent notices back as they were: due now, the attempt not counted."""
-    in_transaction(engine, lambda conn: conn.execute(
-        update(Notice)
-        .where(Notice.id.in_(notice_ids), Notice.state == NoticeState.SENDING)
+        .where(Notice.id.in_([n.id for n in notices]), Notice.state == NoticeState.SENDING,
+               Notice.claim_token == notices[0].claim_token)
         .values(state=NoticeState.PENDING, attempts=Notice.attempts - 1,
-                next_attempt_at=utcnow())
+                next_attempt_at=utcnow(), claim_token=None)
     ))
 
 
@@ -277,16 +310,26 @@ def send_claimed(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer
 def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
                notices: Sequence[ClaimedNotice], lease: timedelta, limiter: RateLimiter | None,
                recorder: _NoticeRecorder, result: SendResult) -> None:
-    refreshed = time.monotonic()  # the lease was taken (or extended) just before
+    held_until = (notices[0].claimed_at if notices else 0.0) + lease.total_seconds()
+    lost: set[int] = set()
     for position, notice in enumerate(notices):
-        if time.monotonic() - refreshed >= lease.total_seconds() / LEASE_REFRESH_FRACTION:
-            _extend_lease(engine, [n.id for n in notices[position:]], lease)
-            refreshed = time.monotonic()
+        # Renew the claim on what is left before it runs low, and drop what another
+        # sender took over meanwhile: a notice is never sent under a claim that is gone.
+        if held_until - time.monotonic() < lease.total_seconds() * (
+                1 - 1 / LEASE_REFRESH_FRACTION):
+            renewed_at = time.monotonic()
+            still_held = _extend_claim(engine, notices[position:], lease)
+            lost |= {n.id for n in notices[position:]} - still_held
+            held_until = renewed_at + lease.total_seconds()
+        if notice.id in lost:
+            logger.warning("notice %s: its claim was taken over by another sender; not "
+                           "sent here", notice.id)
+            continue
         try:
             message = renderer.render_bytes(notice.context)
         except ValueError as exc:
             # An address the platform holds but no mail system would take: permanent.
-            recorder.record(notice.id, {"state": NoticeState.FAILED, "last_error_code": None,
+            recorder.record(notice, {"state": NoticeState.FAILED, "last_error_code": None,
                                         "last_error_text": f"not sendable: {exc}"[:2000],
                                         "next_attempt_at": None})
             result.failed += 1
@@ -295,10 +338,13 @@ def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
             limiter.acquire()
         try:
             backend.send(notice.recipient, notice.message_id, message)
+            if time.monotonic() > held_until:
+                logger.warning("notice %s: its send outlived its claim; the state is "
+                               "written only if no other sender took it over", notice.id)
         except DeliveryConfigurationError:
             # The mail server cannot be used as configured: no notice is at fault. Give
             # the batch back untouched and fail loudly so an operator fixes the settings.
-            _release(engine, [n.id for n in notices[position:]])
+            _release(engine, notices[position:])
             raise
         except DeliveryError as exc:
             values: dict[str, Any] = {"last_error_code": exc.code,
@@ -314,9 +360,9 @@ def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
                 result.retry += 1
                 logger.info("notice %s to %s will be retried: %s %s", notice.id,
                             mask_email(notice.recipient), exc.code, exc.text)
-            recorder.record(notice.id, values)
+            recorder.record(notice, values)
             continue
-        recorder.record(notice.id, {"state": NoticeState.SENT, "sent_at": utcnow(),
+        recorder.record(notice, {"state": NoticeState.SENT, "sent_at": utcnow(),
                                     "next_attempt_at": None, "last_error_code": None,
                                     "last_error_text": None})
         result.sent += 1
@@ -336,7 +382,7 @@ def send_batch(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer, 
     except DeliveryError:
         # Not one notice was tried (the server is unreachable or cannot be used as
         # configured): give the batch back, as send_claimed does for a configuration error.
-        _release(engine, [n.id for n in notices])
+        _release(engine, notices)
         raise
     with backend:
         return send_claimed(engine, backend, renderer, notices, lease, limiter)

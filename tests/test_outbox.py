@@ -474,3 +474,63 @@ def test_addresses_never_appear_unmasked_in_logs(
                                   if e == addresses[0])]
     assert failed.state == NoticeState.FAILED
     assert addresses[0] not in (failed.last_error_text or "")
+
+
+# -- claims carry a token -------------------------------------------------------------
+
+def _claim(engine: Engine, lease: timedelta, limit: int = 10) -> list[outbox.ClaimedNotice]:
+    with engine.begin() as conn:
+        return outbox.claim_notices(conn, limit, SENDER, lease)
+
+
+def test_a_claim_taken_over_after_its_lease_is_neither_sent_nor_written_under(
+    engine: Engine, smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    restored(engine, addressed=3, unaddressed=0)
+    server = smtp_server()
+    first = _claim(engine, timedelta(seconds=0.2))
+    assert len(first) == 3
+    time.sleep(0.4)  # the first sender stalls past its lease...
+    second = _claim(engine, LEASE)  # ...and another sender takes the notices over
+    assert {n.id for n in second} == {n.id for n in first}
+    assert {n.claim_token for n in second}.isdisjoint({n.claim_token for n in first})
+
+    with caplog.at_level(logging.WARNING, logger="reinstatement.outbox"):
+        late = outbox.send_claimed(engine, smtp_backend(server), RENDERER, first,
+                                   timedelta(seconds=0.2))
+    assert late.sent == 0  # nothing sent under a claim that is gone
+    assert "taken over by another sender" in caplog.text
+    current = outbox.send_claimed(engine, smtp_backend(server), RENDERER, second, LEASE)
+    assert current.sent == 3
+    assert set(server.handler.delivered_ids.values()) == {1}
+    assert {n.state for n in notices(engine).values()} == {NoticeState.SENT}
+
+
+def test_the_final_write_checks_the_claim_it_was_made_under(
+    engine: Engine, smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send that outlives its lease is noticed: its state is not written over the claim
+    another sender took meanwhile (that sender's record stands, once)."""
+    restored(engine, addressed=1, unaddressed=0)
+    server = smtp_server(RecordingHandler(slow_data_seconds=0.8))
+    (notice,) = _claim(engine, timedelta(seconds=0.3))
+    taken: list[outbox.ClaimedNotice] = []
+
+    def take_over() -> None:
+        time.sleep(0.5)  # while the first send is still under way
+        taken.extend(_claim(engine, LEASE))
+
+    import threading
+
+    other = threading.Thread(target=take_over)
+    other.start()
+    with caplog.at_level(logging.WARNING, logger="reinstatement.outbox"):
+        outbox.send_claimed(engine, smtp_backend(server), RENDERER, [notice],
+                            timedelta(seconds=0.3))
+    other.join()
+    assert [n.id for n in taken] == [notice.id]
+    assert "outlived its claim" in caplog.text
+    assert "claim was taken over before its state was written" in caplog.text
+    row = notices(engine)[notice.context.account_id]
+    assert row.state == NoticeState.SENDING and row.claim_token == taken[0].claim_token
+    assert row.sent_at is None  # the first sender's record was refused

@@ -510,13 +510,16 @@ class SmtpBackend(EmailBackend):
         return TransientDeliveryError(code, text)
 
 
+BACKOFF_CAP_SECONDS = 5.0
+
+
 def _backoff() -> wait_base:
     """0.2 s doubling up to 5 s, with jitter so parallel workers do not retry in step."""
     try:
-        return wait_exponential_jitter(multiplier=0.2, max=5)
+        return wait_exponential_jitter(multiplier=0.2, max=BACKOFF_CAP_SECONDS)
     except TypeError:
         # tenacity before 9.2 calls the first wait `initial` (9.2 renamed it and warns).
-        return wait_exponential_jitter(initial=0.2, max=5)
+        return wait_exponential_jitter(initial=0.2, max=BACKOFF_CAP_SECONDS)
 
 
 class _IdleConnectionClosed(Exception):
