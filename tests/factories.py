@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, Table, Text, cast, insert, select
 
+from reinstatement.conditions import decode_evidence
 from reinstatement.incidents import IncidentRequest, build_request
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
@@ -83,14 +84,21 @@ def seeded_incident_request(**overrides: Any) -> IncidentRequest:
 
 
 def snapshot(engine: Engine) -> dict[str, dict[int, dict[str, Any]]]:
-    """Every platform row, by table and id (JSON columns as their text, undecoded)."""
+    """Every platform row, by table and id.
+
+    JSON columns are read as text and decoded by the pipeline's own safe decoder, so a
+    poisoned value (which the driver's decoder refuses) is compared like any other.
+    """
     result: dict[str, dict[int, dict[str, Any]]] = {}
     with engine.connect() as conn:
         for table in (accounts, rule_versions, enforcement_actions, pins):
-            columns = [cast(c, Text).label(c.name) if isinstance(c.type, JSON) else c
+            json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+            columns = [cast(c, Text).label(c.name) if c.name in json_columns else c
                        for c in table.columns]
             result[table.name] = {
-                row["id"]: dict(row) for row in conn.execute(select(*columns)).mappings()
+                row["id"]: {name: decode_evidence(value) if name in json_columns else value
+                            for name, value in row.items()}
+                for row in conn.execute(select(*columns)).mappings()
             }
     return result
 

@@ -635,3 +635,39 @@ def test_evaluate_never_raises_and_explain_agrees(condition: Condition, evidence
     assert (result is None) == bool(unknown_signals)
     assert len(set(unknown_signals)) == len(unknown_signals)
     assert {u.signal for u in unknown_signals} <= signals_of(condition)
+
+
+# -- three-valued logic against a truth table written out by hand ------------------------
+
+_T = {"signal": "t", "op": "==", "value": 1}  # true on TRUTH_EVIDENCE
+_F = {"signal": "f", "op": "==", "value": 1}  # false
+_U = {"signal": "gone", "op": "==", "value": 1}  # unknown: the signal is absent
+TRUTH_EVIDENCE = {"t": 1, "f": 0}
+_BY_NAME = {"T": _T, "F": _F, "U": _U}
+_RESULT = {"T": True, "F": False, "U": None}
+# Kleene's strong logic, as the contract states it (and SQL treats NULL).
+AND_TABLE = {"TT": "T", "TF": "F", "TU": "U", "FT": "F", "FF": "F", "FU": "F",
+             "UT": "U", "UF": "F", "UU": "U"}
+OR_TABLE = {"TT": "T", "TF": "T", "TU": "T", "FT": "T", "FF": "F", "FU": "U",
+            "UT": "T", "UF": "U", "UU": "U"}
+NOT_TABLE = {"T": "F", "F": "T", "U": "U"}
+
+
+@pytest.mark.parametrize("pair", sorted(AND_TABLE))
+def test_all_and_any_follow_the_truth_table(pair: str) -> None:
+    left, right = (_BY_NAME[p] for p in pair)
+    both = parse_condition({"all": [left, right]})
+    either = parse_condition({"any": [left, right]})
+    assert evaluate(both, TRUTH_EVIDENCE) is _RESULT[AND_TABLE[pair]]
+    assert evaluate(either, TRUTH_EVIDENCE) is _RESULT[OR_TABLE[pair]]
+
+
+@pytest.mark.parametrize("value", sorted(NOT_TABLE))
+def test_not_follows_the_truth_table(value: str) -> None:
+    negated = parse_condition({"not": _BY_NAME[value]})
+    assert evaluate(negated, TRUTH_EVIDENCE) is _RESULT[NOT_TABLE[value]]
+
+
+def test_empty_all_is_true_and_empty_any_is_false() -> None:
+    assert evaluate(parse_condition({"all": []}), {}) is True
+    assert evaluate(parse_condition({"any": []}), {}) is False

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, func, select
 
 from deployments.definitions import all_deployments
 from flows.reinstate_incident import reinstate_incident
+from reinstatement.markdown import md
 from reinstatement.models import Case
 from reinstatement.platform_schema import accounts
 from reinstatement.seed import (
@@ -201,7 +202,7 @@ def test_operator_runs_an_incident_from_the_deployment(
     assert active == summary.kinds["bystander"] + summary.kinds["appealed"] + restored
     notices = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     assert 0 < len(notices) <= restored
-    assert "Approved by ops-oncall at " in _report_markdown()
+    assert f"Approved by {md('ops-oncall')} at " in _report_markdown()
 
 
 def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
@@ -228,5 +229,6 @@ def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
     assert _restored(engine) == 0
     assert not list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     report = _report_markdown()
-    assert report.startswith(f"# REJECTED: Reinstatement report: {INCIDENT_KEY}")
-    assert "## REJECTED by ops-oncall" in report and "corrected rule is wrong" in report
+    assert report.startswith(f"# REJECTED: Reinstatement report: {md(INCIDENT_KEY)}")
+    assert f"## REJECTED by {md('ops-oncall')}" in report
+    assert "corrected rule is wrong" in report

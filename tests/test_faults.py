@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from reinstatement.db import make_engine
-from reinstatement.models import AuditEntry, Case, Notice
+from reinstatement.models import AuditEntry, Case, Notice, Run
 from reinstatement.seed import (
     INCIDENT_FAULTY,
     INCIDENT_KEY,
@@ -254,6 +254,11 @@ def test_two_runs_of_one_incident_at_once_process_each_case_once(
             select(AuditEntry.case_id, AuditEntry.to_state)
             .where(AuditEntry.case_id.is_not(None))).all())
     assert max(transitions.values()) == 1, "a case went through the same step twice"
+    with engine.connect() as conn:
+        spans = conn.execute(select(Run.started_at, Run.finished_at)).all()
+    # The two runs really ran at the same time: each began before the other ended.
+    assert len(spans) == 2 and all(span.finished_at for span in spans), spans
+    assert max(s.started_at for s in spans) < min(s.finished_at for s in spans), spans
     engine.dispose()
 
 

@@ -9,12 +9,17 @@ exactly.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
 from reinstatement import runner
+from reinstatement.conditions import decode_evidence, evaluate, parse_condition
 from reinstatement.models import Case
 from reinstatement.steps import PIPELINE_ACTOR
 from tests.factories import T0, Platform, snapshot
@@ -95,3 +100,42 @@ def test_the_nightly_reconciliation_completes_over_poisoned_rows(
     assert findings["resumed"] == []
     assert snapshot(engine) == before
     assert KEY  # the scenario's incident
+
+
+# -- decoding, through each database's JSON type ----------------------------------------
+
+_numbers = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.decimals(allow_nan=False, allow_infinity=False, places=12,
+                min_value=Decimal("-1e12"), max_value=Decimal("1e12")),
+)
+_values = st.one_of(st.none(), st.booleans(), st.text(max_size=8), _numbers)
+_evidence = st.dictionaries(st.sampled_from(["a", "b", "c"]), _values, max_size=3)
+_conditions = st.builds(
+    lambda signal, op, value: {"signal": signal, "op": op, "value": value},
+    st.sampled_from(["a", "b", "c"]), st.sampled_from(["==", "!=", "<", "<=", ">", ">="]),
+    st.one_of(st.booleans(), st.text(max_size=4), _numbers),
+)
+
+
+def _json_text(evidence: dict[str, object]) -> str:
+    """Evidence as the rules engine writes it: decimals in full, never through a float."""
+    def encode(value: object) -> str:
+        if isinstance(value, Decimal):
+            return format(value, "f")
+        return json.dumps(value)
+    return "{" + ", ".join(f"{json.dumps(k)}: {encode(v)}" for k, v in evidence.items()) + "}"
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(evidence=_evidence, condition=_conditions)
+def test_evidence_read_back_from_the_database_judges_as_written(
+    engine: Engine, evidence: dict[str, object], condition: dict[str, object]
+) -> None:
+    with engine.connect() as conn:
+        cast = "CAST(CAST(:t AS JSON) AS TEXT)" if conn.dialect.name == "postgresql" \
+            else "CAST(json(:t) AS TEXT)"
+        stored = conn.execute(text(f"SELECT {cast}"), {"t": _json_text(evidence)}).scalar_one()
+    parsed = parse_condition(condition)
+    assert evaluate(parsed, decode_evidence(stored)) == evaluate(parsed, evidence)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from reinstatement import runner
 from reinstatement.incidents import IncidentRequest, build_request, load_incident
 from reinstatement.models import AuditEntry, Case, Notice
+from reinstatement.platform_schema import enforcement_actions
 from reinstatement.steps import PIPELINE_ACTOR, CaseState
 from tests.factories import (
     CONFIRMED,
@@ -330,3 +332,53 @@ def test_seeded_incident_comes_out_as_the_seed_intends(engine: Engine) -> None:
         incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
         since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=200, require_approval=False))
     assert Counter(outcomes(engine).values()) == summary.expected_outcomes
+
+
+def test_a_moderators_ban_during_a_restore_is_never_overwritten(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A moderator bans an account on another connection while its restore is in flight,
+    between the restore's reading of the account and its writes. The restore's row locks
+    make the moderator wait for it, so the moderator's ban and status win; without the
+    locks the restore would set the account active over the moderator's ban."""
+    import threading
+
+    from reinstatement import steps
+    from reinstatement.platform_schema import accounts
+
+    scenario = build_scenario(engine)
+    run_all(engine, request(), restore=False)
+    target = min(a for a, o in scenario.expected.items() if o == "reinstated")
+    read_done, moderator_done = threading.Event(), threading.Event()
+    real_apply = steps._apply_restores
+
+    def apply_after_the_moderator_tried(*args: Any, **kwargs: Any) -> Any:
+        read_done.set()
+        moderator_done.wait(timeout=1.5)  # the moderator commits now, unless it must wait
+        return real_apply(*args, **kwargs)
+
+    def moderator() -> None:
+        read_done.wait(timeout=30)
+        with engine.begin() as conn:
+            Platform(conn).ban(target, None, source="moderator", created_at=T0)
+            conn.execute(update(accounts).where(accounts.c.id == target)
+                         .values(status="banned"))
+        moderator_done.set()
+
+    monkeypatch.setattr(steps, "_apply_restores", apply_after_the_moderator_tried)
+    other = threading.Thread(target=moderator)
+    other.start()
+    with engine.connect() as conn:
+        ctx = runner.StepContext(engine, load_incident(conn, KEY), 100)
+    runner.restore_one_batch(ctx)
+    other.join(timeout=60)
+    assert moderator_done.is_set()
+    with engine.connect() as conn:
+        status = conn.execute(select(accounts.c.status).where(accounts.c.id == target)
+                              ).scalar_one()
+        moderator_bans = conn.execute(select(func.count()).select_from(enforcement_actions)
+                                      .where(enforcement_actions.c.account_id == target,
+                                             enforcement_actions.c.source == "moderator",
+                                             enforcement_actions.c.reversed_at.is_(None))
+                                      ).scalar_one()
+    assert (status, moderator_bans) == ("banned", 1)

@@ -383,11 +383,13 @@ def test_a_naive_created_at_is_reported_as_utc() -> None:
 
 
 def test_outcomes_are_the_contracts_five_in_its_order() -> None:
-    assert [str(outcome) for outcome in Outcome] == [
-        "skipped",
-        "upheld",
-        "kept_other_ban",
-        "needs_review",
-        "reinstated",
-    ]
-    assert set(BanVerdict) == FAULTY_VERDICTS == {"wrongful", "confirmed", "uncertain"}
+    """The code's outcomes and their order are the ones the contract document numbers."""
+    import re
+
+    from tests.conftest import CONTRACT
+
+    text = CONTRACT.read_text(encoding="utf-8")
+    numbered = re.findall(r"^\d\. `(\w+)`", text, flags=re.MULTILINE)
+    assert [str(outcome) for outcome in Outcome] == numbered
+    verdicts = set(re.findall(r"\*\*(wrongful|confirmed|uncertain)\*\*", text))
+    assert set(BanVerdict) == FAULTY_VERDICTS == verdicts
