@@ -27,7 +27,7 @@ from flows.reinstate_incident import (
     resume_incident,
     run_batches,
 )
-from reinstatement import reconcile
+from reinstatement import reconcile, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
 from reinstatement.markdown import md
@@ -80,6 +80,12 @@ def find_incidents_to_resume() -> dict[str, list[str]]:
                 "awaiting_operator": reconcile.incidents_awaiting_operator(conn)}
 
 
+@task(name="name-dead-runs", cache_policy=NO_CACHE)
+def name_dead_runs() -> list[int]:
+    """Mark 'crashed' the run rows left 'running' by runs whose process is gone."""
+    return runs.name_dead_runs(_engine())
+
+
 @task(name="check-invariants", cache_policy=NO_CACHE)
 def check_invariants(repair: bool) -> dict[str, Any]:
     """Check the pipeline's invariants and repair what is safe to repair."""
@@ -99,6 +105,8 @@ def _markdown(findings: dict[str, Any]) -> str:
     uncovered = sum(v["standing_bans"] for v in findings["uncovered"])
     lines.append(f"| standing bans by faulty versions no incident covers | {uncovered} | "
                  f"{md(', '.join(findings['auto_incidents']) or 'reported')} |")
+    lines.append(f"| runs whose process died | {len(findings.get('crashed_runs', []))} | "
+                 "named crashed |")
     lines.append(f"| incidents left mid-way | {len(findings['resumed'])} | "
                  f"{'resumed' if findings['resumed'] and not findings['dry_run'] else '-'} |")
     lines.append(f"| notices due or stuck | {findings['notices'].get('cases', 0)} | "
@@ -134,6 +142,7 @@ def nightly_reconciliation(auto_reinstate: bool = False, dry_run: bool = False,
     findings: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                 "dry_run": dry_run, "auto_incidents": [], "resumed": []}
 
+    findings["crashed_runs"] = [] if dry_run else name_dead_runs()
     findings["rebanned"] = reopen_rebanned(dry_run)
 
     findings["uncovered"] = find_uncovered()

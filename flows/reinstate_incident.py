@@ -30,14 +30,14 @@ from prefect.runtime import deployment
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, select, update
 
-from reinstatement import lifecycle, runner
-from reinstatement.db import pipeline_engine, utcnow
+from reinstatement import lifecycle, runner, runs
+from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentStatus
-from reinstatement.models import AuditEntry, Case, Run
+from reinstatement.models import AuditEntry, Case
 from reinstatement.retrying import in_transaction
 from reinstatement.steps import CaseState
 from tasks.notify import send_notices
@@ -144,24 +144,14 @@ def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | 
 
 
 def _start_run(incident_id: int, dry_run: bool) -> int:
-    def work(conn: Any) -> int:
-        return int(conn.execute(
-            insert(Run).values(
-                incident_id=incident_id, flow_run_id=run_actor().removeprefix("flow-run:"),
-                dry_run=dry_run, status="running", started_at=utcnow(),
-            ).returning(Run.id)
-        ).scalar_one())
-
-    return in_transaction(_engine(), work)
+    """This run's row, held while the run lives; runs found dead are named 'crashed'."""
+    actor = run_actor()
+    flow_run_id = actor.removeprefix("flow-run:") if actor.startswith("flow-run:") else None
+    return runs.start_run(_engine(), incident_id, flow_run_id, dry_run)
 
 
 def _finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None:
-    in_transaction(_engine(), lambda conn: conn.execute(
-        update(Run).where(Run.id == run_id).values(
-            status=status, finished_at=utcnow(),
-            step_seconds={k: round(v, 3) for k, v in step_seconds.items()},
-        )
-    ))
+    runs.finish_run(_engine(), run_id, status, step_seconds)
 
 
 def _reset_previews(incident_id: int) -> None:

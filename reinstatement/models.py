@@ -192,6 +192,9 @@ class Run(Base):
     step_seconds: Mapped[dict[str, Any] | None]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # Where the run executes, so a later run can tell a run whose process died ('crashed').
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
 
 
 pipeline_metadata = Base.metadata

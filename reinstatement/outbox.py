@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, u
 from sqlalchemy.exc import DBAPIError
 
 from reinstatement.db import utcnow
+from reinstatement.holders import SessionHold, holder_is_gone
 from reinstatement.models import Case, Incident, Notice
 from reinstatement.notices.backends import (
     DeliveryConfigurationError,
@@ -61,11 +62,24 @@ def retry_delay(attempts: int) -> timedelta:
     return min(RETRY_MAX, RETRY_BASE * (2 ** max(0, attempts - 1)))
 
 
-def _due(now: datetime) -> Any:
+def _due(now: datetime, dialect: str) -> Any:
+    """Notices to send now: pending or retrying ones whose time has come, and claimed ones
+    whose holder is gone (see reinstatement/holders.py).
+
+    On PostgreSQL a claim's holder is gone the moment its session is: the lease plays no
+    part, so a dead sender's notices are sent at once and a live, slow sender's never taken
+    over. On SQLite (and for a claim with no token) a claim is gone when its lease ran out.
+    """
+    waiting = (Notice.state.in_([NoticeState.PENDING, NoticeState.RETRY])
+               & (Notice.next_attempt_at <= now))
+    lease_out = (Notice.state == NoticeState.SENDING) & (Notice.next_attempt_at <= now)
+    if dialect != "postgresql":
+        return or_(waiting, lease_out)
     return or_(
-        Notice.state.in_([NoticeState.PENDING, NoticeState.RETRY])
-        & (Notice.next_attempt_at <= now),
-        (Notice.state == NoticeState.SENDING) & (Notice.next_attempt_at <= now),
+        waiting,
+        lease_out & Notice.claim_token.is_(None),
+        (Notice.state == NoticeState.SENDING) & Notice.claim_token.is_not(None)
+        & holder_is_gone(Notice.claim_token),
     )
 
 
@@ -83,9 +97,21 @@ class ClaimedNotice:
 
 def due_count(conn: Connection, incident_id: int | None = None,
               now: datetime | None = None) -> int:
-    query = select(func.count()).select_from(Notice).where(_due(now or utcnow()))
+    query = select(func.count()).select_from(Notice).where(
+        _due(now or utcnow(), conn.dialect.name))
     if incident_id is not None:
         query = query.where(Notice.incident_id == incident_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def unsettled_count(conn: Connection, incident_id: int, now: datetime | None = None) -> int:
+    """Notices of the incident not yet settled: not sent, failed, without an address or
+    suppressed, nor waiting for a retry time still to come."""
+    query = select(func.count()).select_from(Notice).where(
+        Notice.incident_id == incident_id,
+        or_(Notice.state.in_([NoticeState.PENDING, NoticeState.SENDING]),
+            (Notice.state == NoticeState.RETRY) & (Notice.next_attempt_at <= (now or utcnow()))),
+    )
     return int(conn.execute(query).scalar_one())
 
 
@@ -103,8 +129,8 @@ def _ban_date(reasons: dict[str, Any] | None, fallback: datetime) -> datetime:
 
 
 def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
-                  incident_id: int | None = None, case_ids: Sequence[int] | None = None
-                  ) -> list[ClaimedNotice]:
+                  incident_id: int | None = None, case_ids: Sequence[int] | None = None,
+                  token: str | None = None) -> list[ClaimedNotice]:
     """Mark up to `limit` due notices 'sending' under a lease and return what to send.
 
     The claim gets a token of its own; every later write of the claim (its renewal, each
@@ -112,9 +138,9 @@ def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
     its lease ran out is never written to, nor sent under.
     """
     now, claimed_at = utcnow(), time.monotonic()
-    token = uuid.uuid4().hex
+    token = token or new_claim_token()
     query = (
-        select(Notice.id).where(_due(now)).order_by(Notice.id).limit(limit)
+        select(Notice.id).where(_due(now, conn.dialect.name)).order_by(Notice.id).limit(limit)
     )
     if incident_id is not None:
         query = query.where(Notice.incident_id == incident_id)
@@ -155,6 +181,10 @@ def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
         )
         for r in rows
     ]
+
+
+def new_claim_token() -> str:
+    return uuid.uuid4().hex
 
 
 def _record(engine: Engine, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
@@ -199,19 +229,29 @@ class _NoticeRecorder:
     records that notice through `in_transaction` (retried on a new connection).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, claim_token: str) -> None:
         self.engine = engine
         self.postgresql = engine.dialect.name == "postgresql"
+        # On PostgreSQL the recording connection also holds the claim (an advisory lock):
+        # while it lives no other sender takes these notices; when it dies, they are free.
+        self._hold = SessionHold(engine, claim_token)
         self._conn: Connection | None = None
+        self.reconnected = False
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            conn = self.engine.connect()
             if self.postgresql:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn = self._hold.open().connection
+                assert conn is not None
                 conn.execute(text("SET synchronous_commit = off"))
+            else:
+                conn = self.engine.connect()
             self._conn = conn
         return self._conn
+
+    def hold(self) -> None:
+        """Take the claim's hold now, before the notices are claimed under its token."""
+        self._connection()
 
     def record(self, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
         """Write the notice's new state under its claim; False if the claim was lost."""
@@ -230,6 +270,7 @@ class _NoticeRecorder:
             if not is_transient(exc):
                 raise
             self.close()
+            self.reconnected = True  # the hold lapsed meanwhile: check the claim again
             written = _record(self.engine, notice, values)
         if not written:
             logger.warning("notice %s: its claim was taken over before its state was "
@@ -240,14 +281,17 @@ class _NoticeRecorder:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        if not self.postgresql:
+            conn.close()
+            return
         try:
-            if self.postgresql and not conn.invalidated:
+            if not conn.invalidated:
                 # The pooled connection goes back with the server's default durability.
                 conn.execute(text("RESET synchronous_commit"))
         except DBAPIError:
             conn.invalidate()
         finally:
-            conn.close()
+            self._hold.close()
 
 
 @dataclass
@@ -296,11 +340,15 @@ def _release(engine: Engine, notices: Sequence[ClaimedNotice]) -> None:
 
 def send_claimed(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
                  notices: Sequence[ClaimedNotice], lease: timedelta,
-                 limiter: RateLimiter | None = None) -> SendResult:
+                 limiter: RateLimiter | None = None,
+                 recorder: _NoticeRecorder | None = None) -> SendResult:
     """Send each claimed notice and commit its new state before the next one."""
     result = SendResult(claimed=len(notices))
-    recorder = _NoticeRecorder(engine)
+    if not notices:
+        return result
+    recorder = recorder or _NoticeRecorder(engine, notices[0].claim_token)
     try:
+        recorder.hold()
         _send_each(engine, backend, renderer, notices, lease, limiter, recorder, result)
     finally:
         recorder.close()
@@ -315,8 +363,9 @@ def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
     for position, notice in enumerate(notices):
         # Renew the claim on what is left before it runs low, and drop what another
         # sender took over meanwhile: a notice is never sent under a claim that is gone.
-        if held_until - time.monotonic() < lease.total_seconds() * (
+        if recorder.reconnected or held_until - time.monotonic() < lease.total_seconds() * (
                 1 - 1 / LEASE_REFRESH_FRACTION):
+            recorder.reconnected = False
             renewed_at = time.monotonic()
             still_held = _extend_claim(engine, notices[position:], lease)
             lost |= {n.id for n in notices[position:]} - still_held
@@ -373,16 +422,23 @@ def send_batch(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer, 
                case_ids: Sequence[int] | None = None,
                limiter: RateLimiter | None = None) -> SendResult:
     """Claim one batch of due notices and send them over one backend connection."""
-    notices = in_transaction(
-        engine, lambda conn: claim_notices(conn, limit, sender, lease, incident_id, case_ids))
-    if not notices:
-        return SendResult()
+    token = new_claim_token()
+    recorder = _NoticeRecorder(engine, token)
     try:
-        backend.open()
-    except DeliveryError:
-        # Not one notice was tried (the server is unreachable or cannot be used as
-        # configured): give the batch back, as send_claimed does for a configuration error.
-        _release(engine, notices)
-        raise
-    with backend:
-        return send_claimed(engine, backend, renderer, notices, lease, limiter)
+        recorder.hold()  # held before the claim exists, so it is never unheld while alive
+        notices = in_transaction(engine, lambda conn: claim_notices(
+            conn, limit, sender, lease, incident_id, case_ids, token=token))
+        if not notices:
+            return SendResult()
+        try:
+            backend.open()
+        except DeliveryError:
+            # Not one notice was tried (the server is unreachable or cannot be used as
+            # configured): give the batch back, as send_claimed does for such an error.
+            _release(engine, notices)
+            raise
+        with backend:
+            return send_claimed(engine, backend, renderer, notices, lease, limiter,
+                                recorder=recorder)
+    finally:
+        recorder.close()

@@ -126,7 +126,6 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> 
         ctx = runner.StepContext(engine, incident, 1, actor=actor,
                                  sender_domain=sender_domain(settings.email_from))
         restored = runner.restore_cases(ctx, [case_id])
-        runner.complete_if_done(engine, incident, actor)
         result["reinstated"] = restored.outcomes.get(str(Outcome.REINSTATED), 0)
         result["pins_restored"] = restored.pins_restored
         if incident.notify:
@@ -136,6 +135,7 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> 
                 lease=timedelta(seconds=settings.notice_lease_seconds),
                 incident_id=incident.id, case_ids=[case_id])
             result["notice"] = {"sent": sent.sent, "retry": sent.retry, "failed": sent.failed}
+        runner.complete_if_done(engine, incident, actor)
     with engine.connect() as conn:
         row = conn.execute(select(Case.state, Case.outcome).where(Case.id == case_id)).one()
     result.update(state=row.state, outcome=row.outcome)

@@ -128,11 +128,15 @@ def request_approval(engine: Engine, incident: RegisteredIncident, actor: str) -
 
 
 def complete_if_done(engine: Engine, incident: RegisteredIncident, actor: str) -> bool:
-    """Mark the incident completed if no case waits for verification or restore."""
+    """Mark the incident completed when it is: every case settled, and every notice sent,
+    failed, without an address, suppressed, or waiting for a retry time still to come."""
+    from reinstatement.outbox import unsettled_count
+
     def work(conn: Connection) -> bool:
         now = lifecycle.current_state(conn, incident.id, lock=True)
-        if steps.pending_work(conn, incident.id) or now.status not in (S.RUNNING,
-                                                                       S.COMPLETED):
+        if now.status not in (S.RUNNING, S.COMPLETED) or steps.pending_work(conn, incident.id):
+            return False
+        if unsettled_count(conn, incident.id):
             return False
         if now.status == S.RUNNING:
             lifecycle.transition(conn, incident.id, S.COMPLETED, actor,

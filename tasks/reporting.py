@@ -99,6 +99,15 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
         lines += ["", "Nothing on the platform has changed yet."]
     else:
         lines += ["", f"Pins restored: {report['pins_restored']:,}."]
+    if report.get("runs"):
+        lines += ["", "| run | started | finished | status |", "| --- | --- | --- | --- |"]
+        for number, run in enumerate(report["runs"], start=1):
+            kind = "dry run" if run["dry_run"] else "run"
+            lines.append(f"| {kind} {number} | {md(run['started_at'])} | "
+                         f"{md(run['finished_at'] or '-')} | {md(run['status'])} |")
+        if any(run["status"] == "crashed" for run in report["runs"]):
+            lines += ["", "A crashed run's process died; the finished time is when a later "
+                      "run found it."]
     return "\n".join(lines)
 
 

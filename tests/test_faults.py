@@ -35,7 +35,7 @@ from reinstatement.seed import (
     seed,
 )
 from tests.factories import snapshot
-from tests.smtp_server import ServerFactory, SmtpServer
+from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect]
 
@@ -190,8 +190,10 @@ def reference(backend: str, templates: Any, prefect_api: str, smtp_server: Serve
         engine = seeded(url)
         smtp = smtp_server()
         run_to_completion(child_env(url, prefect_api, smtp), tmp_path / "reference.log")
+        with engine.connect() as conn:
+            (steps_taken,) = conn.execute(select(Run.step_seconds)).scalars().all()
         _references[backend] = (normalised_platform(engine), pipeline_outcome(engine),
-                                Counter(smtp.handler.delivered_ids))
+                                Counter(smtp.handler.delivered_ids), steps_taken["notify"])
         engine.dispose()
         templates.drop(url)
     return _references[backend]
@@ -207,7 +209,7 @@ def test_runs_killed_at_every_step_end_as_an_uninterrupted_run(
     reference: Any, db_url: str, prefect_api: str, smtp_server: ServerFactory,
     tmp_path: Path,
 ) -> None:
-    expected_platform, expected_pipeline, expected_deliveries = reference
+    expected_platform, expected_pipeline, expected_deliveries, _ = reference
     engine = seeded(db_url)
     smtp = smtp_server()
     env = child_env(db_url, prefect_api, smtp)
@@ -238,9 +240,10 @@ def test_two_runs_of_one_incident_at_once_process_each_case_once(
     reference: Any, db_url: str, prefect_api: str, smtp_server: ServerFactory,
     tmp_path: Path,
 ) -> None:
-    expected_platform, expected_pipeline, expected_deliveries = reference
+    expected_platform, expected_pipeline, expected_deliveries, _ = reference
     engine = seeded(db_url)
-    smtp = smtp_server()
+    # A slightly slow mail server keeps each run busy long enough for the two to overlap.
+    smtp = smtp_server(RecordingHandler(slow_data_seconds=0.02))
     env = child_env(db_url, prefect_api, smtp)
     runs = [start_run(env, tmp_path / f"run{i}.log") for i in range(2)]
     for i, process in enumerate(runs):
@@ -273,7 +276,7 @@ def test_database_connections_cut_mid_run_are_retried_to_completion(
 
     from tests.tcp_proxy import TcpProxy
 
-    expected_platform, expected_pipeline, expected_deliveries = reference
+    expected_platform, expected_pipeline, expected_deliveries, _ = reference
     engine = seeded(db_url)
     real = make_url(db_url)
     with TcpProxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
@@ -306,4 +309,51 @@ def test_database_connections_cut_mid_run_are_retried_to_completion(
     assert normalised_platform(engine) == expected_platform
     assert pipeline_outcome(engine) == expected_pipeline
     assert set(smtp.handler.delivered_ids) == set(expected_deliveries)
+    engine.dispose()
+
+
+NOTIFY_KILLS = (0.15, 0.4, 0.65, 0.85)  # fractions of the notices sent when each kill lands
+
+
+def test_runs_killed_during_notify_leave_no_notice_waiting(
+    postgresql_only: None, reference: Any, db_url: str, prefect_api: str,
+    smtp_server: ServerFactory, tmp_path: Path,
+) -> None:
+    """Killed four times while sending, then run once more: that run sends everything the
+    killed runs held at once (no lease to wait for: the claims died with their sessions),
+    marks the killed runs crashed, and only then calls the incident completed."""
+    from reinstatement.models import Incident
+
+    expected_platform, expected_pipeline, expected_deliveries, reference_notify = reference
+    engine = seeded(db_url)
+    smtp = smtp_server()
+    # A lease far longer than the test: nothing here may wait for one.
+    env = {**child_env(db_url, prefect_api, smtp), "REINSTATE_NOTICE_LEASE_SECONDS": "3600"}
+    log = tmp_path / "notify-kills.log"
+    total = sum(1 for n in expected_pipeline["notices"].values() if n[0] == "sent")
+    kills = 0
+    for fraction in NOTIFY_KILLS:
+        threshold = max(1, int(total * fraction))
+        if kill_when(engine, env, log, lambda c, t=threshold: c["sent"] >= t):
+            kills += 1
+    assert kills >= 3, kills
+    with engine.connect() as conn:
+        left = conn.execute(select(func.count()).where(Notice.state == "sending")).scalar_one()
+    run_to_completion(env, log)
+
+    assert normalised_platform(engine) == expected_platform
+    assert pipeline_outcome(engine) == expected_pipeline
+    delivered = smtp.handler.delivered_ids
+    assert set(delivered) == set(expected_deliveries)
+    duplicates = sum(n - 1 for n in delivered.values() if n > 1)
+    assert duplicates <= 2 * kills, delivered  # one in flight per connection per kill
+    with engine.connect() as conn:
+        runs = conn.execute(select(Run.status, Run.step_seconds).order_by(Run.id)).all()
+        status = conn.execute(select(Incident.status)).scalar_one()
+    assert status == "completed"
+    assert [r.status for r in runs].count("crashed") == kills, runs
+    assert "running" not in [r.status for r in runs] and runs[-1].status == "completed", runs
+    # The last run sent what the killed runs held without waiting: no longer than an
+    # uninterrupted run's whole notify step, and a few seconds.
+    assert runs[-1].step_seconds["notify"] <= reference_notify + 5, (runs[-1], left)
     engine.dispose()

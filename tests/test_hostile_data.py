@@ -75,7 +75,7 @@ def test_poisoned_evidence_goes_to_review_and_decimals_compare_exactly(
     expected = seed_hostile(engine)
     state = runner.run_without_prefect(engine, request(
         faulty_versions=["spam@7"], since=T0 - timedelta(days=1),
-        until=T0 + timedelta(days=1), batch_size=batch_size), PIPELINE_ACTOR)
+        until=T0 + timedelta(days=1), batch_size=batch_size, notify=False), PIPELINE_ACTOR)
     assert state.status == "completed"
     got = judged(engine)
     for account, (outcome, why) in expected.items():

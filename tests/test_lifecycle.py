@@ -273,10 +273,10 @@ def test_bans_after_a_dry_run_on_lower_ids_are_reinstated_by_the_real_run(
     with engine.begin() as conn:
         early = Platform(conn).account(status="active")  # a lower id than any candidate
     scenario = build_scenario(engine)
-    run_all(engine, request(dry_run=True))
+    run_all(engine, request(dry_run=True, notify=False))
     assert early not in outcomes(engine)
     ban_now(engine, early)
-    run_all(engine, request())
+    run_all(engine, request(notify=False))
     expected = {a for a, o in scenario.expected.items() if o == "reinstated"} | {early}
     assert restored_accounts(engine) == expected
     assert status(engine) == "completed"
@@ -328,3 +328,22 @@ def test_no_module_but_the_lifecycle_writes_an_incident_status() -> None:
     # And the lifecycle itself is what the checks look for.
     assert WRITES_STATUS[0].search(
         (PROJECT_ROOT / "reinstatement" / "lifecycle.py").read_text(encoding="utf-8"))
+
+
+def test_completed_means_every_notice_is_settled(engine: Engine, tmp_path: Path) -> None:
+    from reinstatement import outbox
+    from reinstatement.incidents import load_incident
+    from reinstatement.notices.backends import FileBackend
+    from reinstatement.notices.render import NoticeRenderer
+
+    build_scenario(engine)
+    state = runner.run_without_prefect(engine, request())  # restored; notices still queued
+    assert state.status == IncidentStatus.RUNNING
+    with engine.connect() as conn:
+        incident = load_incident(conn, KEY)
+    assert not runner.complete_if_done(engine, incident, PIPELINE_ACTOR)
+    sent = outbox.send_batch(engine, FileBackend(tmp_path), NoticeRenderer(), 100,
+                             sender="T&S <ts@example.com>", lease=timedelta(minutes=5))
+    assert sent.sent > 0
+    assert runner.complete_if_done(engine, incident, PIPELINE_ACTOR)
+    assert status(engine) == "completed"

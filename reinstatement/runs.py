@@ -1,0 +1,97 @@
+"""The pipeline's record of runs: started under a hold on the run, dead ones named dead.
+
+A run's row says 'running' only while the run lives. On PostgreSQL the run holds an
+advisory lock on itself (reinstatement/holders.py) from the statement that inserts its
+row until it finishes; a run whose lock is free has died. On SQLite a run is dead when it
+was recorded on this host by a process that no longer exists. The next run of any
+incident, and the nightly reconciliation, mark such rows 'crashed' (finished_at: when
+that was found).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Connection, Engine, insert, literal, select, text, update
+
+from reinstatement.db import utcnow
+from reinstatement.holders import (
+    KEY_SQL,
+    SessionHold,
+    holder_is_gone,
+    process_is_gone,
+    this_process,
+)
+from reinstatement.models import Run
+from reinstatement.retrying import in_transaction
+
+_holds_lock = threading.Lock()
+_holds: dict[int, SessionHold] = {}
+
+
+def run_claim(run_id: int) -> str:
+    return f"run:{run_id}"
+
+
+def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run: bool) -> int:
+    """Insert the run's row, held by this process for as long as the run lasts."""
+    name_dead_runs(engine)
+    host, pid = this_process()
+    values = {"incident_id": incident_id, "flow_run_id": flow_run_id, "dry_run": dry_run,
+              "status": "running", "started_at": utcnow(), "host": host, "pid": pid}
+    if engine.dialect.name != "postgresql":
+        return int(in_transaction(engine, lambda conn: conn.execute(
+            insert(Run).values(**values).returning(Run.id)).scalar_one()))
+    hold = SessionHold(engine, "")
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        # One statement inserts the row and takes the lock: no other session can see the
+        # row 'running' before its run holds it.
+        run_id = int(conn.execute(text(
+            "WITH r AS (INSERT INTO reinstatement_runs (incident_id, flow_run_id, dry_run, "
+            "status, started_at, host, pid) VALUES (:incident_id, :flow_run_id, :dry_run, "
+            ":status, :started_at, :host, :pid) RETURNING id) "
+            "SELECT id, pg_advisory_lock(" + KEY_SQL.format("'run:' || id") + ") FROM r"
+        ), values).scalar_one())
+    except BaseException:
+        conn.close()
+        raise
+    hold.claim, hold.connection = run_claim(run_id), conn
+    with _holds_lock:
+        _holds[run_id] = hold
+    return run_id
+
+
+def finish_run(engine: Engine, run_id: int, status: str, step_seconds: dict[str, float]) -> None:
+    try:
+        in_transaction(engine, lambda conn: conn.execute(
+            update(Run).where(Run.id == run_id).values(
+                status=status, finished_at=utcnow(),
+                step_seconds={k: round(v, 3) for k, v in step_seconds.items()},
+            )
+        ))
+    finally:
+        with _holds_lock:
+            hold = _holds.pop(run_id, None)
+        if hold is not None:
+            hold.close()
+
+
+def _is_dead(conn: Connection, run_id: int, host: str | None, pid: int | None) -> bool:
+    if conn.dialect.name == "postgresql":
+        return bool(conn.execute(select(holder_is_gone(literal(run_claim(run_id))))).scalar())
+    return process_is_gone(host, pid)
+
+
+def name_dead_runs(engine: Engine) -> list[int]:
+    """Mark 'crashed' every run row left 'running' by a run that is gone; their ids."""
+    def work(conn: Connection) -> list[int]:
+        dead = [r.id for r in conn.execute(
+            select(Run.id, Run.host, Run.pid).where(Run.status == "running"))
+            if _is_dead(conn, r.id, r.host, r.pid)]
+        if dead:
+            conn.execute(update(Run).where(Run.id.in_(dead), Run.status == "running")
+                         .values(status="crashed", finished_at=utcnow()))
+        return dead
+
+    return in_transaction(engine, work)
