@@ -45,6 +45,8 @@ class RecordingHandler:
     drop_after_data_number: int | None = None
     slow_rcpt_seconds: float = 0.0
     slow_data_seconds: float = 0.0
+    # While set and not yet opened, every DATA waits for it (a test holds senders back).
+    gate: threading.Event | None = None
     delivered: list[Delivery] = field(default_factory=list)
     data_attempts: Counter[str] = field(default_factory=Counter)
     rcpt_attempts: Counter[str] = field(default_factory=Counter)
@@ -88,6 +90,8 @@ class RecordingHandler:
         parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         message_id = str(parsed["Message-ID"])
         self.data_attempts[message_id] += 1
+        while self.gate is not None and not self.gate.is_set():
+            await asyncio.sleep(0.05)
         if self.slow_data_seconds:
             await asyncio.sleep(self.slow_data_seconds)
         first = self.data_attempts[message_id] == 1

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -242,10 +243,27 @@ def test_two_runs_of_one_incident_at_once_process_each_case_once(
 ) -> None:
     expected_platform, expected_pipeline, expected_deliveries, _ = reference
     engine = seeded(db_url)
-    # A slightly slow mail server keeps each run busy long enough for the two to overlap.
-    smtp = smtp_server(RecordingHandler(slow_data_seconds=0.02))
-    env = child_env(db_url, prefect_api, smtp)
+    # The mail server holds every message until both runs are under way, so that they
+    # truly run at once however slowly the machine starts the second one.
+    both_started = threading.Event()
+    smtp = smtp_server(RecordingHandler(gate=both_started))
+    env = {**child_env(db_url, prefect_api, smtp), "REINSTATE_SMTP_TIMEOUT_SECONDS": "200"}
     runs = [start_run(env, tmp_path / f"run{i}.log") for i in range(2)]
+
+    def open_when_both_run() -> None:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(select(func.count()).select_from(Run)).scalar_one() >= 2:
+                        break
+            except Exception:  # noqa: BLE001 - tables may be mid-creation
+                pass
+            time.sleep(0.1)
+        both_started.set()
+
+    opener = threading.Thread(target=open_when_both_run, daemon=True)
+    opener.start()
     for i, process in enumerate(runs):
         assert process.wait(timeout=300) == 0, (tmp_path / f"run{i}.log").read_text()[-3000:]
     assert normalised_platform(engine) == expected_platform
