@@ -41,10 +41,13 @@ class SessionHold:
     """A claim held for as long as this object is open (PostgreSQL: an advisory lock on a
     connection of its own; elsewhere nothing). The connection may be used for writes."""
 
-    def __init__(self, engine: Engine, claim: str) -> None:
+    def __init__(self, engine: Engine, claim: str,
+                 connection: Connection | None = None) -> None:
+        """`connection`: one that already holds the claim's lock (taken in the statement
+        that wrote the claim), which this hold then keeps and releases."""
         self.engine = engine
         self.claim = claim
-        self.connection: Connection | None = None
+        self.connection = connection
 
     @property
     def held_by_database(self) -> bool:

@@ -42,7 +42,6 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     if engine.dialect.name != "postgresql":
         return int(in_transaction(engine, lambda conn: conn.execute(
             insert(Run).values(**values).returning(Run.id)).scalar_one()))
-    hold = SessionHold(engine, "")
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
         # One statement inserts the row and takes the lock: no other session can see the
@@ -56,9 +55,8 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     except BaseException:
         conn.close()
         raise
-    hold.claim, hold.connection = run_claim(run_id), conn
     with _holds_lock:
-        _holds[run_id] = hold
+        _holds[run_id] = SessionHold(engine, run_claim(run_id), connection=conn)
     return run_id
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, update
+from typer.testing import Result
 
 from reinstatement import lifecycle, runner
 from reinstatement.errors import BadInput
@@ -31,7 +32,7 @@ RUN_ARGS = ["--faulty", "spam@7", "--since", (T0 - timedelta(days=10)).isoformat
             "--until", (T0 + timedelta(days=10)).isoformat(), "--batch-size", "3"]
 
 
-def run_cli(*extra: str) -> object:
+def run_cli(*extra: str) -> Result:
     return invoke("run", KEY, *RUN_ARGS, *extra)
 
 
@@ -72,14 +73,14 @@ def every_other_path_restores_nothing(engine: Engine, before: dict[str, object],
 
     for extra in ([], ["--no-notify"], ["--require-approval", "--no-notify"]):
         result = run_cli(*extra)  # other parameters than the key was registered with
-        assert result.exit_code == 2, describe(result)  # type: ignore[arg-type]
-        assert "other parameters" in result.stderr or refusal in result.stderr  # type: ignore[attr-defined]
+        assert result.exit_code == 2, describe(result)
+        assert "other parameters" in result.stderr or refusal in result.stderr
     for extra in (["--require-approval"], ["--require-approval", "--batch-size", "50"],
                   ["--require-approval", "--dry-run"]):
         result = run_cli(*extra)
-        assert result.exit_code in (0, 2), describe(result)  # type: ignore[arg-type]
-        if result.exit_code == 2:  # type: ignore[attr-defined]
-            assert refusal in result.stderr, describe(result)  # type: ignore[arg-type, attr-defined]
+        assert result.exit_code in (0, 2), describe(result)
+        if result.exit_code == 2:
+            assert refusal in result.stderr, describe(result)
     reconciled = invoke("reconcile")
     assert reconciled.exit_code == 0, describe(reconciled)
     decided = invoke("review", "decide", str(a_review_case(engine)), "--reinstate",
