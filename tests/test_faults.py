@@ -372,6 +372,6 @@ def test_runs_killed_during_notify_leave_no_notice_waiting(
     assert [r.status for r in runs].count("crashed") == kills, runs
     assert "running" not in [r.status for r in runs] and runs[-1].status == "completed", runs
     # The last run sent what the killed runs held without waiting: no longer than an
-    # uninterrupted run's whole notify step, and a few seconds.
-    assert runs[-1].step_seconds["notify"] <= reference_notify + 5, (runs[-1], left)
+    # uninterrupted run's whole notify step and a few seconds (the lease is an hour).
+    assert runs[-1].step_seconds["notify"] <= reference_notify + 10, (runs[-1], left)
     engine.dispose()
