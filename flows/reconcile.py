@@ -13,13 +13,14 @@ Step 5, invariants: checked, repaired where safe; anything left fails the run so
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from flows.reinstate_incident import (
     MAX_PARALLEL_TASKS,
@@ -129,15 +130,32 @@ def _markdown(findings: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reconciliation_run_name() -> str:
+    return f"reconciliation {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
 @flow(
     name="nightly-reconciliation",
     description="Repair what drifted: re-banned accounts, uncovered faulty bans, runs left "
     "mid-way, unsent notices, broken invariants.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
+    flow_run_name=_reconciliation_run_name,
+    validate_parameters=True,
 )
-def nightly_reconciliation(auto_reinstate: bool = False, dry_run: bool = False,
-                           batch_size: int = 5000) -> dict[str, Any]:
-    """Find and repair drift; fail when an invariant is broken beyond a safe repair."""
+def nightly_reconciliation(
+    auto_reinstate: bool = False,
+    dry_run: bool = False,
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000,
+) -> dict[str, Any]:
+    """Find and repair drift; fail when an invariant is broken beyond a safe repair.
+
+    Args:
+        auto_reinstate: WARNING: reinstates without an operator's approval. Standing bans by
+            rule versions marked 'faulty' that no incident covers are then reinstated at
+            once, as an incident of their own. Leave off to have them reported only.
+        dry_run: Report what drifted and change nothing: no repair, no resume, no notice.
+        batch_size: Cases or notices per batch task, 1 to 50,000.
+    """
     logger = get_run_logger()
     findings: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                 "dry_run": dry_run, "auto_incidents": [], "resumed": []}

@@ -163,18 +163,59 @@ def _reset_previews(incident_id: int) -> None:
     ))
 
 
+def _parameter(name: str, field: str | None = None) -> Any:
+    """A parameter of the current flow run (a field of it, for the incident request)."""
+    from prefect.runtime import flow_run
+
+    value = flow_run.parameters.get(name)
+    if field is None or value is None:
+        return value
+    return value.get(field) if isinstance(value, dict) else getattr(value, field, None)
+
+
+def _incident_run_name() -> str:
+    """`INC-2025-04-spam: preview` or `INC-2025-04-spam: restore`, for the run lists."""
+    key = _parameter("request", "incident_key") or "incident"
+    return f"{key}: {'preview' if _parameter('request', 'dry_run') else 'restore'}"
+
+
+def _resume_run_name() -> str:
+    return f"{_parameter('incident_key') or 'incident'}: resume"
+
+
+def tag_run_with_incident(key: str) -> None:
+    """Tag this flow run with the incident key, so the UI's run list filters by incident."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    flow_run_id = flow_run.get_id()
+    if flow_run_id is None:
+        return
+    run_id = UUID(str(flow_run_id))
+    try:
+        with get_client(sync_client=True) as client:
+            tags = set(client.read_flow_run(run_id).tags) | {"reinstatement", key}
+            client.update_flow_run(run_id, tags=sorted(tags))
+    except Exception as exc:  # noqa: BLE001 - a missing tag must not stop a reinstatement
+        get_run_logger().warning("could not tag the run with %s: %s", key, exc)
+
+
 @flow(
     name="reinstate-incident",
     description="Find, verify and restore the accounts an incident banned by mistake, "
     "then tell each user.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
     validate_parameters=True,
+    flow_run_name=_incident_run_name,
 )
 def reinstate_incident(request: IncidentRequest) -> Any:
     """Reinstate the accounts of one incident; returns the incident's report.
 
     A rejected incident ends the run Cancelled ("rejected by NAME: note"), never Completed.
     """
+    tag_run_with_incident(request.incident_key)
     incident = register_incident(request)
     lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
     run_id = _start_run(incident.id, request.dry_run)
@@ -307,9 +348,11 @@ def record_decision(engine: Engine, incident: RegisteredIncident,
     name="resume-incident",
     description="Continue an incident that a crashed or cancelled run left mid-way.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
+    flow_run_name=_resume_run_name,
 )
 def resume_incident(incident_key: str, batch_size: int = 5000) -> Any:
     """Continue a running or approved incident where its last run stopped."""
+    tag_run_with_incident(incident_key)
     engine = _engine()
     with engine.connect() as conn:
         incident = load_incident(conn, incident_key)

@@ -23,7 +23,26 @@ def apply_review_decision(case_id: int, decision: Literal["reinstate", "uphold"]
     return apply_review(case_id, decision, reviewer, note)
 
 
-@flow(name="review-case", description="Decide a case that verification sent to review.")
+def _review_run_name() -> str:
+    """`review case 123 (INC-2025-04-spam)`: the incident read from the case itself."""
+    from prefect.runtime import flow_run
+    from sqlalchemy import select
+
+    from reinstatement.db import pipeline_engine
+    from reinstatement.models import Case, Incident
+
+    case_id = flow_run.parameters.get("case_id")
+    try:
+        with pipeline_engine().connect() as conn:
+            key = conn.execute(select(Incident.key).join(Case, Case.incident_id == Incident.id)
+                               .where(Case.id == case_id)).scalar_one_or_none()
+    except Exception:  # noqa: BLE001 - a name must never stop the decision
+        key = None
+    return f"review case {case_id}" + (f" ({key})" if key else "")
+
+
+@flow(name="review-case", description="Decide a case that verification sent to review.",
+      flow_run_name=_review_run_name)
 def review_case(
     case_id: int = Field(..., ge=1, description="The case id, from `reinstate review list`."),
     decision: Literal["reinstate", "uphold"] = Field(

@@ -163,6 +163,10 @@ def seed(
     )
     typer.echo("expected outcomes for the seeded incident: " + ", ".join(
         f"{name} {count:,}" for name, count in sorted(summary.expected_outcomes.items())))
+    from reinstatement.seed import incident_description
+
+    for line in incident_description():
+        typer.echo(line)
 
 
 def _require_platform_tables(engine: Engine) -> None:

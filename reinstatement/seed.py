@@ -67,6 +67,25 @@ RULE_VERSIONS: tuple[tuple[int, str, int, str, datetime, dict[str, Any]], ...] =
 )
 RULE_ID = {f"{name}@{version}": rid for rid, name, version, *_ in RULE_VERSIONS}
 
+
+def incident_description() -> list[str]:
+    """The seeded incident in words: what an operator types to reinstate it."""
+    active = {name: f"{name}@{version}" for _, name, version, status, *_ in RULE_VERSIONS
+              if status == "active"}
+    lines = [f"the seeded incident: {INCIDENT_KEY}"]
+    for faulty in INCIDENT_FAULTY:
+        lines.append(f"  faulty {faulty}, corrected by {active[faulty.split('@')[0]]} "
+                     "(the newest active version of the rule)")
+    since, until = INCIDENT_SINCE.isoformat(), INCIDENT_UNTIL.isoformat()
+    lines.append(f"  window: bans created from {since} to before {until}")
+    faulty_args = " ".join(f"--faulty {v}" for v in INCIDENT_FAULTY)
+    lines.append(f"  reinstate it: reinstate run {INCIDENT_KEY} {faulty_args} "
+                 f"--since {since} --until {until} [--dry-run] [--require-approval]")
+    lines.append(f"  or in the Prefect UI's reinstate-incident form: Incident key "
+                 f"{INCIDENT_KEY}; Faulty rule versions {', '.join(INCIDENT_FAULTY)}; "
+                 f"Bans created from {since}; Bans created before {until}")
+    return lines
+
 # Kinds of account, with their share of the population and the outcome the incident
 # above must give them (None: not a candidate of that incident).
 KINDS: tuple[tuple[str, float, str | None], ...] = (

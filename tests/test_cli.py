@@ -782,3 +782,32 @@ def test_dry_run_previews_then_the_real_run_recomputes(
     assert states <= {"suppressed"}
     assert not (Path(cli_env["REINSTATE_EMAIL_DIR"]).exists()
                 and any(Path(cli_env["REINSTATE_EMAIL_DIR"]).iterdir()))
+
+
+@pytest.mark.prefect
+def test_the_command_seed_prints_reinstates_the_seeded_incident(
+    prefect_api: None, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    """`reinstate seed` names the faulty versions, their corrections and the window, and
+    the command it prints is the one that reinstates the incident it wrote."""
+    import shlex
+
+    seeded_output = invoke("seed", "--accounts", "300", "--seed", "5")
+    assert_ok(seeded_output)
+    text = seeded_output.stdout
+    assert "faulty spam_burst@7, corrected by spam_burst@8" in text
+    assert "faulty image_hash@2, corrected by image_hash@3" in text
+    assert f"window: bans created from {INCIDENT_SINCE.isoformat()}" in text
+    (line,) = [line for line in text.splitlines() if "reinstate it: reinstate run" in line]
+    command = shlex.split(line.split("reinstate it: reinstate ", 1)[1].split(" [", 1)[0])
+    result = invoke(*command, "--dry-run")
+    assert_ok(result)
+    expected = generate_expected(300, 5)
+    report = json.loads(invoke("report", INCIDENT_KEY, "--json").stdout)
+    assert {k: v for k, v in report["preview_outcomes"].items() if v} == expected
+
+
+def generate_expected(accounts: int, seed_number: int) -> dict[str, int]:
+    return dict(Counter(EXPECTED_OUTCOME[kind] for kind, _ in
+                        generate(SeedOptions(accounts=accounts, seed=seed_number))
+                        if EXPECTED_OUTCOME[kind]))

@@ -11,6 +11,7 @@ operator's input and checks the platform rows, the notices written and the repor
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,31 @@ def test_every_flow_and_deployment_loads() -> None:
                      "review-case"}
 
 
+def test_reconciliation_form_documents_warns_and_bounds(prefect_api: str) -> None:
+    from flows.reconcile import nightly_reconciliation
+
+    form = nightly_reconciliation.parameters.model_dump()["properties"]
+    assert form["auto_reinstate"]["default"] is False
+    assert "WARNING" in form["auto_reinstate"]["description"]
+    assert "without an operator's approval" in form["auto_reinstate"]["description"]
+    assert form["dry_run"]["description"]
+    assert (form["batch_size"]["minimum"], form["batch_size"]["maximum"]) == (1, 50_000)
+    with pytest.raises(Exception, match="batch_size"):
+        nightly_reconciliation(batch_size=-5)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "Ctrl-C"])
+def test_serve_stops_on_sigterm_or_ctrl_c_within_ten_seconds(
+    served: Server, stop_signal: signal.Signals
+) -> None:
+    assert served.process is not None
+    started = time.monotonic()
+    served.process.send_signal(stop_signal)
+    served.process.wait(timeout=10)
+    assert time.monotonic() - started < 10
+
+
 def test_incident_form_has_descriptions_bounds_and_approval_on() -> None:
     schema = reinstate_incident.parameters.model_dump()
     request = schema["definitions"]["IncidentRequest"]["properties"]
@@ -59,7 +85,7 @@ def test_incident_form_has_descriptions_bounds_and_approval_on() -> None:
 
 
 class Server:
-    """`python -m deployments.serve` in a child process, as `reinstate serve` runs it."""
+    """`reinstate serve` in a child process, as an operator runs it."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
@@ -67,7 +93,7 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "deployments.serve"],
+            self.process = subprocess.Popen([sys.executable, "-m", "reinstatement.cli", "serve"],
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
         _wait_for_deployments(4)
@@ -193,6 +219,9 @@ def test_operator_runs_an_incident_from_the_deployment(
         "decision": "approve", "operator": "ops-oncall", "note": "preview checked"})
     run = _wait_for_state(flow_run.id, "COMPLETED")
     assert run.state.is_completed()
+    # Named for its work and tagged with its incident, for the UI's run lists.
+    assert run.name == f"{INCIDENT_KEY}: restore"
+    assert INCIDENT_KEY in run.tags
 
     restored = _restored(engine)
     with engine.connect() as conn:
@@ -215,6 +244,7 @@ def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
     resumed = run_deployment("resume-incident/resume-incident", timeout=0,
                              parameters={"incident_key": INCIDENT_KEY, "batch_size": 100})
     resumed = _wait_for_state(resumed.id, "final")
+    assert resumed.name == f"{INCIDENT_KEY}: resume"
     assert resumed.state.is_failed(), resumed.state
     assert "requires an operator's approval" in resumed.state.message
     assert _restored(engine) == 0
