@@ -152,18 +152,25 @@ class Progress:
     """A progress artifact for one step, updated after each round of batches."""
 
     def __init__(self, incident_key: str, step: str, total: int) -> None:
+        self.step = step
+        self.count = total
         self.total = max(total, 1)
         self.done = 0
         self.artifact_id: UUID | None = None
         artifact = create_progress_artifact(
             progress=0.0,
             key=_artifact_key(incident_key, f"progress-{step}"),
-            description=f"{step}: cases done of {total:,}",
+            description=self._text(),
         )
         self.artifact_id = artifact if isinstance(artifact, UUID) else None
 
+    def _text(self) -> str:
+        return f"{self.step}: {self.done:,} of {self.count:,} done"
+
     def advance(self, cases: int) -> None:
+        """Move the artifact after each batch: its bar and its text say done / total."""
         self.done += cases
         if self.artifact_id is not None:
             update_progress_artifact(self.artifact_id,
-                                     min(100.0, 100.0 * self.done / self.total))
+                                     min(100.0, 100.0 * self.done / self.total),
+                                     description=self._text())

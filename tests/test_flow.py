@@ -130,3 +130,28 @@ def test_bad_input_from_the_ui_fails_the_run_with_the_same_message(
         latest = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
     assert latest.state is not None and latest.state.is_failed()
     assert message in (latest.state.message or "")
+
+
+def test_progress_moves_per_batch_and_says_done_of_total(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tasks.reporting as reporting
+
+    seed(engine, SeedOptions(accounts=300, seed=6))
+    updates: list[tuple[float, str | None]] = []
+    real_update = reporting.update_progress_artifact
+
+    def recording_update(artifact_id: Any, progress: float,
+                         description: str | None = None) -> Any:
+        updates.append((progress, description))
+        return real_update(artifact_id, progress, description=description)
+
+    monkeypatch.setattr(reporting, "update_progress_artifact", recording_update)
+    report = reinstate_incident(incident_request(batch_size=20))
+    restore = [(p, d) for p, d in updates if d and d.startswith("restore:")]
+    reinstated = report["outcomes"]["reinstated"]
+    assert len(restore) >= 3, restore
+    assert [p for p, _ in restore] == sorted(p for p, _ in restore)
+    assert any(0 < p < 100 for p, _ in restore), restore  # through intermediate values
+    assert restore[-1] == (100.0, f"restore: {reinstated:,} of {reinstated:,} done")
