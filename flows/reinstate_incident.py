@@ -27,7 +27,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from sqlalchemy import Engine, func, select, update
@@ -214,7 +214,23 @@ def reinstate_incident(request: IncidentRequest) -> Any:
     """Reinstate the accounts of one incident; returns the incident's report.
 
     A rejected incident ends the run Cancelled ("rejected by NAME: note"), never Completed.
+    Bad input (an unknown version, a key reused with other parameters) fails the run at
+    once with one plain log line and the same text as its state message, no traceback.
     """
+    try:
+        return _reinstate_incident(request)
+    except BadInput as exc:
+        return failed_plainly(exc)
+
+
+def failed_plainly(exc: BadInput) -> State[Any]:
+    """The run's end for bad input: one error line in the log, the same text as the
+    state's message, and the error itself for a caller in this process (the CLI)."""
+    get_run_logger().error("%s", exc)
+    return Failed(message=str(exc), data=exc)
+
+
+def _reinstate_incident(request: IncidentRequest) -> Any:
     tag_run_with_incident(request.incident_key)
     incident = register_incident(request)
     lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
@@ -352,6 +368,13 @@ def record_decision(engine: Engine, incident: RegisteredIncident,
 )
 def resume_incident(incident_key: str, batch_size: int = 5000) -> Any:
     """Continue a running or approved incident where its last run stopped."""
+    try:
+        return _resume_incident(incident_key, batch_size)
+    except BadInput as exc:
+        return failed_plainly(exc)
+
+
+def _resume_incident(incident_key: str, batch_size: int) -> Any:
     tag_run_with_incident(incident_key)
     engine = _engine()
     with engine.connect() as conn:

@@ -130,6 +130,20 @@ def test_bad_input_from_the_ui_fails_the_run_with_the_same_message(
         latest = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
     assert latest.state is not None and latest.state.is_failed()
     assert message in (latest.state.message or "")
+    # The run's log says it once, in plain words, with no traceback.
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 20
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[latest.id])))
+        errors = [log.message for log in logs if log.level >= 40]
+        if errors or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert errors and message in errors[0], errors
+    assert not any("Traceback" in log.message for log in logs), [log.message for log in logs]
 
 
 def test_progress_moves_per_batch_and_says_done_of_total(
