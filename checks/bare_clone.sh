@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A new user's first steps: clone the committed project into an empty temporary folder,
-# with nothing beside it (no ../shared, no virtual environment, no Prefect home), and run
+# with nothing beside it (no platform copy, no virtual environment, no Prefect home), and run
 # the README's two commands there. Exits non-zero if either fails.
 #
 #     bash checks/bare_clone.sh            # or: make check-bare-clone
