@@ -546,3 +546,23 @@ def test_a_send_that_outlives_its_lease(
     row = notices(engine)[notice.context.account_id]
     assert row.state == NoticeState.SENDING and row.claim_token == taken[0].claim_token
     assert row.sent_at is None  # the first sender's record was refused
+
+
+def test_a_claims_lock_key_is_the_same_in_both_spellings(engine: Engine, backend: str) -> None:
+    """The holder takes its lock through KEY_SQL, askers test it through lock_key()."""
+    if backend != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's")
+    from sqlalchemy import literal, text
+
+    from reinstatement.holders import KEY_SQL, SessionHold, holder_is_gone, lock_key
+
+    with engine.connect() as conn:
+        for claim in ("run:1", "0f" * 16, "ünï"):
+            core = conn.execute(select(lock_key(literal(claim)))).scalar_one()
+            raw = conn.execute(text(f"SELECT {KEY_SQL.format(':c')}"), {"c": claim}
+                               ).scalar_one()
+            assert core == raw, claim
+    with SessionHold(engine, "held-claim"), engine.connect() as conn:
+        assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is False
+    with engine.connect() as conn:
+        assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is True
