@@ -302,27 +302,19 @@ class SendResult:
     failed: int = 0
 
 
-def _extend_claim(engine: Engine, notices: Sequence[ClaimedNotice], hold: timedelta
+def _extend_claim(engine: Engine, notices: Sequence[ClaimedNotice], lease: timedelta
                   ) -> set[int]:
     """Renew the claim on these unsent notices; the ids still held (a claim another
     sender took over after its lease ran out is not renewed, and not sent)."""
     if not notices:
         return set()
-    token = notices[0].claim_token
-
-    def work(conn: Connection) -> set[int]:
-        ids = [n.id for n in notices]
-        conn.execute(
-            update(Notice)
-            .where(Notice.id.in_(ids), Notice.state == NoticeState.SENDING,
-                   Notice.claim_token == token)
-            .values(next_attempt_at=utcnow() + hold)
-        )
-        return set(conn.execute(select(Notice.id).where(
-            Notice.id.in_(ids), Notice.state == NoticeState.SENDING,
-            Notice.claim_token == token)).scalars())
-
-    return in_transaction(engine, work)
+    return in_transaction(engine, lambda conn: set(conn.execute(
+        update(Notice)
+        .where(Notice.id.in_([n.id for n in notices]), Notice.state == NoticeState.SENDING,
+               Notice.claim_token == notices[0].claim_token)
+        .values(next_attempt_at=utcnow() + lease)
+        .returning(Notice.id)
+    ).scalars()))
 
 
 def _release(engine: Engine, notices: Sequence[ClaimedNotice]) -> None:
