@@ -40,6 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
@@ -248,16 +249,32 @@ def load_accounts(conn: Connection, account_ids: Sequence[int], *,
             .order_by(accounts.c.id)
         )
         if lock and conn.dialect.name == "postgresql":
-            # Lock the accounts (in id order, so concurrent batches cannot deadlock) so a
-            # moderator's action cannot slip in between our check and our write.
-            query = query.with_for_update()
+            lock_platform_rows(conn, chunk)
         for row in conn.execute(query):
             found[row.id] = AccountRecord(*row)
     return found
 
 
-def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
-                       lock: bool = False) -> dict[int, list[StandingBan]]:
+def lock_platform_rows(conn: Connection, account_ids: Sequence[int]) -> None:
+    """Lock the accounts and their standing bans until the transaction ends (PostgreSQL).
+
+    Accounts in id order, so concurrent batches cannot deadlock, then their standing bans:
+    a moderator's action cannot slip in between our check and our write. The pipeline's
+    role may not UPDATE the platform's tables, which SELECT ... FOR UPDATE requires, so
+    the owner's function `reinstatement_lock_accounts` (migration 0006) takes the locks.
+    Rows read after it are the latest committed ones.
+    """
+    conn.execute(select(func.reinstatement_lock_accounts(_array(BigInteger, account_ids))))
+
+
+def _array(item_type: Any, values: Iterable[Any]) -> Any:
+    """One PostgreSQL array parameter."""
+    return bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
+
+
+def load_standing_bans(conn: Connection, account_ids: Sequence[int]
+                       ) -> dict[int, list[StandingBan]]:
+    """The accounts' standing bans; under a restore, `load_accounts(lock=True)` locked them."""
     ea, rv = enforcement_actions, rule_versions
     bans: dict[int, list[StandingBan]] = defaultdict(list)
     for chunk in _chunks(sorted(account_ids)):
@@ -273,8 +290,6 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int], *,
                    ea.c.reversed_at.is_(None))
             .order_by(ea.c.account_id, ea.c.id)
         )
-        if lock and conn.dialect.name == "postgresql":
-            query = query.with_for_update(of=ea)
         for row in conn.execute(query):
             name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"
             bans[row.account_id].append(StandingBan(
@@ -303,7 +318,7 @@ def decide_accounts(conn: Connection, incident: RegisteredIncident,
     """Each case's decision by the contract's rules, keyed by case id."""
     account_ids = [c.account_id for c in cases]
     found = load_accounts(conn, account_ids, lock=lock)
-    bans = load_standing_bans(conn, account_ids, lock=lock)
+    bans = load_standing_bans(conn, account_ids)
     decisions = {}
     for case in cases:
         record = found.get(case.account_id)
@@ -532,27 +547,11 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
 
 
 def _insert_unbans(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert the unban actions; their ids, in the order of `rows`.
-
-    On PostgreSQL the ids are drawn from the table's identity sequence first and the rows
-    inserted with them as a plain executemany: INSERT ... RETURNING with its order kept
-    has SQLAlchemy render 1000-row VALUES statements that psycopg parses anew each time,
-    the largest single cost of a restore in the scale benchmark.
-    """
+    """Insert the unban actions; their ids, in the order of `rows` (SQLite)."""
     ea = enforcement_actions
-    if conn.dialect.name != "postgresql":
-        return list(conn.execute(
-            insert(ea).returning(ea.c.id, sort_by_parameter_order=True), rows
-        ).scalars().all())
-    ids = list(conn.execute(
-        select(func.nextval(func.pg_get_serial_sequence("enforcement_actions", "id")))
-        .select_from(func.generate_series(1, len(rows)))
-    ).scalars())
-    _insert_many(conn, ea, [dict(row, id=action_id)
-                            for row, action_id in zip(rows, ids, strict=True)],
-                 {"id": BigInteger, "account_id": BigInteger, "kind": Text, "source": Text,
-                  "actor": Text, "reason": Text, "created_at": DateTime(timezone=True)})
-    return ids
+    return list(conn.execute(
+        insert(ea).returning(ea.c.id, sort_by_parameter_order=True), rows
+    ).scalars().all())
 
 
 class RestoreConflict(RuntimeError):
@@ -563,35 +562,10 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
                     to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
                     now: datetime, sender_domain: str, result: BatchResult,
                     audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
-    ea = enforcement_actions
-    activated = sum(
-        conn.execute(
-            update(accounts)
-            .where(_id_in(conn, accounts.c.id, chunk), accounts.c.status == "banned")
-            .values(status="active", updated_at=now)
-        ).rowcount
-        for chunk in _chunks([record.id for _, _, record in to_restore])
-    )
-    if activated != len(to_restore):
-        raise RestoreConflict("an account left 'banned' during the restore; nothing was kept")
-    unban_ids = _insert_unbans(conn, [
-        {"account_id": record.id, "kind": "unban", "source": "reinstatement",
-         "rule_version_id": None, "actor": PIPELINE_ACTOR,
-         "reason": _unban_reason(incident, decision), "evidence": None,
-         "created_at": now, "reversed_at": None, "reversed_by_action_id": None}
-        for _, decision, record in to_restore
-    ])
-    reversals = [
-        {"id": ban_id, "reversed_by_action_id": unban_id}
-        for (_, decision, _), unban_id in zip(to_restore, unban_ids, strict=True)
-        for ban_id in decision.standing_ban_ids
-    ]
-    reversed_count = _update_many(conn, ea, reversals, {"reversed_by_action_id": BigInteger},
-                                  where=[ea.c.reversed_at.is_(None)],
-                                  fixed={"reversed_at": now})
-    if reversed_count != len(reversals):
-        raise RestoreConflict("a ban was lifted by someone else during the restore")
-    pins_by_account = _restore_pins(conn, [r["id"] for r in reversals], now)
+    if conn.dialect.name == "postgresql":
+        unban_ids, pins_by_account = _restore_on_postgresql(conn, incident, to_restore, now)
+    else:
+        unban_ids, pins_by_account = _restore_with_statements(conn, incident, to_restore, now)
 
     case_updates, notices = [], []
     for (case, _, record), unban_id in zip(to_restore, unban_ids, strict=True):
@@ -621,6 +595,76 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
         "message_id": Text, "recipient": Text, "locale": Text, "state": Text,
         "attempts": Integer, "next_attempt_at": DateTime(timezone=True),
         "created_at": DateTime(timezone=True), "updated_at": DateTime(timezone=True)})
+
+
+def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
+                             to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                             now: datetime) -> tuple[list[int], Counter[int]]:
+    """The platform writes of a restore as plain statements (SQLite)."""
+    ea = enforcement_actions
+    activated = sum(
+        conn.execute(
+            update(accounts)
+            .where(_id_in(conn, accounts.c.id, chunk), accounts.c.status == "banned")
+            .values(status="active", updated_at=now)
+        ).rowcount
+        for chunk in _chunks([record.id for _, _, record in to_restore])
+    )
+    if activated != len(to_restore):
+        raise RestoreConflict("an account left 'banned' during the restore; nothing was kept")
+    unban_ids = _insert_unbans(conn, [
+        {"account_id": record.id, "kind": "unban", "source": "reinstatement",
+         "rule_version_id": None, "actor": PIPELINE_ACTOR,
+         "reason": _unban_reason(incident, decision), "evidence": None,
+         "created_at": now, "reversed_at": None, "reversed_by_action_id": None}
+        for _, decision, record in to_restore
+    ])
+    reversals = [
+        {"id": ban_id, "reversed_by_action_id": unban_id}
+        for (_, decision, _), unban_id in zip(to_restore, unban_ids, strict=True)
+        for ban_id in decision.standing_ban_ids
+    ]
+    reversed_count = _update_many(conn, ea, reversals, {"reversed_by_action_id": BigInteger},
+                                  where=[ea.c.reversed_at.is_(None)],
+                                  fixed={"reversed_at": now})
+    if reversed_count != len(reversals):
+        raise RestoreConflict("a ban was lifted by someone else during the restore")
+    return unban_ids, _restore_pins(conn, [r["id"] for r in reversals], now)
+
+
+def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
+                           to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                           now: datetime) -> tuple[list[int], Counter[int]]:
+    """The platform writes of a restore through `reinstatement_restore_accounts`.
+
+    The owner's function (migration 0006) checks every account and ban against the
+    contract before it writes, so the pipeline's role needs no write privilege on the
+    platform's tables. A platform row that changed under the batch rolls it back.
+    """
+    bans = [(ban_id, record.id) for _, decision, record in to_restore
+            for ban_id in decision.standing_ban_ids]
+    call = select(func.reinstatement_restore_accounts(
+        _array(BigInteger, [case.id for case, _, _ in to_restore]),
+        _array(BigInteger, [record.id for _, _, record in to_restore]),
+        _array(Text, [_unban_reason(incident, decision) for _, decision, _ in to_restore]),
+        _array(BigInteger, [ban_id for ban_id, _ in bans]),
+        _array(BigInteger, [account_id for _, account_id in bans]),
+        bindparam(None, PIPELINE_ACTOR, type_=Text),
+        bindparam(None, now, type_=DateTime(timezone=True)),
+    ).table_valued("restored_account_id", "unban_action_id", "pins_restored"))
+    try:
+        rows = conn.execute(call).all()
+    except DBAPIError as exc:
+        state = getattr(exc.orig, "sqlstate", None)
+        if state == "RS001":
+            raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
+        raise
+    expected = [record.id for _, _, record in to_restore]
+    if [row.restored_account_id for row in rows] != expected:
+        raise RestoreConflict("the restore function did not restore the batch it was given")
+    return ([row.unban_action_id for row in rows],
+            Counter({row.restored_account_id: row.pins_restored for row in rows
+                     if row.pins_restored}))
 
 
 def notice_key(incident_key: str, round_: int) -> str:

@@ -316,21 +316,26 @@ def test_a_restore_batch_failing_midway_ends_as_a_clean_run(
     scenario = build_scenario(engine)
     without_waits = no_wait()  # the runner's policy, without its waits
     monkeypatch.setattr(retrying, "transaction_retrying", lambda *a, **k: without_waits.copy())
-    real_restore_pins = steps._restore_pins
     seen: list[int] = []
 
-    def restore_pins_failing_once(conn: Connection, ban_ids: Any, now: Any) -> Any:
-        if not seen:
-            # Midway: accounts are active and unbans written in this transaction.
-            seen.append(conn.execute(select(func.count()).select_from(enforcement_actions)
-                                     .where(enforcement_actions.c.kind == "unban",
-                                            enforcement_actions.c.source == "reinstatement")
-                                     ).scalar_one())
-            raise serialization_failure()
-        seen.append(-1)
-        return real_restore_pins(conn, ban_ids, now)
+    def failing_once(real: Any) -> Any:
+        def platform_writes_then_failing_once(conn: Connection, *args: Any) -> Any:
+            written = real(conn, *args)
+            if not seen:
+                # Midway: accounts are active, unbans written and pins shown in this
+                # transaction; the case checkpoints and notices are not written yet.
+                seen.append(conn.execute(select(func.count()).select_from(enforcement_actions)
+                                         .where(enforcement_actions.c.kind == "unban",
+                                                enforcement_actions.c.source == "reinstatement")
+                                         ).scalar_one())
+                raise serialization_failure()
+            seen.append(-1)
+            return written
+        return platform_writes_then_failing_once
 
-    monkeypatch.setattr(steps, "_restore_pins", restore_pins_failing_once)
+    monkeypatch.setattr(steps, "_restore_pins", failing_once(steps._restore_pins))
+    monkeypatch.setattr(steps, "_restore_on_postgresql",
+                        failing_once(steps._restore_on_postgresql))
     run_all(engine, steps_request(batch_size=10))
 
     reinstated = {a for a, o in scenario.expected.items() if o == "reinstated"}
