@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench check-bare-clone check-local-runs
+.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench check-bare-clone check-local-runs browser ui-screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,20 @@ typecheck: $(STAMP)
 PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(PYTEST)
 
 pytest-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
+
+# The browser test drives Debian's Chromium (Playwright cannot download browsers here):
+# installed with apt-get when missing and this user may install packages.
+browser:
+	bash checks/browser.sh
+
+# The operator guide's screenshots, taken again into docs/ui/ by the browser test.
+ui-screenshots: $(STAMP) browser
+	REINSTATE_SCREENSHOTS_DIR=$(CURDIR)/docs/ui $(BIN)/python -m pytest -p no:xdist tests/test_ui_browser.py -k postgresql
 
 # `make test`: everything (ruff, mypy, the whole suite with the fault tests, both
 # databases); `make test-fast`: the same without the slow fault and deployment tests.

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import Task, flow
+from prefect.exceptions import Abort
 from prefect.futures import PrefectFuture, as_completed
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
@@ -35,7 +36,12 @@ from sqlalchemy import Engine, func, select, update
 from reinstatement import lifecycle, runner, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
-from reinstatement.incidents import IncidentRequest, RegisteredIncident, load_incident
+from reinstatement.incidents import (
+    IncidentRequest,
+    RegisteredIncident,
+    build_request,
+    load_incident,
+)
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case
 from reinstatement.retrying import in_transaction
@@ -207,27 +213,52 @@ def tag_run_with_incident(key: str) -> None:
     description="Find, verify and restore the accounts an incident banned by mistake, "
     "then tell each user.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
-    validate_parameters=True,
+    # The form's schema (IncidentRequest's) is enforced by Prefect's server before a run
+    # exists; what it cannot express (the window's order, say) is checked here, at the
+    # run's start, so that it fails in plain words rather than as Prefect's parameter error.
+    validate_parameters=False,
     flow_run_name=_incident_run_name,
 )
 def reinstate_incident(request: IncidentRequest) -> Any:
     """Reinstate the accounts of one incident; returns the incident's report.
 
     A rejected incident ends the run Cancelled ("rejected by NAME: note"), never Completed.
-    Bad input (an unknown version, a key reused with other parameters) fails the run at
-    once with one plain log line and the same text as its state message, no traceback.
+    Bad input (the window's end before its start, an unknown version, a key reused with
+    other parameters) fails the run at once with one plain log line and the same text as
+    its state message, no traceback.
     """
     try:
-        return _reinstate_incident(request)
+        return _reinstate_incident(_as_request(request))
     except BadInput as exc:
         return failed_plainly(exc)
+
+
+def _as_request(request: object) -> IncidentRequest:
+    """The form's values as an IncidentRequest; BadInput naming each bad field."""
+    if isinstance(request, IncidentRequest):
+        return request
+    if not isinstance(request, dict):
+        raise BadInput("request: give the incident's parameters (its key, faulty versions, "
+                       "window and options)")
+    return build_request(**request)
+
+
+class RefusedRun(BadInput, Abort):
+    """Bad input that ended a run Failed, carried as the state's data.
+
+    A caller in this process (the CLI) gets it back as a `BadInput`: exit status 2.
+    In a deployment run, Prefect's engine raises a failed state's data after the run ends
+    and logs any `Exception` it raises with its traceback into the run's logs; an `Abort`
+    it lets through quietly, and the run's process ends. So bad input shows in the UI as
+    the one plain line below, not as a traceback (tests/test_deployments.py checks it).
+    """
 
 
 def failed_plainly(exc: BadInput) -> State[Any]:
     """The run's end for bad input: one error line in the log, the same text as the
     state's message, and the error itself for a caller in this process (the CLI)."""
     get_run_logger().error("%s", exc)
-    return Failed(message=str(exc), data=exc)
+    return Failed(message=str(exc), data=RefusedRun(str(exc)))
 
 
 def _reinstate_incident(request: IncidentRequest) -> Any:
@@ -366,8 +397,16 @@ def record_decision(engine: Engine, incident: RegisteredIncident,
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
     flow_run_name=_resume_run_name,
 )
-def resume_incident(incident_key: str, batch_size: int = 5000) -> Any:
-    """Continue a running or approved incident where its last run stopped."""
+def resume_incident(
+    incident_key: Annotated[str, Field(min_length=1, max_length=200)],
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000,
+) -> Any:
+    """Continue a running or approved incident where its last run stopped.
+
+    Args:
+        incident_key: The key of a running or approved incident, e.g. INC-2025-04-spam.
+        batch_size: Cases or notices per batch task, 1 to 50,000.
+    """
     try:
         return _resume_incident(incident_key, batch_size)
     except BadInput as exc:

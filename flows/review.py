@@ -6,21 +6,31 @@ restore and notice like any other) or uphold, audited with the reviewer and the 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field
 
+from flows.reinstate_incident import failed_plainly, tag_run_with_incident
+from reinstatement.errors import BadInput
 from reinstatement.review import apply_review
+from tasks.reporting import publish_report
 
 
 @task(name="apply-review-decision", cache_policy=NO_CACHE)
 def apply_review_decision(case_id: int, decision: Literal["reinstate", "uphold"],
                           reviewer: str, note: str) -> dict[str, Any]:
-    """Record the decision; for a reinstatement, restore the case and send its notice."""
-    return apply_review(case_id, decision, reviewer, note)
+    """Record the decision; for a reinstatement, restore the case and send its notice.
+
+    A refused decision (no such case, not waiting, the incident not approved) comes back as
+    {"refused": why}: bad input, for the flow to fail plainly, not a task traceback.
+    """
+    try:
+        return apply_review(case_id, decision, reviewer, note)
+    except BadInput as exc:
+        return {"refused": str(exc)}
 
 
 def _review_run_name() -> str:
@@ -44,14 +54,39 @@ def _review_run_name() -> str:
 @flow(name="review-case", description="Decide a case that verification sent to review.",
       flow_run_name=_review_run_name)
 def review_case(
-    case_id: int = Field(..., ge=1, description="The case id, from `reinstate review list`."),
-    decision: Literal["reinstate", "uphold"] = Field(
-        ..., description="reinstate: lift the ban and notify; uphold: keep the ban."),
-    reviewer: str = Field(..., min_length=1, max_length=100, description="Your name."),
-    note: str = Field(..., min_length=1, max_length=2000, description="Why."),
-) -> dict[str, Any]:
-    """Apply one reviewer's decision to one case."""
+    case_id: Annotated[int, Field(
+        ge=1, title="Case id",
+        description="In the Prefect UI: Artifacts, then the incident's review table "
+        "(review-...) lists every case waiting, with its case id, account and reason; the "
+        "incident run's Artifacts tab shows the same table. From a terminal: `reinstate "
+        "review list KEY`.")],
+    decision: Annotated[Literal["reinstate", "uphold"], Field(
+        title="Decision",
+        description="reinstate: lift the ban, restore the pins it hid and notify the user; "
+        "uphold: keep the ban.")],
+    reviewer: Annotated[str, Field(min_length=1, max_length=100, title="Reviewer",
+                                   description="Your name or handle, for the audit trail.")],
+    note: Annotated[str, Field(min_length=1, max_length=2000, title="Note",
+                               description="Why you decided so, for the audit trail.")],
+) -> Any:
+    """Apply one reviewer's decision to one case; the incident's report and review table
+    are published again with it.
+
+    Args:
+        case_id: The case to decide. In the Prefect UI: open Artifacts and the incident's
+            review table (review-...), or the Artifacts tab of the incident's run: it
+            lists every case waiting, with its case id, account and reason. From a
+            terminal: `reinstate review list KEY`.
+        decision: reinstate: lift the ban, restore the pins it hid and notify the user;
+            uphold: keep the ban.
+        reviewer: Your name or handle, for the audit trail.
+        note: Why you decided so, for the audit trail.
+    """
     result = apply_review_decision(case_id, decision, reviewer, note)
+    if "refused" in result:
+        return failed_plainly(BadInput(result["refused"]))
+    tag_run_with_incident(result["incident"])
     get_run_logger().info("case %s: %s by %s -> %s", case_id, decision, reviewer,
                           result["outcome"])
+    publish_report(result["incident"])
     return result

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Connection, Text, cast, insert, select
@@ -40,6 +40,16 @@ _VERSION_NAME = r"[A-Za-z0-9_.\-]{1,100}@\d{1,9}"
 FAULTY_SPEC_PATTERN = re.compile(
     rf"^(?P<faulty>{_VERSION_NAME})(?:=(?P<corrected>{_VERSION_NAME}))?$"
 )
+# The same, for the parameter form (JSON Schema's regular expressions have no named
+# groups); spaces around an item are allowed and stripped.
+FAULTY_ITEM_PATTERN = rf"^\s*{_VERSION_NAME}(={_VERSION_NAME})?\s*$"
+# The patterns go into the form's schema only (json_schema_extra): there Prefect refuses a
+# bad value before any run exists. Here the validators below say what is wrong in words,
+# for the CLI and for a run started through the API.
+FaultySpec = Annotated[str, Field(
+    json_schema_extra={"pattern": FAULTY_ITEM_PATTERN}, title="rule@version",
+    description="A faulty rule version as rule@version (spam_burst@7), or "
+    "rule@version=rule@version to name its correction (spam_burst@7=spam_burst@8).")]
 
 
 class IncidentRequest(BaseModel):
@@ -50,27 +60,34 @@ class IncidentRequest(BaseModel):
     incident_key: str = Field(
         ...,
         title="Incident key",
-        description="Your name for the incident, e.g. INC-2025-04-spam. Running the same "
-        "key again resumes it; letters, digits and . _ : - only.",
-        pattern=INCIDENT_KEY_PATTERN,
+        description="Your name for the incident, e.g. INC-2025-04-spam: up to 200 "
+        "letters, digits and the signs . _ : - (no spaces), starting with a letter or a "
+        "digit. Running the same key again resumes that incident.",
+        json_schema_extra={"pattern": INCIDENT_KEY_PATTERN},
     )
-    faulty_versions: list[str] = Field(
+    faulty_versions: list[FaultySpec] = Field(
         ...,
         title="Faulty rule versions",
-        description="Each as rule@version, or rule@version=rule@corrected to name the "
-        "version that corrects it (default: the newest active version of the rule).",
+        description="One item per faulty version, each written rule@version with the "
+        "version number, e.g. spam_burst@7; or rule@version=rule@version to name the "
+        "version that corrects it (default: the newest active version of the rule). "
+        "'spam_burst' alone, without @ and a number, is refused.",
         min_length=1,
         max_length=100,
     )
     since: datetime | None = Field(
         None,
-        title="Bans created from (UTC)",
-        description="Only bans created at or after this moment (ISO 8601 with a zone).",
+        title="Bans created from",
+        description="Only bans created at or after this moment. In the UI pick the date "
+        "and time (it is sent with your browser's time zone); on the command line give "
+        "ISO 8601 with a zone, e.g. 2025-04-01T00:00:00Z. Leave empty for no start.",
     )
     until: datetime | None = Field(
         None,
-        title="Bans created before (UTC)",
-        description="Only bans created before this moment (ISO 8601 with a zone).",
+        title="Bans created before",
+        description="Only bans created before this moment; it must be after the start. "
+        "In the UI pick the date and time; on the command line give ISO 8601 with a zone, "
+        "e.g. 2025-04-15T00:00:00Z. Leave empty for no end.",
     )
     account_ids: list[int] | None = Field(
         None,
@@ -99,6 +116,16 @@ class IncidentRequest(BaseModel):
         "default for runs started from the UI; the CLI asks for it explicitly). Fixed for "
         "the incident when its key is first registered.",
     )
+
+    @field_validator("incident_key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if not re.fullmatch(INCIDENT_KEY_PATTERN, key):
+            raise ValueError(
+                f"{key!r} is not an incident key: use up to 200 letters, digits and the "
+                "signs . _ : - (no spaces), starting with a letter or a digit, e.g. "
+                "INC-2025-04-spam")
+        return key
 
     @field_validator("faulty_versions")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -14,12 +15,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from reinstatement.db import pipeline_engine
 from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOMES, incident_report
+from reinstatement.review import cases_awaiting_review
+from reinstatement.steps import CaseState
 
 SAMPLES_PER_OUTCOME = 5
 
@@ -130,10 +133,48 @@ def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
     return dict(counts)
 
 
+REVIEW_ROWS = 500  # cases listed in the review table; the CLI lists every one
+
+
+def review_queue_rows(incident_key: str, limit: int = REVIEW_ROWS) -> tuple[list[dict[str, Any]],
+                                                                          int]:
+    """The cases of the incident waiting for review (oldest first, up to `limit`), and how
+    many wait in all."""
+    with pipeline_engine().connect() as conn:
+        waiting = conn.execute(
+            select(func.count()).select_from(Case).join(Incident, Incident.id == Case.incident_id)
+            .where(Incident.key == incident_key, Case.state == CaseState.REVIEW)
+        ).scalar_one()
+        rows = [{"case id": case["case_id"], "account": case["account_id"],
+                 "reason": cell(case["why"]), "incident": cell(case["incident"])}
+                for case in islice(cases_awaiting_review(conn, incident_key, page=limit),
+                                   limit)]
+    return rows, waiting
+
+
+def publish_review_queue(incident_key: str) -> int:
+    """The table of cases waiting for review, under one key per incident: each call
+    publishes its current state (after a run, after each review decision)."""
+    rows, waiting = review_queue_rows(incident_key)
+    shown = (f"all {waiting}" if waiting <= len(rows)
+             else f"the oldest {len(rows)} of {waiting}; `reinstate review list` lists all")
+    create_table_artifact(
+        key=_artifact_key(incident_key, "review"),
+        table=rows or [{"case id": "", "account": "", "reason": "no case waits for review",
+                        "incident": cell(incident_key)}],
+        description=(f"Cases of {md(incident_key)} waiting for review: {shown}. Decide one "
+                     "with the review-case deployment (Run, then the case id from this "
+                     "table)."),
+    )
+    return waiting
+
+
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(incident_key: str) -> dict[str, Any]:
-    """Publish the incident's final counts as markdown and table artifacts."""
+    """Publish the incident's counts as markdown and table artifacts, and the cases
+    waiting for review; republished whenever they change."""
     report = _report(incident_key)
+    publish_review_queue(incident_key)
     create_markdown_artifact(
         key=_artifact_key(incident_key, "report"),
         markdown=_markdown(report, "Reinstatement report", report["outcomes"]),

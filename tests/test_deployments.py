@@ -262,3 +262,124 @@ def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
     assert report.startswith(f"# REJECTED: Reinstatement report: {md(INCIDENT_KEY)}")
     assert f"## REJECTED by {md('ops-oncall')}" in report
     assert "corrected rule is wrong" in report
+
+
+def _incident_parameters(**fields: Any) -> dict[str, Any]:
+    return {"request": {
+        "incident_key": INCIDENT_KEY, "faulty_versions": list(INCIDENT_FAULTY),
+        "since": INCIDENT_SINCE.isoformat(), "until": INCIDENT_UNTIL.isoformat(),
+        "batch_size": 100, **fields}}
+
+
+def _run_logs(flow_run_id: Any, until_seen: str = "", timeout: float = 30) -> list[str]:
+    """The run's log lines; logs reach the server a moment after the state, so wait up to
+    `timeout` for a line holding `until_seen`."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            lines = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if any(until_seen in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
+
+
+def test_bad_input_is_refused_at_the_form_or_fails_at_once_in_plain_words(
+    served: Server, engine: Engine
+) -> None:
+    """Each bad value an operator can type: what the form's schema can express is refused
+    before any run exists; the rest fails the run at its start with one plain log line,
+    the same text as its state message, no traceback, and nothing changed."""
+    seed(engine, SeedOptions(accounts=60, seed=3))
+    with get_client(sync_client=True) as client:
+        runs_before = len(client.read_flow_runs())
+    refused_at_the_form = [
+        ("reinstate-incident/reinstate-incident",
+         _incident_parameters(incident_key="INC 2025 spam")),
+        ("reinstate-incident/reinstate-incident",
+         _incident_parameters(faulty_versions=["spam_burst"])),
+        ("reinstate-incident/reinstate-incident", _incident_parameters(faulty_versions=[])),
+        ("reinstate-incident/reinstate-incident", _incident_parameters(batch_size=0)),
+        ("nightly-reconciliation/nightly-reconciliation", {"batch_size": -5}),
+        ("review-case/review-case", {"case_id": 0, "decision": "reinstate",
+                                     "reviewer": "ana", "note": "x"}),
+        ("review-case/review-case", {"case_id": 1, "decision": "maybe",
+                                     "reviewer": "ana", "note": "x"}),
+    ]
+    for deployment, parameters in refused_at_the_form:
+        with pytest.raises(Exception, match="Validation failed"):
+            run_deployment(deployment, parameters=parameters, timeout=0)
+    with get_client(sync_client=True) as client:
+        assert len(client.read_flow_runs()) == runs_before  # no run was ever created
+
+    fails_at_once = [
+        (_incident_parameters(since=INCIDENT_UNTIL.isoformat(),
+                              until=INCIDENT_SINCE.isoformat()),
+         "before it starts"),
+        (_incident_parameters(faulty_versions=["spam_burst@99"]), "spam_burst@99"),
+    ]
+    for parameters, words in fails_at_once:
+        flow_run = run_deployment("reinstate-incident/reinstate-incident",
+                                  parameters=parameters, timeout=0)
+        run = _wait_for_state(flow_run.id, "final")
+        assert run.state.is_failed(), run.state
+        assert words in run.state.message
+        logs = _run_logs(flow_run.id, until_seen=run.state.message)
+        assert not any("Traceback" in line for line in logs), logs
+        assert any(run.state.message in line for line in logs), (run.state.message, logs)
+    assert _restored(engine) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Case)).scalar_one() == 0
+
+
+def test_review_in_the_ui_lists_the_cases_and_refreshes_the_report(
+    served: Server, engine: Engine
+) -> None:
+    """The incident's review table lists the cases waiting (id, account, reason); a
+    decision through the review-case deployment takes the case off it and moves the
+    report's counts."""
+    from tasks.reporting import _artifact_key
+
+    seed(engine, SeedOptions(accounts=200, seed=8))
+    flow_run = run_deployment("reinstate-incident/reinstate-incident", timeout=0,
+                              parameters=_incident_parameters(require_approval=False))
+    _wait_for_state(flow_run.id, "COMPLETED")
+
+    def review_table() -> list[dict[str, Any]]:
+        import json
+
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "review")])))
+        data = artifact.data
+        return json.loads(data) if isinstance(data, str) else data
+
+    waiting = review_table()
+    with engine.connect() as conn:
+        in_review = list(conn.execute(select(Case.id).where(Case.state == "review")
+                                      .order_by(Case.id)).scalars())
+    assert in_review and [row["case id"] for row in waiting] == in_review
+    assert all(row["reason"] and row["account"] for row in waiting)
+    reinstated_before = _report_markdown()
+
+    case_id = in_review[0]
+    review = run_deployment("review-case/review-case", timeout=0, parameters={
+        "case_id": case_id, "decision": "reinstate", "reviewer": "ana",
+        "note": "the signal was missing, not high"})
+    run = _wait_for_state(review.id, "COMPLETED")
+    assert run.name == f"review case {case_id} ({INCIDENT_KEY})"
+    assert INCIDENT_KEY in run.tags
+    assert [row["case id"] for row in review_table()] == in_review[1:]
+    assert _report_markdown() != reinstated_before
+
+    refused = run_deployment("review-case/review-case", timeout=0, parameters={
+        "case_id": case_id, "decision": "uphold", "reviewer": "ana", "note": "again"})
+    run = _wait_for_state(refused.id, "final")
+    assert run.state.is_failed() and "not waiting for review" in run.state.message
+    logs = _run_logs(refused.id, until_seen=run.state.message)
+    assert any(run.state.message in line for line in logs), logs
+    assert not any("Traceback" in line for line in logs), logs
