@@ -64,6 +64,20 @@ LARGEST_NUMBER = Decimal("1.7976931348623157e308")
 # Evidence is an object of signals: nesting deeper than this is no evidence the engine
 # wrote, and a decoder that followed it would exhaust the stack.
 MAX_EVIDENCE_DEPTH = 64
+# Larger evidence text is not read: no engine writes a megabyte of signals, and numbers of
+# more digits than this are beyond what a database's JSON functions take safely.
+MAX_EVIDENCE_CHARS = 100_000
+# Evidence text holding any of these is not read either, by this decoder nor by the SQL
+# compiler (condition_sql.py), so that both read the same rows: a NUL or a lone surrogate
+# escape (PostgreSQL's jsonb refuses them, so the whole statement would fail), and an
+# exponent of five digits or more (beyond PostgreSQL's numeric). A number the platform's
+# engine writes has none of these; a row that does goes to review, its signals unknown.
+UNREADABLE_TEXT = re.compile(
+    r"\\u0000"
+    r"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # high, no low after
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # low, no high before
+    r"|[0-9][eE][+-]?[0-9]{5,}"
+)
 
 _ABSENT_MARKER = object()
 
@@ -174,6 +188,12 @@ def decode_evidence(text: str | None) -> object:
     """
     if text is None:
         return None
+    if len(text) > MAX_EVIDENCE_CHARS:
+        return UnreadableEvidence(EVIDENCE_UNREADABLE,
+                                  f"{len(text)} characters long (at most {MAX_EVIDENCE_CHARS})")
+    if unreadable_text(text):
+        return UnreadableEvidence(EVIDENCE_UNREADABLE,
+                                  "holds a NUL or lone surrogate escape, or a huge exponent")
     depth = _nesting_depth(text)
     if depth > MAX_EVIDENCE_DEPTH:
         return UnreadableEvidence(EVIDENCE_TOO_DEEP,
@@ -188,6 +208,17 @@ def decode_evidence(text: str | None) -> object:
 def _exact_int(digits: str) -> int | Decimal:
     # Python refuses int() on more than 4,300 digits; such a number is out of range anyway.
     return int(digits) if len(digits) <= 400 else Decimal(digits)
+
+
+def unreadable_text(text: str) -> bool:
+    """Whether evidence text holds what neither this decoder nor SQL reads (UNREADABLE_TEXT)."""
+    return UNREADABLE_TEXT.search(text) is not None
+
+
+def evidence_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text (SQLite's compiled
+    conditions call it as a function)."""
+    return _nesting_depth(text)
 
 
 def _nesting_depth(text: str) -> int:

@@ -1,0 +1,304 @@
+"""The condition language compiled to SQL, for PostgreSQL (jsonb) and SQLite (its JSON functions).
+
+`compile_condition` turns a parsed condition (`conditions.Condition`) into one SQL boolean
+expression over a ban's evidence, with the contract's three-valued logic: SQL's NULL is
+unknown, and SQL's AND, OR and NOT are already Kleene's. A comparison is NULL when its
+signal is absent or null, nested (an object or a list), of another type than the operator
+needs (booleans are never numbers; ordering compares numbers only), or a number that is not
+finite or larger than the largest double. Numbers compare exactly, as decimals: PostgreSQL's
+`numeric`, and on SQLite, which has no decimal type, a small function registered on each
+connection (`reinstatement_decimal_cmp`) that compares the numbers' JSON text as Python
+`Decimal`s. Every value and every signal name is a bound parameter, never pasted into the
+statement.
+
+Evidence is first read as `readable_evidence` does: text the Python decoder would refuse or
+that no JSON function reads safely (not JSON, nested deeper than 64 levels, larger than
+`MAX_EVIDENCE_CHARS`, an exponent of five digits or more, a NUL escape) is no evidence,
+so every comparison on it is unknown, exactly as `conditions.decode_evidence` reads it
+(`UnreadableEvidence`). The Python evaluator stays the reference: `tests/test_condition_sql.py`
+generates conditions and evidence, writes them to each database and asserts both agree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import typing
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Numeric,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    true,
+)
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
+
+from reinstatement.conditions import (
+    LARGEST_NUMBER,
+    MAX_EVIDENCE_CHARS,
+    MAX_EVIDENCE_DEPTH,
+    UNREADABLE_TEXT,
+    AllOf,
+    AnyOf,
+    Comparison,
+    Condition,
+    Not,
+    Scalar,
+)
+
+# Evidence text matching this is not read (conditions.UNREADABLE_TEXT; PostgreSQL's
+# regular expressions read it alike).
+_PG_UNREADABLE = UNREADABLE_TEXT.pattern
+_SQLITE_DEPTH_FUNCTION = "reinstatement_json_depth"
+_SQLITE_COMPARE_FUNCTION = "reinstatement_decimal_cmp"
+_SQLITE_UNREADABLE_FUNCTION = "reinstatement_unreadable_text"
+_ORDER = {"<": (-1,), "<=": (-1, 0), ">": (1,), ">=": (0, 1), "==": (0,), "!=": (-1, 1)}
+
+
+def readable_evidence(evidence_text: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """The evidence as the compiled conditions read it: a jsonb object on PostgreSQL, JSON
+    text of an object on SQLite, or NULL when it is no readable object."""
+    if dialect == "postgresql":
+        doc = case(
+            (and_(func.length(evidence_text) <= MAX_EVIDENCE_CHARS,
+                  not_(evidence_text.regexp_match(_PG_UNREADABLE))),
+             cast(evidence_text, JSONB)),
+            else_=null(),
+        )
+        deep = func.jsonb_path_exists(
+            doc, cast(bindparam("too_deep_path",
+                                f"strict $.**{{{MAX_EVIDENCE_DEPTH} to last}} ? "
+                                '(@.type() == "array" || @.type() == "object")', type_=Text),
+                      JSONPATH))
+        return case((and_(func.jsonb_typeof(doc) == "object", not_(deep)), doc), else_=null())
+    return case(
+        (and_(func.length(evidence_text) <= MAX_EVIDENCE_CHARS,
+              func.json_valid(evidence_text) == 1,
+              getattr(func, _SQLITE_UNREADABLE_FUNCTION)(evidence_text) == 0,
+              getattr(func, _SQLITE_DEPTH_FUNCTION)(evidence_text) <= MAX_EVIDENCE_DEPTH),
+         case((func.json_type(evidence_text) == "object", evidence_text), else_=null())),
+        else_=null(),
+    )
+
+
+def compile_condition(cond: Condition, doc: ColumnElement[Any], dialect: str
+                      ) -> ColumnElement[bool]:
+    """The condition as a SQL boolean over `doc` (from `readable_evidence`); NULL is unknown."""
+    compiler = _PostgreSQL(doc) if dialect == "postgresql" else _SQLite(doc)
+    return compiler.condition(cond)
+
+
+def _unknown() -> ColumnElement[bool]:
+    return typing.cast(ColumnElement[bool], null())
+
+
+class _Compiler:
+    def __init__(self, doc: ColumnElement[Any]) -> None:
+        self.doc = doc
+        self._names = 0
+
+    def name(self) -> str:
+        self._names += 1
+        return f"c{self._names}"
+
+    def condition(self, cond: Condition) -> ColumnElement[bool]:
+        if isinstance(cond, Comparison):
+            return self.comparison(cond)
+        if isinstance(cond, Not):
+            return not_(self.condition(cond.part))
+        if isinstance(cond, AllOf):
+            return and_(true(), *[self.condition(p) for p in cond.parts])
+        if isinstance(cond, AnyOf):
+            return or_(false(), *[self.condition(p) for p in cond.parts])
+        raise TypeError(f"not a condition: {cond!r}")
+
+    def comparison(self, cond: Comparison) -> ColumnElement[bool]:
+        signal = self.signal(cond.signal)
+        if cond.op in ("in", "not_in"):
+            assert isinstance(cond.value, tuple)
+            found = self.found_in(signal, cond.value)
+            return found if cond.op == "in" else not_(found)
+        value = cond.value
+        assert not isinstance(value, tuple)
+        if isinstance(value, bool):
+            if cond.op not in ("==", "!="):
+                return _unknown()
+            return case((self.is_boolean(signal),
+                         self.compare_equal(self.boolean(signal), value, cond.op)),
+                        else_=null())
+        if isinstance(value, str):
+            if cond.op not in ("==", "!="):
+                return _unknown()
+            return case((self.is_string(signal),
+                         self.compare_equal(self.string(signal), value, cond.op)),
+                        else_=null())
+        return case((self.is_number(signal), self.compare_number(signal, value, cond.op)),
+                    else_=null())
+
+    def compare_equal(self, column: ColumnElement[Any], value: Scalar, op: str
+                      ) -> ColumnElement[bool]:
+        bound = bindparam(self.name(), value, type_=Boolean if isinstance(value, bool)
+                          else Text)
+        return column == bound if op == "==" else column != bound
+
+    def found_in(self, signal: Any, values: tuple[Scalar, ...]) -> ColumnElement[bool]:
+        """`in`: true when equal to an element of its own type, false when none, NULL when
+        the signal is absent, null, nested or not a usable number."""
+        booleans = [v for v in values if isinstance(v, bool)]
+        strings = [v for v in values if isinstance(v, str)]
+        numbers = [v for v in values if not isinstance(v, bool | str)]
+        hits: list[ColumnElement[bool]] = [false()]
+        if booleans:
+            hits.append(and_(self.is_boolean(signal), or_(*[
+                self.boolean(signal) == bindparam(self.name(), b, type_=Boolean)
+                for b in booleans])))
+        if strings:
+            hits.append(and_(self.is_string(signal), or_(*[
+                self.string(signal) == bindparam(self.name(), s, type_=Text)
+                for s in strings])))
+        if numbers:
+            hits.append(and_(self.is_number(signal), or_(*[
+                self.compare_number(signal, n, "==") for n in numbers])))
+        known = or_(self.is_boolean(signal), self.is_string(signal), self.is_number(signal))
+        return case((known, or_(*hits)), else_=null())
+
+    # dialect specifics
+    def signal(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def is_boolean(self, signal: Any) -> ColumnElement[bool]:
+        raise NotImplementedError
+
+    def is_string(self, signal: Any) -> ColumnElement[bool]:
+        raise NotImplementedError
+
+    def is_number(self, signal: Any) -> ColumnElement[bool]:
+        """A finite number no larger than the largest double."""
+        raise NotImplementedError
+
+    def boolean(self, signal: Any) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def string(self, signal: Any) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def compare_number(self, signal: Any, value: Scalar, op: str) -> ColumnElement[bool]:
+        raise NotImplementedError
+
+
+class _PostgreSQL(_Compiler):
+    def signal(self, name: str) -> Any:
+        key = bindparam(self.name(), name, type_=Text)
+        return (self.doc.op("->")(key), self.doc.op("->>")(key))
+
+    def is_boolean(self, signal: Any) -> ColumnElement[bool]:
+        return func.jsonb_typeof(signal[0]) == "boolean"
+
+    def is_string(self, signal: Any) -> ColumnElement[bool]:
+        return func.jsonb_typeof(signal[0]) == "string"
+
+    def is_number(self, signal: Any) -> ColumnElement[bool]:
+        number = case((func.jsonb_typeof(signal[0]) == "number", cast(signal[1], Numeric)),
+                      else_=null())
+        # Never NULL for a present signal: `in` must read "not a number" as false.
+        return func.coalesce(func.abs(number) <= literal(LARGEST_NUMBER, Numeric), false())
+
+    def boolean(self, signal: Any) -> ColumnElement[Any]:
+        return cast(signal[1], Boolean)
+
+    def string(self, signal: Any) -> ColumnElement[Any]:
+        return signal[1]
+
+    def compare_number(self, signal: Any, value: Scalar, op: str) -> ColumnElement[bool]:
+        number = case((func.jsonb_typeof(signal[0]) == "number", cast(signal[1], Numeric)),
+                      else_=null())
+        bound = bindparam(self.name(), Decimal(str(value)), type_=Numeric)
+        return {"==": number == bound, "!=": number != bound, "<": number < bound,
+                "<=": number <= bound, ">": number > bound, ">=": number >= bound}[op]
+
+
+class _SQLite(_Compiler):
+    def signal(self, name: str) -> Any:
+        path = bindparam(self.name(), f'$."{name}"', type_=Text)
+        return (func.json_type(self.doc, path), path)
+
+    def is_boolean(self, signal: Any) -> ColumnElement[bool]:
+        return signal[0].in_(["true", "false"])
+
+    def is_string(self, signal: Any) -> ColumnElement[bool]:
+        return signal[0] == "text"
+
+    def is_number(self, signal: Any) -> ColumnElement[bool]:
+        return and_(signal[0].in_(["integer", "real"]),
+                    getattr(func, _SQLITE_COMPARE_FUNCTION)(
+                        self.doc.op("->")(signal[1]), None).is_not(None))
+
+    def boolean(self, signal: Any) -> ColumnElement[Any]:
+        return signal[0] == "true"
+
+    def string(self, signal: Any) -> ColumnElement[Any]:
+        return func.json_extract(self.doc, signal[1])
+
+    def compare_equal(self, column: ColumnElement[Any], value: Scalar, op: str
+                      ) -> ColumnElement[bool]:
+        if isinstance(value, bool):  # `column` is json_type(...) == 'true'
+            return column == value if op == "==" else column != value
+        return super().compare_equal(column, value, op)
+
+    def compare_number(self, signal: Any, value: Scalar, op: str) -> ColumnElement[bool]:
+        order = getattr(func, _SQLITE_COMPARE_FUNCTION)(
+            self.doc.op("->")(signal[1]), bindparam(self.name(), str(value), type_=Text))
+        return case((signal[0].in_(["integer", "real"]), order.in_(_ORDER[op])), else_=null())
+
+
+# -- SQLite's functions -------------------------------------------------------------------
+
+def _decimal(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        number = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite() or abs(number) > LARGEST_NUMBER:
+        return None
+    return number
+
+
+def _decimal_cmp(left: str | None, right: str | None) -> int | None:
+    """-1, 0 or 1 comparing two JSON numbers exactly; NULL if either is no usable number.
+    With `right` NULL: 0 when `left` is a usable number (a range check), else NULL."""
+    a = _decimal(left)
+    if a is None:
+        return None
+    if right is None:
+        return 0
+    b = _decimal(right)
+    if b is None:
+        return None
+    return (a > b) - (a < b)
+
+
+def register_sqlite_functions(dbapi_connection: sqlite3.Connection) -> None:
+    """Register the functions the compiled conditions call, on one SQLite connection."""
+    from reinstatement.conditions import evidence_depth, unreadable_text
+
+    dbapi_connection.create_function(_SQLITE_COMPARE_FUNCTION, 2, _decimal_cmp,
+                                     deterministic=True)
+    dbapi_connection.create_function(_SQLITE_DEPTH_FUNCTION, 1, evidence_depth,
+                                     deterministic=True)
+    dbapi_connection.create_function(
+        _SQLITE_UNREADABLE_FUNCTION, 1,
+        lambda text: None if text is None else int(unreadable_text(text)), deterministic=True)

@@ -1,0 +1,179 @@
+"""The SQL compiler of the condition language agrees with the Python evaluator, on both databases.
+
+The Python evaluator (`conditions.evaluate` over `conditions.decode_evidence`) is the
+reference. Hypothesis generates conditions (every operator, nested all/any/not, values of
+each type including huge and tiny numbers and exact decimals) and evidence written as JSON
+text (absent, null, booleans, strings of digits, nested objects and lists, numbers beyond
+any double, decimals that a float would round, poison the Python decoder refuses, evidence
+that is no object). The evidence is written to the database; the compiled condition is
+evaluated there, and each row's truth must equal Python's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import JSON, BigInteger, Column, Engine, MetaData, Table, Text, cast, select, text
+
+from reinstatement.condition_sql import compile_condition, readable_evidence
+from reinstatement.conditions import decode_evidence, evaluate, parse_condition
+
+EXAMPLES = int(os.environ.get("REINSTATE_DIFFERENTIAL_EXAMPLES", "2000"))
+
+metadata = MetaData()
+probe = Table("condition_probe", metadata, Column("id", BigInteger, primary_key=True),
+              Column("evidence", JSON))
+
+SIGNALS = ["a", "b", "c"]
+
+# -- evidence, as the JSON text the platform's engine (or something worse) wrote --------
+
+NUMBER_TEXTS = ["0", "-0.0", "1", "5", "-5", "7", "100", "100.0", "100.00000000000000001",
+                "99.99999999999999999", "1E2", "1e-400", "1e309", "-1e309",
+                "1.7976931348623157e308", "1.7976931348623159e308", "9" * 400,
+                "12345678901234567890123", "0.1", "0.30000000000000004", "2.5e3"]
+SCALAR_TEXTS = (NUMBER_TEXTS + [
+    '"5"', '"100"', '"a"', '""', '"true"', '"\\u00e9"', '"é"',
+    '"\\ud83d\\ude00"',  # a surrogate pair, as an ASCII-only writer puts an emoji
+    '"\\udc00\\ud800"',  # the pair reversed: lone surrogates, unreadable
+    "true", "false", "null", '{"x": 1}', "[1, 2]", "[]", "{}"])
+
+
+@st.composite
+def evidence_texts(draw: st.DrawFn) -> str | None:
+    kind = draw(st.sampled_from(["object"] * 8 + ["null", "other", "poison"]))
+    if kind == "null":
+        return None
+    if kind == "other":
+        return draw(st.sampled_from(["[1, 2]", "5", '"a"', "true", "[]", "null"]))
+    if kind == "poison":
+        return draw(st.sampled_from([
+            '{"a": ' + "9" * 5000 + "}",
+            '{"a": 1, "deep": ' + "[" * 5000 + "]" * 5000 + "}",
+            '{"a": 1, "d": ' + "[" * 63 + "]" * 63 + "}",
+            '{"a": 1, "d": ' + "[" * 64 + "]" * 64 + "}",
+            '{"a": 1e99999}', '{"a": "\\u0000"}', '{"a": "\\ud800"}',
+            '{"a": 5, "b": "' + "x" * 100_001 + '"}',
+        ]))
+    keys = draw(st.lists(st.sampled_from(SIGNALS + ["other"]), unique=True, max_size=4))
+    return "{" + ", ".join(f'"{k}": {draw(st.sampled_from(SCALAR_TEXTS))}'
+                           for k in keys) + "}"
+
+
+# -- conditions ---------------------------------------------------------------------------
+
+NUMBERS = st.one_of(
+    st.integers(-10, 110), st.integers(-(10**30), 10**30),
+    st.sampled_from([Decimal("100.00000000000000001"), Decimal("99.99999999999999999"),
+                     Decimal("0.1"), Decimal("-0.0"), Decimal("1E+2"), Decimal("1e-400"),
+                     Decimal("1.7976931348623157e308"), Decimal(10**300)]),
+)
+SCALARS = st.one_of(NUMBERS, st.booleans(),
+                    st.sampled_from(["5", "100", "a", "", "true", "é", "x' OR 1=1 --"]))
+
+
+@st.composite
+def comparisons(draw: st.DrawFn) -> dict[str, Any]:
+    op = draw(st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]))
+    value: Any = (draw(st.lists(SCALARS, min_size=1, max_size=4)) if op in ("in", "not_in")
+                  else draw(SCALARS))
+    return {"signal": draw(st.sampled_from(SIGNALS)), "op": op, "value": value}
+
+
+conditions = st.recursive(
+    comparisons(),
+    lambda inner: st.one_of(
+        st.builds(lambda parts: {"all": parts}, st.lists(inner, max_size=3)),
+        st.builds(lambda parts: {"any": parts}, st.lists(inner, max_size=3)),
+        st.builds(lambda part: {"not": part}, inner),
+    ),
+    max_leaves=6,
+)
+
+
+@pytest.fixture
+def probe_engine(engine: Engine) -> Iterator[Engine]:
+    metadata.create_all(engine)
+    yield engine
+
+
+def _write(conn: Any, rows: list[str | None]) -> None:
+    conn.execute(probe.delete())
+    statement = (text("INSERT INTO condition_probe (id, evidence) VALUES (:id, CAST(:ev AS json))")
+                 if conn.dialect.name == "postgresql"
+                 else text("INSERT INTO condition_probe (id, evidence) VALUES (:id, :ev)"))
+    conn.execute(statement, [{"id": i, "ev": ev} for i, ev in enumerate(rows)])
+
+
+def _sql_truths(conn: Any, condition: Any) -> dict[int, bool | None]:
+    evidence = cast(probe.c.evidence, Text)
+    doc = readable_evidence(evidence, conn.dialect.name)
+    inner = select(probe.c.id, doc.label("doc")).subquery()
+    truth = compile_condition(condition, inner.c.doc, conn.dialect.name)
+    return {row[0]: None if row[1] is None else bool(row[1])
+            for row in conn.execute(select(inner.c.id, truth))}
+
+
+def test_the_sql_verdict_is_the_python_verdict(probe_engine: Engine) -> None:
+    with probe_engine.connect() as conn:
+        conn.begin()
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.large_base_example])
+        @given(raw=conditions, rows=st.lists(evidence_texts(), min_size=1, max_size=5))
+        def agree(raw: dict[str, Any], rows: list[str | None]) -> None:
+            condition = parse_condition(raw)
+            with conn.begin_nested():
+                _write(conn, rows)
+                got = _sql_truths(conn, condition)
+            want = {i: evaluate(condition, decode_evidence(ev)) for i, ev in enumerate(rows)}
+            assert got == want, (raw, rows)
+
+        try:
+            agree()
+        finally:
+            conn.rollback()
+
+
+@pytest.mark.parametrize(("condition", "evidence", "truth"), [
+    ({"signal": "a", "op": ">", "value": 100}, '{"a": 100.00000000000000001}', True),
+    ({"signal": "a", "op": "==", "value": 100}, '{"a": 100.0}', True),
+    ({"signal": "a", "op": ">", "value": 1}, '{"a": 1e309}', None),
+    ({"signal": "a", "op": ">", "value": 1}, '{"a": true}', None),
+    ({"signal": "a", "op": "==", "value": "5"}, '{"a": 5}', None),
+    ({"signal": "a", "op": "in", "value": ["5", 6]}, '{"a": 5}', False),
+    ({"signal": "a", "op": "not_in", "value": [5]}, '{"a": null}', None),
+    ({"all": []}, None, True),
+    ({"any": [{"signal": "a", "op": "<", "value": 1}]}, '{"a": ' + "9" * 5000 + "}", None),
+    ({"not": {"signal": "a", "op": ">=", "value": 1}}, '{"a": 1, "d": ' + "[" * 5000
+     + "]" * 5000 + "}", None),
+])
+def test_edge_values_judged_alike(probe_engine: Engine, condition: dict[str, Any],
+                                  evidence: str | None, truth: bool | None) -> None:
+    parsed = parse_condition(condition)
+    assert evaluate(parsed, decode_evidence(evidence)) is truth
+    with probe_engine.begin() as conn:
+        _write(conn, [evidence])
+        assert _sql_truths(conn, parsed) == {0: truth}
+
+
+def test_every_value_and_signal_name_is_a_bound_parameter() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    hostile = "x' OR 1=1 --"
+    parsed = parse_condition({"all": [{"signal": "a", "op": "==", "value": hostile},
+                                      {"signal": "b", "op": "in", "value": [12345, "zz9"]}]})
+    for dialect, compiler in (("postgresql", postgresql.dialect()),
+                              ("sqlite", sqlite.dialect())):
+        doc = readable_evidence(cast(probe.c.evidence, Text), dialect)
+        statement = str(select(compile_condition(parsed, doc, dialect)).compile(
+            dialect=compiler))
+        for pasted in (hostile, "12345", "zz9", '"a"', '"b"'):
+            assert pasted not in statement, (dialect, pasted)
