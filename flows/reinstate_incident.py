@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from prefect import Task, flow
-from prefect.exceptions import Abort
+from prefect.exceptions import Abort, Pause
 from prefect.futures import PrefectFuture, as_completed
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
@@ -277,6 +277,11 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
             return publish_report(incident.key)
         final_status, result = _carry_on(incident, request.batch_size, timings, wait=True)
         return result
+    except Pause:
+        # Suspended for the operator's decision: this run's part ended as it should; the
+        # run after the Resume records its own.
+        final_status = "needs approval"
+        raise
     finally:
         _finish_run(run_id, final_status, timings)
 

@@ -73,10 +73,10 @@ def review_case(
     are published again with it.
 
     Args:
-        case_id: The case to decide. In the Prefect UI: open Artifacts and the incident's
-            review table (review-...), or the Artifacts tab of the incident's run: it
-            lists every case waiting, with its case id, account and reason. From a
-            terminal: `reinstate review list KEY`.
+        case_id: The case to decide. In the Prefect UI: open the incident's run, its
+            Artifacts tab, and the table review-... : it lists the cases waiting, with
+            case id, account and reason (the newest version, after other decisions, is
+            at /v2/artifacts/key/review-...). From a terminal: `reinstate review list KEY`.
         decision: reinstate: lift the ban, restore the pins it hid and notify the user;
             uphold: keep the ban.
         reviewer: Your name or handle, for the audit trail.

@@ -78,16 +78,17 @@ class IncidentRequest(BaseModel):
     since: datetime | None = Field(
         None,
         title="Bans created from",
-        description="Only bans created at or after this moment. In the UI pick the date "
-        "and time (it is sent with your browser's time zone); on the command line give "
-        "ISO 8601 with a zone, e.g. 2025-04-01T00:00:00Z. Leave empty for no start.",
+        description="Only bans created at or after this moment. In the UI switch None to "
+        "date-time, then pick the day and time and the time zone under it (UTC by "
+        "default); on the command line give ISO 8601 with a zone, e.g. "
+        "2025-04-01T00:00:00Z. None: no start.",
     )
     until: datetime | None = Field(
         None,
         title="Bans created before",
         description="Only bans created before this moment; it must be after the start. "
-        "In the UI pick the date and time; on the command line give ISO 8601 with a zone, "
-        "e.g. 2025-04-15T00:00:00Z. Leave empty for no end.",
+        "In the UI switch None to date-time and pick the day, time and time zone; on the "
+        "command line give ISO 8601 with a zone, e.g. 2025-04-15T00:00:00Z. None: no end.",
     )
     account_ids: list[int] | None = Field(
         None,

@@ -163,8 +163,8 @@ def publish_review_queue(incident_key: str) -> int:
         table=rows or [{"case id": "", "account": "", "reason": "no case waits for review",
                         "incident": cell(incident_key)}],
         description=(f"Cases of {md(incident_key)} waiting for review: {shown}. Decide one "
-                     "with the review-case deployment (Run, then the case id from this "
-                     "table)."),
+                     "with the review-case deployment (Deployments, review-case, Run, "
+                     "Custom run, and the case id from this table)."),
     )
     return waiting
 
@@ -198,14 +198,17 @@ class Progress:
         self.total = max(total, 1)
         self.done = 0
         self.artifact_id: UUID | None = None
+        # A step with nothing left to do (a rerun after the resume, say) is done, not 0%.
         artifact = create_progress_artifact(
-            progress=0.0,
+            progress=0.0 if total else 100.0,
             key=_artifact_key(incident_key, f"progress-{step}"),
             description=self._text(),
         )
         self.artifact_id = artifact if isinstance(artifact, UUID) else None
 
     def _text(self) -> str:
+        if not self.count:
+            return f"{self.step}: nothing left to do"
         return f"{self.step}: {self.done:,} of {self.count:,} done"
 
     def advance(self, cases: int) -> None:

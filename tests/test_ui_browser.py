@@ -1,0 +1,449 @@
+"""An operator's path through Prefect's own UI, in headless Chromium.
+
+A real `prefect server start` (its UI: prefect_test_harness serves none) and `reinstate
+serve` in child processes, a seeded platform database, and a browser doing what the
+operator guide says: the incident's Custom run form (a bad faulty version refused, then the
+right values), Resume in the suspended run's menu with the approval form, the run's
+Artifacts tab, the review table, the review-case form, and the report that changed.
+
+Screenshots of every step go to REINSTATE_SCREENSHOTS_DIR (docs/ui/ with `make
+ui-screenshots`), else to the test's tmp_path. Without Chromium or Playwright the test
+skips with the reason, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from reinstatement.models import Case
+from reinstatement.seed import (
+    INCIDENT_FAULTY,
+    INCIDENT_KEY,
+    SeedOptions,
+    seed,
+)
+from tasks.reporting import _artifact_key
+from tests.test_deployments import PROJECT_ROOT, Server, _run_logs, _wait_for_state
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+BATCH_SIZE = 10  # several batches per step, so the progress bars move through values
+UI_TIMEOUT_MS = 30_000
+
+
+def _chromium() -> str | None:
+    if os.path.exists("/usr/bin/chromium"):
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+def _require_browser() -> str:
+    """Chromium's path; a skip (a failure under CI=true) saying what is missing."""
+    problem = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        problem = f"playwright cannot be imported ({exc}): pip install -e '.[dev]'"
+    chromium = _chromium()
+    if problem is None and chromium is None:
+        problem = ("no Chromium at /usr/bin/chromium or on PATH: apt-get install chromium "
+                   "(checks/browser.sh)")
+    if problem is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{problem} (CI=true: the browser test must run)")
+        pytest.skip(problem)
+    assert chromium is not None
+    return chromium
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Checked first, before any server starts."""
+    return _require_browser()
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME; yields its URL.
+
+    `--port` alone does not reach the UI: it asks the API at PREFECT_UI_API_URL, which
+    defaults to PREFECT_SERVER_API_PORT (4200), so both are set to the chosen port.
+    """
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_UI_API_URL=f"{base}/api")
+    log = tmp_path / "prefect-server.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"prefect server did not start:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def api(prefect_server: str) -> Iterator[str]:
+    """This process's Prefect client pointed at the real server, for the whole test."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"{prefect_server}/api"}):
+        yield f"{prefect_server}/api"
+
+
+@pytest.fixture
+def served(api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
+    # Logging at INFO: the run's Logs tab, in the screenshots, tells where Resume is.
+    env = {**os.environ, "PREFECT_API_URL": api, "REINSTATE_EMAIL_BACKEND": "file",
+           **cli_env}
+    server = Server(env, tmp_path / "serve.log")
+    server.start()  # returns once the 4 deployments are registered
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    target = os.environ.get("REINSTATE_SCREENSHOTS_DIR")
+    directory = Path(target) if target else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+class ProgressWatcher:
+    """Polls the progress artifacts while runs go on, keeping every value it sees.
+
+    `update_progress_artifact` changes an artifact in place (only a new create makes a
+    version), so the values in between are seen only by looking while they are current.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[float]] = {}
+        self._stop = threading.Event()
+        # The thread runs in a copy of this context: it holds the test's PREFECT_API_URL.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._poll,), daemon=True)
+
+    def _poll(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        last: dict[Any, float] = {}
+        with get_client(sync_client=True) as client:
+            while not self._stop.is_set():
+                with suppress(Exception):  # a busy server: the next poll sees it again
+                    for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(
+                            key=ArtifactFilterKey(like_="progress-"))):
+                        # Every version of a key (a rerun creates one) is followed apart.
+                        value = float(artifact.data)  # type: ignore[arg-type]
+                        if last.get(artifact.id) != value:
+                            last[artifact.id] = value
+                            self.seen.setdefault(str(artifact.key), []).append(value)
+                self._stop.wait(0.04)
+
+    def __enter__(self) -> ProgressWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _artifacts(key: str) -> list[Any]:
+    """Every version of the artifact `key`, newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC))
+
+
+def _table(data: Any) -> list[dict[str, Any]]:
+    return json.loads(data) if isinstance(data, str) else list(data)
+
+
+def _deployment_runs(name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        return list(client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment.id]))))
+
+
+def _wait_for_new_run(name: str, known: set[Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [run for run in _deployment_runs(name) if run.id not in known]
+        if new:
+            (run,) = new
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"no run of {name} was created")
+
+
+def _in_review(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(Case.id).where(Case.state == "review")
+                                 .order_by(Case.id)).scalars())
+
+
+def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
+    chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
+) -> None:
+    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+
+    seed(engine, SeedOptions(accounts=300, seed=8))
+    # The form's dates are left empty (None): no window, so bans by the faulty versions
+    # outside INCIDENT_SINCE..INCIDENT_UNTIL are candidates too; the run must still complete.
+    ui = f"{prefect_server}/v2"
+    incident_deployment = "reinstate-incident/reinstate-incident"
+    review_deployment = "review-case/review-case"
+
+    def shot(page: Page, name: str) -> None:
+        page.wait_for_timeout(400)  # let toasts and transitions settle
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    def open_custom_run(page: Page, deployment: str) -> None:
+        page.goto(f"{ui}/deployments")
+        page.get_by_role("link", name=deployment, exact=True).first.click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Custom run").click()
+        expect(page.get_by_role("button", name="Submit")).to_be_visible()
+
+    def submit_until_created(page: Page) -> None:
+        """Submit, and see the toast "<run name> scheduled to start now".
+
+        After a refusal the form's first Submit only validates again (and clears the
+        message): the run is created by the next one, as an operator finds out."""
+        page.get_by_role("button", name="Submit").click()
+        try:
+            page.wait_for_url(re.compile(r"/deployment/[^/]+\?"), timeout=5_000)
+        except PlaywrightTimeout:
+            page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_text("scheduled to start now")).to_be_visible()
+
+    def open_latest_version(page: Page, key: str) -> None:
+        """The key's page (/artifacts/key/KEY: its versions, newest first), then the
+        newest version's short id."""
+        page.goto(f"{ui}/artifacts/key/{key}")
+        page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
+        page.wait_for_url(re.compile(r"/artifacts/artifact/"))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      timezone_id="UTC")
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.new_page()
+        try:
+            # 1. The incident's Custom run form: a faulty version without @version is
+            # refused before any run exists.
+            open_custom_run(page, "reinstate-incident")
+            page.get_by_label("Incident key").fill(INCIDENT_KEY)
+            faulty = page.get_by_role("group").filter(
+                has=page.get_by_role("button", name="Add item"))
+            page.get_by_role("button", name="Add item").click()
+            faulty.get_by_role("textbox").last.fill("spam_burst")
+            page.get_by_label("Batch size").fill(str(BATCH_SIZE))
+            shot(page, "01-incident-form")
+            runs_before = {run.id for run in _deployment_runs(incident_deployment)}
+            page.get_by_role("button", name="Submit").click()
+            refusal = page.get_by_text(re.compile(r"^'spam_burst' does not match"))
+            expect(refusal).to_be_visible()
+            expect(page.get_by_text(
+                "Validation failed for field 'request.faulty_versions[0]'")).to_be_visible()
+            shot(page, "02-incident-form-refused")
+            page.wait_for_timeout(1000)
+            assert {run.id for run in _deployment_runs(incident_deployment)} == runs_before
+
+            # 2. The right values, dates left empty (None), approval on by default.
+            faulty.get_by_role("textbox").last.fill(INCIDENT_FAULTY[0])
+            for version in INCIDENT_FAULTY[1:]:
+                page.get_by_role("button", name="Add item").click()
+                faulty.get_by_role("textbox").last.fill(version)
+            # (The refusal stays under the item until the form is submitted again.)
+            shot(page, "03-incident-form-filled")
+            with ProgressWatcher() as progress:
+                submit_until_created(page)
+                flow_run = _wait_for_new_run(incident_deployment, runs_before)
+                assert flow_run.parameters["request"]["faulty_versions"] == list(
+                    INCIDENT_FAULTY)
+                assert flow_run.parameters["request"]["since"] is None
+                assert flow_run.parameters["request"]["require_approval"] is True
+                assert flow_run.parameters["request"]["batch_size"] == BATCH_SIZE
+
+                # 3. Suspended for approval; Resume in the run's menu, the form, approve.
+                _wait_for_state(flow_run.id, "Suspended", timeout=120)
+                page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
+                expect(page.get_by_text("Suspended").first).to_be_visible()
+                # The run's log says where the decision is made (read through the
+                # API: logs arrive a moment after the state); the Logs tab, newest first.
+                assert any("(Resume, in the run's menu)" in line for line in _run_logs(
+                    flow_run.id, until_seen="(Resume, in the run's menu)"))
+                page.reload()
+                page.get_by_text("Oldest to newest").click()
+                page.get_by_role("option", name="Newest to oldest").click()
+                shot(page, "04-run-suspended")
+                page.get_by_role("button", name="Open menu").first.click()
+                expect(page.get_by_role("menuitem", name="Resume")).to_be_visible()
+                shot(page, "05-run-menu-resume")
+                page.get_by_role("menuitem", name="Resume").click()
+                dialog = page.get_by_role("dialog")
+                expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
+                dialog.get_by_role("button", name="Select Decision").click()
+                page.get_by_role("option", name="approve", exact=True).click()
+                dialog.get_by_label("Operator").fill("ops-oncall")
+                dialog.get_by_label("Note").fill("preview checked")
+                shot(page, "06-resume-form")
+                dialog.get_by_role("button", name="Resume", exact=True).click()
+                expect(page.get_by_text("Flow run resumed")).to_be_visible()
+                run = _wait_for_state(flow_run.id, "COMPLETED", timeout=150)
+            assert run.state.is_completed()
+
+            # 4. The progress bars reached 100% through values in between.
+            restore_key = _artifact_key(INCIDENT_KEY, "progress-restore")
+            verify_key = _artifact_key(INCIDENT_KEY, "progress-verify")
+            for key in (restore_key, verify_key):
+                assert any(0 < value < 100 for value in progress.seen.get(key, [])), (
+                    key, progress.seen)
+                assert 100.0 in progress.seen[key], (key, progress.seen)
+            (restore,) = _artifacts(restore_key)
+            assert restore.data == 100.0
+            assert restore.description.startswith("restore: ") and restore.description.endswith(
+                " done")
+            assert any(v.data == 100.0 for v in _artifacts(verify_key))
+            page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
+            expect(page.get_by_text("Completed").first).to_be_visible()
+            page.get_by_role("tab", name="Artifacts").click()
+            expect(page.get_by_text(restore_key).first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^restore: [\d,]+ of [\d,]+ done$"))
+                   ).to_be_visible()
+            shot(page, "07-run-artifacts")
+
+            # 5. The review table (the run's Artifacts tab, its review card), a case id
+            # read off the page, the review-case form, the case gone from the republished
+            # table (the key's page, newest version) and the report changed.
+            review_key = _artifact_key(INCIDENT_KEY, "review")
+            report_key = _artifact_key(INCIDENT_KEY, "report")
+            report_before = _artifacts(report_key)[0].data
+            waiting_before = [row["case id"] for row in _table(_artifacts(review_key)[0].data)]
+            assert waiting_before and waiting_before == _in_review(engine)
+            # The card opens that artifact's own page (/artifacts/artifact/ID), the table.
+            page.get_by_role("link", name=re.compile(rf"\b{review_key}")).first.click()
+            page.wait_for_url(re.compile(r"/artifacts/artifact/"))
+            table = page.get_by_role("table")
+            expect(table).to_be_visible()
+            headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
+            assert headers == ["case id", "account", "reason", "incident"]
+            first_row = table.get_by_role("row").nth(1).get_by_role("cell")
+            case_id = int(first_row.first.inner_text().strip())
+            assert case_id == waiting_before[0]
+            shot(page, "08-review-table")
+
+            reviews_before = {r.id for r in _deployment_runs(review_deployment)}
+            open_custom_run(page, "review-case")
+            # This form's labels are the parameter names (the Field titles do not reach
+            # the deployment's schema); the descriptions are shown under them.
+            page.get_by_label("case_id", exact=True).fill(str(case_id))
+            page.get_by_role("button", name="Select decision").click()
+            page.get_by_role("option", name="reinstate", exact=True).click()
+            page.get_by_label("reviewer", exact=True).fill("ana")
+            page.get_by_label("note", exact=True).fill("the signal was missing, not high")
+            shot(page, "09-review-form")
+            submit_until_created(page)
+            review = _wait_for_new_run(review_deployment, reviews_before)
+            review = _wait_for_state(review.id, "COMPLETED", timeout=120)
+            assert review.name == f"review case {case_id} ({INCIDENT_KEY})"
+
+            waiting_after = [row["case id"] for row in _table(_artifacts(review_key)[0].data)]
+            assert waiting_after == waiting_before[1:]
+            open_latest_version(page, review_key)
+            expect(page.get_by_role("table")).to_be_visible()
+            cells = page.get_by_role("table").get_by_role("row").all_inner_texts()
+            assert not any(re.match(rf"^{case_id}\s", row) for row in cells[1:]), cells
+            shot(page, "10-review-table-after")
+            report_after = _artifacts(report_key)[0].data
+            assert report_after != report_before
+            open_latest_version(page, report_key)
+            expect(page.get_by_role("heading", name=re.compile("Reinstatement report"))
+                   ).to_be_visible()
+            shot(page, "11-report-updated")
+        except Exception:
+            with suppress(Exception):
+                shot(page, "99-failure")
+                (shots / "99-failure.html").write_text(page.content())
+            raise
+        finally:
+            context.close()
+            browser.close()
+
+    with engine.connect() as conn:
+        restored = conn.execute(select(func.count()).select_from(Case).where(
+            Case.state == "restored")).scalar_one()
+    assert restored > 0
+    assert case_id not in _in_review(engine)
+    assert (PROJECT_ROOT / "docs" / "ui").is_dir()
