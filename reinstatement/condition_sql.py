@@ -69,28 +69,46 @@ _ORDER = {"<": (-1,), "<=": (-1, 0), ">": (1,), ">=": (0, 1), "==": (0,), "!=": 
 
 def readable_evidence(evidence_text: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     """The evidence as the compiled conditions read it: a jsonb object on PostgreSQL, JSON
-    text of an object on SQLite, or NULL when it is no readable object."""
+    text of an object on SQLite, or NULL when it is no readable object.
+
+    One expression; where it is referred to many times per row, select `parsed_evidence`
+    and then `object_evidence` of it in two subqueries, so it is parsed once.
+    """
+    return object_evidence(parsed_evidence(evidence_text, dialect), dialect)
+
+
+def parsed_evidence(evidence_text: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """The evidence text parsed where it is safe to: jsonb on PostgreSQL (the text on
+    SQLite), NULL for text no JSON function reads safely."""
     if dialect == "postgresql":
-        doc = case(
+        return case(
             (and_(func.length(evidence_text) <= MAX_EVIDENCE_CHARS,
                   not_(evidence_text.regexp_match(_PG_UNREADABLE))),
              cast(evidence_text, JSONB)),
             else_=null(),
         )
-        deep = func.jsonb_path_exists(
-            doc, cast(bindparam("too_deep_path",
-                                f"strict $.**{{{MAX_EVIDENCE_DEPTH} to last}} ? "
-                                '(@.type() == "array" || @.type() == "object")', type_=Text),
-                      JSONPATH))
-        return case((and_(func.jsonb_typeof(doc) == "object", not_(deep)), doc), else_=null())
     return case(
         (and_(func.length(evidence_text) <= MAX_EVIDENCE_CHARS,
               func.json_valid(evidence_text) == 1,
               getattr(func, _SQLITE_UNREADABLE_FUNCTION)(evidence_text) == 0,
               getattr(func, _SQLITE_DEPTH_FUNCTION)(evidence_text) <= MAX_EVIDENCE_DEPTH),
-         case((func.json_type(evidence_text) == "object", evidence_text), else_=null())),
+         evidence_text),
         else_=null(),
     )
+
+
+def object_evidence(parsed: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """Parsed evidence if it is an object nested at most 64 levels deep, else NULL."""
+    if dialect == "postgresql":
+        deep = func.jsonb_path_exists(
+            parsed, cast(bindparam("too_deep_path",
+                                   f"strict $.**{{{MAX_EVIDENCE_DEPTH} to last}} ? "
+                                   '(@.type() == "array" || @.type() == "object")',
+                                   type_=Text),
+                         JSONPATH))
+        return case((and_(func.jsonb_typeof(parsed) == "object", not_(deep)), parsed),
+                    else_=null())
+    return case((func.json_type(parsed) == "object", parsed), else_=null())
 
 
 def compile_condition(cond: Condition, doc: ColumnElement[Any], dialect: str
@@ -107,11 +125,6 @@ def _unknown() -> ColumnElement[bool]:
 class _Compiler:
     def __init__(self, doc: ColumnElement[Any]) -> None:
         self.doc = doc
-        self._names = 0
-
-    def name(self) -> str:
-        self._names += 1
-        return f"c{self._names}"
 
     def condition(self, cond: Condition) -> ColumnElement[bool]:
         if isinstance(cond, Comparison):
@@ -149,7 +162,7 @@ class _Compiler:
 
     def compare_equal(self, column: ColumnElement[Any], value: Scalar, op: str
                       ) -> ColumnElement[bool]:
-        bound = bindparam(self.name(), value, type_=Boolean if isinstance(value, bool)
+        bound = bindparam(None, value, type_=Boolean if isinstance(value, bool)
                           else Text)
         return column == bound if op == "==" else column != bound
 
@@ -162,11 +175,11 @@ class _Compiler:
         hits: list[ColumnElement[bool]] = [false()]
         if booleans:
             hits.append(and_(self.is_boolean(signal), or_(*[
-                self.boolean(signal) == bindparam(self.name(), b, type_=Boolean)
+                self.boolean(signal) == bindparam(None, b, type_=Boolean)
                 for b in booleans])))
         if strings:
             hits.append(and_(self.is_string(signal), or_(*[
-                self.string(signal) == bindparam(self.name(), s, type_=Text)
+                self.string(signal) == bindparam(None, s, type_=Text)
                 for s in strings])))
         if numbers:
             hits.append(and_(self.is_number(signal), or_(*[
@@ -200,7 +213,7 @@ class _Compiler:
 
 class _PostgreSQL(_Compiler):
     def signal(self, name: str) -> Any:
-        key = bindparam(self.name(), name, type_=Text)
+        key = bindparam(None, name, type_=Text)
         return (self.doc.op("->")(key), self.doc.op("->>")(key))
 
     def is_boolean(self, signal: Any) -> ColumnElement[bool]:
@@ -224,14 +237,14 @@ class _PostgreSQL(_Compiler):
     def compare_number(self, signal: Any, value: Scalar, op: str) -> ColumnElement[bool]:
         number = case((func.jsonb_typeof(signal[0]) == "number", cast(signal[1], Numeric)),
                       else_=null())
-        bound = bindparam(self.name(), Decimal(str(value)), type_=Numeric)
+        bound = bindparam(None, Decimal(str(value)), type_=Numeric)
         return {"==": number == bound, "!=": number != bound, "<": number < bound,
                 "<=": number <= bound, ">": number > bound, ">=": number >= bound}[op]
 
 
 class _SQLite(_Compiler):
     def signal(self, name: str) -> Any:
-        path = bindparam(self.name(), f'$."{name}"', type_=Text)
+        path = bindparam(None, f'$."{name}"', type_=Text)
         return (func.json_type(self.doc, path), path)
 
     def is_boolean(self, signal: Any) -> ColumnElement[bool]:
@@ -259,7 +272,7 @@ class _SQLite(_Compiler):
 
     def compare_number(self, signal: Any, value: Scalar, op: str) -> ColumnElement[bool]:
         order = getattr(func, _SQLITE_COMPARE_FUNCTION)(
-            self.doc.op("->")(signal[1]), bindparam(self.name(), str(value), type_=Text))
+            self.doc.op("->")(signal[1]), bindparam(None, str(value), type_=Text))
         return case((signal[0].in_(["integer", "real"]), order.in_(_ORDER[op])), else_=null())
 
 

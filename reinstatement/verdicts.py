@@ -80,6 +80,9 @@ class StandingBan:
     rule_name: str | None  # the version's name, "harassment@4", when known
     created_at: datetime
     evidence: object  # the parsed JSON evidence, or None
+    # The corrected condition's truth on the evidence, when the database already judged it
+    # true or false (steps.load_standing_bans); None: judge it here, from `evidence`.
+    corrected_truth: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,9 @@ def judge_faulty_ban(
     """The faulty ban's verdict, with the signals that left it uncertain."""
     if version.corrected_condition is None:
         return BanVerdict.UNCERTAIN, []
+    if ban.corrected_truth is not None:
+        # Judged in the database: a known truth has no unknown signals to name.
+        return (BanVerdict.CONFIRMED if ban.corrected_truth else BanVerdict.WRONGFUL), []
     truth, unknown_signals = explain(version.corrected_condition, ban.evidence)
     if truth is None:
         return BanVerdict.UNCERTAIN, unknown_signals

@@ -177,3 +177,48 @@ def test_every_value_and_signal_name_is_a_bound_parameter() -> None:
             dialect=compiler))
         for pasted in (hostile, "12345", "zz9", '"a"', '"b"'):
             assert pasted not in statement, (dialect, pasted)
+
+
+def test_a_seeded_incident_is_decided_alike_in_the_database_and_in_python(
+    engine: Engine
+) -> None:
+    """Every case of the seeded incident (all five outcomes, uncertain evidence, other
+    bans) gets the same decision, reasons included, whether the database judges the
+    corrected conditions or Python does."""
+    from reinstatement import runner, steps
+    from reinstatement.incidents import build_request
+    from reinstatement.models import Case
+    from reinstatement.seed import (
+        INCIDENT_FAULTY,
+        INCIDENT_KEY,
+        INCIDENT_SINCE,
+        INCIDENT_UNTIL,
+        SeedOptions,
+        seed,
+    )
+
+    seed(engine, SeedOptions(accounts=1500, seed=4))
+    request = build_request(incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
+                            since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=500,
+                            require_approval=False)
+    incident = runner.register(engine, request, "test")
+    runner.plan_all(runner.StepContext(engine, incident, 500))
+    with engine.connect() as conn:
+        cases = [steps.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
+                                   row.round)
+                 for row in conn.execute(select(Case).order_by(Case.id))]
+        in_the_database, _ = steps.decide_accounts(conn, incident, cases)
+        judged = [ban for bans in steps.load_standing_bans(
+                      conn, [c.account_id for c in cases], incident.rules).values()
+                  for ban in bans if ban.corrected_truth is not None]
+        real_load = steps.load_standing_bans
+        steps.load_standing_bans = lambda c, ids, rules=None: real_load(c, ids)  # type: ignore[assignment]
+        try:
+            in_python, _ = steps.decide_accounts(conn, incident, cases)
+        finally:
+            steps.load_standing_bans = real_load  # type: ignore[assignment]
+    assert len(cases) > 1000
+    assert len(judged) > 1000  # the database did judge them
+    outcomes = {d.outcome for d in in_python.values()}
+    assert len(outcomes) == 5, outcomes
+    assert in_the_database == in_python
