@@ -54,6 +54,7 @@ test test-fast: $(STAMP)
 	exit $$status
 
 bench: $(STAMP)
+	bash checks/smtp_sink.sh
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 
 # A new user's first steps in an empty folder: clone, `make test`, `make demo`.
