@@ -39,7 +39,7 @@ pytest-fast: $(STAMP)
 # The browser test drives Debian's Chromium (Playwright cannot download browsers here):
 # installed with apt-get when missing and this user may install packages.
 browser:
-	bash checks/browser.sh
+	bash checks/debian_package.sh chromium chromium "the browser test"
 
 # The operator guide's screenshots, taken again into docs/ui/ by the browser test.
 ui-screenshots: $(STAMP) browser
@@ -54,7 +54,7 @@ test test-fast: $(STAMP)
 	exit $$status
 
 bench: $(STAMP)
-	bash checks/smtp_sink.sh
+	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 
 # A new user's first steps in an empty folder: clone, `make test`, `make demo`.

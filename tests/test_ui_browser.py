@@ -67,7 +67,7 @@ def _require_browser() -> str:
     chromium = _chromium()
     if problem is None and chromium is None:
         problem = ("no Chromium at /usr/bin/chromium or on PATH: apt-get install chromium "
-                   "(checks/browser.sh)")
+                   "(checks/debian_package.sh, run by make test)")
     if problem is not None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{problem} (CI=true: the browser test must run)")
