@@ -1,18 +1,72 @@
 """Register every deployment against PREFECT_API_URL and serve their runs from this process.
 
-`reinstate serve` runs this; so does `python -m deployments.serve`.
+`reinstate serve` runs this; so does `python -m deployments.serve`. It is Prefect's
+`serve`, with one difference: on SIGTERM or Ctrl-C the process is gone within
+`STOP_SECONDS` even when the Prefect server no longer answers (Prefect's own shutdown
+would keep retrying it). The graceful stop gets those seconds first: it cancels the runs
+in flight, which every step resumes idempotently.
 """
 
 from __future__ import annotations
 
-from prefect import serve
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from prefect.runner import Runner
 
 from deployments.definitions import all_deployments
+
+STOP_SECONDS = 8.0
+logger = logging.getLogger("reinstatement.serve")
+_deadline_started = threading.Event()
+
+
+def _stop_within(seconds: float) -> None:
+    """Let the graceful shutdown run, and end the process after `seconds` at most."""
+    if _deadline_started.is_set():
+        return
+    _deadline_started.set()
+
+    def end() -> None:
+        time.sleep(seconds)
+        logger.warning("the shutdown did not finish within %.0f s (is the Prefect server "
+                       "gone?): stopping now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=end, name="serve-stop-deadline", daemon=True).start()
+
+
+class _Runner(Runner):
+    def handle_sigterm(self, *args: object, **kwargs: object) -> None:
+        _stop_within(STOP_SECONDS)
+        super().handle_sigterm(*args, **kwargs)
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _stop_within(STOP_SECONDS)
+    signal.default_int_handler(signum, frame)
 
 
 def main(limit: int | None = None) -> None:
     """Block, executing the deployments' runs as the Prefect server schedules them."""
-    serve(*all_deployments(), limit=limit)
+    runner = _Runner(limit=limit)
+    deployments = all_deployments()
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console
+          f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        logger.info("stopped by Ctrl-C")
 
 
 if __name__ == "__main__":

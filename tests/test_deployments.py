@@ -383,3 +383,32 @@ def test_review_in_the_ui_lists_the_cases_and_refreshes_the_report(
     logs = _run_logs(refused.id, until_seen=run.state.message)
     assert any(run.state.message in line for line in logs), logs
     assert not any("Traceback" in line for line in logs), logs
+
+
+def test_serve_stops_within_ten_seconds_even_when_the_prefect_server_is_gone(
+    real_prefect_api: str, prefect_server: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Prefect's own shutdown keeps retrying a server that no longer answers; `reinstate
+    serve` ends all the same, within its stop deadline, on SIGTERM and on Ctrl-C."""
+    from tests.prefect_server import PROCESSES
+
+    env = {**os.environ, "PREFECT_API_URL": real_prefect_api,
+           "PREFECT_LOGGING_LEVEL": "WARNING", **cli_env}
+    servers = []
+    for name in ("sigterm", "ctrl-c"):
+        server = Server(env, tmp_path / f"serve-{name}.log")
+        server.start()
+        servers.append(server)
+    PROCESSES[prefect_server].kill()  # the Prefect server is gone
+    PROCESSES[prefect_server].wait(timeout=30)
+    try:
+        for server, stop_signal in zip(servers, (signal.SIGTERM, signal.SIGINT), strict=True):
+            assert server.process is not None
+            started = time.monotonic()
+            if server.process.poll() is None:  # (it may also have given up by itself)
+                server.process.send_signal(stop_signal)
+            server.process.wait(timeout=15)
+            assert time.monotonic() - started < 10, stop_signal
+    finally:
+        for server in servers:
+            server.kill()

@@ -18,12 +18,8 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -76,22 +72,6 @@ def _require_browser() -> str:
     return chromium
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
-
-
 @pytest.fixture
 def chromium() -> str:
     """Checked first, before any server starts."""
@@ -99,55 +79,10 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[str]:
-    """`prefect server start` on a free port with its own PREFECT_HOME; yields its URL.
-
-    `--port` alone does not reach the UI: it asks the API at PREFECT_UI_API_URL, which
-    defaults to PREFECT_SERVER_API_PORT (4200), so both are set to the chosen port.
-    """
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_UI_API_URL=f"{base}/api")
-    log = tmp_path / "prefect-server.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("prefect")), "server", "start",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"prefect server did not start:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        _stop(process)
-
-
-@pytest.fixture
-def api(prefect_server: str) -> Iterator[str]:
-    """This process's Prefect client pointed at the real server, for the whole test."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: f"{prefect_server}/api"}):
-        yield f"{prefect_server}/api"
-
-
-@pytest.fixture
-def served(api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
+def served(real_prefect_api: str, cli_env: dict[str, str], tmp_path: Path
+           ) -> Iterator[Server]:
     # Logging at INFO: the run's Logs tab, in the screenshots, tells where Resume is.
-    env = {**os.environ, "PREFECT_API_URL": api, "REINSTATE_EMAIL_BACKEND": "file",
+    env = {**os.environ, "PREFECT_API_URL": real_prefect_api, "REINSTATE_EMAIL_BACKEND": "file",
            **cli_env}
     server = Server(env, tmp_path / "serve.log")
     server.start()  # returns once the 4 deployments are registered
