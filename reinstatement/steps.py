@@ -37,7 +37,6 @@ from sqlalchemy import (
     column,
     func,
     insert,
-    null,
     select,
     update,
 )
@@ -45,13 +44,16 @@ from sqlalchemy import case as sql_case
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from reinstatement.condition_sql import compile_condition, object_evidence, parsed_evidence
+from reinstatement import verdict_sql
 from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, IncidentVersion, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+from reinstatement.verdict_sql import array as _array
+from reinstatement.verdict_sql import array_rows as _array_rows
+from reinstatement.verdict_sql import judged_bans
 from reinstatement.verdicts import (
     AccountFacts,
     CaseDecision,
@@ -270,11 +272,6 @@ def lock_platform_rows(conn: Connection, account_ids: Sequence[int]) -> None:
     conn.execute(select(func.reinstatement_lock_accounts(_array(BigInteger, account_ids))))
 
 
-def _array(item_type: Any, values: Iterable[Any]) -> Any:
-    """One PostgreSQL array parameter."""
-    return bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
-
-
 def load_standing_bans(conn: Connection, account_ids: Sequence[int],
                        rules: IncidentRules | None = None) -> dict[int, list[StandingBan]]:
     """The accounts' standing bans; under a restore, `load_accounts(lock=True)` locked them.
@@ -298,7 +295,7 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
             .where(_id_in(conn, ea.c.account_id, chunk), ea.c.kind == "ban",
                    ea.c.reversed_at.is_(None))
         )
-        judged = _judged_in_the_database(conn, query, rules)
+        judged = judged_bans(conn.dialect.name, query, rules)
         for row in conn.execute(judged):
             name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"
             truth = None if row.truth is None else bool(row.truth)
@@ -309,42 +306,6 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
                 corrected_truth=truth,
             ))
     return bans
-
-
-def _judged_in_the_database(conn: Connection, query: Any, rules: IncidentRules | None
-                            ) -> Any:
-    """`query`'s bans with `truth`: the corrected condition of the ban's faulty version on
-    its evidence (NULL: unknown, not a faulty version's ban, or no rules given), and the
-    evidence text only where the truth is NULL.
-
-    Each stage is a subquery behind OFFSET 0, which PostgreSQL does not flatten, so the
-    evidence is parsed once per row however often the condition refers to it.
-    """
-    dialect = conn.dialect.name
-    whens = [] if rules is None else [
-        (version_id, version.corrected_condition)
-        for version_id, version in sorted(rules.faulty.items())
-        if version.corrected_condition is not None
-    ]
-    if not whens:
-        bans = query.subquery()
-        return (select(*bans.c, null().label("truth"))
-                .order_by(bans.c.account_id, bans.c.id))
-    parsed = query.add_columns(
-        parsed_evidence(query.selected_columns.evidence_text, dialect).label("parsed")
-    ).offset(0).subquery()
-    staged = select(*[c for c in parsed.c if c.name != "parsed"],
-                    object_evidence(parsed.c.parsed, dialect).label("doc")
-                    ).offset(0).subquery()
-    truth = sql_case(*[(staged.c.rule_version_id == bindparam(None, version_id, type_=BigInteger),
-                    compile_condition(condition, staged.c.doc, dialect))
-                   for version_id, condition in whens], else_=null())
-    judged = select(*[c for c in staged.c if c.name not in ("doc", "evidence_text")],
-                    truth.label("truth"), staged.c.evidence_text).offset(0).subquery()
-    return (select(*[c for c in judged.c if c.name != "evidence_text"],
-                   sql_case((judged.c.truth.is_(None), judged.c.evidence_text),
-                        else_=null()).label("evidence_text"))
-            .order_by(judged.c.account_id, judged.c.id))
 
 
 def rules_for_round(incident: RegisteredIncident, round_: int) -> IncidentRules:
@@ -438,19 +399,6 @@ def _case_update(case_id: int, decision: CaseDecision, state: str, now: datetime
     }
 
 
-def _array_rows(**columns: tuple[Any, list[Any]]) -> Any:
-    """Rows from parallel arrays, PostgreSQL's unnest(a, b, ...) AS t(name_a, name_b, ...).
-
-    Each keyword is a column: (element type, values). Used to write a batch's per-row
-    values in ONE statement (UPDATE ... FROM rows) where an executemany would send a
-    statement per row: in the scale benchmark those executemanys were most of the time
-    verify and restore spent beyond the raw-SQL floor.
-    """
-    arrays = [bindparam(None, values, type_=postgresql.ARRAY(element))
-              for element, values in columns.values()]
-    return func.unnest(*arrays).table_valued(*columns).render_derived()
-
-
 def _json_rows(rows: list[dict[str, Any]], types: dict[str, Any]) -> Any:
     """Rows as PostgreSQL's json_to_recordset(one JSON parameter) AS t(name type, ...).
 
@@ -517,13 +465,82 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     """Judge the next batch of planned cases and record each outcome with its reasons.
 
     A preview (dry run) records outcomes as 'previewed'; a real run verifies planned
-    and previewed cases again against the data as it is now.
+    and previewed cases again against the data as it is now. On PostgreSQL the database
+    decides the batch (verdict_sql.py) and writes its cases and audit rows itself; only
+    cases whose reasons must name unknown signals are decided here, in Python.
     """
     states = [CaseState.PLANNED] if preview else [CaseState.PLANNED, CaseState.PREVIEWED]
     claimed = claim_cases(conn, incident.id, states, limit)
     result = BatchResult()
     if not claimed:
         return result
+    if conn.dialect.name == "postgresql":
+        decided = _verify_in_the_database(conn, incident, claimed, preview, actor)
+        for outcome, count in decided.items():
+            result.outcomes[outcome] += count
+        claimed_by_id = {case.id: case for case in claimed}
+        rest = [claimed_by_id[case_id] for case_id in decided.python]
+    else:
+        rest = claimed
+    if rest:
+        _verify_in_python(conn, incident, rest, preview, actor, result)
+    result.cases = len(claimed)
+    return result
+
+
+def _state_after(outcome: Any, preview: bool) -> Any:
+    """The case's state after verification, as a SQL expression of its outcome."""
+    if preview:
+        return bindparam(None, CaseState.PREVIEWED, type_=Text)
+    return sql_case(*[(outcome == bindparam(None, str(o), type_=Text),
+                       bindparam(None, state, type_=Text))
+                      for o, state in _STATE_AFTER_VERIFY.items()])
+
+
+class _Decided(Counter[str]):
+    """Outcome counts of the cases the database decided, and the cases left to Python."""
+
+    python: list[int]
+
+
+def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
+                            claimed: Sequence[ClaimedCase], preview: bool, actor: str
+                            ) -> _Decided:
+    """One statement: the batch's verdicts, the cases updated from them, and their audit."""
+    now = utcnow()
+    verdicts = verdict_sql.verdicts(
+        incident.rules, [c.id for c in claimed], [c.account_id for c in claimed],
+        [c.round for c in claimed], [c.state for c in claimed]).cte("verdicts")
+    v = verdicts.c
+    updated = (
+        update(Case)
+        .where(Case.id == v.case_id, v.python.is_(False))
+        .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
+                faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
+                updated_at=now)
+        .returning(Case.id, Case.state, v.prior_state, v.outcome, v.summary)
+        .cte("updated")
+    )
+    u = updated.c
+    audited = insert(AuditEntry).from_select(
+        ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
+        select(bindparam(None, incident.id, type_=BigInteger), u.id, u.prior_state, u.state,
+               bindparam(None, actor, type_=Text), u.outcome + ": " + u.summary,
+               bindparam(None, now, type_=DateTime(timezone=True)))
+    ).cte("audited")
+    decided = _Decided()
+    decided.python = []
+    for row in conn.execute(select(v.case_id, v.outcome, v.python).add_cte(updated, audited)):
+        if row.python:
+            decided.python.append(row.case_id)
+        else:
+            decided[row.outcome] += 1
+    return decided
+
+
+def _verify_in_python(conn: Connection, incident: RegisteredIncident,
+                      claimed: Sequence[ClaimedCase], preview: bool, actor: str,
+                      result: BatchResult) -> None:
     decisions, _ = decide_accounts(conn, incident, claimed)
     now = utcnow()
     updates, audit_rows = [], []
@@ -536,18 +553,70 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
         result.outcomes[str(decision.outcome)] += 1
     _update_cases(conn, updates)
     _audit(conn, incident.id, audit_rows, actor)
-    result.cases = len(claimed)
-    return result
 
 
 # -- restore ----------------------------------------------------------------------------
 
-def _unban_reason(incident: RegisteredIncident, decision: CaseDecision) -> str:
-    faulty_bans = decision.reasons.get("faulty_bans", [])
-    versions = sorted({str(b["faulty_version"]) for b in faulty_bans  # type: ignore[attr-defined]
-                       if isinstance(b, dict)})
+@dataclass(frozen=True)
+class Verdict:
+    """What a restore needs of a case's judgement under lock."""
+
+    outcome: str
+    standing_ban_ids: tuple[int, ...]
+    faulty_names: tuple[str, ...]  # the distinct faulty versions, sorted
+
+    @classmethod
+    def of(cls, decision: CaseDecision) -> Verdict:
+        names = {str(b["faulty_version"]) for b in decision.reasons.get("faulty_bans", [])  # type: ignore[attr-defined]
+                 if isinstance(b, dict)}
+        return cls(str(decision.outcome), tuple(decision.standing_ban_ids),
+                   tuple(sorted(names)))
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """The account a restore writes to, and where its notice goes."""
+
+    id: int
+    email: str | None
+    locale: str
+
+
+def _unban_reason(incident: RegisteredIncident, verdict: Verdict) -> str:
     return (f"Reinstated by incident {incident.key}: the ban by "
-            f"{', '.join(versions) or 'a faulty rule version'} was a mistake")
+            f"{', '.join(verdict.faulty_names) or 'a faulty rule version'} was a mistake")
+
+
+def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
+                       claimed: Sequence[ClaimedCase]
+                       ) -> dict[int, tuple[Verdict, RestoreTarget | None]]:
+    """Each claimed case judged again, its platform rows locked first.
+
+    On PostgreSQL the database judges the batch (verdict_sql.py) and Python only the cases
+    whose bans are unknown on their evidence; elsewhere Python judges them all.
+    """
+    judged: dict[int, tuple[Verdict, RestoreTarget | None]] = {}
+    rest = list(claimed)
+    if conn.dialect.name == "postgresql":
+        lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
+        rest = []
+        by_id = {case.id: case for case in claimed}
+        for row in verdict_sql.fetch(conn, incident.rules, claimed, reasons=False):
+            if row.python:
+                rest.append(by_id[row.case_id])
+                continue
+            target = None if row.locale is None else RestoreTarget(row.account_id, row.email,
+                                                                   row.locale)
+            names = tuple(row.faulty_names.split(", ")) if row.faulty_names else ()
+            judged[row.case_id] = (Verdict(row.outcome, tuple(row.standing_ids), names),
+                                   target)
+    if rest:
+        decisions, found = decide_accounts(conn, incident, rest, lock=True)
+        for case in rest:
+            record = found.get(case.account_id)
+            judged[case.id] = (Verdict.of(decisions[case.id]), None if record is None else
+                               RestoreTarget(record.id, record.email, record.locale))
+    return judged
 
 
 def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
@@ -566,24 +635,42 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     result = BatchResult()
     if not claimed:
         return result
-    decisions, found = decide_accounts(conn, incident, claimed, lock=True)
+    judged = _judge_for_restore(conn, incident, claimed)
     now = utcnow()
-    to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]] = []
-    changed_updates: list[dict[str, Any]] = []
+    to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]] = []
+    changed: list[ClaimedCase] = []
     audit_rows: list[tuple[int | None, str | None, str, str]] = []
     for case in claimed:
-        decision = decisions[case.id]
-        same_bans = sorted(case.standing_ban_ids or []) == list(decision.standing_ban_ids)
+        verdict, target = judged[case.id]
+        same_bans = sorted(case.standing_ban_ids or []) == list(verdict.standing_ban_ids)
         # A reviewer may decide an uncertain case: reinstated, as long as nothing about its
         # bans changed since they looked.
         reviewed = (case.review_decision == "reinstate"
-                    and decision.outcome == Outcome.NEEDS_REVIEW)
-        if (decision.outcome == Outcome.REINSTATED or reviewed) and same_bans:
-            to_restore.append((case, decision, found[case.account_id]))
-            continue
-        # The platform moved since verification (a moderator acted, a ban was lifted or
-        # added): never overwrite that. Record the account's outcome as it is now; if it
-        # would still be reinstated but by other bans, a person looks first.
+                    and verdict.outcome == Outcome.NEEDS_REVIEW)
+        if (verdict.outcome == Outcome.REINSTATED or reviewed) and same_bans \
+                and target is not None:
+            to_restore.append((case, verdict, target))
+        else:
+            changed.append(case)
+    if changed:
+        _record_changed(conn, incident, changed, now, result, audit_rows)
+    if to_restore:
+        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows)
+    _audit(conn, incident.id, audit_rows, actor)
+    result.cases = len(claimed)
+    return result
+
+
+def _record_changed(conn: Connection, incident: RegisteredIncident,
+                    changed: Sequence[ClaimedCase], now: datetime, result: BatchResult,
+                    audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
+    """The platform moved since verification (a moderator acted, a ban was lifted or
+    added): never overwrite that. Record each account's outcome as it is now, with its
+    reasons; if it would still be reinstated but by other bans, a person looks first."""
+    decisions, _ = decide_accounts(conn, incident, changed)  # the rows are locked already
+    updates = []
+    for case in changed:
+        decision = decisions[case.id]
         if decision.outcome == Outcome.REINSTATED:
             reasons = dict(decision.reasons)
             reasons["summary"] = ("needs review: the account's bans changed between "
@@ -591,18 +678,12 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
             decision = CaseDecision(Outcome.NEEDS_REVIEW, decision.faulty_ban_ids,
                                     decision.standing_ban_ids, reasons)
         state = _STATE_AFTER_VERIFY[decision.outcome]
-        changed_updates.append(_case_update(case.id, decision, state, now))
+        updates.append(_case_update(case.id, decision, state, now))
         audit_rows.append((case.id, case.state, state,
                            f"changed since verification: now {decision.outcome}"))
         result.outcomes[str(decision.outcome)] += 1
         result.changed_since_verification += 1
-    if changed_updates:
-        _update_cases(conn, changed_updates)
-    if to_restore:
-        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows)
-    _audit(conn, incident.id, audit_rows, actor)
-    result.cases = len(claimed)
-    return result
+    _update_cases(conn, updates)
 
 
 def _insert_unbans(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
@@ -618,7 +699,7 @@ class RestoreConflict(RuntimeError):
 
 
 def _apply_restores(conn: Connection, incident: RegisteredIncident,
-                    to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                    to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                     now: datetime, sender_domain: str, result: BatchResult,
                     audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
     if conn.dialect.name == "postgresql":
@@ -657,7 +738,7 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
 
 
 def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
-                             to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                             to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                              now: datetime) -> tuple[list[int], Counter[int]]:
     """The platform writes of a restore as plain statements (SQLite)."""
     ea = enforcement_actions
@@ -692,7 +773,7 @@ def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
 
 
 def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
-                           to_restore: list[tuple[ClaimedCase, CaseDecision, AccountRecord]],
+                           to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                            now: datetime) -> tuple[list[int], Counter[int]]:
     """The platform writes of a restore through `reinstatement_restore_accounts`.
 
