@@ -37,6 +37,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    null,
     select,
     update,
 )
@@ -655,7 +656,8 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     if changed:
         _record_changed(conn, incident, changed, now, result, audit_rows)
     if to_restore:
-        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows)
+        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows,
+                        actor)
     _audit(conn, incident.id, audit_rows, actor)
     result.cases = len(claimed)
     return result
@@ -701,11 +703,12 @@ class RestoreConflict(RuntimeError):
 def _apply_restores(conn: Connection, incident: RegisteredIncident,
                     to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                     now: datetime, sender_domain: str, result: BatchResult,
-                    audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
+                    audit_rows: list[tuple[int | None, str | None, str, str]],
+                    actor: str) -> None:
     if conn.dialect.name == "postgresql":
-        unban_ids, pins_by_account = _restore_on_postgresql(conn, incident, to_restore, now)
-    else:
-        unban_ids, pins_by_account = _restore_with_statements(conn, incident, to_restore, now)
+        _restore_on_postgresql(conn, incident, to_restore, now, sender_domain, result, actor)
+        return
+    unban_ids, pins_by_account = _restore_with_statements(conn, incident, to_restore, now)
 
     case_updates, notices = [], []
     for (case, _, record), unban_id in zip(to_restore, unban_ids, strict=True):
@@ -772,39 +775,111 @@ def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
     return unban_ids, _restore_pins(conn, [r["id"] for r in reversals], now)
 
 
+def _text_array(values: Sequence[str]) -> Any:
+    """A text[] made in the database from one JSON parameter: psycopg dumps a text array
+    element by element through a regular expression, the JSON document in one C call."""
+    elements = func.json_array_elements_text(
+        cast(bindparam(None, json.dumps(list(values)), type_=Text), JSON)
+    ).table_valued("value", with_ordinality="n").render_derived()
+    return select(func.array_agg(postgresql.aggregate_order_by(elements.c.value, elements.c.n))
+                  ).scalar_subquery()
+
+
+def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str) -> Any:
+    """`message_id_for` in SQL: the same sha256 of the same bytes, the same text around it."""
+    message_id_for(incident_key, 0, domain)  # refuses a domain no Message-ID may carry
+    key = sql_case((round_ <= 1, bindparam(None, incident_key, type_=Text)),
+                   else_=bindparam(None, incident_key + "#", type_=Text) + cast(round_, Text))
+    nul = bindparam(None, b"\x00", type_=postgresql.BYTEA)
+    digest = func.sha256(func.convert_to(key, "UTF8").op("||")(nul)
+                         .op("||")(func.convert_to(cast(account_id, Text), "UTF8")))
+    return ("<reinstatement." + func.left(func.encode(digest, "hex"), 32) + "@"
+            + bindparam(None, domain.lower(), type_=Text) + ">")
+
+
 def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                            to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
-                           now: datetime) -> tuple[list[int], Counter[int]]:
-    """The platform writes of a restore through `reinstatement_restore_accounts`.
+                           now: datetime, sender_domain: str, result: BatchResult,
+                           actor: str) -> None:
+    """The whole restore of a batch as one statement.
 
-    The owner's function (migration 0006) checks every account and ban against the
-    contract before it writes, so the pipeline's role needs no write privilege on the
-    platform's tables. A platform row that changed under the batch rolls it back.
+    The platform writes go through `reinstatement_restore_accounts`: the owner's function
+    (migration 0006) checks every account and ban against the contract before it writes,
+    so the pipeline's role needs no write privilege on the platform's tables, and a
+    platform row that changed under the batch rolls it back. From its result the same
+    statement records each case's unban and pins, queues each notice and audits each case.
     """
-    bans = [(ban_id, record.id) for _, decision, record in to_restore
-            for ban_id in decision.standing_ban_ids]
-    call = select(func.reinstatement_restore_accounts(
-        _array(BigInteger, [case.id for case, _, _ in to_restore]),
-        _array(BigInteger, [record.id for _, _, record in to_restore]),
-        _array(Text, [_unban_reason(incident, decision) for _, decision, _ in to_restore]),
-        _array(BigInteger, [ban_id for ban_id, _ in bans]),
-        _array(BigInteger, [account_id for _, account_id in bans]),
-        bindparam(None, PIPELINE_ACTOR, type_=Text),
-        bindparam(None, now, type_=DateTime(timezone=True)),
-    ).table_valued("restored_account_id", "unban_action_id", "pins_restored"))
+    bans = [(ban_id, record.id) for _, verdict, record in to_restore
+            for ban_id in verdict.standing_ban_ids]
+    restored = (
+        select(func.reinstatement_restore_accounts(
+            _array(BigInteger, [case.id for case, _, _ in to_restore]),
+            _array(BigInteger, [record.id for _, _, record in to_restore]),
+            _text_array([_unban_reason(incident, verdict) for _, verdict, _ in to_restore]),
+            _array(BigInteger, [ban_id for ban_id, _ in bans]),
+            _array(BigInteger, [account_id for _, account_id in bans]),
+            bindparam(None, PIPELINE_ACTOR, type_=Text),
+            bindparam(None, now, type_=DateTime(timezone=True)),
+        ).table_valued("restored_account_id", "unban_action_id", "pins_restored"))
+        .cte("restored").prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    batch = _array_rows(case_id=(BigInteger, [case.id for case, _, _ in to_restore]),
+                        account_id=(BigInteger, [record.id for _, _, record in to_restore]),
+                        round=(Integer, [case.round for case, _, _ in to_restore]),
+                        prior_state=(Text, [case.state for case, _, _ in to_restore]))
+    done = (select(batch.c.case_id, batch.c.account_id, batch.c.round, batch.c.prior_state,
+                   restored.c.unban_action_id, restored.c.pins_restored)
+            .join_from(batch, restored, restored.c.restored_account_id == batch.c.account_id)
+            .cte("done"))
+    d = done.c
+    at = bindparam(None, now, type_=DateTime(timezone=True))
+    cases_written = (
+        update(Case).where(Case.id == d.case_id)
+        .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
+                state=CaseState.RESTORED, updated_at=at)
+        .cte("cases_written")
+    )
+    state: Any
+    next_attempt: Any
+    if incident.notify:
+        state = sql_case((accounts.c.email.is_not(None), NoticeState.PENDING),
+                         else_=NoticeState.NO_ADDRESS)
+        next_attempt = sql_case((accounts.c.email.is_not(None), at), else_=null())
+    else:
+        state, next_attempt = bindparam(None, NoticeState.SUPPRESSED, type_=Text), null()
+    notices_queued = insert(Notice).from_select(
+        ["case_id", "incident_id", "account_id", "message_id", "recipient", "locale", "state",
+         "attempts", "next_attempt_at", "created_at", "updated_at"],
+        select(d.case_id, bindparam(None, incident.id, type_=BigInteger), d.account_id,
+               _message_id_sql(incident.key, d.round, d.account_id, sender_domain),
+               accounts.c.email, accounts.c.locale, state,
+               bindparam(None, 0, type_=Integer), next_attempt, at, at)
+        .join_from(done, accounts, accounts.c.id == d.account_id)
+    ).cte("notices_queued")
+    audited = insert(AuditEntry).from_select(
+        ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
+        select(bindparam(None, incident.id, type_=BigInteger), d.case_id, d.prior_state,
+               bindparam(None, CaseState.RESTORED, type_=Text),
+               bindparam(None, actor, type_=Text),
+               "reinstated: unban action " + cast(d.unban_action_id, Text) + ", "
+               + cast(d.pins_restored, Text) + " pins restored", at)
+    ).cte("audited")
     try:
-        rows = conn.execute(call).all()
+        rows = conn.execute(
+            select(restored.c.restored_account_id, restored.c.pins_restored)
+            .add_cte(cases_written, notices_queued, audited)
+        ).all()
     except DBAPIError as exc:
-        state = getattr(exc.orig, "sqlstate", None)
-        if state == "RS001":
+        if getattr(exc.orig, "sqlstate", None) == "RS001":
             raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
         raise
     expected = [record.id for _, _, record in to_restore]
     if [row.restored_account_id for row in rows] != expected:
         raise RestoreConflict("the restore function did not restore the batch it was given")
-    return ([row.unban_action_id for row in rows],
-            Counter({row.restored_account_id: row.pins_restored for row in rows
-                     if row.pins_restored}))
+    result.outcomes[str(Outcome.REINSTATED)] += len(rows)
+    result.pins_restored += sum(row.pins_restored for row in rows)
+    if incident.notify:
+        result.notices_queued += sum(1 for _, _, record in to_restore if record.email)
 
 
 def notice_key(incident_key: str, round_: int) -> str:

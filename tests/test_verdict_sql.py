@@ -213,3 +213,22 @@ def test_edge_cases_are_decided_as_python_decides(english_pg_engine: Engine) -> 
     assert left >= 1
     assert sum(decided.values()) == len(cases) - left
     assert set(decided) == {str(o) for o in Outcome}, decided
+
+
+@pytest.mark.parametrize("key", ["INC-2025-04-spam", "a", "x.y_z:1-2"])
+def test_message_ids_made_in_the_database_are_pythons(pg_engine: Engine, key: str) -> None:
+    """The restore queues notices in SQL: their Message-IDs must be exactly the ones
+    `message_id_for` gives, or a resend after a crash would not be recognised as one."""
+    from sqlalchemy import BigInteger, Integer, literal
+
+    from reinstatement.notices.render import message_id_for
+
+    inputs = [(1, 1), (2, 1), (10**15, 1), (7, 2), (7, 3), (123456, 12)]
+    with pg_engine.connect() as conn:
+        made = [conn.execute(select(steps._message_id_sql(
+            key, literal(round_, Integer), literal(account_id, BigInteger), "Mail.Example.COM"
+        ))).scalar_one() for account_id, round_ in inputs]
+    assert made == [message_id_for(steps.notice_key(key, round_), account_id,
+                                   "Mail.Example.COM") for account_id, round_ in inputs]
+    with pytest.raises(ValueError):
+        steps._message_id_sql(key, literal(1), literal(1), "bad domain")
