@@ -162,6 +162,8 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
             select(ea.c.account_id).where(*conditions).distinct()
             .order_by(ea.c.account_id).limit(limit)
         )
+    if conn.dialect.name == "postgresql":
+        return _plan_in_the_database(conn, incident, source)
     account_ids = list(conn.execute(source).scalars())
     if not account_ids:
         return 0, None
@@ -186,6 +188,36 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
                                    for case_id in case_ids), PIPELINE_ACTOR)
         created = len(case_ids)
     return created, account_ids[-1]
+
+
+def _plan_in_the_database(conn: Connection, incident: RegisteredIncident, source: Any
+                          ) -> tuple[int, int | None]:
+    """One statement: the page of candidates, a case for each that has none (another run
+    may be planning the same page: ON CONFLICT keeps the case it made first), and an audit
+    row for each case made here."""
+    page = source.cte("page")
+    now = bindparam(None, utcnow(), type_=DateTime(timezone=True))
+    created = (
+        postgresql.insert(Case)
+        .from_select(["incident_id", "account_id", "state", "created_at", "updated_at"],
+                     select(bindparam(None, incident.id, type_=BigInteger), page.c.account_id,
+                            bindparam(None, CaseState.PLANNED, type_=Text), now, now))
+        .on_conflict_do_nothing()
+        .returning(Case.id)
+        .cte("created")
+    )
+    audited = insert(AuditEntry).from_select(
+        ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
+        select(bindparam(None, incident.id, type_=BigInteger), created.c.id, null(),
+               bindparam(None, CaseState.PLANNED, type_=Text),
+               bindparam(None, PIPELINE_ACTOR, type_=Text),
+               bindparam(None, "candidate account", type_=Text), now)
+    ).cte("audited")
+    row = conn.execute(select(
+        select(func.max(page.c.account_id)).scalar_subquery(),
+        select(func.count()).select_from(created).scalar_subquery(),
+    ).add_cte(audited)).one()
+    return (0, None) if row[0] is None else (int(row[1]), int(row[0]))
 
 
 def _insert_cases(conn: Connection, new: list[dict[str, Any]]) -> Sequence[int]:
