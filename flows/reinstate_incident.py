@@ -358,7 +358,37 @@ def _restore_and_notify(incident: RegisteredIncident, size: int,
         sent = run_batches(send_notices, incident, size, "notify", "notify")
         logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
                     sent.get("retry", 0), sent.get("failed", 0))
+        send_deferred_when_due(incident, size)
         timings["notify"] = time.perf_counter() - started
+
+
+def send_deferred_when_due(incident: RegisteredIncident, size: int) -> None:
+    """Notices a mail server deferred (greylisting) are sent again in this run once they
+    come due, within REINSTATE_NOTIFY_RETRY_WAIT_SECONDS in all; the wait holds no
+    connection. Later ones are left to the next run or the nightly reconciliation."""
+    from reinstatement.db import utcnow
+    from reinstatement.outbox import next_deferred_due
+    from reinstatement.settings import load_settings
+
+    logger = get_run_logger()
+    deadline = time.monotonic() + load_settings().notify_retry_wait_seconds
+    while True:
+        with _engine().connect() as conn:
+            due = next_deferred_due(conn, incident.id)
+        if due is None:
+            return
+        wait = max(0.0, (due - utcnow()).total_seconds())
+        if time.monotonic() + wait > deadline:
+            logger.info("deferred notices come due after this run's wait: the next run "
+                        "or the nightly reconciliation sends them")
+            return
+        logger.info("waiting %.0f s for deferred notices to come due", wait)
+        time.sleep(wait)
+        sent = run_batches(send_notices, incident, size, "notify", "notify")
+        if not sent["cases"]:
+            return  # another run holds them
+        logger.info("deferred notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
+                    sent.get("retry", 0), sent.get("failed", 0))
 
 
 def wait_for_decision(incident: RegisteredIncident) -> ApprovalDecision:

@@ -104,6 +104,16 @@ def due_count(conn: Connection, incident_id: int | None = None,
     return int(conn.execute(query).scalar_one())
 
 
+def next_deferred_due(conn: Connection, incident_id: int) -> datetime | None:
+    """When the incident's earliest notice that a mail server deferred (a 4xx reply, such
+    as greylisting's 451) comes due again; None if none waits."""
+    return conn.execute(
+        select(func.min(Notice.next_attempt_at)).where(
+            Notice.incident_id == incident_id, Notice.state == NoticeState.RETRY,
+            Notice.last_error_code >= 400, Notice.last_error_code < 500)
+    ).scalar_one()
+
+
 def unsettled_count(conn: Connection, incident_id: int, now: datetime | None = None) -> int:
     """Notices of the incident not yet settled: not sent, failed, without an address or
     suppressed, nor waiting for a retry time still to come."""

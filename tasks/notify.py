@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from reinstatement import outbox
 from reinstatement.db import get_engine
 from reinstatement.incidents import RegisteredIncident
+from reinstatement.notices import senders
 from reinstatement.notices.backends import backend_from_settings
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeRenderer
@@ -58,12 +59,16 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int) -> dict[s
     engine = get_engine(settings.database_url)
     incident_id = None if incident is None else incident.id
     with slots("smtp", settings.smtp_connections):
-        result = outbox.send_batch(
-            engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),
-            renderer(), batch_size,
-            sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
-            incident_id=incident_id, limiter=rate_limiter(settings),
-        )
+        if settings.sender_processes:
+            result = senders.send_batch(settings.smtp_connections, smtp_password(settings),
+                                        batch_size, incident_id)
+        else:
+            result = outbox.send_batch(
+                engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),
+                renderer(), batch_size, sender=settings.email_from,
+                lease=timedelta(seconds=settings.notice_lease_seconds),
+                incident_id=incident_id, limiter=rate_limiter(settings),
+            )
     if result.claimed:
         get_run_logger().info("notices: %d sent, %d to retry, %d failed", result.sent,
                               result.retry, result.failed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -29,6 +30,7 @@ from tenacity import wait_none
 
 from reinstatement.notices.backends import (
     ConsoleBackend,
+    DeferredDelivery,
     DeliveryConfigurationError,
     DeliveryError,
     DeliveryOutcomeUnknown,
@@ -180,28 +182,34 @@ def test_send_without_open_connects_lazily(smtp_server: ServerFactory) -> None:
     assert server.handler.connections_used == 1
 
 
-def test_deferred_first_attempt_is_retried_and_delivered_once(
+def test_a_deferral_is_not_retried_in_line_and_the_connection_moves_on(
     smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Greylisting (451 on the first try) must not stall the connection with sleeps: each
+    notice is handed back deferred at once (the outbox reschedules it), the session stays
+    open, and the next notice goes on it; the later try is delivered once."""
     server = smtp_server(RecordingHandler(defer_first_attempt=True))
     batch = [notice(i) for i in range(1, 4)]
-    with smtp_backend(server) as backend:
+    # The backend's own backoff (not the tests' wait_none): a retry would sleep.
+    with smtp_backend(server, retry_wait=None) as backend:
         for item in batch:
+            with pytest.raises(DeferredDelivery) as raised:
+                send(backend, item)
+            assert raised.value.code == 451 and not raised.value.permanent
+        assert backend.connections_opened == 1
+        handler = server.handler
+        assert handler.data_attempts == Counter(item.message_id for item in batch)
+        assert handler.delivered == []
+        for item in batch:  # the outbox's later attempt
             send(backend, item)
-    handler = server.handler
+        assert backend.connections_opened == 1
     assert handler.delivered_ids == Counter(item.message_id for item in batch)
     assert all(handler.data_attempts[item.message_id] == 2 for item in batch)
-    retries = [
-        r for r in caplog.records if r.levelno == logging.WARNING and "Retrying" in r.message
-    ]
-    assert len(retries) == 3
-    assert "451" in retries[0].getMessage()
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
     assert_logs_are_clean(caplog, *(item.recipient for item in batch))
 
 
-def test_deferral_that_never_ends_is_transient_after_the_last_attempt(
-    smtp_server: ServerFactory,
-) -> None:
+def test_a_deferral_that_never_ends_stays_transient(smtp_server: ServerFactory) -> None:
     server = smtp_server(RecordingHandler(defer_always=True))
     item = notice(1)
     with smtp_backend(server, max_attempts=2) as backend:
@@ -210,7 +218,7 @@ def test_deferral_that_never_ends_is_transient_after_the_last_attempt(
     assert raised.value.code == 451
     assert "4.3.0 try later" in raised.value.text
     assert not raised.value.permanent
-    assert server.handler.data_attempts[item.message_id] == 2
+    assert server.handler.data_attempts[item.message_id] == 1  # not retried in line
     assert server.handler.delivered == []
 
 
@@ -642,3 +650,30 @@ def test_rate_limiter_rejects_nonsense() -> None:
         RateLimiter(-1.0)
     with pytest.raises(ValueError):
         RateLimiter(1.0, burst=0)
+
+
+@pytest.mark.parametrize(("sync", "fsyncs", "syncfs"), [("batch", 0, 1), ("each", 6, 0),
+                                                         ("none", 0, 0)])
+def test_file_notices_are_made_durable_per_batch_or_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str, fsyncs: int, syncfs: int
+) -> None:
+    import reinstatement.notices.backends as backends
+
+    calls = Counter[str]()
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.update(["fsync"]), real_fsync(fd)))
+    monkeypatch.setattr(backends, "_sync_filesystem",
+                        lambda directory: calls.update(["syncfs"]))
+    with FileBackend(tmp_path / "outbox", sync=sync) as backend:
+        for item in (notice(1), notice(2), notice(3)):
+            send(backend, item)
+        assert calls["syncfs"] == 0  # not before the batch ends
+    assert calls["fsync"] == fsyncs  # each: the file and the folder, per notice
+    assert calls["syncfs"] == syncfs
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+
+
+def test_syncing_the_filesystem_works_here(tmp_path: Path) -> None:
+    from reinstatement.notices.backends import _sync_filesystem
+
+    _sync_filesystem(tmp_path)  # no error: syncfs(2), or sync(2) where there is none

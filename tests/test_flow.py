@@ -169,3 +169,60 @@ def test_progress_moves_per_batch_and_says_done_of_total(
     assert [p for p, _ in restore] == sorted(p for p, _ in restore)
     assert any(0 < p < 100 for p, _ in restore), restore  # through intermediate values
     assert restore[-1] == (100.0, f"restore: {reinstated:,} of {reinstated:,} done")
+
+
+def test_greylisted_notices_are_sent_again_in_the_same_run_without_stalling(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, smtp_server: Any,
+) -> None:
+    """Every first attempt refused with 451: the run reschedules each notice instead of
+    sleeping on the connection, waits (holding none) until they come due, and sends each
+    exactly once."""
+    from datetime import timedelta
+
+    import reinstatement.outbox as outbox
+    from tests.smtp_server import RecordingHandler
+
+    seed(engine, SeedOptions(accounts=200, seed=8))
+    server = smtp_server(RecordingHandler(defer_first_attempt=True))
+    monkeypatch.setattr(outbox, "RETRY_BASE", timedelta(seconds=1))
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
+    monkeypatch.setenv("REINSTATE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REINSTATE_SMTP_PORT", str(server.port))
+    monkeypatch.setenv("REINSTATE_NOTIFY_RETRY_WAIT_SECONDS", "60")
+    report = reinstate_incident(incident_request(batch_size=50))
+    sent = report["notices"].get("sent", 0)
+    assert sent > 20
+    assert report["notices"].get("retry", 0) == 0
+    assert len(server.handler.delivered_ids) == sent
+    assert set(server.handler.delivered_ids.values()) == {1}
+    assert set(server.handler.data_attempts.values()) == {2}  # refused once, then sent
+
+
+def test_notices_can_be_sent_from_sender_processes(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REINSTATE_SENDER_PROCESSES: each sending slot sends from a child process of its
+    own; every notice is written once, and none by the flow's own process."""
+    import os
+
+    import reinstatement.outbox as outbox
+    from reinstatement.notices import senders
+
+    seed(engine, SeedOptions(accounts=300, seed=9))
+    monkeypatch.setenv("REINSTATE_SENDER_PROCESSES", "true")
+    monkeypatch.setenv("REINSTATE_SMTP_CONNECTIONS", "2")
+    in_this_process = []
+    monkeypatch.setattr(outbox, "send_batch", lambda *a, **k: in_this_process.append(a))
+    try:
+        report = reinstate_incident(incident_request(batch_size=40))
+        children = set(senders._pool._processes or {})  # type: ignore[union-attr]
+    finally:
+        senders.shutdown()
+    sent = report["notices"].get("sent", 0)
+    assert sent > 30 and report["notices"].get("pending", 0) == 0
+    assert in_this_process == []
+    assert len(children) == 2 and os.getpid() not in children
+    eml = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
+    assert len(eml) == sent

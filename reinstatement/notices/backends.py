@@ -14,6 +14,7 @@ permanent: no user should lose their notice because the operator mistyped a sett
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -68,6 +69,15 @@ class PermanentDeliveryError(DeliveryError):
     """This message to this recipient will never be accepted: a 5xx reply, a bad address."""
 
     permanent = True
+
+
+class DeferredDelivery(TransientDeliveryError):
+    """The server refused the message for now (a 4xx reply such as greylisting's 451).
+
+    Not retried in line: a greylisting server wants minutes, not seconds, and sleeping
+    would stall the connection for every notice behind this one. The outbox reschedules
+    the notice (`outbox.retry_delay`) and the connection moves on to the next.
+    """
 
 
 class DeliveryConfigurationError(TransientDeliveryError):
@@ -146,14 +156,23 @@ class FileBackend(EmailBackend):
     Each file is written to a temporary name and renamed into place, so a crash leaves
     either the whole message or nothing; sending the same Message-ID again replaces the
     same file, so a resumed run never makes a second copy.
+
+    Durability: a killed process loses nothing written (the kernel holds it). Against a
+    power loss, `sync="batch"` (the default) makes every file of a batch durable when the
+    batch ends (`close()`, one `syncfs`), `sync="each"` fsyncs each file and the folder
+    before its notice is recorded (about a millisecond a notice here, which bounds one
+    sender at ~500 notices/s), and `sync="none"` leaves it to the kernel.
     """
 
     name = "file"
 
-    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+    def __init__(self, directory: Path, *, sync: str = "batch") -> None:
+        if sync not in ("batch", "each", "none"):
+            raise ValueError(f"sync must be batch, each or none, not {sync!r}")
         self.directory = Path(directory)
-        self.fsync = fsync
+        self.sync = sync
         self._ready = False
+        self._unsynced = False
 
     def __repr__(self) -> str:
         return f"FileBackend(directory={str(self.directory)!r})"
@@ -161,6 +180,11 @@ class FileBackend(EmailBackend):
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._ready = True
+
+    def close(self) -> None:
+        if self._unsynced:
+            self._unsynced = False
+            _sync_filesystem(self.directory)
 
     def path_for(self, message_id: str) -> Path:
         """The file a message id is written to."""
@@ -178,6 +202,7 @@ class FileBackend(EmailBackend):
     def send(self, recipient: str, message_id: str, message: bytes) -> None:
         _recipient_or_permanent(recipient)
         target = self.path_for(message_id)
+        each = self.sync == "each"
         try:
             if not self._ready:
                 self.open()
@@ -188,14 +213,16 @@ class FileBackend(EmailBackend):
                 with os.fdopen(descriptor, "wb") as handle:
                     handle.write(message)
                     handle.flush()
-                    if self.fsync:
+                    if each:
                         os.fsync(handle.fileno())
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
-            if self.fsync:
+            if each:
                 self._fsync_directory()
+            elif self.sync == "batch":
+                self._unsynced = True
         except OSError as exc:
             raise TransientDeliveryError(None, f"cannot write {target.name}: {exc}") from exc
         logger.debug("wrote notice %s for %s", target.name, mask_email(recipient))
@@ -209,6 +236,23 @@ class FileBackend(EmailBackend):
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def _sync_filesystem(directory: Path) -> None:
+    """Flush the filesystem holding `directory` to disk: syncfs(2) where the C library has
+    it (Linux), else sync(2)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
 
 
 class ConsoleBackend(EmailBackend):
@@ -297,7 +341,8 @@ class SmtpBackend(EmailBackend):
             # A configuration error will not fix itself in a second, and an unknown
             # outcome must not be repeated blindly: both go straight to the caller.
             retry=retry_if_exception_type(TransientDeliveryError)
-            & retry_if_not_exception_type((DeliveryConfigurationError, DeliveryOutcomeUnknown)),
+            & retry_if_not_exception_type((DeliveryConfigurationError, DeliveryOutcomeUnknown,
+                                           DeferredDelivery)),
             before_sleep=before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
@@ -438,6 +483,8 @@ class SmtpBackend(EmailBackend):
                 # yet, so a fresh connection is simply the first try, not a retry.
                 self._drop()
                 self._transaction(self._connect(), recipient, message, reused=False)
+        except DeferredDelivery:
+            raise  # the session was reset and stays open for the next notice
         except TransientDeliveryError:
             # The session is broken or in an unknown state: the next try starts afresh.
             self._drop()
@@ -507,7 +554,14 @@ class SmtpBackend(EmailBackend):
             return PermanentDeliveryError(code, text)
         if code == 421:
             text = f"server closing the connection: {text}"
-        return TransientDeliveryError(code, text)
+            return TransientDeliveryError(code, text)
+        # The session is usable after a 4xx reply, as after a 5xx one: reset it for the
+        # next notice, which goes on this connection at once.
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+        return DeferredDelivery(code, text)
 
 
 BACKOFF_CAP_SECONDS = 5.0
@@ -538,7 +592,7 @@ def backend_from_settings(
     """The backend the settings ask for. `smtp_password` overrides the settings' password
     (a caller may have it from a Prefect Secret block rather than the environment)."""
     if settings.email_backend == EmailBackendName.FILE:
-        return FileBackend(settings.email_dir)
+        return FileBackend(settings.email_dir, sync=settings.email_file_sync)
     if settings.email_backend == EmailBackendName.CONSOLE:
         return ConsoleBackend()
     return SmtpBackend(
