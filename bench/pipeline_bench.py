@@ -339,6 +339,10 @@ class BenchResult:
     notices_per_second: float | None = None
     notify_peak_rss_mb: float | None = None
     notify_task_runs: int | None = None
+    file_notify_seconds: float | None = None
+    file_notices_sent: int | None = None
+    file_notices_per_second: float | None = None
+    sender_processes: bool = True
     floor_seconds: float | None = None
     floor_load_seconds: float | None = None
     floor_steps: dict[str, float] = field(default_factory=dict)
@@ -353,6 +357,7 @@ class BenchResult:
                 f"{self.verify_seconds:.1f} | {self.restore_seconds:.1f} | "
                 f"{num(self.notify_seconds, '.1f')} | {self.cases_per_second:,.0f} | "
                 f"{self.pins_per_second:,.0f} | {num(self.notices_per_second, ',.0f')} | "
+                f"{num(self.file_notices_per_second, ',.0f')} | "
                 f"{max(self.peak_rss_mb, self.notify_peak_rss_mb or 0):.0f} | "
                 f"{self.task_runs} / {num(self.notify_task_runs, 'd') if self.notify_task_runs is not None else 'n/a'} | "  # noqa: E501
                 f"{num(self.floor_seconds, '.2f')} | {num(self.ratio, '.1f')}x |")
@@ -360,8 +365,9 @@ class BenchResult:
 
 MARKDOWN_HEADER = (
     "| accounts | seed s | plan s | verify s | restore s | notify s | cases/s | pins/s | "
-    "notices/s | peak RSS MB | task runs (A / B) | floor s | ratio |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "notices/s (SMTP) | notices/s (files) | peak RSS MB | task runs (A / B) | floor s | "
+    "ratio |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -376,7 +382,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
         raise SystemExit(SMTP_SINK_HINT)
 
     base = f"reinstate_bench_{args.accounts}"
-    names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor"}
+    names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor",
+             "files": f"{base}_files"}
     urls = {"pipeline": recreate_database(args.pg_url, base)}
     engine = make_engine(urls["pipeline"])
     try:
@@ -390,7 +397,7 @@ def bench(args: argparse.Namespace) -> BenchResult:
     log(f"seeded in {summary.seconds:.1f} s: {summary.pins:,} pins, expected "
         f"{dict(summary.expected_outcomes)}")
     copies = [] if args.skip_floor else ["floor"]
-    copies += [] if args.skip_notify else ["notify"]
+    copies += [] if args.skip_notify else ["notify", "files"]
     for copy in copies:
         started = time.perf_counter()
         urls[copy] = recreate_database(args.pg_url, names[copy], template=base)
@@ -403,7 +410,9 @@ def bench(args: argparse.Namespace) -> BenchResult:
                        PREFECT_SERVER_ANALYTICS_ENABLED="false",
                        REINSTATE_DATABASE_URL=urls["pipeline"], REINSTATE_EMAIL_BACKEND="smtp",
                        REINSTATE_NOTIFY_RATE_PER_SECOND="0",
+                       REINSTATE_SENDER_PROCESSES="false" if args.threads else "true",
                        PYTHONPATH=str(ROOT))
+            result.sender_processes = not args.threads
             log(f"run A: plan, verify, restore without notices (batch {args.batch_size})")
             run_a = run_flow_child(env, args.batch_size, notify=False, db_url=urls["pipeline"],
                                    profile=args.profile)
@@ -449,6 +458,26 @@ def bench(args: argparse.Namespace) -> BenchResult:
                     f"{run_b.peak_rss_mb:.0f} MB, {run_b.cpu_seconds:.1f} CPU s, "
                     f"{run_b.task_runs} task runs")
 
+                outbox = home / "outbox"
+                env_c = dict(env, REINSTATE_DATABASE_URL=urls["files"],
+                             REINSTATE_EMAIL_BACKEND="file", REINSTATE_EMAIL_DIR=str(outbox))
+                log(f"run C: the same flow with notices, into the file backend ({outbox})")
+                run_c = run_flow_child(env_c, args.batch_size, notify=True,
+                                       db_url=urls["files"])
+                notices = run_c.report.get("notices", {})
+                result.file_notify_seconds = run_c.step_seconds.get("notify")
+                result.file_notices_sent = int(notices.get("sent", 0))
+                if result.file_notify_seconds:
+                    result.file_notices_per_second = (result.file_notices_sent
+                                                      / result.file_notify_seconds)
+                written = sum(1 for _ in outbox.glob("*.eml"))
+                log(f"run C: {run_c.step_seconds} notices {notices}, {written:,} files, "
+                    f"peak RSS {run_c.peak_rss_mb:.0f} MB")
+                if written != result.file_notices_sent:
+                    log("WARNING: the outbox folder does not hold one file per notice sent")
+                result.notify_peak_rss_mb = max(result.notify_peak_rss_mb or 0,
+                                                run_c.peak_rss_mb)
+
     if not args.skip_floor:
         result.floor_matches = measure_floor(args, urls, result)
     for copy in ([] if args.keep else copies + ["pipeline"]):
@@ -483,6 +512,26 @@ def measure_floor(args: argparse.Namespace, urls: dict[str, str], result: BenchR
     return matches
 
 
+def verdicts(result: BenchResult) -> list[str]:
+    """The benchmark's targets, each said plainly as met or not."""
+    lines = []
+    if result.ratio is not None:
+        met = "met" if result.ratio <= 2 else "NOT met"
+        lines.append(f"target plan + verify + restore within 2x of the floor: {met} "
+                     f"({result.pipeline_seconds:.1f} s against {result.floor_seconds:.2f} s, "
+                     f"{result.ratio:.1f}x)")
+    for name, rate in (("SMTP (smtp-sink)", result.notices_per_second),
+                       ("the file backend", result.file_notices_per_second)):
+        if rate is not None:
+            met = "met" if rate >= 2000 else "NOT met"
+            lines.append(f"target 2,000 notices/s into {name}: {met} ({rate:,.0f}/s, "
+                         f"{'sender processes' if result.sender_processes else 'threads'})")
+    rss = max(result.peak_rss_mb, result.notify_peak_rss_mb or 0)
+    lines.append(f"target peak RSS at most 300 MB: {'met' if rss <= 300 else 'NOT met'} "
+                 f"({rss:.0f} MB)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=100_000)
@@ -497,12 +546,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="record the runs with py-spy into this speedscope file (run B: "
                         "NAME-notify.json); peak RSS is then py-spy's, not the flow's")
     parser.add_argument("--json", type=Path, default=None, help="append the result here")
+    parser.add_argument("--threads", action="store_true",
+                        help="send notices from the flow's threads, not sender processes")
     args = parser.parse_args(argv)
     if make_url(args.pg_url).get_backend_name() != "postgresql":
         parser.error("--pg-url must be a PostgreSQL URL")
     result = bench(args)
     sys.stdout.write(MARKDOWN_HEADER + "\n" + result.markdown_row() + "\n")
     sys.stdout.write(f"command: {result.command}\n")
+    for line in verdicts(result):
+        sys.stdout.write(line + "\n")
     if args.json is not None:
         with args.json.open("a", encoding="utf-8") as out:
             out.write(json.dumps(asdict(result)) + "\n")

@@ -355,11 +355,22 @@ def _restore_and_notify(incident: RegisteredIncident, size: int,
         "reinstated", 0), restored["pins_restored"])
     if incident.notify:
         started = time.perf_counter()
+        size = notify_batch_size(incident, size)
         sent = run_batches(send_notices, incident, size, "notify", "notify")
         logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
                     sent.get("retry", 0), sent.get("failed", 0))
         send_deferred_when_due(incident, size)
         timings["notify"] = time.perf_counter() - started
+
+
+def notify_batch_size(incident: RegisteredIncident, size: int) -> int:
+    """Batches small enough that every SMTP connection gets one: 4,690 notices in one
+    batch of 5,000 would go over one connection while the others stay idle."""
+    from reinstatement.settings import load_settings
+
+    due = _pending(incident, size, "notify")
+    connections = load_settings().smtp_connections
+    return max(1, min(size, math.ceil(due / connections))) if due else size
 
 
 def send_deferred_when_due(incident: RegisteredIncident, size: int) -> None:
