@@ -45,6 +45,8 @@ class RecordingHandler:
     drop_after_data_number: int | None = None
     slow_rcpt_seconds: float = 0.0
     slow_data_seconds: float = 0.0
+    # Offer PIPELINING (RFC 2920), as most mail servers do; False: a server that does not.
+    pipelining: bool = True
     # While set and not yet opened, every DATA waits for it (a test holds senders back).
     gate: threading.Event | None = None
     delivered: list[Delivery] = field(default_factory=list)
@@ -60,6 +62,8 @@ class RecordingHandler:
         self.ehlo_count += 1
         session.host_name = hostname
         self.transports.append(server.transport)
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(

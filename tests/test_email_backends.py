@@ -677,3 +677,32 @@ def test_syncing_the_filesystem_works_here(tmp_path: Path) -> None:
     from reinstatement.notices.backends import _sync_filesystem
 
     _sync_filesystem(tmp_path)  # no error: syncfs(2), or sync(2) where there is none
+
+
+@pytest.mark.parametrize(("pipelining", "writes_per_notice"), [(True, 2), (False, 4)])
+def test_a_server_offering_pipelining_gets_the_envelope_in_one_write(
+    smtp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, pipelining: bool,
+    writes_per_notice: int,
+) -> None:
+    """MAIL, RCPT and DATA in one write where the server offers PIPELINING (two round
+    trips a notice, not four); refusals still map as without it, and the session stays
+    usable after them."""
+    import smtplib
+
+    server = smtp_server(RecordingHandler(pipelining=pipelining,
+                                          reject_recipients={notice(2).recipient}))
+    writes = []
+    real_send = smtplib.SMTP.send
+    monkeypatch.setattr(smtplib.SMTP, "send",
+                        lambda self, data: (writes.append(data), real_send(self, data))[1])
+    with smtp_backend(server) as backend:
+        writes.clear()  # the session's greeting and EHLO
+        send(backend, notice(1))
+        assert len(writes) == writes_per_notice
+        with pytest.raises(PermanentDeliveryError) as refused:
+            send(backend, notice(2))
+        assert refused.value.code == 550
+        send(backend, notice(3))
+        assert backend.connections_opened == 1
+    assert server.handler.delivered_ids == Counter([notice(1).message_id,
+                                                    notice(3).message_id])
