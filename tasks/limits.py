@@ -249,6 +249,15 @@ def ensure_limits(client: Any, wanted: LimitSettings) -> dict[str, Limit]:
                 name, value if value is not None else default,
                 slot_decay_per_second=decay if decay is not None else default_decay)
             found = existing(name)
+            if found.slot_decay_per_second and found.active_slots > found.limit:
+                # A rate lowered from a higher one: the slots taken under the old rate
+                # would otherwise decay at the new one (1,000 of them at 20/s: 50 s of
+                # nothing sent). A rate limit's slots are not held, so this frees no one's.
+                from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(active_slots=found.limit))
+                found = existing(name)
         result[name] = Limit(found.name, int(found.limit),
                              float(found.slot_decay_per_second or 0.0), bool(found.active))
     forget_known_limits()
