@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench check-bare-clone check-local-runs browser ui-screenshots
+.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench bench-workers check-bare-clone check-local-runs browser ui-screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ test test-fast: $(STAMP)
 bench: $(STAMP)
 	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
+
+# One process against two workers on the same incident (bench/workers_bench.py).
+bench-workers: $(STAMP)
+	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
+	$(BIN)/python -m bench.workers_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 
 # A new user's first steps in an empty folder: clone, `make test`, `make demo`.
 check-bare-clone:

@@ -1,9 +1,17 @@
 """The pipeline's Prefect deployments, assembled in one place.
 
-`reinstate serve` registers them against PREFECT_API_URL and serves their runs from that
-process (Prefect's `serve`, which needs no separate worker or work pool); operators then
-start incident runs from the UI's parameter form, reviewers decide cases, and the
-nightly reconciliation runs on its schedule.
+Two ways to run them, with the same definitions:
+
+- `reinstate serve` registers them against PREFECT_API_URL and serves their runs from that
+  process (Prefect's `serve`, which needs no separate worker or work pool);
+- `reinstate deploy` registers them on a work pool (deployments/pool.py), and any number of
+  `prefect worker start --pool ...` processes, on any machines, execute their runs. There
+  the entrypoints are module paths (flows.reinstate_incident.reinstate_incident), so a
+  worker needs this package installed, not a checkout of it in its working directory.
+
+Operators then start incident runs from the UI's parameter form, reviewers decide cases,
+the nightly reconciliation runs on its schedule, and incident runs with child runs launch
+`incident-step` runs for their steps.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
+from flows.incident_step import STEP_DEPLOYMENT, incident_step
 from flows.reconcile import nightly_reconciliation
 from flows.reinstate_incident import reinstate_incident, resume_incident
 from flows.review import review_case
@@ -29,19 +39,24 @@ def reconciliation_cron() -> str:
     return os.environ.get("REINSTATE_RECONCILIATION_CRON", DEFAULT_RECONCILIATION_CRON)
 
 
-def incident_deployment() -> Any:
+FILE = EntrypointType.FILE_PATH
+
+
+def incident_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     """Runs started from the UI: no schedule, the typed form, approval on by default."""
     return reinstate_incident.to_deployment(
         name=INCIDENT_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
         description="Declare an incident: name the faulty rule versions (and optionally a "
         "window or a list of accounts), preview the outcomes, approve, restore and notify.",
         tags=["reinstatement"],
     )
 
 
-def reconciliation_deployment() -> Any:
+def reconciliation_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     return nightly_reconciliation.to_deployment(
         name=RECONCILIATION_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
         description="Every night: resume what crashed, send what is due, re-reinstate "
         "accounts banned again by a faulty version, check invariants.",
         schedules=[Cron(reconciliation_cron(), timezone="UTC")],
@@ -50,22 +65,37 @@ def reconciliation_deployment() -> Any:
     )
 
 
-def resume_deployment() -> Any:
+def resume_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     return resume_incident.to_deployment(
         name=RESUME_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
         description="Continue a running or approved incident where its last run stopped.",
         tags=["reinstatement"],
     )
 
 
-def review_deployment() -> Any:
+def review_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     return review_case.to_deployment(
         name=REVIEW_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
         description="Decide a needs_review case: reinstate or uphold, with a note.",
         tags=["reinstatement"],
     )
 
 
-def all_deployments() -> list[Any]:
-    return [incident_deployment(), reconciliation_deployment(), resume_deployment(),
-            review_deployment()]
+def step_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
+    """The child runs of an incident run with child_runs > 1: one step, its batches."""
+    return incident_step.to_deployment(
+        name=STEP_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
+        description="One step of an incident run, as one of its child runs (launched by "
+        "reinstate-incident or resume-incident with child_runs > 1; not for starting by "
+        "hand, though that is safe: it only claims work that is due).",
+        tags=["reinstatement"],
+    )
+
+
+def all_deployments(entrypoint_type: EntrypointType = FILE) -> list[Any]:
+    return [builder(entrypoint_type) for builder in (
+        incident_deployment, reconciliation_deployment, resume_deployment, review_deployment,
+        step_deployment)]

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from prefect import Task, flow
+from prefect import flow
 from prefect.exceptions import Abort, Pause
-from prefect.futures import PrefectFuture, as_completed
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment
@@ -33,6 +32,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from sqlalchemy import Engine, func, select, update
 
+# run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
+# and tests that take them from this module.
+from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches  # noqa: F401
+from flows.incident_step import StepRunner, require_step_deployment
 from reinstatement import lifecycle, runner, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
@@ -46,21 +49,14 @@ from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case
 from reinstatement.retrying import in_transaction
 from reinstatement.steps import CaseState
-from tasks.notify import send_notices
 from tasks.pipeline import (
     plan_candidates,
     register_incident,
-    restore_cases,
     run_actor,
-    step_context,
-    verify_cases,
 )
-from tasks.reporting import Progress, publish_preview, publish_report
+from tasks.reporting import publish_preview, publish_report
 
 APPROVAL_TIMEOUT_SECONDS = 30 * 24 * 3600
-# The pool is sized for the largest of REINSTATE_WORKERS and REINSTATE_SMTP_CONNECTIONS
-# (at most 8 each); those settings limit how many tasks of each kind really run at once.
-MAX_PARALLEL_TASKS = 8
 
 
 class ApprovalDecision(RunInput):
@@ -83,70 +79,8 @@ class ApprovalDecision(RunInput):
     )
 
 
-class BatchesFailed(RuntimeError):
-    """Some batch tasks failed after their retries; the rest of their step is left undone."""
-
-
 def _engine() -> Engine:
     return pipeline_engine()
-
-
-def _pending(incident: RegisteredIncident | None, batch_size: int, pending_key: str) -> int:
-    if incident is None:  # notices of every incident (the nightly reconciliation)
-        from reinstatement.outbox import due_count
-
-        with _engine().connect() as conn:
-            return due_count(conn)
-    return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
-
-
-def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
-                batch_size: int, pending_key: str, progress_name: str,
-                **task_args: Any) -> dict[str, Any]:
-    """Submit enough batch tasks for the pending work, resolve them all, repeat until none.
-
-    Each task claims its own batch, so the number submitted only bounds the work. Every
-    future is resolved and every failure counted: a failed batch fails the run.
-    """
-    logger = get_run_logger()
-    totals: dict[str, Any] = {"cases": 0, "outcomes": Counter(), "pins_restored": 0,
-                              "notices_queued": 0, "changed_since_verification": 0}
-    remaining = _pending(incident, batch_size, pending_key)
-    progress = Progress(incident.key if incident else "all-incidents", progress_name,
-                        remaining)
-    while remaining:
-        futures: list[PrefectFuture[dict[str, Any]]] = [
-            step.submit(incident, batch_size, **task_args)
-            for _ in range(math.ceil(remaining / batch_size))
-        ]
-        failures: list[BaseException] = []
-        processed = 0
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - counted and raised below
-                failures.append(exc)
-                continue
-            processed += result["cases"]
-            for name, value in result.items():
-                if name == "outcomes":
-                    totals["outcomes"].update(value)
-                elif isinstance(value, int):
-                    totals[name] = totals.get(name, 0) + value
-            progress.advance(result["cases"])
-        if failures:
-            raise BatchesFailed(
-                f"{len(failures)} of {len(futures)} {progress_name} batches failed; first: "
-                f"{failures[0]!r}"
-            )
-        if processed == 0:
-            # Another run holds the rest of the work (claims skip locked cases).
-            logger.warning("%d %s cases are being handled by another run", remaining,
-                           progress_name)
-            break
-        remaining = _pending(incident, batch_size, pending_key)
-    totals["outcomes"] = dict(totals["outcomes"])
-    return totals
 
 
 def _start_run(incident_id: int, dry_run: bool) -> int:
@@ -262,20 +196,22 @@ def failed_plainly(exc: BadInput) -> State[Any]:
 
 
 def _reinstate_incident(request: IncidentRequest) -> Any:
+    require_step_deployment(request.child_runs)
     tag_run_with_incident(request.incident_key)
     incident = register_incident(request)
     lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
     run_id = _start_run(incident.id, request.dry_run)
+    steps = StepRunner(run_id, request.batch_size, request.child_runs)
     timings: dict[str, float] = {}
     final_status = "failed"
     try:
         if request.dry_run:
-            _plan_and_verify(incident, request.batch_size, timings, preview=True)
+            _plan_and_verify(incident, steps, timings, preview=True)
             publish_preview(incident.key, dry_run=True)
             runner.record_preview(_engine(), incident, run_actor())
             final_status = "previewed"
             return publish_report(incident.key)
-        final_status, result = _carry_on(incident, request.batch_size, timings, wait=True)
+        final_status, result = _carry_on(incident, steps, timings, wait=True)
         return result
     except Pause:
         # Suspended for the operator's decision: this run's part ended as it should; the
@@ -286,7 +222,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
         _finish_run(run_id, final_status, timings)
 
 
-def _carry_on(incident: RegisteredIncident, size: int, timings: dict[str, float], *,
+def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str, float], *,
               wait: bool) -> tuple[str, Any]:
     """A real run: plan, verify, the operator's decision where needed, restore, notify.
 
@@ -297,7 +233,7 @@ def _carry_on(incident: RegisteredIncident, size: int, timings: dict[str, float]
     logger = get_run_logger()
     engine, actor = _engine(), run_actor()
     runner.begin_real_run(engine, incident, actor)
-    _plan_and_verify(incident, size, timings, preview=False)
+    _plan_and_verify(incident, steps, timings, preview=False)
     state = runner.state(engine, incident)
     if not state.may_restore():
         state = runner.request_approval(engine, incident, actor)
@@ -321,16 +257,16 @@ def _carry_on(incident: RegisteredIncident, size: int, timings: dict[str, float]
     if not state.may_restore():
         raise lifecycle.TransitionRefused(
             f"incident {incident.key} may not restore: it is {state.describe()}")
-    _restore_and_notify(incident, size, timings)
+    _restore_and_notify(incident, steps, timings)
     done = runner.complete_if_done(engine, incident, actor)
     return ("completed" if done else "handed over"), publish_report(incident.key)
 
 
-def _plan_and_verify(incident: RegisteredIncident, size: int, timings: dict[str, float], *,
-                     preview: bool) -> None:
+def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
+                     timings: dict[str, float], *, preview: bool) -> None:
     """Steps 2 and 3: a case for every candidate, then every case judged."""
     started = time.perf_counter()
-    created = plan_candidates(incident, size)
+    created = plan_candidates(incident, steps.batch_size)
     timings["plan"] = time.perf_counter() - started
     if not preview:
         runner.after_planning(_engine(), incident, created, run_actor())
@@ -338,28 +274,27 @@ def _plan_and_verify(incident: RegisteredIncident, size: int, timings: dict[str,
     started = time.perf_counter()
     if preview:
         _reset_previews(incident.id)
-    verified = run_batches(verify_cases, incident, size, "preview" if preview else "verify",
-                           "verify", preview=preview)
+    verified = steps.run(incident, "preview" if preview else "verify")
     timings["verify"] = time.perf_counter() - started
     get_run_logger().info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
 
 
-def _restore_and_notify(incident: RegisteredIncident, size: int,
+def _restore_and_notify(incident: RegisteredIncident, steps: StepRunner,
                         timings: dict[str, float]) -> None:
     """Steps 5 and 6: restore every verified reinstatement, then send the due notices."""
     logger = get_run_logger()
     started = time.perf_counter()
-    restored = run_batches(restore_cases, incident, size, "restore", "restore")
+    restored = steps.run(incident, "restore")
     timings["restore"] = time.perf_counter() - started
     logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
         "reinstated", 0), restored["pins_restored"])
     if incident.notify:
         started = time.perf_counter()
-        size = notify_batch_size(incident, size)
-        sent = run_batches(send_notices, incident, size, "notify", "notify")
+        steps = replace(steps, batch_size=notify_batch_size(incident, steps.batch_size))
+        sent = steps.run(incident, "notify")
         logger.info("notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
                     sent.get("retry", 0), sent.get("failed", 0))
-        send_deferred_when_due(incident, size)
+        send_deferred_when_due(incident, steps)
         timings["notify"] = time.perf_counter() - started
 
 
@@ -368,12 +303,12 @@ def notify_batch_size(incident: RegisteredIncident, size: int) -> int:
     batch of 5,000 would go over one connection while the others stay idle."""
     from reinstatement.settings import load_settings
 
-    due = _pending(incident, size, "notify")
+    due = pending(incident, size, "notify")
     connections = load_settings().smtp_connections
     return max(1, min(size, math.ceil(due / connections))) if due else size
 
 
-def send_deferred_when_due(incident: RegisteredIncident, size: int) -> None:
+def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> None:
     """Notices a mail server deferred (greylisting) are sent again in this run once they
     come due, within REINSTATE_NOTIFY_RETRY_WAIT_SECONDS in all; the wait holds no
     connection. Later ones are left to the next run or the nightly reconciliation."""
@@ -395,7 +330,7 @@ def send_deferred_when_due(incident: RegisteredIncident, size: int) -> None:
             return
         logger.info("waiting %.0f s for deferred notices to come due", wait)
         time.sleep(wait)
-        sent = run_batches(send_notices, incident, size, "notify", "notify")
+        sent = steps.run(incident, "notify")
         if not sent["cases"]:
             return  # another run holds them
         logger.info("deferred notices: %d sent, %d to retry, %d failed", sent.get("sent", 0),
@@ -446,20 +381,24 @@ def record_decision(engine: Engine, incident: RegisteredIncident,
 def resume_incident(
     incident_key: Annotated[str, Field(min_length=1, max_length=200)],
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000,
+    child_runs: Annotated[int, Field(ge=1, le=32)] = 1,
 ) -> Any:
     """Continue a running or approved incident where its last run stopped.
 
     Args:
         incident_key: The key of a running or approved incident, e.g. INC-2025-04-spam.
         batch_size: Cases or notices per batch task, 1 to 50,000.
+        child_runs: 1: this run works through each step itself; more: each step is fanned
+            out to this many child runs of the incident-step deployment.
     """
     try:
-        return _resume_incident(incident_key, batch_size)
+        return _resume_incident(incident_key, batch_size, child_runs)
     except BadInput as exc:
         return failed_plainly(exc)
 
 
-def _resume_incident(incident_key: str, batch_size: int) -> Any:
+def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) -> Any:
+    require_step_deployment(child_runs)
     tag_run_with_incident(incident_key)
     engine = _engine()
     with engine.connect() as conn:
@@ -473,7 +412,8 @@ def _resume_incident(incident_key: str, batch_size: int) -> Any:
     timings: dict[str, float] = {}
     final_status = "failed"
     try:
-        final_status, result = _carry_on(incident, batch_size, timings, wait=False)
+        final_status, result = _carry_on(incident, StepRunner(run_id, batch_size, child_runs),
+                                         timings, wait=False)
         return result
     finally:
         _finish_run(run_id, final_status, timings)

@@ -222,6 +222,11 @@ def run(
         help="Restore nothing until an operator approves (fixed for the key when first "
         "registered).",
     ),
+    child_runs: int = typer.Option(
+        1, min=1, max=32,
+        help="Fan each step out to this many child runs on the work pool's workers "
+        "(needs PREFECT_API_URL and `reinstate deploy`); 1: this process runs every batch.",
+    ),
 ) -> None:
     """Run (or resume) the reinstatement of one incident."""
     from reinstatement.incidents import build_request, check_request, read_account_ids
@@ -237,6 +242,7 @@ def run(
         notify=not no_notify,
         batch_size=settings.batch_size if batch_size is None else batch_size,
         require_approval=require_approval,
+        child_runs=child_runs,
     )
     engine = _engine(settings)
     _require_pipeline_schema(engine)
@@ -297,6 +303,11 @@ def report(
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in run["step_seconds"].items())
         typer.echo(f"  run {run['started_at']} {'dry ' if run['dry_run'] else ''}"
                    f"{run['status']}: {steps or 'no step finished'}")
+        for place in run.get("workers", []):
+            typer.echo(f"    {place['step']:<8} {place['batches']:>6,} batches "
+                       f"{place['cases']:>10,} cases  on {place['host']} process "
+                       f"{place['pid']}" + (f" (worker {place['worker']})"
+                                            if place["worker"] else ""))
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The operators' commands: `reinstate serve`, `reinstate reconcile`, `reinstate review ...`.
+"""The operators' commands: `reinstate serve`, `reinstate deploy`, `reinstate reconcile`,
+`reinstate review ...`.
 
 Registered on the main `reinstate` app by reinstatement/cli.py, with its error handling.
 """
@@ -26,6 +27,42 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         from deployments.serve import main as serve_deployments
 
         serve_deployments()
+
+    @app.command()
+    @handles_errors
+    def deploy(
+        pool: str = typer.Option("reinstatement", help="The work pool; created as a process "
+                                 "pool when it does not exist."),
+        image: str | None = typer.Option(
+            None, help="For a Docker or Kubernetes pool: the image flow runs start from."),
+        database_batches: int | None = typer.Option(
+            None, min=1, max=1000, help="Global limit: verify and restore batches at once "
+            "across every worker (default 4 when the limit is first created)."),
+        smtp_connections: int | None = typer.Option(
+            None, min=1, max=1000, help="Global limit: SMTP connections open at once "
+            "(default 2 when first created)."),
+        mail_rate: float | None = typer.Option(
+            None, min=0.01, max=100_000, help="Global rate limit: notices per second across "
+            "every sender, the mail provider's rate (default 200 when first created)."),
+    ) -> None:
+        """Register the deployments on a work pool, with the global limits, for `prefect
+        worker start --pool POOL` processes on any machines."""
+        from deployments.pool import register_on_pool
+        from tasks.limits import LimitSettings
+
+        done = register_on_pool(pool, image=image, limits=LimitSettings(
+            database_batches=database_batches, smtp_connections=smtp_connections,
+            mail_rate=mail_rate))
+        typer.echo(f"work pool {done.pool} ({done.pool_type}"
+                   f"{', created' if done.pool_created else ''})")
+        for name, limit in done.limits.items():
+            if limit.slot_decay_per_second:
+                typer.echo(f"  limit {name}: {limit.slot_decay_per_second:g} per second "
+                           f"(burst {limit.limit})")
+            else:
+                typer.echo(f"  limit {name}: {limit.limit} at once")
+        typer.echo(f"deployments: {', '.join(done.deployments)}")
+        typer.echo(f"start workers with: prefect worker start --pool {done.pool}")
 
     @app.command()
     @handles_errors

@@ -9,8 +9,9 @@ carried out exactly as meant is refused as `BadInput` with nothing written.
 The key is the idempotency key. It is registered with the normalised parameters; the
 same key again resumes or does nothing, the same key with other parameters is refused,
 saying what differs. Whether the incident needs an operator's approval is one of its
-parameters, fixed when the key is first registered, so no later run can skip it. Dry run
-and batch size are operational: they change how a run goes, not what the incident means.
+parameters, fixed when the key is first registered, so no later run can skip it. Dry run,
+batch size and child runs are operational: they change how a run goes, not what the
+incident means.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ class IncidentRequest(BaseModel):
         description="Cases per batch task.",
         ge=1,
         le=50_000,
+    )
+    child_runs: int = Field(
+        1,
+        title="Child runs per step",
+        description="1: this run works through each step's batches itself. More: each "
+        "step (verify, restore, notify) is fanned out to this many child runs of the "
+        "incident-step deployment, which any worker of its work pool can take; they share "
+        "the batches. Limits across them all: the global concurrency limits.",
+        ge=1,
+        le=32,
     )
     require_approval: bool = Field(
         True,

@@ -195,6 +195,35 @@ class Run(Base):
     # Where the run executes, so a later run can tell a run whose process died ('crashed').
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
+    # A child run: one of the flow runs an incident run fanned a step out to (it executes
+    # batches of `step` only; its parent is the incident run that launched it).
+    parent_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reinstatement_runs.id"), index=True
+    )
+    step: Mapped[str | None] = mapped_column(String(16))
+
+
+class Batch(Base):
+    """One batch a run executed, and where: written in the batch's own transaction (for
+    verify and restore), so a batch that rolled back leaves no row."""
+
+    __tablename__ = "reinstatement_batches"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_runs.id"), index=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_incidents.id"), index=True
+    )
+    step: Mapped[str] = mapped_column(String(16))
+    cases: Mapped[int] = mapped_column(Integer)
+    # What the batch came to (outcomes, pins restored, notices sent ...), for the parent of
+    # a child run, which may be on another machine.
+    detail: Mapped[dict[str, Any] | None]
+    # The Prefect worker (its name), host and process that executed the batch.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[datetime]
 
 
 pipeline_metadata = Base.metadata

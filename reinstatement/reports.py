@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from reinstatement import lifecycle
+from reinstatement.batches import where_batches_ran
 from reinstatement.incidents import load_incident
 from reinstatement.models import Case, Incident, Notice, Run
 from reinstatement.verdicts import Outcome
@@ -41,15 +43,22 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
         select(func.coalesce(func.sum(Case.pins_restored), 0))
         .where(Case.incident_id == incident.id)
     ).scalar_one()
+    all_runs = list(conn.execute(select(Run).where(Run.incident_id == incident.id)
+                                 .order_by(Run.id)))
     runs = [
         {
             "flow_run_id": r.flow_run_id, "dry_run": r.dry_run, "status": r.status,
             "started_at": r.started_at.isoformat(),
             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
             "step_seconds": r.step_seconds or {},
+            "host": r.host, "pid": r.pid,
+            # Where its batches ran: this run's process, or its child runs' (per step).
+            "workers": where_batches_ran(conn, r.id),
+            "child_runs": dict(sorted(Counter(
+                f"{c.step} {c.status}" for c in all_runs if c.parent_run_id == r.id
+            ).items())),
         }
-        for r in conn.execute(select(Run).where(Run.incident_id == incident.id)
-                              .order_by(Run.id))
+        for r in all_runs if r.parent_run_id is None
     ]
     lifecycle_state = lifecycle.current_state(conn, incident.id)
     return {

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import lifecycle, steps
+from reinstatement import batches, lifecycle, steps
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Incident
@@ -34,6 +35,29 @@ class StepContext:
     batch_size: int
     actor: str = steps.PIPELINE_ACTOR
     sender_domain: str = "example.com"
+    # The run (reinstatement_runs.id) whose batches these are: each committed batch is
+    # recorded with where it ran (reinstatement/batches.py). None: not recorded.
+    run_id: int | None = None
+
+
+def batch_detail(result: steps.BatchResult) -> dict[str, Any]:
+    """A batch's result as the flow sums it (and as reinstatement_batches.detail holds it)."""
+    return {
+        "cases": result.cases,
+        "outcomes": dict(result.outcomes),
+        "pins_restored": result.pins_restored,
+        "notices_queued": result.notices_queued,
+        "changed_since_verification": result.changed_since_verification,
+    }
+
+
+def _recorded(conn: Connection, ctx: StepContext, step: str,
+              result: steps.BatchResult) -> steps.BatchResult:
+    """Record the batch in its own transaction (nothing for an empty claim)."""
+    if ctx.run_id is not None and result.cases:
+        batches.record_batch(conn, ctx.run_id, ctx.incident.id, step, result.cases,
+                             batch_detail(result))
+    return result
 
 
 class RestoreNotAllowed(lifecycle.TransitionRefused):
@@ -170,8 +194,10 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) ->
 
 
 def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
-    return in_transaction(ctx.engine, lambda conn: steps.verify_batch(
-        conn, ctx.incident, ctx.batch_size, preview=preview, actor=ctx.actor))
+    return in_transaction(ctx.engine, lambda conn: _recorded(
+        conn, ctx, "preview" if preview else "verify",
+        steps.verify_batch(conn, ctx.incident, ctx.batch_size, preview=preview,
+                           actor=ctx.actor)))
 
 
 def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
@@ -190,8 +216,9 @@ def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
         _check_may_restore(conn, ctx.incident)
-        return steps.restore_batch(conn, ctx.incident, ctx.batch_size,
-                                   sender_domain=ctx.sender_domain, actor=ctx.actor)
+        return _recorded(conn, ctx, "restore", steps.restore_batch(
+            conn, ctx.incident, ctx.batch_size, sender_domain=ctx.sender_domain,
+            actor=ctx.actor))
 
     return in_transaction(ctx.engine, work)
 

@@ -33,12 +33,17 @@ def run_claim(run_id: int) -> str:
     return f"run:{run_id}"
 
 
-def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run: bool) -> int:
-    """Insert the run's row, held by this process for as long as the run lasts."""
+def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run: bool, *,
+              parent_run_id: int | None = None, step: str | None = None) -> int:
+    """Insert the run's row, held by this process for as long as the run lasts.
+
+    A child run (one step of an incident run, fanned out) names its parent and its step.
+    """
     name_dead_runs(engine)
     host, pid = this_process()
     values = {"incident_id": incident_id, "flow_run_id": flow_run_id, "dry_run": dry_run,
-              "status": "running", "started_at": utcnow(), "host": host, "pid": pid}
+              "status": "running", "started_at": utcnow(), "host": host, "pid": pid,
+              "parent_run_id": parent_run_id, "step": step}
     if engine.dialect.name != "postgresql":
         return int(in_transaction(engine, lambda conn: conn.execute(
             insert(Run).values(**values).returning(Run.id)).scalar_one()))
@@ -48,8 +53,9 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
         # row 'running' before its run holds it.
         run_id = int(conn.execute(text(
             "WITH r AS (INSERT INTO reinstatement_runs (incident_id, flow_run_id, dry_run, "
-            "status, started_at, host, pid) VALUES (:incident_id, :flow_run_id, :dry_run, "
-            ":status, :started_at, :host, :pid) RETURNING id) "
+            "status, started_at, host, pid, parent_run_id, step) VALUES (:incident_id, "
+            ":flow_run_id, :dry_run, :status, :started_at, :host, :pid, :parent_run_id, "
+            ":step) RETURNING id) "
             "SELECT id, pg_advisory_lock(" + KEY_SQL.format("'run:' || id") + ") FROM r"
         ), values).scalar_one())
     except BaseException:
@@ -73,6 +79,11 @@ def finish_run(engine: Engine, run_id: int, status: str, step_seconds: dict[str,
             hold = _holds.pop(run_id, None)
         if hold is not None:
             hold.close()
+
+
+def is_dead(conn: Connection, run_id: int, host: str | None, pid: int | None) -> bool:
+    """Whether the run's process is gone (its row may still say 'running')."""
+    return _is_dead(conn, run_id, host, pid)
 
 
 def _is_dead(conn: Connection, run_id: int, host: str | None, pid: int | None) -> bool:

@@ -101,10 +101,17 @@ class Settings(BaseSettings):
         5000, description="Default number of cases per batch task."
     )
     workers: Annotated[int, Field(ge=1, le=8)] = Field(
-        2, description="Batch tasks of one step that run at once in one flow run."
+        2, description="Batch tasks of one step that run at once in one flow run (the "
+        "global limit reinstatement-database-batches caps them across all runs)."
     )
     smtp_connections: Annotated[int, Field(ge=1, le=8)] = Field(
-        2, description="SMTP connections open at once in one process (one per sending task)."
+        2, description="SMTP connections one flow run opens at once, one per sending task "
+        "(the global limit reinstatement-smtp-connections caps them across all runs)."
+    )
+    limit_lease_seconds: Annotated[int, Field(ge=60, le=86_400)] = Field(
+        60, description="Lease on a slot of a global concurrency limit: a process that "
+        "dies holding one gives it back after this (Prefect's server frees expired leases "
+        "every 15 s; its minimum is 60)."
     )
     sender_processes: bool = Field(
         False, description="Send each batch of notices from a child process of its own (one "

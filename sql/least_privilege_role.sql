@@ -48,6 +48,8 @@ GRANT SELECT, INSERT, UPDATE ON
     reinstatement_runs
     TO reinstatement_pipeline;
 GRANT SELECT, INSERT ON reinstatement_audit TO reinstatement_pipeline;
+-- Where each batch ran: written once, never changed.
+GRANT SELECT, INSERT ON reinstatement_batches TO reinstatement_pipeline;
 GRANT SELECT ON reinstatement_alembic_version TO reinstatement_pipeline;
 
 -- The id sequences behind the rows it inserts: its own tables (the unban actions are

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -11,18 +10,17 @@ from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
-from reinstatement import outbox
+from reinstatement import batches, outbox
 from reinstatement.db import get_engine
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.notices import senders
 from reinstatement.notices.backends import backend_from_settings
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeRenderer
+from reinstatement.retrying import in_transaction
 from reinstatement.settings import Settings, load_settings
-from tasks.pipeline import BATCH_TASK_OPTIONS, slots
-
-_limiter_lock = threading.Lock()
-_limiters: dict[float, RateLimiter] = {}
+from tasks import limits
+from tasks.pipeline import BATCH_TASK_OPTIONS
 
 
 @lru_cache(maxsize=1)
@@ -32,14 +30,10 @@ def renderer() -> NoticeRenderer:
 
 
 def rate_limiter(settings: Settings) -> RateLimiter | None:
-    """One limiter per process, shared by every sending thread."""
-    rate = settings.notify_rate_per_second
-    if not rate:
-        return None
-    with _limiter_lock:
-        if rate not in _limiters:
-            _limiters[rate] = RateLimiter(rate, burst=max(1, int(rate // 10)))
-        return _limiters[rate]
+    """The pace of sending for this process: the global rate limit reinstatement-mail-rate
+    (when it exists) and REINSTATE_NOTIFY_RATE_PER_SECOND (when set), shared by every
+    sending thread."""
+    return limits.mail_rate()
 
 
 def smtp_password(settings: Settings) -> SecretStr | None:
@@ -53,15 +47,21 @@ def smtp_password(settings: Settings) -> SecretStr | None:
 
 
 @task(name="send-notices-batch", **BATCH_TASK_OPTIONS)
-def send_notices(incident: RegisteredIncident | None, batch_size: int) -> dict[str, Any]:
-    """Send one batch of due notices (of one incident, or of all with None)."""
+def send_notices(incident: RegisteredIncident | None, batch_size: int,
+                 run_id: int | None = None) -> dict[str, Any]:
+    """Send one batch of due notices (of one incident, or of all with None).
+
+    The batch holds a slot of the global limit reinstatement-smtp-connections for as long
+    as its connection is open, and each notice takes one of reinstatement-mail-rate.
+    """
     settings = load_settings()
     engine = get_engine(settings.database_url)
     incident_id = None if incident is None else incident.id
-    with slots("smtp", settings.smtp_connections):
+    with limits.smtp_connection():
         if settings.sender_processes:
             result = senders.send_batch(settings.smtp_connections, smtp_password(settings),
-                                        batch_size, incident_id)
+                                        batch_size, incident_id,
+                                        limiter_factory=limits.mail_rate)
         else:
             result = outbox.send_batch(
                 engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),
@@ -69,8 +69,12 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int) -> dict[s
                 lease=timedelta(seconds=settings.notice_lease_seconds),
                 incident_id=incident_id, limiter=rate_limiter(settings),
             )
+    detail = {"cases": result.claimed, "sent": result.sent, "retry": result.retry,
+              "failed": result.failed}
     if result.claimed:
         get_run_logger().info("notices: %d sent, %d to retry, %d failed", result.sent,
                               result.retry, result.failed)
-    return {"cases": result.claimed, "sent": result.sent, "retry": result.retry,
-            "failed": result.failed}
+        if run_id is not None and incident is not None:
+            in_transaction(engine, lambda conn: batches.record_batch(
+                conn, run_id, incident.id, "notify", result.claimed, detail))
+    return detail

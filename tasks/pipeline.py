@@ -8,7 +8,6 @@ failed batch; caching is off because N identical calls must each claim their own
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from prefect import task
@@ -23,7 +22,8 @@ from reinstatement.incidents import IncidentRequest, RegisteredIncident
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
 from reinstatement.settings import load_settings
-from reinstatement.steps import PIPELINE_ACTOR, BatchResult
+from reinstatement.steps import PIPELINE_ACTOR
+from tasks import limits
 
 
 def run_actor() -> str:
@@ -32,28 +32,10 @@ def run_actor() -> str:
     return f"flow-run:{run_id}" if run_id else PIPELINE_ACTOR
 
 
-_slots_lock = threading.Lock()
-_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
-
-
-def slots(kind: str, count: int) -> threading.BoundedSemaphore:
-    """A process-wide limit on how many batch tasks of a kind run at once.
-
-    The flow's thread pool is sized for the largest limit; these keep database steps to
-    REINSTATE_WORKERS and sending to REINSTATE_SMTP_CONNECTIONS.
-    """
-    with _slots_lock:
-        if (kind, count) not in _slots:
-            _slots[(kind, count)] = threading.BoundedSemaphore(count)
-        return _slots[(kind, count)]
-
-
-def database_slots() -> threading.BoundedSemaphore:
-    return slots("database", load_settings().workers)
-
-
-def step_context(incident: RegisteredIncident, batch_size: int) -> runner.StepContext:
-    """The steps' context for one batch: the incident as the run loaded it, this run's actor."""
+def step_context(incident: RegisteredIncident, batch_size: int,
+                 run_id: int | None = None) -> runner.StepContext:
+    """The steps' context for one batch: the incident as the run loaded it, this run's actor,
+    and the run (reinstatement_runs.id) its batches are recorded under, if any."""
     settings = load_settings()
     return runner.StepContext(
         engine=get_engine(settings.database_url),
@@ -61,6 +43,7 @@ def step_context(incident: RegisteredIncident, batch_size: int) -> runner.StepCo
         batch_size=batch_size,
         actor=run_actor(),
         sender_domain=sender_domain(settings.email_from),
+        run_id=run_id,
     )
 
 
@@ -82,16 +65,6 @@ BATCH_TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _result_dict(result: BatchResult) -> dict[str, Any]:
-    return {
-        "cases": result.cases,
-        "outcomes": dict(result.outcomes),
-        "pins_restored": result.pins_restored,
-        "notices_queued": result.notices_queued,
-        "changed_since_verification": result.changed_since_verification,
-    }
-
-
 @task(name="register-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_only)
 def register_incident(request: IncidentRequest) -> RegisteredIncident:
@@ -111,16 +84,24 @@ def plan_candidates(incident: RegisteredIncident, batch_size: int) -> int:
 
 
 @task(name="verify-batch", **BATCH_TASK_OPTIONS)
-def verify_cases(incident: RegisteredIncident, batch_size: int, preview: bool
-                 ) -> dict[str, Any]:
-    """Judge one batch of planned cases against the corrected rule versions."""
-    with database_slots():
-        return _result_dict(runner.verify_one_batch(step_context(incident, batch_size),
-                                                    preview))
+def verify_cases(incident: RegisteredIncident, batch_size: int, preview: bool,
+                 run_id: int | None = None) -> dict[str, Any]:
+    """Judge one batch of planned cases against the corrected rule versions.
+
+    It holds a slot of the global limit reinstatement-database-batches while it runs.
+    """
+    with limits.database_batch():
+        return runner.batch_detail(runner.verify_one_batch(
+            step_context(incident, batch_size, run_id), preview))
 
 
 @task(name="restore-batch", **BATCH_TASK_OPTIONS)
-def restore_cases(incident: RegisteredIncident, batch_size: int) -> dict[str, Any]:
-    """Restore one batch of reinstated accounts with their pins, and queue their notices."""
-    with database_slots():
-        return _result_dict(runner.restore_one_batch(step_context(incident, batch_size)))
+def restore_cases(incident: RegisteredIncident, batch_size: int,
+                  run_id: int | None = None) -> dict[str, Any]:
+    """Restore one batch of reinstated accounts with their pins, and queue their notices.
+
+    It holds a slot of the global limit reinstatement-database-batches while it runs.
+    """
+    with limits.database_batch():
+        return runner.batch_detail(runner.restore_one_batch(
+            step_context(incident, batch_size, run_id)))

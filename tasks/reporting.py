@@ -111,7 +111,29 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
         if any(run["status"] == "crashed" for run in report["runs"]):
             lines += ["", "A crashed run's process died; the finished time is when a later "
                       "run found it."]
+        lines += _where_lines(report["runs"])
     return "\n".join(lines)
+
+
+def _where_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Where each run's batches ran: per worker process and step, batches and cases."""
+    lines: list[str] = []
+    for number, run in enumerate(runs, start=1):
+        if not run.get("workers"):
+            continue
+        if not lines:
+            lines += ["", "Where the batches ran:", "",
+                      "| run | worker | host | process | step | batches | cases |",
+                      "| --- | --- | --- | ---: | --- | ---: | ---: |"]
+        for place in run["workers"]:
+            lines.append(f"| {number} | {md(place['worker'] or '(this run)')} | "
+                         f"{md(place['host'])} | {place['pid']} | {md(place['step'])} | "
+                         f"{place['batches']:,} | {place['cases']:,} |")
+        children = run.get("child_runs") or {}
+        if children:
+            lines += ["", f"Run {number}'s child runs: " + ", ".join(
+                f"{md(what)} {count}" for what, count in children.items()) + "."]
+    return lines
 
 
 @task(name="publish-preview", cache_policy=NO_CACHE)

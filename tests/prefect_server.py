@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=20)
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[str]:
-    """`prefect server start` on a free port with its own PREFECT_HOME; yields its URL.
+@contextmanager
+def running_prefect_server(workdir: Path) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME under `workdir`;
+    yields its URL and stops it afterwards, whatever happened.
 
     `--port` alone does not reach the UI: it asks the API at PREFECT_UI_API_URL, which
     defaults to PREFECT_SERVER_API_PORT (4200), so both are set to the chosen port.
@@ -45,16 +47,16 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
+    env.update(PREFECT_HOME=str(workdir / "prefect-home"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
                PREFECT_UI_API_URL=f"{base}/api")
-    log = tmp_path / "prefect-server.log"
+    log = workdir / "prefect-server.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("prefect")), "server", "start",
              "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+            env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -72,6 +74,13 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
     finally:
         PROCESSES.pop(base, None)
         stop_process(process)
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME; yields its URL."""
+    with running_prefect_server(tmp_path) as base:
+        yield base
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def test_every_flow_and_deployment_loads() -> None:
     names = {d.name for d in all_deployments()}
     assert names == {"reinstate-incident", "nightly-reconciliation", "resume-incident",
-                     "review-case"}
+                     "review-case", "incident-step"}
 
 
 def test_reconciliation_form_documents_warns_and_bounds(prefect_api: str) -> None:
@@ -80,7 +80,7 @@ def test_incident_form_has_descriptions_bounds_and_approval_on() -> None:
     assert request["require_approval"]["default"] is True
     assert request["batch_size"]["minimum"] == 1 and request["batch_size"]["maximum"] == 50_000
     for name in ("incident_key", "faulty_versions", "since", "until", "account_ids",
-                 "dry_run", "notify", "batch_size", "require_approval"):
+                 "dry_run", "notify", "batch_size", "child_runs", "require_approval"):
         assert request[name].get("description"), name
 
 
@@ -96,7 +96,7 @@ class Server:
             self.process = subprocess.Popen([sys.executable, "-m", "reinstatement.cli", "serve"],
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
-        _wait_for_deployments(4)
+        _wait_for_deployments(5)
 
     def kill(self) -> None:
         """Gone at once, as when its machine restarts; nothing it ran survives it."""

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from datetime import timedelta
@@ -43,26 +44,30 @@ _pool_key: str | None = None
 _child: dict[str, Any] = {}
 
 
-def _environment_key(processes: int, password: SecretStr | None) -> str:
+def _environment_key(processes: int, password: SecretStr | None,
+                     limiter_factory: Callable[[], Any] | None) -> str:
     digest = hashlib.sha256(repr(sorted(
-        (k, v) for k, v in os.environ.items() if k.startswith("REINSTATE_"))).encode())
-    digest.update(repr(processes).encode())
+        (k, v) for k, v in os.environ.items() if k.startswith(("REINSTATE_", "PREFECT_"))
+    )).encode())
+    digest.update(repr((processes, getattr(limiter_factory, "__qualname__", None))).encode())
     if password is not None:
         digest.update(password.get_secret_value().encode())
     return digest.hexdigest()
 
 
-def pool(processes: int, password: SecretStr | None) -> ProcessPoolExecutor:
+def pool(processes: int, password: SecretStr | None,
+         limiter_factory: Callable[[], Any] | None = None) -> ProcessPoolExecutor:
     """The sender processes for these settings (started on first use)."""
     global _pool, _pool_key
-    key = _environment_key(processes, password)
+    key = _environment_key(processes, password, limiter_factory)
     with _lock:
         if _pool is None or _pool_key != key:
             if _pool is not None:
                 _pool.shutdown(wait=True)
             _pool = ProcessPoolExecutor(
                 max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_child, initargs=(os.getpid(), password, processes))
+                initializer=_start_child,
+                initargs=(os.getpid(), password, processes, limiter_factory))
             _pool_key = key
         return _pool
 
@@ -86,7 +91,8 @@ def _watch_parent(parent: int) -> None:
         time.sleep(_PARENT_CHECK_SECONDS)
 
 
-def _start_child(parent: int, password: SecretStr | None, processes: int) -> None:
+def _start_child(parent: int, password: SecretStr | None, processes: int,
+                 limiter_factory: Callable[[], Any] | None) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="watch-parent").start()
     from reinstatement.db import get_engine
@@ -96,13 +102,13 @@ def _start_child(parent: int, password: SecretStr | None, processes: int) -> Non
     from reinstatement.settings import load_settings
 
     settings = load_settings()
-    rate = settings.notify_rate_per_second / processes if settings.notify_rate_per_second \
-        else 0
+    rate = settings.notify_rate_per_second  # per process, as for a flow's own process
     _child.update(
         settings=settings, engine=get_engine(settings.database_url),
         backend=lambda: backend_from_settings(settings, smtp_password=password),
         renderer=NoticeRenderer(),
         limiter=RateLimiter(rate, burst=max(1, int(rate // 10))) if rate else None,
+        limiter_factory=limiter_factory,
     )
 
 
@@ -113,12 +119,21 @@ def _send_in_child(batch_size: int, incident_id: int | None) -> dict[str, int]:
     result = outbox.send_batch(
         _child["engine"], _child["backend"](), _child["renderer"], batch_size,
         sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
-        incident_id=incident_id, limiter=_child["limiter"])
+        incident_id=incident_id,
+        # The caller's pacer (the global mail rate, read in this process), else this
+        # process's share of REINSTATE_NOTIFY_RATE_PER_SECOND.
+        limiter=_child["limiter_factory"]() if _child["limiter_factory"] else _child["limiter"])
     return asdict(result)
 
 
 def send_batch(processes: int, password: SecretStr | None, batch_size: int,
-               incident_id: int | None) -> SendResult:
-    """Send one batch of due notices from a sender process; its result, or its error."""
-    future = pool(processes, password).submit(_send_in_child, batch_size, incident_id)
+               incident_id: int | None,
+               limiter_factory: Callable[[], Any] | None = None) -> SendResult:
+    """Send one batch of due notices from a sender process; its result, or its error.
+
+    `limiter_factory`: a module-level function the children call before each batch for
+    their pacer (tasks.limits.mail_rate: the global mail rate of the Prefect server).
+    """
+    future = pool(processes, password, limiter_factory).submit(_send_in_child, batch_size,
+                                                               incident_id)
     return SendResult(**future.result())

@@ -1,0 +1,130 @@
+"""Running one step's batch tasks inside a flow run, until none of its work is left.
+
+`run_batches` is what a flow run does itself (an incident run with one child run per step,
+the default; each child run of a fanned-out step; the nightly reconciliation's notices).
+It keeps up to `parallel` batch tasks going at once (REINSTATE_WORKERS for verify and
+restore, REINSTATE_SMTP_CONNECTIONS for notify) and submits the next as each one ends.
+Each task claims its own batch (SKIP LOCKED on PostgreSQL), so once a task comes back
+with nothing claimed no more are submitted: what is left is done, or held by another run.
+Every future is resolved and every failure counted: a failed batch fails the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from prefect import Task
+from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
+from sqlalchemy import Engine
+
+from reinstatement import runner
+from reinstatement.db import pipeline_engine
+from reinstatement.incidents import RegisteredIncident
+from reinstatement.settings import load_settings
+from tasks.pipeline import step_context
+from tasks.reporting import Progress
+
+# The flows' thread pools are sized for the largest of REINSTATE_WORKERS and
+# REINSTATE_SMTP_CONNECTIONS (at most 8 each); run_batches keeps to those settings.
+MAX_PARALLEL_TASKS = 8
+
+
+class BatchesFailed(RuntimeError):
+    """Some batch tasks failed after their retries; the rest of their step is left undone."""
+
+
+def _engine() -> Engine:
+    return pipeline_engine()
+
+
+def pending(incident: RegisteredIncident | None, batch_size: int, pending_key: str) -> int:
+    """How much work of the step waits: cases to verify or restore, notices due."""
+    if incident is None:  # notices of every incident (the nightly reconciliation)
+        from reinstatement.outbox import due_count
+
+        with _engine().connect() as conn:
+            return due_count(conn)
+    return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
+
+
+def add_result(totals: dict[str, Any], result: dict[str, Any]) -> None:
+    """Add one batch's result to a step's totals (outcomes counted, numbers summed)."""
+    for name, value in result.items():
+        if name == "outcomes":
+            totals["outcomes"].update(value)
+        elif isinstance(value, int):
+            totals[name] = totals.get(name, 0) + value
+
+
+def new_totals() -> dict[str, Any]:
+    return {"cases": 0, "outcomes": Counter(), "pins_restored": 0, "notices_queued": 0,
+            "changed_since_verification": 0}
+
+
+def _first_done(futures: list[PrefectFuture[dict[str, Any]]]) -> PrefectFuture[dict[str, Any]]:
+    waiting = as_completed(futures)
+    try:
+        return next(waiting)
+    finally:
+        waiting.close()
+
+
+def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
+                batch_size: int, pending_key: str, progress_name: str, *,
+                parallel: int | None = None, run_id: int | None = None,
+                publish_progress: bool = True, **task_args: Any) -> dict[str, Any]:
+    """Run batch tasks of one step until no work of it is left (or the rest is another
+    run's), `parallel` at a time; returns the step's totals.
+
+    `run_id`: the run (reinstatement_runs.id) each batch is recorded under, with where it
+    ran. `publish_progress`: move the step's progress artifact (a child run leaves that to
+    its parent, which sees every child's batches).
+    """
+    logger = get_run_logger()
+    if parallel is None:
+        settings = load_settings()
+        parallel = settings.smtp_connections if pending_key == "notify" else settings.workers
+    totals = new_totals()
+    remaining = pending(incident, batch_size, pending_key)
+    progress = (Progress(incident.key if incident else "all-incidents", progress_name,
+                         remaining) if publish_progress else None)
+    while remaining:
+        wanted = math.ceil(remaining / batch_size)
+        running: list[PrefectFuture[dict[str, Any]]] = []
+        failures: list[BaseException] = []
+        submitted = processed = 0
+        drained = False
+        while running or (submitted < wanted and not drained and not failures):
+            while (submitted < wanted and len(running) < parallel and not drained
+                   and not failures):
+                running.append(step.submit(incident, batch_size, run_id=run_id, **task_args))
+                submitted += 1
+            future = _first_done(running)
+            running.remove(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - counted and raised below
+                failures.append(exc)
+                continue
+            if not result["cases"]:
+                drained = True  # nothing left to claim: done, or held by another run
+            processed += result["cases"]
+            add_result(totals, result)
+            if progress is not None:
+                progress.advance(result["cases"])
+        if failures:
+            raise BatchesFailed(
+                f"{len(failures)} of {submitted} {progress_name} batches failed; first: "
+                f"{failures[0]!r}"
+            )
+        if processed == 0:
+            # Another run holds the rest of the work (claims skip locked cases).
+            logger.warning("%d %s cases are being handled by another run", remaining,
+                           progress_name)
+            break
+        remaining = pending(incident, batch_size, pending_key)
+    totals["outcomes"] = dict(totals["outcomes"])
+    return totals
