@@ -144,16 +144,6 @@ class _Templates:
         self.pg_databases.clear()
 
 
-# The longest files first: pytest-xdist (--dist loadfile) hands out files in collection
-# order, so a long file collected last would run alone at the end while the other
-# workers sit idle.
-LONGEST_FIRST = ("tests/test_work_pool.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: 0 if item.nodeid.startswith(LONGEST_FIRST) else 1)
-
-
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
     holder = _Templates(tmp_path_factory.mktemp("databases"))
