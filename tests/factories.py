@@ -118,3 +118,24 @@ def changed_rows(before: dict[str, dict[int, dict[str, Any]]],
         for row_id in set(old_rows) - set(rows):
             changes.setdefault(table, {})[row_id] = {"deleted": (True, None)}
     return changes
+
+
+def planned_seeded_incident(engine: Engine, accounts: int = 1500, seed_number: int = 4
+                            ) -> tuple[Any, list[Any]]:
+    """The seed's incident on `accounts` seeded accounts, registered and planned: the
+    incident and its cases as the steps claim them."""
+    from reinstatement import runner, steps
+    from reinstatement.models import Case
+    from reinstatement.seed import SeedOptions, seed
+
+    seed(engine, SeedOptions(accounts=accounts, seed=seed_number))
+    request = build_request(incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
+                            since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=500,
+                            require_approval=False)
+    incident = runner.register(engine, request, "test")
+    runner.plan_all(runner.StepContext(engine, incident, 500))
+    with engine.connect() as conn:
+        cases = [steps.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
+                                   row.round)
+                 for row in conn.execute(select(Case).order_by(Case.id))]
+    return incident, cases

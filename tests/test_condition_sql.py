@@ -185,28 +185,11 @@ def test_a_seeded_incident_is_decided_alike_in_the_database_and_in_python(
     """Every case of the seeded incident (all five outcomes, uncertain evidence, other
     bans) gets the same decision, reasons included, whether the database judges the
     corrected conditions or Python does."""
-    from reinstatement import runner, steps
-    from reinstatement.incidents import build_request
-    from reinstatement.models import Case
-    from reinstatement.seed import (
-        INCIDENT_FAULTY,
-        INCIDENT_KEY,
-        INCIDENT_SINCE,
-        INCIDENT_UNTIL,
-        SeedOptions,
-        seed,
-    )
+    from reinstatement import steps
+    from tests.factories import planned_seeded_incident
 
-    seed(engine, SeedOptions(accounts=1500, seed=4))
-    request = build_request(incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
-                            since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=500,
-                            require_approval=False)
-    incident = runner.register(engine, request, "test")
-    runner.plan_all(runner.StepContext(engine, incident, 500))
+    incident, cases = planned_seeded_incident(engine)
     with engine.connect() as conn:
-        cases = [steps.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
-                                   row.round)
-                 for row in conn.execute(select(Case).order_by(Case.id))]
         in_the_database, _ = steps.decide_accounts(conn, incident, cases)
         judged = [ban for bans in steps.load_standing_bans(
                       conn, [c.account_id for c in cases], incident.rules).values()

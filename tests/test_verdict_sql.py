@@ -19,22 +19,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from reinstatement import runner, steps, verdict_sql
+from reinstatement import steps, verdict_sql
 from reinstatement.conditions import parse_condition
 from reinstatement.db import make_engine
-from reinstatement.incidents import build_request
-from reinstatement.models import Case
-from reinstatement.seed import (
-    INCIDENT_FAULTY,
-    INCIDENT_KEY,
-    INCIDENT_SINCE,
-    INCIDENT_UNTIL,
-    SeedOptions,
-    seed,
-)
 from reinstatement.verdicts import FaultyVersion, IncidentRules, Outcome
 from tests.conftest import _pg_admin, _pg_url, require_backend
-from tests.factories import CONFIRMED, SPAM_CORRECTED, T0, UNCERTAIN, WRONGFUL, Platform
+from tests.factories import (
+    CONFIRMED,
+    SPAM_CORRECTED,
+    T0,
+    UNCERTAIN,
+    WRONGFUL,
+    Platform,
+    planned_seeded_incident,
+)
 
 
 @pytest.fixture
@@ -112,16 +110,8 @@ def assert_alike(conn: Any, rules: IncidentRules, cases: list[steps.ClaimedCase]
 @pytest.mark.parametrize("seed_number", [4, 11])
 def test_every_case_of_a_seeded_incident_is_decided_as_python_decides(
         pg_engine: Engine, seed_number: int) -> None:
-    seed(pg_engine, SeedOptions(accounts=1500, seed=seed_number))
-    request = build_request(incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
-                            since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=500,
-                            require_approval=False)
-    incident = runner.register(pg_engine, request, "test")
-    runner.plan_all(runner.StepContext(pg_engine, incident, 500))
+    incident, cases = planned_seeded_incident(pg_engine, seed_number=seed_number)
     with pg_engine.connect() as conn:
-        cases = [steps.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
-                                   row.round)
-                 for row in conn.execute(select(Case).order_by(Case.id))]
         decided, left = assert_alike(conn, incident.rules, cases)
     assert len(cases) > 1000
     # The seed's uncertain bans are all unknown on their evidence, so its needs_review
