@@ -149,6 +149,24 @@ def recreate_database(url: str, name: str, template: str | None = None) -> str:
     return _db_url(url, name)
 
 
+def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int
+                    ) -> tuple[str, Any]:
+    """A new database `name` with the platform's and the pipeline's tables and the seeded
+    incident on `accounts` accounts; its URL and the seed's summary."""
+    from reinstatement.schema_admin import create_platform, upgrade_pipeline
+    from reinstatement.seed import SeedOptions, seed
+
+    url = recreate_database(pg_url, name)
+    engine = make_engine(url)
+    try:
+        create_platform(engine)
+        upgrade_pipeline(engine)
+        log(f"seeding {accounts:,} accounts into {name}")
+        return url, seed(engine, SeedOptions(accounts=accounts, seed=seed_number))
+    finally:
+        engine.dispose()
+
+
 def drop_database(url: str, name: str) -> None:
     with _admin(url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -372,8 +390,6 @@ MARKDOWN_HEADER = (
 
 
 def bench(args: argparse.Namespace) -> BenchResult:
-    from reinstatement.schema_admin import create_platform, upgrade_pipeline
-    from reinstatement.seed import SeedOptions, seed
 
     result = BenchResult(accounts=args.accounts, batch_size=args.batch_size,
                          command="python -m bench.pipeline_bench " + " ".join(sys.argv[1:]))
@@ -384,15 +400,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
     base = f"reinstate_bench_{args.accounts}"
     names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor",
              "files": f"{base}_files"}
-    urls = {"pipeline": recreate_database(args.pg_url, base)}
-    engine = make_engine(urls["pipeline"])
-    try:
-        create_platform(engine)
-        upgrade_pipeline(engine)
-        log(f"seeding {args.accounts:,} accounts into {base}")
-        summary = seed(engine, SeedOptions(accounts=args.accounts, seed=args.seed))
-    finally:
-        engine.dispose()
+    url, summary = seeded_database(args.pg_url, base, args.accounts, args.seed)
+    urls = {"pipeline": url}
     result.seed_seconds, result.pins_seeded = summary.seconds, summary.pins
     log(f"seeded in {summary.seconds:.1f} s: {summary.pins:,} pins, expected "
         f"{dict(summary.expected_outcomes)}")

@@ -46,6 +46,7 @@ from bench.pipeline_bench import (
     log,
     prefect_server,
     recreate_database,
+    seeded_database,
     smtp_sink,
     smtp_sink_path,
 )
@@ -156,20 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if sink is None:
         raise SystemExit(SMTP_SINK_HINT)
 
-    from reinstatement.schema_admin import create_platform, upgrade_pipeline
-    from reinstatement.seed import SeedOptions, seed
 
     base = f"reinstate_wbench_{args.accounts}"
     copies = {"single": f"{base}_single", "workers": f"{base}_workers"}
-    url = recreate_database(args.pg_url, base)
-    engine = make_engine(url)
-    try:
-        create_platform(engine)
-        upgrade_pipeline(engine)
-        log(f"seeding {args.accounts:,} accounts into {base}")
-        summary = seed(engine, SeedOptions(accounts=args.accounts, seed=args.seed))
-    finally:
-        engine.dispose()
+    url, summary = seeded_database(args.pg_url, base, args.accounts, args.seed)
     urls = {what: recreate_database(args.pg_url, name, template=base)
             for what, name in copies.items()}
     results: dict[str, Any] = {}
