@@ -47,7 +47,7 @@ from reinstatement.seed import (
     seed,
 )
 from tests.factories import seeded_incident_request
-from tests.prefect_server import running_prefect_server
+from tests.prefect_server import running_prefect_server, stop_process
 from tests.smtp_server import RecordingHandler, free_port
 from tests.test_faults import normalised_platform
 
@@ -204,13 +204,7 @@ class Pool:
 
     def stop(self) -> None:
         for name, process in self.workers.items():
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=15)
+            stop_process(process)
             _kill_marked(self.markers[name])
 
     def logs(self) -> str:
