@@ -31,6 +31,7 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Text,
+    and_,
     any_,
     bindparam,
     cast,
@@ -547,7 +548,10 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     v = verdicts.c
     updated = (
         update(Case)
-        .where(Case.id == v.case_id, v.python.is_(False))
+        # The ids as an array too: joined only to the CTE (whose size the planner cannot
+        # see), the cases table is scanned whole for every batch.
+        .where(Case.id == v.case_id, Case.id == any_(_array(BigInteger, [c.id for c in claimed])),
+               v.python.is_(False))
         .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
                 faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
                 updated_at=now)
@@ -843,10 +847,12 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     """
     bans = [(ban_id, record.id) for _, verdict, record in to_restore
             for ban_id in verdict.standing_ban_ids]
+    case_ids = [case.id for case, _, _ in to_restore]
+    account_ids = [record.id for _, _, record in to_restore]
     restored = (
         select(func.reinstatement_restore_accounts(
-            _array(BigInteger, [case.id for case, _, _ in to_restore]),
-            _array(BigInteger, [record.id for _, _, record in to_restore]),
+            _array(BigInteger, case_ids),
+            _array(BigInteger, account_ids),
             _text_array([_unban_reason(incident, verdict) for _, verdict, _ in to_restore]),
             _array(BigInteger, [ban_id for ban_id, _ in bans]),
             _array(BigInteger, [account_id for _, account_id in bans]),
@@ -855,8 +861,8 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
         ).table_valued("restored_account_id", "unban_action_id", "pins_restored"))
         .cte("restored").prefix_with("MATERIALIZED", dialect="postgresql")
     )
-    batch = _array_rows(case_id=(BigInteger, [case.id for case, _, _ in to_restore]),
-                        account_id=(BigInteger, [record.id for _, _, record in to_restore]),
+    batch = _array_rows(case_id=(BigInteger, case_ids),
+                        account_id=(BigInteger, account_ids),
                         round=(Integer, [case.round for case, _, _ in to_restore]),
                         prior_state=(Text, [case.state for case, _, _ in to_restore]))
     done = (select(batch.c.case_id, batch.c.account_id, batch.c.round, batch.c.prior_state,
@@ -866,7 +872,7 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     d = done.c
     at = bindparam(None, now, type_=DateTime(timezone=True))
     cases_written = (
-        update(Case).where(Case.id == d.case_id)
+        update(Case).where(Case.id == d.case_id, Case.id == any_(_array(BigInteger, case_ids)))
         .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
                 state=CaseState.RESTORED, updated_at=at)
         .cte("cases_written")
@@ -886,7 +892,8 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                _message_id_sql(incident.key, d.round, d.account_id, sender_domain),
                accounts.c.email, accounts.c.locale, state,
                bindparam(None, 0, type_=Integer), next_attempt, at, at)
-        .join_from(done, accounts, accounts.c.id == d.account_id)
+        .join_from(done, accounts, and_(accounts.c.id == d.account_id,
+                                        accounts.c.id == any_(_array(BigInteger, account_ids))))
     ).cte("notices_queued")
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
@@ -905,8 +912,7 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
         if getattr(exc.orig, "sqlstate", None) == "RS001":
             raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
         raise
-    expected = [record.id for _, _, record in to_restore]
-    if [row.restored_account_id for row in rows] != expected:
+    if [row.restored_account_id for row in rows] != account_ids:
         raise RestoreConflict("the restore function did not restore the batch it was given")
     result.outcomes[str(Outcome.REINSTATED)] += len(rows)
     result.pins_restored += sum(row.pins_restored for row in rows)
