@@ -22,6 +22,10 @@ from prefect.runner import Runner
 from deployments.definitions import all_deployments
 
 STOP_SECONDS = 8.0
+# How often the process asks the server for runs to start. Prefect's default is 10 s, so a
+# run an operator starts in the UI waited up to 10 s to begin; PREFECT_RUNNER_POLL_FREQUENCY
+# still overrides it.
+POLL_SECONDS = 2.0
 logger = logging.getLogger("reinstatement.serve")
 _deadline_started = threading.Event()
 
@@ -55,7 +59,8 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 def main(limit: int | None = None) -> None:
     """Block, executing the deployments' runs as the Prefect server schedules them."""
-    runner = _Runner(limit=limit)
+    polling = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
+    runner = _Runner(limit=limit, query_seconds=polling)
     deployments = all_deployments()
     for deployment in deployments:
         runner.add_deployment(deployment)
