@@ -31,7 +31,6 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Text,
-    and_,
     any_,
     bindparam,
     cast,
@@ -386,21 +385,33 @@ class ClaimedCase:
 def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit: int,
                 outcome: str | None = None, case_ids: Sequence[int] | None = None
                 ) -> list[ClaimedCase]:
-    """Take up to `limit` cases in `states`, locked for this transaction, in id order."""
-    query = (
-        select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids,
-               Case.round, Case.review_decision)
-        .where(Case.incident_id == incident_id, Case.state.in_(states))
-        .order_by(Case.id)
-        .limit(limit)
-    )
-    if outcome is not None:
-        query = query.where(Case.outcome == outcome)
-    if case_ids is not None:
-        query = query.where(Case.id.in_(case_ids))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return [ClaimedCase(*row) for row in conn.execute(query)]
+    """Take up to `limit` cases in `states`, locked for this transaction: state by state in
+    the order given, each in id order.
+
+    One state at a time, because the index (incident_id, state, id) then hands the cases
+    over in id order and the scan stops at `limit`. With `state IN (...)` PostgreSQL read
+    every case of both states and sorted them for each batch: at 1M accounts, 685,000
+    cases sorted on disk, 200 ms a batch.
+    """
+    claimed: list[ClaimedCase] = []
+    for state in dict.fromkeys(states):
+        if len(claimed) >= limit:
+            break
+        query = (
+            select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids,
+                   Case.round, Case.review_decision)
+            .where(Case.incident_id == incident_id, Case.state == state)
+            .order_by(Case.id)
+            .limit(limit - len(claimed))
+        )
+        if outcome is not None:
+            query = query.where(Case.outcome == outcome)
+        if case_ids is not None:
+            query = query.where(Case.id.in_(case_ids))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        claimed.extend(ClaimedCase(*row) for row in conn.execute(query))
+    return claimed
 
 
 # -- verify -----------------------------------------------------------------------------
@@ -548,10 +559,7 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     v = verdicts.c
     updated = (
         update(Case)
-        # The ids as an array too: joined only to the CTE (whose size the planner cannot
-        # see), the cases table is scanned whole for every batch.
-        .where(Case.id == v.case_id, Case.id == any_(_array(BigInteger, [c.id for c in claimed])),
-               v.python.is_(False))
+        .where(Case.id == v.case_id, v.python.is_(False))
         .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
                 faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
                 updated_at=now)
@@ -837,20 +845,25 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                            to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                            now: datetime, sender_domain: str, result: BatchResult,
                            actor: str) -> None:
-    """The whole restore of a batch as one statement.
+    """The restore of a batch as two statements.
 
     The platform writes go through `reinstatement_restore_accounts`: the owner's function
     (migration 0006) checks every account and ban against the contract before it writes,
     so the pipeline's role needs no write privilege on the platform's tables, and a
-    platform row that changed under the batch rolls it back. From its result the same
+    platform row that changed under the batch rolls it back. From its result a second
     statement records each case's unban and pins, queues each notice and audits each case.
+
+    Two statements, not one: joined to the function's result inside one statement, the
+    cases were estimated at five times the batch and read whole into a hash table (260 ms
+    a batch at 1M accounts); from arrays the planner sees the batch's size and looks each
+    case up by its key.
     """
     bans = [(ban_id, record.id) for _, verdict, record in to_restore
             for ban_id in verdict.standing_ban_ids]
     case_ids = [case.id for case, _, _ in to_restore]
     account_ids = [record.id for _, _, record in to_restore]
-    restored = (
-        select(func.reinstatement_restore_accounts(
+    restore = select(
+        func.reinstatement_restore_accounts(
             _array(BigInteger, case_ids),
             _array(BigInteger, account_ids),
             _text_array([_unban_reason(incident, verdict) for _, verdict, _ in to_restore]),
@@ -858,23 +871,30 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
             _array(BigInteger, [account_id for _, account_id in bans]),
             bindparam(None, PIPELINE_ACTOR, type_=Text),
             bindparam(None, now, type_=DateTime(timezone=True)),
-        ).table_valued("restored_account_id", "unban_action_id", "pins_restored"))
-        .cte("restored").prefix_with("MATERIALIZED", dialect="postgresql")
+        ).table_valued("restored_account_id", "unban_action_id", "pins_restored")
     )
-    batch = _array_rows(case_id=(BigInteger, case_ids),
-                        account_id=(BigInteger, account_ids),
-                        round=(Integer, [case.round for case, _, _ in to_restore]),
-                        prior_state=(Text, [case.state for case, _, _ in to_restore]))
-    done = (select(batch.c.case_id, batch.c.account_id, batch.c.round, batch.c.prior_state,
-                   restored.c.unban_action_id, restored.c.pins_restored)
-            .join_from(batch, restored, restored.c.restored_account_id == batch.c.account_id)
-            .cte("done"))
+    try:
+        rows = conn.execute(restore).all()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "RS001":
+            raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
+        raise
+    if [row.restored_account_id for row in rows] != account_ids:
+        raise RestoreConflict("the restore function did not restore the batch it was given")
+
+    done = _array_rows(case_id=(BigInteger, case_ids),
+                       account_id=(BigInteger, account_ids),
+                       round=(Integer, [case.round for case, _, _ in to_restore]),
+                       prior_state=(Text, [case.state for case, _, _ in to_restore]),
+                       unban_action_id=(BigInteger, [row.unban_action_id for row in rows]),
+                       pins_restored=(Integer, [row.pins_restored for row in rows]))
     d = done.c
     at = bindparam(None, now, type_=DateTime(timezone=True))
     cases_written = (
-        update(Case).where(Case.id == d.case_id, Case.id == any_(_array(BigInteger, case_ids)))
+        update(Case).where(Case.id == d.case_id)
         .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
                 state=CaseState.RESTORED, updated_at=at)
+        .returning(Case.id)
         .cte("cases_written")
     )
     state: Any
@@ -892,8 +912,7 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                _message_id_sql(incident.key, d.round, d.account_id, sender_domain),
                accounts.c.email, accounts.c.locale, state,
                bindparam(None, 0, type_=Integer), next_attempt, at, at)
-        .join_from(done, accounts, and_(accounts.c.id == d.account_id,
-                                        accounts.c.id == any_(_array(BigInteger, account_ids))))
+        .join_from(done, accounts, accounts.c.id == d.account_id)
     ).cte("notices_queued")
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
@@ -902,18 +921,13 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                bindparam(None, actor, type_=Text),
                "reinstated: unban action " + cast(d.unban_action_id, Text) + ", "
                + cast(d.pins_restored, Text) + " pins restored", at)
+        .select_from(done)
     ).cte("audited")
-    try:
-        rows = conn.execute(
-            select(restored.c.restored_account_id, restored.c.pins_restored)
-            .add_cte(cases_written, notices_queued, audited)
-        ).all()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "RS001":
-            raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
-        raise
-    if [row.restored_account_id for row in rows] != account_ids:
-        raise RestoreConflict("the restore function did not restore the batch it was given")
+    written = conn.execute(
+        select(func.count()).select_from(cases_written).add_cte(notices_queued, audited)
+    ).scalar_one()
+    if written != len(case_ids):
+        raise RestoreConflict(f"{len(case_ids) - written} case(s) of the batch were not found")
     result.outcomes[str(Outcome.REINSTATED)] += len(rows)
     result.pins_restored += sum(row.pins_restored for row in rows)
     if incident.notify:
