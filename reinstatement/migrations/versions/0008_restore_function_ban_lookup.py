@@ -1,11 +1,13 @@
-"""The restore function finds the bans it reverses through their primary key.
+"""The restore function reverses a batch's bans through the account index.
 
 `reinstatement_restore_accounts` (migration 0006) reversed a batch's bans with an UPDATE
-joined only to its arrays, whose sizes the planner cannot see: it read every standing
+joined to two of its arrays, whose sizes the planner cannot see: it read every standing
 action of `enforcement_actions` into a hash table for each batch (about 90 ms a batch at
-100k accounts, and growing with the table). The same statement now also names the ids as
-`ea.id = ANY (p_ban_ids)`, so the planner looks them up through the primary key. Nothing
-else in the function changes: the same checks, the same writes, the same result.
+100k accounts, and growing with the table), and a generic plan could join the two arrays
+in a nested loop. It now reverses each account's standing bans, looked up through the
+account index from one array. The checks before it already found, under the caller's
+locks, that those are exactly the bans named, and the row count after it still checks
+that exactly those were reversed. Nothing else in the function changes.
 
 Revision ID: 0008
 Revises: 0007
@@ -45,7 +47,7 @@ AFTER = """    UPDATE enforcement_actions ea
 
 
 def function_body(previous: str = _previous.FUNCTION) -> str:
-    """0006's function with the ban reversal's lookup by primary key."""
+    """0006's function with the ban reversal through the account index."""
     if previous.count(BEFORE) != 1:
         raise RuntimeError("migration 0008: the ban reversal of migration 0006 was not found")
     return previous.replace(BEFORE, AFTER)
