@@ -59,6 +59,11 @@ def evidence_texts(draw: st.DrawFn) -> str | None:
             '{"a": 1, "d": ' + "[" * 63 + "]" * 63 + "}",
             '{"a": 1, "d": ' + "[" * 64 + "]" * 64 + "}",
             '{"a": 1e99999}', '{"a": "\\u0000"}', '{"a": "\\ud800"}',
+            # beside a readable signal, so that reading them would change the verdict;
+            # with and without another (harmless) escape in the same text
+            '{"a": 1e99999, "b": 5}', '{"a": 1e-99999, "b": 5}', '{"b": 5, "c": 2E+123456}',
+            '{"a": "\\u00e9", "b": 1e99999, "c": 5}', '{"a": "\\u0000", "b": 5}',
+            '{"b": 5, "c": "\\udc00"}', '{"b": "\\u00e9\\ud83d\\ude00", "c": 5}',
             '{"a": 5, "b": "' + "x" * 100_001 + '"}',
         ]))
     keys = draw(st.lists(st.sampled_from(SIGNALS + ["other"]), unique=True, max_size=4))
