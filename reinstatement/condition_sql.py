@@ -46,10 +46,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 
 from reinstatement.conditions import (
+    ESCAPE_PREFIX,
     LARGEST_NUMBER,
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_DEPTH,
-    ESCAPE_PREFIX,
     UNREADABLE_EXPONENT,
     UNREADABLE_TEXT,
     AllOf,
