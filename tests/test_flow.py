@@ -199,6 +199,28 @@ def test_greylisted_notices_are_sent_again_in_the_same_run_without_stalling(
     assert set(server.handler.data_attempts.values()) == {2}  # refused once, then sent
 
 
+def test_sender_processes_pace_by_the_prefect_api_of_their_run(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender process paces by the global mail rate of the server its run talks to,
+    also when that server's address is not in the environment (a test server, or the
+    temporary server of a local run): otherwise each child would start a temporary
+    server of its own, which on a busy machine does not come up in time."""
+    import os
+
+    from reinstatement.notices import senders
+    from tasks import limits
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("REINSTATE_DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
+    try:
+        seen = senders.pool(1, None, limits.mail_rate).submit(
+            os.getenv, "PREFECT_API_URL").result(timeout=120)
+    finally:
+        senders.shutdown()
+    assert seen == prefect_api
+
+
 def test_notices_can_be_sent_from_sender_processes(
     prefect_api: str, engine: Engine, cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,

@@ -44,12 +44,32 @@ _pool_key: str | None = None
 _child: dict[str, Any] = {}
 
 
+def _prefect_api_url() -> str | None:
+    """The Prefect API this process talks to, for children that pace by its limits.
+
+    A child inherits the environment only: a run whose API is not in it (a local run on
+    the temporary server it started, or a test server) would have each child start a
+    temporary server of its own, seconds each and past Prefect's start-up limit on a busy
+    machine, and pace by limits nobody else shares.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return str(url)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # the temporary server already running
+        return str(client.api_url)
+
+
 def _environment_key(processes: int, password: SecretStr | None,
-                     limiter_factory: Callable[[], Any] | None) -> str:
+                     limiter_factory: Callable[[], Any] | None, api_url: str | None) -> str:
     digest = hashlib.sha256(repr(sorted(
         (k, v) for k, v in os.environ.items() if k.startswith(("REINSTATE_", "PREFECT_"))
     )).encode())
-    digest.update(repr((processes, getattr(limiter_factory, "__qualname__", None))).encode())
+    digest.update(repr((processes, getattr(limiter_factory, "__qualname__", None),
+                        api_url)).encode())
     if password is not None:
         digest.update(password.get_secret_value().encode())
     return digest.hexdigest()
@@ -59,7 +79,8 @@ def pool(processes: int, password: SecretStr | None,
          limiter_factory: Callable[[], Any] | None = None) -> ProcessPoolExecutor:
     """The sender processes for these settings (started on first use)."""
     global _pool, _pool_key
-    key = _environment_key(processes, password, limiter_factory)
+    api_url = _prefect_api_url() if limiter_factory is not None else None
+    key = _environment_key(processes, password, limiter_factory, api_url)
     with _lock:
         if _pool is None or _pool_key != key:
             if _pool is not None:
@@ -67,7 +88,7 @@ def pool(processes: int, password: SecretStr | None,
             _pool = ProcessPoolExecutor(
                 max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_child,
-                initargs=(os.getpid(), password, processes, limiter_factory))
+                initargs=(os.getpid(), password, processes, limiter_factory, api_url))
             _pool_key = key
         return _pool
 
@@ -92,7 +113,10 @@ def _watch_parent(parent: int) -> None:
 
 
 def _start_child(parent: int, password: SecretStr | None, processes: int,
-                 limiter_factory: Callable[[], Any] | None) -> None:
+                 limiter_factory: Callable[[], Any] | None, api_url: str | None) -> None:
+    if api_url:
+        # Before anything here imports Prefect, which reads its settings once.
+        os.environ["PREFECT_API_URL"] = api_url
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="watch-parent").start()
     from reinstatement.db import get_engine
