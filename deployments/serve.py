@@ -16,10 +16,7 @@ import signal
 import threading
 import time
 from types import FrameType
-
-from prefect.runner import Runner
-
-from deployments.definitions import all_deployments
+from typing import Any
 
 STOP_SECONDS = 8.0
 # How often the process asks the server for runs to start. Prefect's default is 10 s, so a
@@ -46,10 +43,15 @@ def _stop_within(seconds: float) -> None:
     threading.Thread(target=end, name="serve-stop-deadline", daemon=True).start()
 
 
-class _Runner(Runner):
-    def handle_sigterm(self, *args: object, **kwargs: object) -> None:
-        _stop_within(STOP_SECONDS)
-        super().handle_sigterm(*args, **kwargs)
+def _runner(**kwargs: Any) -> Any:
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: object, **kwargs: object) -> None:
+            _stop_within(STOP_SECONDS)
+            super().handle_sigterm(*args, **kwargs)
+
+    return _Runner(**kwargs)
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -57,17 +59,29 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     signal.default_int_handler(signum, frame)
 
 
+def stop_on_ctrl_c() -> None:
+    """From now on Ctrl-C ends the process within STOP_SECONDS, wherever it lands.
+
+    Called before Prefect is imported: a Ctrl-C during that import (seconds on a busy
+    machine) otherwise raised KeyboardInterrupt into it, and the process either served on
+    or hung on its way out in Prefect's exit handlers. Nothing here imports Prefect.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
 def main(limit: int | None = None) -> None:
     """Block, executing the deployments' runs as the Prefect server schedules them."""
+    stop_on_ctrl_c()  # SIGTERM ends the process by default until the runner takes it over
+    from deployments.definitions import all_deployments
+
     polling = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
-    runner = _Runner(limit=limit, query_seconds=polling)
+    runner = _runner(limit=limit, query_seconds=polling)
     deployments = all_deployments()
     for deployment in deployments:
         runner.add_deployment(deployment)
     print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console
-          f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+          f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it", flush=True)
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:

@@ -23,9 +23,11 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
     @handles_errors
     def serve() -> None:
         """Register the deployments against PREFECT_API_URL and serve their runs."""
-        check_database()
         from deployments.serve import main as serve_deployments
+        from deployments.serve import stop_on_ctrl_c
 
+        stop_on_ctrl_c()
+        check_database()
         serve_deployments()
 
     @app.command()

@@ -74,6 +74,44 @@ def test_serve_stops_on_sigterm_or_ctrl_c_within_ten_seconds(
     assert time.monotonic() - started < 10
 
 
+_SWALLOWS_CTRL_C = """
+import signal, sys, time
+from deployments.serve import stop_on_ctrl_c
+stop_on_ctrl_c()
+print("ready", flush=True)
+while True:  # as Prefect's import or exit handlers could: the interrupt goes nowhere
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_ends_serve_within_ten_seconds_wherever_it_lands(inherited: str) -> None:
+    """`reinstate serve` arms Ctrl-C before it imports Prefect: from then on a Ctrl-C ends
+    the process within STOP_SECONDS even when it lands where it is swallowed or where the
+    way out hangs (an interrupt during Prefect's import left `serve` running, or hanging on
+    exit), and also when the process was started with Ctrl-C ignored, as a shell's
+    background job is."""
+    def ignore_ctrl_c() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SWALLOWS_CTRL_C], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+        preexec_fn=ignore_ctrl_c if inherited == "ignored" else None)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def test_incident_form_has_descriptions_bounds_and_approval_on() -> None:
     schema = reinstate_incident.parameters.model_dump()
     request = schema["definitions"]["IncidentRequest"]["properties"]
@@ -96,7 +134,23 @@ class Server:
             self.process = subprocess.Popen([sys.executable, "-m", "reinstatement.cli", "serve"],
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
+        self._wait_until_serving()
         _wait_for_deployments(5)
+
+    def _wait_until_serving(self, timeout: float = 120) -> None:
+        """Until it says it serves: its signal handlers are in place from then on. (The
+        deployments a previous `serve` registered are there before this one even started:
+        a signal sent on their word alone reached a process still importing, which under
+        a pytest worker ignores Ctrl-C.)"""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"serving " in self.log.read_bytes():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"serve did not start: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
         """Gone at once, as when its machine restarts; nothing it ran survives it."""
