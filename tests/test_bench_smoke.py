@@ -105,3 +105,23 @@ def test_the_floor_leaves_the_platform_as_the_pipeline_does(
     again = run_floor(floor_engine, restored, reason="floor")
     assert again.rowcounts["activate-accounts"] == 0
     assert snapshot(floor_engine) == after_floor
+
+
+def test_the_benchmark_says_plainly_why_a_missed_ratio_is_missed() -> None:
+    """A ratio above 2x is printed as NOT met, with the rows each side wrote."""
+    from bench.pipeline_bench import BenchResult, verdicts
+
+    result = BenchResult(accounts=100_000, batch_size=5000, command="bench",
+                         pipeline_seconds=24.0, floor_seconds=9.85, ratio=24.0 / 9.85,
+                         floor_rows=369_048,
+                         own_rows={"case writes": 187_137, "audit rows": 187_137,
+                                   "notices": 48_973})
+    lines = verdicts(result)
+    assert lines[0].startswith("target plan + verify + restore within 2x of the floor: NOT met")
+    assert "369,048 platform rows" in lines[1] and "423,247 rows of its own" in lines[1]
+    assert "187,137 case writes, 187,137 audit rows, 48,973 notices" in lines[1]
+    met = verdicts(BenchResult(accounts=1_000_000, batch_size=5000, command="bench",
+                               pipeline_seconds=248.7, floor_seconds=135.55,
+                               ratio=248.7 / 135.55, floor_rows=3_687_756,
+                               own_rows={"case writes": 1}))
+    assert met[0].split(":")[1].startswith(" met") and "why" not in met[1]
