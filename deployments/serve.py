@@ -63,8 +63,10 @@ def stop_on_ctrl_c() -> None:
     """From now on Ctrl-C ends the process within STOP_SECONDS, wherever it lands.
 
     Called before Prefect is imported: a Ctrl-C during that import (seconds on a busy
-    machine) otherwise raised KeyboardInterrupt into it, and the process either served on
-    or hung on its way out in Prefect's exit handlers. Nothing here imports Prefect.
+    machine) otherwise went nowhere when the process had started with it ignored (as a
+    shell's background job does), so it served on, or raised KeyboardInterrupt into the
+    import and the way out took longer than the promised 10 s under load. Nothing here
+    imports Prefect.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
