@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from reinstatement.db import utcnow
+from reinstatement.db import UTCDateTime, utcnow
 from reinstatement.holders import SessionHold, holder_is_gone
 from reinstatement.models import Case, Incident, Notice
 from reinstatement.notices.backends import (
@@ -230,6 +230,24 @@ def _record_statement(columns: tuple[str, ...]) -> Any:
     return statement
 
 
+_RAW_RECORD_SQL: dict[tuple[str, ...], str] = {}
+_NOTICE_TIMESTAMP = UTCDateTime()
+
+
+def _raw_record_sql(columns: tuple[str, ...]) -> str:
+    """The same UPDATE as `_record_statement`, as the driver's SQL text (PostgreSQL)."""
+    sql = _RAW_RECORD_SQL.get(columns)
+    if sql is None:
+        known = Notice.__table__.c
+        if any(name not in known for name in columns):
+            raise ValueError(f"not columns of the outbox: {columns}")
+        assignments = ", ".join(f"{name} = %s" for name in ("updated_at", *columns))
+        sql = _RAW_RECORD_SQL[columns] = (
+            f"UPDATE {Notice.__tablename__} SET {assignments} "
+            "WHERE id = %s AND state = %s AND claim_token = %s")
+    return sql
+
+
 class _NoticeRecorder:
     """Commits each sent notice's new state at once, over one connection held for a batch.
 
@@ -265,17 +283,18 @@ class _NoticeRecorder:
 
     def record(self, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
         """Write the notice's new state under its claim; False if the claim was lost."""
-        statement = _record_statement(tuple(sorted(values)))
-        parameters = {f"v_{name}": value for name, value in values.items()}
-        parameters.update(v_notice_id=notice.id, v_updated_at=utcnow(),
-                          v_claim_token=notice.claim_token)
+        columns = tuple(sorted(values))
         try:
             conn = self._connection()
             if self.postgresql:
-                written = conn.execute(statement, parameters).rowcount == 1
+                written = self._record_on_postgresql(conn, notice, columns, values) == 1
             else:
+                parameters = {f"v_{name}": value for name, value in values.items()}
+                parameters.update(v_notice_id=notice.id, v_updated_at=utcnow(),
+                                  v_claim_token=notice.claim_token)
                 with conn.begin():
-                    written = conn.execute(statement, parameters).rowcount == 1
+                    written = conn.execute(_record_statement(columns),
+                                           parameters).rowcount == 1
         except DBAPIError as exc:
             if not is_transient(exc):
                 raise
@@ -286,6 +305,34 @@ class _NoticeRecorder:
             logger.warning("notice %s: its claim was taken over before its state was "
                            "written; the other sender records it", notice.id)
         return written
+
+    def _record_on_postgresql(self, conn: Connection, notice: ClaimedNotice,
+                              columns: tuple[str, ...], values: dict[str, Any]) -> int:
+        """The UPDATE through the driver, as a prepared statement on the held connection.
+
+        The same statement as `_record_statement`'s, without SQLAlchemy's execution path:
+        at one record a notice, that path cost 136 us of CPU against the driver's 48 us in
+        the scale benchmark's sender processes. A driver error comes back as SQLAlchemy's
+        (a dropped connection invalidated), so `record` treats it as before.
+        """
+        dialect = conn.dialect
+        now = _NOTICE_TIMESTAMP.process_bind_param(utcnow(), dialect)
+        parameters = (now, *(_NOTICE_TIMESTAMP.process_bind_param(values[name], dialect)
+                             if isinstance(values[name], datetime) else values[name]
+                             for name in columns),
+                      notice.id, NoticeState.SENDING, notice.claim_token)
+        sql = _raw_record_sql(columns)
+        driver = conn.connection.driver_connection
+        assert driver is not None  # a held, open connection
+        try:
+            return int(driver.execute(sql, parameters, prepare=True).rowcount)
+        except dialect.loaded_dbapi.Error as orig:
+            gone = dialect.is_disconnect(orig, conn.connection.dbapi_connection, None)
+            if gone:
+                conn.invalidate(orig)
+            raise DBAPIError.instance(sql, parameters, orig, dialect.loaded_dbapi.Error,
+                                      hide_parameters=True, connection_invalidated=gone,
+                                      dialect=dialect) from orig
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

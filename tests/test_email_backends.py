@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from tenacity import wait_none
 
@@ -41,9 +43,17 @@ from reinstatement.notices.backends import (
     TransientDeliveryError,
     backend_from_settings,
     mask_email,
+    smtp_path,
 )
 from reinstatement.notices.ratelimit import RateLimiter
-from reinstatement.notices.render import NoticeContext, NoticeRenderer, message_id_for
+from reinstatement.notices.render import (
+    _DOMAIN_RE,
+    _LOCAL_PART_RE,
+    NoticeContext,
+    NoticeRenderer,
+    message_id_for,
+    normalise_recipient,
+)
 from reinstatement.settings import EmailBackendName, Settings
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 
@@ -706,3 +716,26 @@ def test_a_server_offering_pipelining_gets_the_envelope_in_one_write(
         assert backend.connections_opened == 1
     assert server.handler.delivered_ids == Counter([notice(1).message_id,
                                                     notice(3).message_id])
+
+
+_ADDRESSES = st.one_of(
+    st.builds(lambda local, domain: f"{local}@{domain}",
+              st.from_regex(_LOCAL_PART_RE, fullmatch=True).filter(lambda s: len(s) <= 64),
+              st.from_regex(_DOMAIN_RE, fullmatch=True).filter(lambda s: len(s) <= 180)),
+    st.text(max_size=40).map(lambda s: s + "@example.com"),
+    st.text(max_size=60),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ADDRESSES)
+def test_the_smtp_path_of_an_accepted_address_is_what_smtplib_makes_of_it(address: str) -> None:
+    """The sender writes `<address>` for MAIL FROM and RCPT TO without smtplib.quoteaddr's
+    second parse: for every address normalise_recipient accepts, the two are the same."""
+    import smtplib
+
+    try:
+        accepted = normalise_recipient(address)
+    except ValueError:
+        return
+    assert smtp_path(accepted) == smtplib.quoteaddr(accepted)

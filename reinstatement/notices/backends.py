@@ -112,6 +112,18 @@ def mask_email(address: str) -> str:
     return f"{first}***@{domain}"
 
 
+def smtp_path(address: str) -> str:
+    """The SMTP path (`<address>`) of an address `normalise_recipient` returned.
+
+    What smtplib.quoteaddr makes of it, without parsing it again with email.utils.parseaddr:
+    twice a notice, that parse was a sixth of a sender process's CPU in the scale
+    benchmark. A dot-atom local part and a letters-digits-hyphens domain, all that
+    normalise_recipient lets through, need no quoting (tests/test_email_backends.py
+    checks the two agree).
+    """
+    return f"<{address}>"
+
+
 def _recipient_or_permanent(recipient: str) -> str:
     try:
         return normalise_recipient(recipient)
@@ -499,8 +511,8 @@ class SmtpBackend(EmailBackend):
                     and recipient.isascii():
                 # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read
                 # after it; two round trips a notice instead of four.
-                smtp.send(f"MAIL FROM:{smtplib.quoteaddr(self.envelope_sender)}\r\n"
-                          f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
+                smtp.send(f"MAIL FROM:{smtp_path(self.envelope_sender)}\r\n"
+                          f"RCPT TO:{smtp_path(recipient)}\r\nDATA\r\n")
                 mail = smtp.getreply()
                 stage = "RCPT TO"
                 rcpt = smtp.getreply()
