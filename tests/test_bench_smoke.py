@@ -125,3 +125,26 @@ def test_the_benchmark_says_plainly_why_a_missed_ratio_is_missed() -> None:
                                ratio=248.7 / 135.55, floor_rows=3_687_756,
                                own_rows={"case writes": 1}))
     assert met[0].split(":")[1].startswith(" met") and "why" not in met[1]
+
+
+def test_the_benchmark_says_what_a_missed_notice_rate_cost_in_cpu() -> None:
+    """A notice rate under 2,000/s comes with the CPU a notice cost and what the machine's
+    cores allow at that cost; a met rate with none."""
+    import os
+
+    from bench.pipeline_bench import BenchResult, verdicts
+
+    result = BenchResult(accounts=100_000, batch_size=5000, command="bench",
+                         notices_per_second=1_159.0, notices_sent=46_462,
+                         notify_cpu_seconds=49.9, file_notices_per_second=2_100.0,
+                         file_notices_sent=46_462, file_notify_cpu_seconds=30.0)
+    lines = verdicts(result)
+    smtp = lines.index("target 2,000 notices/s into SMTP (smtp-sink): NOT met "
+                       "(1,159/s, sender processes)")
+    why = lines[smtp + 1]
+    assert why.startswith("  why: ") and "1.07 ms of CPU a notice" in why, why
+    cores = os.cpu_count() or 1
+    assert f"at most {cores / (49.9 / 46_462):,.0f} such notices a second" in why, why
+    files = lines.index("target 2,000 notices/s into the file backend: met "
+                        "(2,100/s, sender processes)")
+    assert not lines[files + 1].startswith("  why")
