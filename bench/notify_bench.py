@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "smtp" and sink is None:
         sys.stderr.write(SMTP_SINK_HINT + "\n")
         return 2
-    from reinstatement import runner
+    from reinstatement import outbox, runner
     from reinstatement.db import make_engine
     from reinstatement.incidents import build_request
     from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
@@ -99,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     runner.run_without_prefect(engine, build_request(
         incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
         since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=5000, require_approval=False))
+    with engine.connect() as conn:
+        queued = outbox.due_count(conn)
     engine.dispose()
+    if queued < args.senders * args.each:
+        drop_database(args.pg_url, NAME)
+        sys.stderr.write(f"{args.accounts:,} accounts queue {queued:,} notices, fewer than "
+                         f"--senders x --each = {args.senders * args.each:,}: give more "
+                         "--accounts or a smaller --each\n")
+        return 2
     copy = f"{NAME}_round"
     try:
         for number in range(1, args.rounds + 1):
