@@ -183,6 +183,47 @@ def _in_review(engine: Engine) -> list[int]:
                                  .order_by(Case.id)).scalars())
 
 
+def _state_name(flow_run_id: Any) -> str | None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return None if state is None else state.name
+
+
+def _resume_until_taken(page: Any, dialog: Any, flow_run_id: Any, attempts: int = 3,
+                        wait_s: float = 90) -> list[str]:
+    """Click the dialog's Resume until the server has taken the decision; the error toasts seen.
+
+    The form first validates the input on the server, then posts the resume. On a busy
+    machine either request can fail: the UI shows an error toast ("Failed to validate input",
+    or the server's message) and keeps the dialog open, and the operator clicks Resume again.
+    The decision is taken when the run is no longer Suspended (read through the API: the
+    dialog may close later than that, or, after a lost answer, not at all). A click that
+    neither moves the run nor shows an error within `wait_s` is tried again too; three
+    attempts without the run moving fail with the dialog's text and the toasts seen."""
+    errors: list[str] = []
+    toasts = page.locator("[data-sonner-toast][data-type='error']")
+    for _ in range(attempts):
+        with suppress(Exception):  # an earlier attempt's toast gone before the next click
+            toasts.first.wait_for(state="detached", timeout=10_000)
+        dialog.get_by_role("button", name="Resume", exact=True).click()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if _state_name(flow_run_id) != "Suspended":
+                return errors
+            if toasts.count():
+                errors.extend(toasts.all_inner_texts())
+                break
+            page.wait_for_timeout(500)
+        if not dialog.is_visible():
+            # The dialog closed (the UI saw its resume succeed) but the run stays Suspended.
+            raise AssertionError(f"the dialog closed and the run is still Suspended; "
+                                 f"error toasts: {errors}")
+    raise AssertionError(f"Resume was not taken after {attempts} clicks; error toasts: "
+                         f"{errors}; the dialog: {dialog.inner_text()!r}")
+
+
 def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
 ) -> None:
@@ -294,11 +335,23 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
                 dialog.get_by_label("Operator").fill("ops-oncall")
                 dialog.get_by_label("Note").fill("preview checked")
                 shot(page, "06-resume-form")
-                dialog.get_by_role("button", name="Resume", exact=True).click()
-                # The dialog closes once the server has taken the decision (its toast
-                # "Flow run resumed" lasts seconds, and on a busy machine the server's answer
-                # came later than the default wait: the toast was never seen).
-                expect(dialog).to_be_hidden(timeout=120_000)
+                # The first resume request is lost on its way (as on a busy server): the UI
+                # shows an error toast, the run stays Suspended, and Resume again takes the
+                # decision.
+                lost: list[str] = []
+
+                def lose_the_first(route: Any) -> None:
+                    if lost:
+                        route.continue_()
+                    else:
+                        lost.append(route.request.url)
+                        route.abort("connectionreset")
+
+                resume_url = re.compile(r"/api/flow_runs/[0-9a-f-]+/resume$")
+                page.route(resume_url, lose_the_first)
+                errors = _resume_until_taken(page, dialog, flow_run.id)
+                page.unroute(resume_url)
+                assert len(lost) == 1 and errors, (lost, errors)
                 run = _wait_for_state(flow_run.id, "COMPLETED", timeout=150)
             assert run.state.is_completed()
 
