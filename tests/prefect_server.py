@@ -43,6 +43,11 @@ def running_prefect_server(workdir: Path) -> Iterator[str]:
 
     `--port` alone does not reach the UI: it asks the API at PREFECT_UI_API_URL, which
     defaults to PREFECT_SERVER_API_PORT (4200), so both are set to the chosen port.
+
+    A batch refused a global concurrency slot is told by the server to come back after
+    the limit's average occupancy times the slots waiting, up to 30 s by default: with
+    batches of a second or two, a batch slept 14 s while slots stood free. The README
+    has operators cap that wait at 2 s; this server does the same.
     """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -50,7 +55,8 @@ def running_prefect_server(workdir: Path) -> Iterator[str]:
     env.update(PREFECT_HOME=str(workdir / "prefect-home"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_UI_API_URL=f"{base}/api")
+               PREFECT_UI_API_URL=f"{base}/api",
+               PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="2")
     log = workdir / "prefect-server.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
