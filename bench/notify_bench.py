@@ -38,6 +38,7 @@ from bench.pipeline_bench import (
 
 NAME = "reinstate_notify_bench"
 SENDER = "Trust & Safety <trust-and-safety@example.com>"
+PROFILE_ENV = "REINSTATE_NOTIFY_BENCH_PROFILE"
 
 
 def _sender(url: str, backend: str, target: str, limit: int) -> int:
@@ -50,10 +51,20 @@ def _sender(url: str, backend: str, target: str, limit: int) -> int:
     engine = make_engine(url)
     chosen = (SmtpBackend("127.0.0.1", int(target), sender=SENDER) if backend == "smtp"
               else FileBackend(Path(target) / str(os.getpid())))
+    profile_to = os.environ.get(PROFILE_ENV)
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     cpu = time.process_time()
     result = outbox.send_batch(engine, chosen, NoticeRenderer(), limit, sender=SENDER,
                                lease=timedelta(minutes=30))
     used = time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(Path(profile_to) / f"sender-{os.getpid()}.prof"))
     sys.stdout.write(f"{result.sent} {used / max(1, result.sent) * 1e6:.0f}\n")
     engine.dispose()
     return 0 if result.sent else 1
@@ -84,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("smtp", "file"), default="smtp")
     parser.add_argument("--pg-url", default=os.environ.get("REINSTATE_BENCH_PG_URL",
                                                            DEFAULT_PG_URL))
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="profile each sender (cProfile) into DIR/sender-PID.prof and "
+                             "print where the last round's first sender spent its time")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ[PROFILE_ENV] = str(args.profile)
     sink = smtp_sink_path()
     if args.backend == "smtp" and sink is None:
         sys.stderr.write(SMTP_SINK_HINT + "\n")
@@ -125,7 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop_database(args.pg_url, copy)
         drop_database(args.pg_url, NAME)
+    if args.profile is not None:
+        _print_profile(args.profile)
     return 0
+
+
+def _print_profile(folder: Path) -> None:
+    """The newest sender profile's top functions by their own time, and by time within."""
+    import pstats
+
+    newest = max(folder.glob("sender-*.prof"), key=lambda path: path.stat().st_mtime)
+    log(f"profile of one sender: {newest}")
+    stats = pstats.Stats(str(newest), stream=sys.stderr).strip_dirs()
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(30)
 
 
 if __name__ == "__main__":
