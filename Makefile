@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 # module fixtures, and the role tests share a PostgreSQL role, which is cluster-wide.
 # PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 pytest: $(STAMP) browser
 	$(PYTEST)

@@ -35,6 +35,20 @@ PG_ADMIN_URL = os.environ.get(
 )
 BACKENDS = ("sqlite", "postgresql")
 
+# The files whose tests take minutes (each starts Prefect servers, workers, browsers or
+# killed runs), slowest first. The Makefile hands files to the pytest workers in collection
+# order (`--no-loadscope-reorder`; xdist's default order is by test count, which put these
+# few-test files last, so one worker ran them while the other sat idle), and this order
+# puts them first, so the many quick files fill in behind them.
+SLOW_FILES_FIRST = ("test_faults.py", "test_deployments.py", "test_ui_browser.py",
+                    "test_work_pool.py", "test_lifecycle.py", "test_flow.py",
+                    "test_reconcile.py", "test_condition_sql.py", "test_cli_operations.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
 
 def _pg_conninfo(url: str, database: str | None = None) -> str:
     parsed = make_url(url)
