@@ -228,7 +228,6 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
 ) -> None:
     from playwright.sync_api import Page, expect, sync_playwright
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
 
@@ -251,16 +250,42 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
         expect(page.get_by_role("button", name="Submit")).to_be_visible()
 
     def submit_until_created(page: Page) -> None:
-        """Submit, and see the toast "<run name> scheduled to start now".
+        """Submit until the form asks the server for the run; see "... scheduled to start now".
 
-        After a refusal the form's first Submit only validates again (and clears the
-        message): the run is created by the next one, as an operator finds out."""
-        page.get_by_role("button", name="Submit").click()
+        The form validates the values on the server (/ui/schemas/validate), then asks for
+        the run (/deployments/{id}/create_flow_run). After a refusal its first Submit only
+        validates again (and clears the message): no run is asked for, and the operator
+        clicks again. Submit is clicked again only once a validation has come back and no
+        run was asked for within 3 s of it, never while a request may still be on its way
+        (on a busy server each takes seconds), so the test never makes two runs."""
+        validated: list[float] = []
+        asked: list[str] = []
+
+        def finished(request: Any) -> None:
+            if request.method == "POST" and request.url.endswith("/ui/schemas/validate"):
+                validated.append(time.monotonic())
+
+        def sent(request: Any) -> None:
+            if request.method == "POST" and request.url.endswith("/create_flow_run"):
+                asked.append(request.url)
+
+        page.on("requestfinished", finished)
+        page.on("request", sent)
         try:
-            page.wait_for_url(re.compile(r"/deployment/[^/]+\?"), timeout=5_000)
-        except PlaywrightTimeout:
-            page.get_by_role("button", name="Submit").click()
-        expect(page.get_by_text("scheduled to start now")).to_be_visible()
+            for _ in range(2):
+                validated.clear()
+                page.get_by_role("button", name="Submit").click()
+                deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+                while not asked and time.monotonic() < deadline and not (
+                        validated and time.monotonic() - validated[-1] > 3):
+                    page.wait_for_timeout(200)
+                if asked:
+                    break
+            assert len(asked) == 1, f"Submit asked for {len(asked)} run(s)"
+            expect(page.get_by_text("scheduled to start now")).to_be_visible()
+        finally:
+            page.remove_listener("requestfinished", finished)
+            page.remove_listener("request", sent)
 
     def open_latest_version(page: Page, key: str) -> None:
         """The key's page (/artifacts/key/KEY: its versions, newest first), then the
