@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -44,7 +45,7 @@ from reinstatement.errors import BadInput
 from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.models import Batch, Run
 from tasks.notify import send_notices
-from tasks.pipeline import restore_cases, verify_cases
+from tasks.pipeline import restore_cases, settle_cases, verify_cases
 from tasks.reporting import Progress
 
 STEP_FLOW = "incident-step"
@@ -60,7 +61,7 @@ CHILD_START_SECONDS = 300.0
 # within this long is taken at its row's word (its process died right after its work).
 CHILD_FINISH_SECONDS = 60.0
 
-StepName = Literal["preview", "verify", "restore", "notify"]
+StepName = Literal["preview", "verify", "settle", "restore", "notify"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,13 @@ def _step(name: str) -> Step:
         return Step(verify_cases, "preview", "verify", {"preview": True})
     if name == "verify":
         return Step(verify_cases, "verify", "verify", {"preview": False})
+    if name == "settle":
+        return Step(settle_cases, "verify", "settle", {})
     if name == "restore":
         return Step(restore_cases, "restore", "restore", {})
     if name == "notify":
         return Step(send_notices, "notify", "notify", {})
-    raise BadInput(f"step: {name!r} is not one of preview, verify, restore, notify")
+    raise BadInput(f"step: {name!r} is not one of preview, verify, settle, restore, notify")
 
 
 def _engine() -> Engine:
@@ -98,11 +101,15 @@ class StepRunner:
     batch_size: int
     children: int = 1
 
-    def run(self, incident: RegisteredIncident, step: str) -> dict[str, Any]:
+    def run(self, incident: RegisteredIncident, step: str,
+            more_coming: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """The step's batches until none is left; `more_coming` (one run of its own only):
+        true while planning still makes work for it."""
         spec = _step(step)
         if self.children <= 1:
             return run_batches(spec.task, incident, self.batch_size, spec.pending_key,
-                               spec.progress_name, run_id=self.run_id, **spec.task_args)
+                               spec.progress_name, run_id=self.run_id,
+                               more_coming=more_coming, **spec.task_args)
         return fan_out(incident, step, self.batch_size, self.children, self.run_id)
 
 
@@ -306,7 +313,7 @@ def incident_step(
 
     Args:
         incident_key: The incident's key.
-        step: preview, verify, restore or notify.
+        step: preview, verify, settle (verify and restore in one pass), restore or notify.
         parent_run_id: The incident run (reinstatement_runs.id) this child works for.
         batch_size: Cases or notices per batch task, 1 to 50,000.
     """

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -34,7 +35,13 @@ from sqlalchemy import Engine, func, select, update
 
 # run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
 # and tests that take them from this module.
-from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches  # noqa: F401
+from flows.batches import (  # noqa: F401
+    MAX_PARALLEL_TASKS,
+    BatchesFailed,
+    add_result,
+    pending,
+    run_batches,
+)
 from flows.incident_step import StepRunner, require_step_deployment
 from reinstatement import lifecycle, runner, runs
 from reinstatement.db import pipeline_engine
@@ -233,6 +240,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     logger = get_run_logger()
     engine, actor = _engine(), run_actor()
     runner.begin_real_run(engine, incident, actor)
+    started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
     state = runner.state(engine, incident)
     if not state.may_restore():
@@ -254,40 +262,88 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
             publish_report(incident.key)
             return "rejected", Cancelled(message=state.describe())
         state = runner.begin_real_run(engine, incident, actor)
+        started = None  # the operator's decision came between: no one figure for the steps
     if not state.may_restore():
         raise lifecycle.TransitionRefused(
             f"incident {incident.key} may not restore: it is {state.describe()}")
-    _restore_and_notify(incident, steps, timings)
+    _restore_and_notify(incident, steps, timings, since=started)
     done = runner.complete_if_done(engine, incident, actor)
     return ("completed" if done else "handed over"), publish_report(incident.key)
 
 
 def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
                      timings: dict[str, float], *, preview: bool) -> None:
-    """Steps 2 and 3: a case for every candidate, then every case judged."""
+    """Steps 2 and 3: a case for every candidate, then every case judged.
+
+    A real run of an incident that may restore now (it needs no approval, or it has one)
+    verifies and restores in one pass, `settle`: each account is judged once, under the
+    locks its restore takes, and restored in the same transaction. With no approval in the
+    incident at all, on PostgreSQL, that pass starts beside planning (one run of its own,
+    not child runs): planning a page takes a fraction of the time verifying and restoring
+    it does, and the two use both cores (SQLite has one writer at a time).
+    Otherwise planning comes first, then verification; restoring waits for the approval.
+    """
+    logger = get_run_logger()
     started = time.perf_counter()
+    state = None if preview else runner.state(_engine(), incident)
+    if state is not None and state.may_restore() and not state.require_approval \
+            and steps.children <= 1 and _engine().dialect.name == "postgresql":
+        planning = plan_candidates.submit(incident, steps.batch_size)
+        planned_at: list[float] = []
+        planning.add_done_callback(lambda _: planned_at.append(time.perf_counter()))
+        settled = steps.run(incident, "settle", more_coming=lambda: not planned_at)
+        created = planning.result()
+        # Nothing planned should be left; if a case was, it is settled here all the same.
+        settled["outcomes"] = Counter(settled["outcomes"])
+        add_result(settled, steps.run(incident, "settle"))
+        settled["outcomes"] = dict(settled["outcomes"])
+        timings["plan"] = (planned_at[0] if planned_at else time.perf_counter()) - started
+        timings["settle"] = time.perf_counter() - started
+        logger.info("planned %d new case(s) beside verifying and restoring", created)
+        _log_settled(settled)
+        return
     created = plan_candidates(incident, steps.batch_size)
     timings["plan"] = time.perf_counter() - started
     if not preview:
-        runner.after_planning(_engine(), incident, created, run_actor())
+        state = runner.after_planning(_engine(), incident, created, run_actor())
 
     started = time.perf_counter()
     if preview:
         _reset_previews(incident.id)
-    verified = steps.run(incident, "preview" if preview else "verify")
-    timings["verify"] = time.perf_counter() - started
-    get_run_logger().info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
+    step = "settle" if state is not None and state.may_restore() else (
+        "preview" if preview else "verify")
+    verified = steps.run(incident, step)
+    timings["settle" if step == "settle" else "verify"] = time.perf_counter() - started
+    if step == "settle":
+        _log_settled(verified)
+    else:
+        logger.info("verified %d case(s): %s", verified["cases"], verified["outcomes"])
+
+
+def _log_settled(settled: dict[str, Any]) -> None:
+    get_run_logger().info(
+        "verified %d case(s): %s; restored %d account(s), %d pin(s) in the same pass",
+        settled["cases"], settled["outcomes"], settled.get("restored", 0),
+        settled["pins_restored"])
 
 
 def _restore_and_notify(incident: RegisteredIncident, steps: StepRunner,
-                        timings: dict[str, float]) -> None:
-    """Steps 5 and 6: restore every verified reinstatement, then send the due notices."""
+                        timings: dict[str, float], *, since: float | None = None) -> None:
+    """Steps 5 and 6: restore every verified reinstatement, then send the due notices.
+
+    `since`: when this run began planning, if nothing stood between that and now; the
+    wall time from there to the end of the restore is recorded as `plan_to_restore` (the
+    steps' own times overlap when planning runs beside verifying and restoring).
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     restored = steps.run(incident, "restore")
     timings["restore"] = time.perf_counter() - started
-    logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
-        "reinstated", 0), restored["pins_restored"])
+    if since is not None:
+        timings["plan_to_restore"] = time.perf_counter() - since
+    if restored["cases"] or "settle" not in timings:
+        logger.info("restored %d account(s), %d pin(s)", restored["outcomes"].get(
+            "reinstated", 0), restored["pins_restored"])
     if incident.notify:
         started = time.perf_counter()
         steps = replace(steps, batch_size=notify_batch_size(incident, steps.batch_size))

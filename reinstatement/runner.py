@@ -48,6 +48,7 @@ def batch_detail(result: steps.BatchResult) -> dict[str, Any]:
         "pins_restored": result.pins_restored,
         "notices_queued": result.notices_queued,
         "changed_since_verification": result.changed_since_verification,
+        "restored": result.restored,
     }
 
 
@@ -193,11 +194,27 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) ->
             on_batch(created)
 
 
+def custom_plans(conn: Connection) -> None:
+    """Plan this transaction's statements for the values they are given (PostgreSQL).
+
+    A batch's statements take its ids as arrays. psycopg prepares a statement after its
+    fifth execution on a connection, and PostgreSQL may then keep one generic plan for all
+    later batches, made without knowing an array's size: at a million accounts, where each
+    connection runs a step's statements a hundred times, a generic plan joined a batch's
+    arrays in a nested loop (seconds a batch; migration 0008). The restore function's own
+    statements are planned the same way.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
 def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
-    return in_transaction(ctx.engine, lambda conn: _recorded(
-        conn, ctx, "preview" if preview else "verify",
-        steps.verify_batch(conn, ctx.incident, ctx.batch_size, preview=preview,
-                           actor=ctx.actor)))
+    def work(conn: Connection) -> steps.BatchResult:
+        custom_plans(conn)
+        return _recorded(conn, ctx, "preview" if preview else "verify", steps.verify_batch(
+            conn, ctx.incident, ctx.batch_size, preview=preview, actor=ctx.actor))
+
+    return in_transaction(ctx.engine, work)
 
 
 def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
@@ -215,10 +232,24 @@ def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
 
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
+        custom_plans(conn)
         _check_may_restore(conn, ctx.incident)
         return _recorded(conn, ctx, "restore", steps.restore_batch(
             conn, ctx.incident, ctx.batch_size, sender_domain=ctx.sender_domain,
             actor=ctx.actor))
+
+    return in_transaction(ctx.engine, work)
+
+
+def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
+    """Verify a batch and restore its reinstatements in one transaction, when the incident
+    may restore now; only verify it otherwise (see `steps.settle_batch`)."""
+    def work(conn: Connection) -> steps.BatchResult:
+        custom_plans(conn)
+        now = lifecycle.current_state(conn, ctx.incident.id, lock="share")
+        return _recorded(conn, ctx, "settle", steps.settle_batch(
+            conn, ctx.incident, ctx.batch_size, restoring=now.may_restore(),
+            sender_domain=ctx.sender_domain, actor=ctx.actor))
 
     return in_transaction(ctx.engine, work)
 
@@ -251,7 +282,9 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
     """Register, plan, verify and (when the lifecycle allows) restore, as the flow does.
 
     For tests and tools: one batch at a time in this thread, no notices sent (they stay
-    queued in the outbox). `restore=False` stops after verification, as a crash would.
+    queued in the outbox). An incident that may restore is verified and restored in one
+    pass (`settle_one_batch`), as the flow does; `restore=False` stops after verification,
+    as a crash would.
     """
     incident = register(engine, request, actor)
     lifecycle.refuse_if_rejected(state(engine, incident))
@@ -262,7 +295,10 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
             pass
         return record_preview(engine, incident, actor)
     begin_real_run(engine, incident, actor)
-    after_planning(engine, incident, plan_all(ctx), actor)
+    now = after_planning(engine, incident, plan_all(ctx), actor)
+    if restore and now.may_restore():
+        while settle_one_batch(ctx).cases:
+            pass
     while verify_one_batch(ctx, preview=False).cases:
         pass
     now = state(engine, incident)

@@ -6,6 +6,8 @@ after a crash) reads exactly where this one stopped:
 
     planned ──verify──▶ verified ──restore──▶ restored        (outcome reinstated)
        │                   └──────────────▶ closed | review  (other outcomes)
+       ├──settle─────────────────────────▶ restored | closed | review
+       │    (verify and restore in one transaction, when the incident may restore now)
        └──verify (dry run)──▶ previewed   (a real run verifies again)
 
 Work is claimed with SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL, so two runs of one
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +51,7 @@ from reinstatement import verdict_sql
 from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.models import AuditEntry, Case, IncidentAccount, IncidentVersion, Notice
+from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.verdict_sql import array as _array
@@ -95,7 +97,7 @@ def _id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
     among the largest costs of verify and restore. An array keeps the statement short.
     """
     if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(BigInteger)))
+        return column == any_(_array(BigInteger, ids))
     return column.in_(ids)
 
 
@@ -149,10 +151,10 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
             ea.c.source == "rule",
             ea.c.reversed_at.is_(None),
             ea.c.account_id > after_account_id,
-            ea.c.rule_version_id.in_(
-                select(IncidentVersion.faulty_rule_version_id)
-                .where(IncidentVersion.incident_id == incident.id)
-            ),
+            # The faulty versions' ids as values, not a subquery: the planner then sees how
+            # many bans they cover, walks the account index from `after_account_id` and
+            # stops at the page's end, where it read and sorted every ban for each page.
+            _id_in(conn, ea.c.rule_version_id, sorted(incident.rules.faulty)),
         ]
         if incident.rules.since is not None:
             conditions.append(ea.c.created_at >= incident.rules.since)
@@ -221,21 +223,10 @@ def _plan_in_the_database(conn: Connection, incident: RegisteredIncident, source
 
 
 def _insert_cases(conn: Connection, new: list[dict[str, Any]]) -> Sequence[int]:
-    """Insert planned cases, skipping any another run created first; the new cases' ids."""
-    if conn.dialect.name != "postgresql":
-        return conn.execute(
-            sqlite.insert(Case).on_conflict_do_nothing().returning(Case.id), new
-        ).scalars().all()
-    rows = _array_rows(**{name: (element, [row[name] for row in new]) for name, element in (
-        ("incident_id", BigInteger), ("account_id", BigInteger), ("state", Text),
-        ("created_at", DateTime(timezone=True)), ("updated_at", DateTime(timezone=True)))})
+    """Insert planned cases, skipping any another run created first; the new cases' ids.
+    (SQLite: PostgreSQL plans in one statement, `_plan_in_the_database`.)"""
     return conn.execute(
-        postgresql.insert(Case)
-        .from_select(["incident_id", "account_id", "state", "created_at", "updated_at"],
-                     select(rows.c.incident_id, rows.c.account_id, rows.c.state,
-                            rows.c.created_at, rows.c.updated_at))
-        .on_conflict_do_nothing()
-        .returning(Case.id)
+        sqlite.insert(Case).on_conflict_do_nothing().returning(Case.id), new
     ).scalars().all()
 
 
@@ -432,6 +423,7 @@ class BatchResult:
     pins_restored: int = 0
     notices_queued: int = 0
     changed_since_verification: int = 0
+    restored: int = 0  # accounts a settle batch restored (outcomes counts its verdicts)
 
 
 
@@ -533,6 +525,19 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     return result
 
 
+def _within(case_ids: Sequence[int]) -> Any:
+    """`Case.id BETWEEN` the lowest and highest id of the batch.
+
+    Said beside the join on the ids, it lets the planner read just the batch's stretch of
+    the table through the primary key: joined alone (to a CTE or to arrays, whose rows it
+    cannot see), every case of the table was read and hashed for each batch, 40 ms at 100k
+    accounts and growing with the table. (The ids as an array would do it too, but a plan
+    that filters every row against a 5,000-element array is quadratic.)
+    """
+    return Case.id.between(bindparam(None, min(case_ids), type_=BigInteger),
+                           bindparam(None, max(case_ids), type_=BigInteger))
+
+
 def _state_after(outcome: Any, preview: bool) -> Any:
     """The case's state after verification, as a SQL expression of its outcome."""
     if preview:
@@ -546,12 +551,19 @@ class _Decided(Counter[str]):
     """Outcome counts of the cases the database decided, and the cases left to Python."""
 
     python: list[int]
+    reinstated: list[Any]  # with `restoring`: the verdict rows of the reinstated cases
 
 
 def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
-                            claimed: Sequence[ClaimedCase], preview: bool, actor: str
-                            ) -> _Decided:
-    """One statement: the batch's verdicts, the cases updated from them, and their audit."""
+                            claimed: Sequence[ClaimedCase], preview: bool, actor: str, *,
+                            restoring: bool = False) -> _Decided:
+    """One statement: the batch's verdicts, the cases updated from them, and their audit.
+
+    `restoring`: the batch restores its reinstatements next, in this transaction. Their
+    verdict rows come back with what the restore needs (ban ids, the faulty versions'
+    names, the state they were claimed in), and their audit row is left to the restore,
+    which writes one for the whole way (`RestoreBatch.one_audit_row`).
+    """
     now = utcnow()
     verdicts = verdict_sql.verdicts(
         incident.rules, [c.id for c in claimed], [c.account_id for c in claimed],
@@ -559,7 +571,7 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     v = verdicts.c
     updated = (
         update(Case)
-        .where(Case.id == v.case_id, v.python.is_(False))
+        .where(Case.id == v.case_id, _within([c.id for c in claimed]), v.python.is_(False))
         .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
                 faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
                 updated_at=now)
@@ -567,37 +579,130 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
         .cte("updated")
     )
     u = updated.c
+    reinstated = bindparam(None, str(Outcome.REINSTATED), type_=Text)
+    audit_rows = select(bindparam(None, incident.id, type_=BigInteger), u.id, u.prior_state,
+                        u.state, bindparam(None, actor, type_=Text),
+                        u.outcome + ": " + u.summary,
+                        bindparam(None, now, type_=DateTime(timezone=True)))
+    if restoring:
+        audit_rows = audit_rows.where(u.outcome != reinstated)
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
-        select(bindparam(None, incident.id, type_=BigInteger), u.id, u.prior_state, u.state,
-               bindparam(None, actor, type_=Text), u.outcome + ": " + u.summary,
-               bindparam(None, now, type_=DateTime(timezone=True)))
-    ).cte("audited")
+        audit_rows).cte("audited")
     decided = _Decided()
-    decided.python = []
-    for row in conn.execute(select(v.case_id, v.outcome, v.python).add_cte(updated, audited)):
+    decided.python, decided.reinstated = [], []
+    columns = [v.case_id, v.outcome, v.python]
+    if restoring:
+        # Only the reinstated rows carry back what their restore needs.
+        wanted = (v.outcome == reinstated) & v.python.is_(False)
+        columns += [sql_case((wanted, v.account_id)).label("account_id"),
+                    sql_case((wanted, v.prior_state)).label("prior_state"),
+                    sql_case((wanted, v.standing_ids)).label("standing_ids"),
+                    sql_case((wanted, v.faulty_names)).label("faulty_names")]
+    for row in conn.execute(select(*columns).add_cte(updated, audited)):
         if row.python:
             decided.python.append(row.case_id)
-        else:
-            decided[row.outcome] += 1
+            continue
+        decided[row.outcome] += 1
+        if restoring and row.outcome == Outcome.REINSTATED:
+            decided.reinstated.append(row)
     return decided
 
 
 def _verify_in_python(conn: Connection, incident: RegisteredIncident,
                       claimed: Sequence[ClaimedCase], preview: bool, actor: str,
-                      result: BatchResult) -> None:
-    decisions, _ = decide_accounts(conn, incident, claimed)
+                      result: BatchResult, *, restoring: bool = False
+                      ) -> list[tuple[ClaimedCase, Verdict, RestoreTarget, str]]:
+    """Decide these cases in Python and record them.
+
+    `restoring`: as for `_verify_in_the_database`; returns the reinstatements to restore
+    in this transaction, each with the verdict's summary, and leaves their audit row to the
+    restore.
+    """
+    decisions, found = decide_accounts(conn, incident, claimed)
     now = utcnow()
     updates, audit_rows = [], []
+    to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget, str]] = []
     for case in claimed:
         decision = decisions[case.id]
         state = CaseState.PREVIEWED if preview else _STATE_AFTER_VERIFY[decision.outcome]
         updates.append(_case_update(case.id, decision, state, now))
-        audit_rows.append((case.id, case.state, state,
-                           f"{decision.outcome}: {decision.reasons.get('summary', '')}"))
+        summary = str(decision.reasons.get("summary", ""))
         result.outcomes[str(decision.outcome)] += 1
+        record = found.get(case.account_id)
+        if restoring and decision.outcome == Outcome.REINSTATED and record is not None:
+            to_restore.append((replace(case, standing_ban_ids=list(decision.standing_ban_ids)),
+                               Verdict.of(decision),
+                               RestoreTarget(record.id, record.email, record.locale), summary))
+            continue
+        audit_rows.append((case.id, case.state, state, f"{decision.outcome}: {summary}"))
     _update_cases(conn, updates)
     _audit(conn, incident.id, audit_rows, actor)
+    return to_restore
+
+
+# -- settle: verify and restore in one pass --------------------------------------------
+
+def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
+                 restoring: bool, sender_domain: str, actor: str = PIPELINE_ACTOR
+                 ) -> BatchResult:
+    """Verify the next batch of planned cases and restore its reinstatements at once.
+
+    For a real run of an incident that may restore now (`restoring`, which the caller read
+    under the incident's share lock): no approval stands between verification and restore,
+    so each account is judged once, under the locks the restore needs, and restored in the
+    same transaction. The cases come out as verify and restore would leave them (the same
+    outcome, reasons, unban and pins); a reinstated case's audit row is one transition,
+    from the state it was claimed in to restored, naming the verdict and the restore, as
+    no other transaction ever saw it verified. What is saved is the second claim, lock and
+    verdict, and an audit row for each reinstatement. Without `restoring` it is
+    `verify_batch`.
+    """
+    if not restoring:
+        return verify_batch(conn, incident, limit, preview=False, actor=actor)
+    claimed = claim_cases(conn, incident.id, [CaseState.PLANNED, CaseState.PREVIEWED], limit)
+    result = BatchResult()
+    if not claimed:
+        return result
+    result.cases = len(claimed)
+    restored = BatchResult()
+    now = utcnow()
+    rest: Sequence[ClaimedCase] = claimed
+    if conn.dialect.name == "postgresql":
+        # Judged under the restore's locks: nothing can change between verdict and restore.
+        lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
+        decided = _verify_in_the_database(conn, incident, claimed, False, actor,
+                                          restoring=True)
+        result.outcomes.update(decided)
+        by_id = {case.id: case for case in claimed}
+        rest = [by_id[case_id] for case_id in decided.python]
+        rows = sorted(decided.reinstated, key=lambda row: row.account_id)
+        if rows:
+            _restore_on_postgresql(conn, incident, RestoreBatch(
+                case_ids=[row.case_id for row in rows],
+                account_ids=[row.account_id for row in rows],
+                rounds=[by_id[row.case_id].round for row in rows],
+                prior_states=[row.prior_state for row in rows],
+                unban_reasons=[_unban_reason(incident, row.faulty_names) for row in rows],
+                ban_ids=[ban_id for row in rows for ban_id in row.standing_ids],
+                ban_accounts=[row.account_id for row in rows for _ in row.standing_ids],
+                one_audit_row=True), now, sender_domain, restored, actor)
+    # The cases whose reasons name unknown signals (all of them on SQLite, where the
+    # transaction holds the database's write lock from its start).
+    if rest:
+        to_restore = _verify_in_python(conn, incident, rest, False, actor, result,
+                                       restoring=True)
+        if to_restore:
+            to_restore.sort(key=lambda item: item[2].id)
+            audit_rows: list[tuple[int | None, str | None, str, str]] = []
+            _apply_restores(conn, incident, [(c, v, t) for c, v, t, _ in to_restore], now,
+                            sender_domain, restored, audit_rows, actor,
+                            summaries={c.id: summary for c, _, _, summary in to_restore})
+            _audit(conn, incident.id, audit_rows, actor)
+    result.restored = restored.outcomes[str(Outcome.REINSTATED)]
+    result.pins_restored = restored.pins_restored
+    result.notices_queued = restored.notices_queued
+    return result
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -627,9 +732,11 @@ class RestoreTarget:
     locale: str
 
 
-def _unban_reason(incident: RegisteredIncident, verdict: Verdict) -> str:
+def _unban_reason(incident: RegisteredIncident, names: Verdict | str) -> str:
+    """The unban's reason; `names`: the verdict, or its faulty versions joined by ", "."""
+    joined = ", ".join(names.faulty_names) if isinstance(names, Verdict) else names
     return (f"Reinstated by incident {incident.key}: the ban by "
-            f"{', '.join(verdict.faulty_names) or 'a faulty rule version'} was a mistake")
+            f"{joined or 'a faulty rule version'} was a mistake")
 
 
 def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
@@ -748,9 +855,13 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
                     to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
                     now: datetime, sender_domain: str, result: BatchResult,
                     audit_rows: list[tuple[int | None, str | None, str, str]],
-                    actor: str) -> None:
+                    actor: str, *, summaries: dict[int, str] | None = None) -> None:
+    """Restore these cases; `summaries` (verified in this same transaction): each case's
+    verdict summary, for its one audit row from the state it was claimed in."""
     if conn.dialect.name == "postgresql":
-        _restore_on_postgresql(conn, incident, to_restore, now, sender_domain, result, actor)
+        batch = RestoreBatch.of(incident, to_restore)
+        batch.one_audit_row = summaries is not None
+        _restore_on_postgresql(conn, incident, batch, now, sender_domain, result, actor)
         return
     unban_ids, pins_by_account = _restore_with_statements(conn, incident, to_restore, now)
 
@@ -769,8 +880,10 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
             "attempts": 0, "next_attempt_at": now if notice_state == NoticeState.PENDING
             else None, "created_at": now, "updated_at": now,
         })
-        audit_rows.append((case.id, case.state, CaseState.RESTORED,
-                           f"reinstated: unban action {unban_id}, {restored} pins restored"))
+        restored_words = f"unban action {unban_id}, {restored} pins restored"
+        audit_rows.append((case.id, case.state, CaseState.RESTORED, (
+            f"reinstated: {restored_words}" if summaries is None
+            else f"reinstated: {summaries[case.id]}; {restored_words}")))
         result.outcomes[str(Outcome.REINSTATED)] += 1
         result.pins_restored += restored
         result.notices_queued += notice_state == NoticeState.PENDING
@@ -841,10 +954,41 @@ def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str
             + bindparam(None, domain.lower(), type_=Text) + ">")
 
 
+@dataclass
+class RestoreBatch:
+    """A batch to restore on PostgreSQL, as the parallel lists its statements take: one
+    entry per account (in the order the restore function returns them), and its bans."""
+
+    case_ids: list[int]
+    account_ids: list[int]
+    rounds: list[int]
+    prior_states: list[str]  # each case's state before this transaction
+    unban_reasons: list[str]
+    ban_ids: list[int]
+    ban_accounts: list[int]
+    # Verified and restored in one transaction (`settle_batch`): one audit row each, from
+    # the state it was claimed in, saying the verdict's summary and the restore.
+    one_audit_row: bool = False
+
+    @classmethod
+    def of(cls, incident: RegisteredIncident,
+           to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]]) -> RestoreBatch:
+        return cls(
+            case_ids=[case.id for case, _, _ in to_restore],
+            account_ids=[record.id for _, _, record in to_restore],
+            rounds=[case.round for case, _, _ in to_restore],
+            prior_states=[case.state for case, _, _ in to_restore],
+            unban_reasons=[_unban_reason(incident, verdict) for _, verdict, _ in to_restore],
+            ban_ids=[ban_id for _, verdict, _ in to_restore
+                     for ban_id in verdict.standing_ban_ids],
+            ban_accounts=[record.id for _, verdict, record in to_restore
+                          for _ in verdict.standing_ban_ids],
+        )
+
+
 def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
-                           to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
-                           now: datetime, sender_domain: str, result: BatchResult,
-                           actor: str) -> None:
+                           batch: RestoreBatch, now: datetime, sender_domain: str,
+                           result: BatchResult, actor: str) -> None:
     """The restore of a batch as two statements.
 
     The platform writes go through `reinstatement_restore_accounts`: the owner's function
@@ -858,17 +1002,13 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     a batch at 1M accounts); from arrays the planner sees the batch's size and looks each
     case up by its key.
     """
-    bans = [(ban_id, record.id) for _, verdict, record in to_restore
-            for ban_id in verdict.standing_ban_ids]
-    case_ids = [case.id for case, _, _ in to_restore]
-    account_ids = [record.id for _, _, record in to_restore]
     restore = select(
         func.reinstatement_restore_accounts(
-            _array(BigInteger, case_ids),
-            _array(BigInteger, account_ids),
-            _text_array([_unban_reason(incident, verdict) for _, verdict, _ in to_restore]),
-            _array(BigInteger, [ban_id for ban_id, _ in bans]),
-            _array(BigInteger, [account_id for _, account_id in bans]),
+            _array(BigInteger, batch.case_ids),
+            _array(BigInteger, batch.account_ids),
+            _text_array(batch.unban_reasons),
+            _array(BigInteger, batch.ban_ids),
+            _array(BigInteger, batch.ban_accounts),
             bindparam(None, PIPELINE_ACTOR, type_=Text),
             bindparam(None, now, type_=DateTime(timezone=True)),
         ).table_valued("restored_account_id", "unban_action_id", "pins_restored")
@@ -879,22 +1019,22 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
         if getattr(exc.orig, "sqlstate", None) == "RS001":
             raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
         raise
-    if [row.restored_account_id for row in rows] != account_ids:
+    if [row.restored_account_id for row in rows] != batch.account_ids:
         raise RestoreConflict("the restore function did not restore the batch it was given")
 
-    done = _array_rows(case_id=(BigInteger, case_ids),
-                       account_id=(BigInteger, account_ids),
-                       round=(Integer, [case.round for case, _, _ in to_restore]),
-                       prior_state=(Text, [case.state for case, _, _ in to_restore]),
+    done = _array_rows(case_id=(BigInteger, batch.case_ids),
+                       account_id=(BigInteger, batch.account_ids),
+                       round=(Integer, batch.rounds),
+                       prior_state=(Text, batch.prior_states),
                        unban_action_id=(BigInteger, [row.unban_action_id for row in rows]),
                        pins_restored=(Integer, [row.pins_restored for row in rows]))
     d = done.c
     at = bindparam(None, now, type_=DateTime(timezone=True))
     cases_written = (
-        update(Case).where(Case.id == d.case_id)
+        update(Case).where(Case.id == d.case_id, _within(batch.case_ids))
         .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
                 state=CaseState.RESTORED, updated_at=at)
-        .returning(Case.id)
+        .returning(Case.id, Case.reasons["summary"].as_string().label("summary"))
         .cte("cases_written")
     )
     state: Any
@@ -913,25 +1053,37 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                accounts.c.email, accounts.c.locale, state,
                bindparam(None, 0, type_=Integer), next_attempt, at, at)
         .join_from(done, accounts, accounts.c.id == d.account_id)
-    ).cte("notices_queued")
+    ).returning(Notice.state).cte("notices_queued")
+    restored_words = ("unban action " + cast(d.unban_action_id, Text) + ", "
+                      + cast(d.pins_restored, Text) + " pins restored")
+    if batch.one_audit_row:
+        # The verdict's summary, which the case row holds since the verification above.
+        w = cases_written.c
+        reason = ("reinstated: " + w.summary + "; " + restored_words)
+        audit_source = select(bindparam(None, incident.id, type_=BigInteger), d.case_id,
+                              d.prior_state, bindparam(None, CaseState.RESTORED, type_=Text),
+                              bindparam(None, actor, type_=Text), reason, at
+                              ).join_from(done, cases_written, w.id == d.case_id)
+    else:
+        audit_source = select(bindparam(None, incident.id, type_=BigInteger), d.case_id,
+                              d.prior_state, bindparam(None, CaseState.RESTORED, type_=Text),
+                              bindparam(None, actor, type_=Text),
+                              "reinstated: " + restored_words, at).select_from(done)
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
-        select(bindparam(None, incident.id, type_=BigInteger), d.case_id, d.prior_state,
-               bindparam(None, CaseState.RESTORED, type_=Text),
-               bindparam(None, actor, type_=Text),
-               "reinstated: unban action " + cast(d.unban_action_id, Text) + ", "
-               + cast(d.pins_restored, Text) + " pins restored", at)
-        .select_from(done)
-    ).cte("audited")
-    written = conn.execute(
-        select(func.count()).select_from(cases_written).add_cte(notices_queued, audited)
-    ).scalar_one()
-    if written != len(case_ids):
-        raise RestoreConflict(f"{len(case_ids) - written} case(s) of the batch were not found")
+        audit_source).cte("audited")
+    q = notices_queued.c
+    written, queued = conn.execute(select(
+        select(func.count()).select_from(cases_written).scalar_subquery(),
+        select(func.count()).select_from(notices_queued)
+        .where(q.state == NoticeState.PENDING).scalar_subquery(),
+    ).add_cte(audited)).one()
+    if written != len(batch.case_ids):
+        raise RestoreConflict(f"{len(batch.case_ids) - written} case(s) of the batch were "
+                              "not found")
     result.outcomes[str(Outcome.REINSTATED)] += len(rows)
     result.pins_restored += sum(row.pins_restored for row in rows)
-    if incident.notify:
-        result.notices_queued += sum(1 for _, _, record in to_restore if record.email)
+    result.notices_queued += queued
 
 
 def notice_key(incident_key: str, round_: int) -> str:

@@ -105,3 +105,16 @@ def restore_cases(incident: RegisteredIncident, batch_size: int,
     with limits.database_batch():
         return runner.batch_detail(runner.restore_one_batch(
             step_context(incident, batch_size, run_id)))
+
+
+@task(name="settle-batch", **BATCH_TASK_OPTIONS)
+def settle_cases(incident: RegisteredIncident, batch_size: int,
+                 run_id: int | None = None) -> dict[str, Any]:
+    """Verify one batch of planned cases and restore its reinstatements in the same
+    transaction (an incident that may restore now: no approval stands between the two).
+
+    It holds a slot of the global limit reinstatement-database-batches while it runs.
+    """
+    with limits.database_batch():
+        return runner.batch_detail(runner.settle_one_batch(
+            step_context(incident, batch_size, run_id)))

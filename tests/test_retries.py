@@ -459,17 +459,18 @@ def test_a_failed_batch_fails_the_whole_flow_run(
     flow_runs: set[str] = set()
     calls: list[int] = []
 
-    def restore_one_batch(ctx: runner.StepContext) -> steps.BatchResult:
+    def settle_one_batch(ctx: runner.StepContext) -> steps.BatchResult:
         calls.append(1)
         flow_runs.add(ctx.actor.removeprefix("flow-run:"))
         raise RuntimeError("a bug in the restore, not bad luck")
 
-    monkeypatch.setattr(runner, "restore_one_batch", restore_one_batch)
+    # Without approval, verifying and restoring is one step: settle.
+    monkeypatch.setattr(runner, "settle_one_batch", settle_one_batch)
     req = build_request(incident_key=INCIDENT_KEY, faulty_versions=list(INCIDENT_FAULTY),
                         since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=50,
                         require_approval=False)
 
-    with pytest.raises(BatchesFailed, match="restore batches failed"):
+    with pytest.raises(BatchesFailed, match="settle batches failed"):
         reinstate_incident(req)
 
     assert calls  # the restore step was reached, and each batch was tried once

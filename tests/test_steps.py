@@ -382,3 +382,127 @@ def test_a_moderators_ban_during_a_restore_is_never_overwritten(
                                              enforcement_actions.c.reversed_at.is_(None))
                                       ).scalar_one()
     assert (status, moderator_bans) == ("banned", 1)
+
+
+# -- verify and restore in one pass (settle) -----------------------------------------------
+
+def _cases_and_platform(engine: Engine) -> tuple[object, ...]:
+    """What a run leaves: each case (by account) and the platform rows, without the ids
+    and times that differ between two runs."""
+    with engine.connect() as conn:
+        cases = {r.account_id: (r.state, r.outcome, r.reasons, r.faulty_ban_ids,
+                                r.standing_ban_ids, r.pins_restored)
+                 for r in conn.execute(select(Case))}
+        notices = sorted((n.account_id, n.state, n.message_id, n.recipient is None)
+                         for n in conn.execute(select(Notice)))
+    platform = snapshot(engine)
+    for table in platform.values():
+        for row in table.values():  # (the factory numbers names and addresses per build)
+            for name in ("updated_at", "reversed_at", "created_at", "username", "email",
+                         "display_name"):
+                row.pop(name, None)
+    return cases, notices, platform
+
+
+def test_settle_leaves_what_verify_then_restore_leaves(
+    engine: Engine, backend: str, templates: Any
+) -> None:
+    """One pass or two, the cases, notices and platform rows come out the same; only the
+    audit trail is shorter: a reinstated case's one row goes from planned to restored."""
+    from reinstatement.db import make_engine
+
+    build_scenario(engine)
+    run_all(engine, request())  # the incident needs no approval: settle
+    other_url = templates.new_database(backend)
+    other = make_engine(other_url)
+    try:
+        build_scenario(other)
+        runner.run_without_prefect(other, request(), PIPELINE_ACTOR, restore=False)
+        ctx = step_context(other, KEY, 3)
+        while runner.restore_one_batch(ctx).cases:
+            pass
+        assert _cases_and_platform(engine) == _cases_and_platform(other)
+        with engine.connect() as conn:
+            trail = conn.execute(
+                select(AuditEntry.from_state, AuditEntry.to_state, AuditEntry.reason)
+                .join(Case, Case.id == AuditEntry.case_id)
+                .where(Case.state == CaseState.RESTORED).order_by(AuditEntry.id)).all()
+    finally:
+        other.dispose()
+        templates.drop(other_url)
+    steps_taken = [(before, after) for before, after, _ in trail]
+    assert steps_taken.count((None, CaseState.PLANNED)) == steps_taken.count(
+        (CaseState.PLANNED, CaseState.RESTORED)) == 3
+    assert len(steps_taken) == 6
+    assert all(reason.startswith("reinstated: every standing ban is a wrongful ban by spam@7; "
+                                 "unban action ") and reason.endswith(" pins restored")
+               for before, _, reason in trail if before == CaseState.PLANNED)
+
+
+def test_settle_only_verifies_when_the_incident_may_not_restore(engine: Engine) -> None:
+    """An incident that needs an approval it does not have is verified, never restored,
+    even by a settle batch asked for it."""
+    build_scenario(engine)
+    req = request(require_approval=True)
+    runner.register(engine, req, PIPELINE_ACTOR)
+    ctx = step_context(engine, KEY, 100)
+    runner.plan_all(ctx)
+    before = snapshot(engine)
+    result = runner.settle_one_batch(ctx)
+    assert result.cases and not result.restored
+    assert snapshot(engine) == before
+    with engine.connect() as conn:
+        states = set(conn.execute(select(Case.state)).scalars())
+    assert CaseState.RESTORED not in states and CaseState.VERIFIED in states
+
+
+def test_a_moderators_ban_during_a_settle_batch_is_never_overwritten(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a restore: the settle batch judges under the restore's locks, so a moderator
+    who bans the account while the batch runs waits for it, and the moderator's ban wins."""
+    import threading
+
+    from reinstatement import steps
+    from reinstatement.platform_schema import accounts
+
+    scenario = build_scenario(engine)
+    req = request()
+    runner.register(engine, req, PIPELINE_ACTOR)
+    runner.begin_real_run(engine, step_context(engine, KEY, 100).incident, PIPELINE_ACTOR)
+    ctx = step_context(engine, KEY, 100)
+    runner.plan_all(ctx)
+    target = min(a for a, o in scenario.expected.items() if o == "reinstated")
+    judged, moderator_done = threading.Event(), threading.Event()
+    postgresql = engine.dialect.name == "postgresql"
+    name = "_restore_on_postgresql" if postgresql else "_apply_restores"
+    real = getattr(steps, name)
+
+    def restore_after_the_moderator_tried(*args: Any, **kwargs: Any) -> Any:
+        judged.set()
+        moderator_done.wait(timeout=1.5)  # the moderator commits now, unless it must wait
+        return real(*args, **kwargs)
+
+    def moderator() -> None:
+        judged.wait(timeout=30)
+        with engine.begin() as conn:
+            Platform(conn).ban(target, None, source="moderator", created_at=T0)
+            conn.execute(update(accounts).where(accounts.c.id == target)
+                         .values(status="banned"))
+        moderator_done.set()
+
+    monkeypatch.setattr(steps, name, restore_after_the_moderator_tried)
+    other = threading.Thread(target=moderator)
+    other.start()
+    result = runner.settle_one_batch(ctx)
+    other.join(timeout=60)
+    assert moderator_done.is_set() and result.restored == 3
+    with engine.connect() as conn:
+        status = conn.execute(select(accounts.c.status).where(accounts.c.id == target)
+                              ).scalar_one()
+        moderator_bans = conn.execute(select(func.count()).select_from(enforcement_actions)
+                                      .where(enforcement_actions.c.account_id == target,
+                                             enforcement_actions.c.source == "moderator",
+                                             enforcement_actions.c.reversed_at.is_(None))
+                                      ).scalar_one()
+    assert (status, moderator_bans) == ("banned", 1)

@@ -283,7 +283,8 @@ def cases_by_account(engine: Engine) -> dict[int, tuple[Any, ...]]:
 
 def check_each_case_done_once(engine: Engine) -> None:
     """Every case verified once and every reinstatement restored once, by the audit trail
-    and by the batches the workers recorded."""
+    and by the batches the workers recorded (an incident without approval verifies and
+    restores in one pass: its batches are the settle step's)."""
     with engine.connect() as conn:
         cases = conn.execute(select(func.count()).select_from(Case)).scalar_one()
         reinstated = conn.execute(select(func.count()).where(Case.state == "restored")
@@ -294,10 +295,13 @@ def check_each_case_done_once(engine: Engine) -> None:
             AuditEntry.to_state == "restored")).scalars())
         by_step = dict(conn.execute(select(Batch.step, func.sum(Batch.cases))
                                     .group_by(Batch.step)).all())
+        settled = conn.execute(select(Batch.detail).where(Batch.step == "settle")
+                               ).scalars().all()
     assert len(verified) == cases and set(verified.values()) == {1}
     assert len(restored) == reinstated and set(restored.values()) == {1}
-    assert by_step["verify"] == cases
-    assert by_step["restore"] == reinstated
+    assert by_step["settle"] == cases
+    assert "verify" not in by_step and "restore" not in by_step
+    assert sum(detail["restored"] for detail in settled) == reinstated
 
 
 def workers_of_batches(engine: Engine) -> dict[str, set[str]]:
@@ -358,9 +362,9 @@ def test_two_workers_share_an_incident_and_hold_the_global_limits(
     (run,) = json.loads(done.stdout)["runs"]
     places = {(w["worker"], w["step"]) for w in run["workers"]}
     assert {worker for worker, _ in places} == {"w1", "w2"}
-    assert {step for _, step in places} == {"verify", "restore", "notify"}
+    assert {step for _, step in places} == {"settle", "notify"}
     assert all(w["host"] and w["pid"] for w in run["workers"])
-    assert sum(w["cases"] for w in run["workers"] if w["step"] == "verify") == sum(
+    assert sum(w["cases"] for w in run["workers"] if w["step"] == "settle") == sum(
         summary.expected_outcomes.values())
     markdown = report_artifact(pool.api)
     assert "| w1 |" in markdown and "| w2 |" in markdown
