@@ -194,23 +194,8 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) ->
             on_batch(created)
 
 
-def custom_plans(conn: Connection) -> None:
-    """Plan this transaction's statements for the values they are given (PostgreSQL).
-
-    A batch's statements take its ids as arrays. psycopg prepares a statement after its
-    fifth execution on a connection, and PostgreSQL may then keep one generic plan for all
-    later batches, made without knowing an array's size: at a million accounts, where each
-    connection runs a step's statements a hundred times, a generic plan joined a batch's
-    arrays in a nested loop (seconds a batch; migration 0008). The restore function's own
-    statements are planned the same way.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-
-
 def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
-        custom_plans(conn)
         return _recorded(conn, ctx, "preview" if preview else "verify", steps.verify_batch(
             conn, ctx.incident, ctx.batch_size, preview=preview, actor=ctx.actor))
 
@@ -232,7 +217,6 @@ def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
 
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
-        custom_plans(conn)
         _check_may_restore(conn, ctx.incident)
         return _recorded(conn, ctx, "restore", steps.restore_batch(
             conn, ctx.incident, ctx.batch_size, sender_domain=ctx.sender_domain,
@@ -245,7 +229,6 @@ def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
     """Verify a batch and restore its reinstatements in one transaction, when the incident
     may restore now; only verify it otherwise (see `steps.settle_batch`)."""
     def work(conn: Connection) -> steps.BatchResult:
-        custom_plans(conn)
         now = lifecycle.current_state(conn, ctx.incident.id, lock="share")
         return _recorded(conn, ctx, "settle", steps.settle_batch(
             conn, ctx.incident, ctx.batch_size, restoring=now.may_restore(),
