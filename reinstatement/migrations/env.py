@@ -7,24 +7,17 @@ table is ours too, hence its prefix.
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import Connection
 
 from reinstatement.db import make_engine
 from reinstatement.models import pipeline_metadata
+from reinstatement.schema_admin import include_object
 
 VERSION_TABLE = "reinstatement_alembic_version"
 config = context.config
 
 
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    if type_ == "table":
-        return bool(name and name.startswith("reinstatement_"))
-    return True
 
 
 def _configure(connection: Connection) -> None:
