@@ -12,9 +12,7 @@ Every future is resolved and every failure counted: a failed batch fails the run
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from prefect import Task
@@ -32,8 +30,6 @@ from tasks.reporting import Progress
 # The flows' thread pools are sized for the largest of REINSTATE_WORKERS and
 # REINSTATE_SMTP_CONNECTIONS (at most 8 each); run_batches keeps to those settings.
 MAX_PARALLEL_TASKS = 8
-# How often a step waiting for work that another task is still making looks again.
-WAIT_FOR_WORK_SECONDS = 0.2
 
 
 class BatchesFailed(RuntimeError):
@@ -116,48 +112,30 @@ def _wave(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
 def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
                 batch_size: int, pending_key: str, progress_name: str, *,
                 parallel: int | None = None, run_id: int | None = None,
-                publish_progress: bool = True, more_coming: Callable[[], bool] | None = None,
-                **task_args: Any) -> dict[str, Any]:
+                publish_progress: bool = True, **task_args: Any) -> dict[str, Any]:
     """Run batch tasks of one step until no work of it is left (or the rest is another
     run's), `parallel` at a time; returns the step's totals.
 
     `run_id`: the run (reinstatement_runs.id) each batch is recorded under, with where it
     ran. `publish_progress`: move the step's progress artifact (a child run leaves that to
-    its parent, which sees every child's batches). `more_coming`: true while another task
-    still makes work for this step (planning, beside the first verify-and-restore batches):
-    the step waits for it rather than ending when it finds nothing to do.
+    its parent, which sees every child's batches).
     """
     logger = get_run_logger()
     if parallel is None:
         settings = load_settings()
         parallel = settings.smtp_connections if pending_key == "notify" else settings.workers
     totals = new_totals()
-
-    def coming() -> bool:
-        return more_coming is not None and more_coming()
-
-    # Whether work was still being made is read BEFORE what is pending: when it was not,
-    # the count that follows holds all of it.
-    was_coming = coming()
     remaining = pending(incident, batch_size, pending_key)
     progress = (Progress(incident.key if incident else "all-incidents", progress_name,
-                         remaining, growing=was_coming) if publish_progress else None)
-    while remaining or was_coming:
-        if not remaining:
-            time.sleep(WAIT_FOR_WORK_SECONDS)
-        else:
-            processed = _wave(step, incident, batch_size, remaining, parallel, run_id,
-                              progress_name, totals, progress, task_args)
-            if processed == 0:
-                if not was_coming:
-                    # Another run holds the rest of the work (claims skip locked cases).
-                    logger.warning("%d %s cases are being handled by another run",
-                                   remaining, progress_name)
-                    break
-                time.sleep(WAIT_FOR_WORK_SECONDS)
-        was_coming = coming()
+                         remaining) if publish_progress else None)
+    while remaining:
+        processed = _wave(step, incident, batch_size, remaining, parallel, run_id,
+                          progress_name, totals, progress, task_args)
+        if processed == 0:
+            # Another run holds the rest of the work (claims skip locked cases).
+            logger.warning("%d %s cases are being handled by another run", remaining,
+                           progress_name)
+            break
         remaining = pending(incident, batch_size, pending_key)
-        if progress is not None:
-            progress.expect(remaining, growing=was_coming)
     totals["outcomes"] = dict(totals["outcomes"])
     return totals

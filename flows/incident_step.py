@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -101,15 +100,11 @@ class StepRunner:
     batch_size: int
     children: int = 1
 
-    def run(self, incident: RegisteredIncident, step: str,
-            more_coming: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """The step's batches until none is left; `more_coming` (one run of its own only):
-        true while planning still makes work for it."""
+    def run(self, incident: RegisteredIncident, step: str) -> dict[str, Any]:
         spec = _step(step)
         if self.children <= 1:
             return run_batches(spec.task, incident, self.batch_size, spec.pending_key,
-                               spec.progress_name, run_id=self.run_id,
-                               more_coming=more_coming, **spec.task_args)
+                               spec.progress_name, run_id=self.run_id, **spec.task_args)
         return fan_out(incident, step, self.batch_size, self.children, self.run_id)
 
 

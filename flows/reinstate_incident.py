@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -35,13 +34,7 @@ from sqlalchemy import Engine, func, select, update
 
 # run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
 # and tests that take them from this module.
-from flows.batches import (  # noqa: F401
-    MAX_PARALLEL_TASKS,
-    BatchesFailed,
-    add_result,
-    pending,
-    run_batches,
-)
+from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches  # noqa: F401
 from flows.incident_step import StepRunner, require_step_deployment
 from reinstatement import lifecycle, runner, runs
 from reinstatement.db import pipeline_engine
@@ -277,33 +270,14 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
 
     A real run of an incident that may restore now (it needs no approval, or it has one)
     verifies and restores in one pass, `settle`: each account is judged once, under the
-    locks its restore takes, and restored in the same transaction. With no approval in the
-    incident at all, on PostgreSQL, that pass starts beside planning (one run of its own,
-    not child runs): planning a page takes a fraction of the time verifying and restoring
-    it does, and the two use both cores (SQLite has one writer at a time).
-    Otherwise planning comes first, then verification; restoring waits for the approval.
+    locks its restore takes, and restored in the same transaction. Otherwise restoring
+    waits for the operator's approval, after the preview.
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    state = None if preview else runner.state(_engine(), incident)
-    if state is not None and state.may_restore() and not state.require_approval \
-            and steps.children <= 1 and _engine().dialect.name == "postgresql":
-        planning = plan_candidates.submit(incident, steps.batch_size)
-        planned_at: list[float] = []
-        planning.add_done_callback(lambda _: planned_at.append(time.perf_counter()))
-        settled = steps.run(incident, "settle", more_coming=lambda: not planned_at)
-        created = planning.result()
-        # Nothing planned should be left; if a case was, it is settled here all the same.
-        settled["outcomes"] = Counter(settled["outcomes"])
-        add_result(settled, steps.run(incident, "settle"))
-        settled["outcomes"] = dict(settled["outcomes"])
-        timings["plan"] = (planned_at[0] if planned_at else time.perf_counter()) - started
-        timings["settle"] = time.perf_counter() - started
-        logger.info("planned %d new case(s) beside verifying and restoring", created)
-        _log_settled(settled)
-        return
     created = plan_candidates(incident, steps.batch_size)
     timings["plan"] = time.perf_counter() - started
+    state = None
     if not preview:
         state = runner.after_planning(_engine(), incident, created, run_actor())
 
@@ -332,8 +306,7 @@ def _restore_and_notify(incident: RegisteredIncident, steps: StepRunner,
     """Steps 5 and 6: restore every verified reinstatement, then send the due notices.
 
     `since`: when this run began planning, if nothing stood between that and now; the
-    wall time from there to the end of the restore is recorded as `plan_to_restore` (the
-    steps' own times overlap when planning runs beside verifying and restoring).
+    wall time from there to the end of the restore is recorded as `plan_to_restore`.
     """
     logger = get_run_logger()
     started = time.perf_counter()

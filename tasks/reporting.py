@@ -212,57 +212,31 @@ def publish_report(incident_key: str) -> dict[str, Any]:
 
 
 class Progress:
-    """A progress artifact for one step, updated after each round of batches.
+    """A progress artifact for one step, updated after each round of batches."""
 
-    `growing`: planning still makes work for the step (it runs beside it). The total is
-    not known yet: the text says what is done so far and that planning goes on, and the
-    bar waits at 0 until planning has ended, rather than fill towards a total that grows.
-    """
-
-    def __init__(self, incident_key: str, step: str, total: int, *,
-                 growing: bool = False) -> None:
+    def __init__(self, incident_key: str, step: str, total: int) -> None:
         self.step = step
         self.count = total
+        self.total = max(total, 1)
         self.done = 0
-        self.growing = growing
         self.artifact_id: UUID | None = None
         # A step with nothing left to do (a rerun after the resume, say) is done, not 0%.
         artifact = create_progress_artifact(
-            progress=self._percent(),
+            progress=0.0 if total else 100.0,
             key=_artifact_key(incident_key, f"progress-{step}"),
             description=self._text(),
         )
         self.artifact_id = artifact if isinstance(artifact, UUID) else None
 
-    def _percent(self) -> float:
-        if self.growing:
-            return 0.0
-        if not self.count:
-            return 100.0
-        return min(100.0, 100.0 * self.done / self.count)
-
     def _text(self) -> str:
-        if self.growing:
-            return f"{self.step}: {self.done:,} done so far; planning goes on"
         if not self.count:
             return f"{self.step}: nothing left to do"
         return f"{self.step}: {self.done:,} of {self.count:,} done"
 
-    def _update(self) -> None:
-        if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, self._percent(),
-                                     description=self._text())
-
-    def expect(self, remaining: int, *, growing: bool = False) -> None:
-        """What is left now (and whether planning still goes on): the total becomes what
-        is done plus what remains, when that is more than counted before."""
-        if self.done + remaining <= self.count and growing == self.growing:
-            return
-        self.count = max(self.count, self.done + remaining)
-        self.growing = growing
-        self._update()
-
     def advance(self, cases: int) -> None:
         """Move the artifact after each batch: its bar and its text say done / total."""
         self.done += cases
-        self._update()
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id,
+                                     min(100.0, 100.0 * self.done / self.total),
+                                     description=self._text())
