@@ -92,11 +92,60 @@ class FloorResult:
     write_seconds: float
     step_seconds: dict[str, float]
     rowcounts: dict[str, int]
+    wal: WalUse | None = None
+
+
+@dataclass
+class WalMark:
+    """Where PostgreSQL's write-ahead log stood, and how many checkpoints it had made."""
+
+    lsn: str
+    checkpoints: int
+
+
+@dataclass
+class WalUse:
+    megabytes: float
+    checkpoints: int  # checkpoints that started while the phase ran
+
+    def __str__(self) -> str:
+        return f"{self.megabytes:,.0f} MB of WAL, {self.checkpoints} checkpoint(s) during it"
+
+
+_WAL_SQL = ("SELECT pg_current_wal_lsn()::text, checkpoints_timed + checkpoints_req "
+            "FROM pg_stat_bgwriter")
+
+
+def wal_mark(conn: psycopg.Connection[Any], checkpoint: bool = True) -> WalMark:
+    """Start a measured phase: a CHECKPOINT first, so that each phase (run A, the floor)
+    starts from the same state of the log. Without one, the seed's and the copies' log
+    (about 500 MB at 100k accounts) sets off a checkpoint in the middle of run A, and
+    each page run A then touches first is written whole into the log again, which the
+    floor, measured later, did not pay."""
+    if checkpoint:
+        allowed = conn.execute(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_checkpoint', 'MEMBER') "
+            "FROM pg_roles WHERE rolname = current_user").fetchone()
+        if allowed and allowed[0]:
+            conn.execute("CHECKPOINT")
+        else:  # measured as it is
+            log("no CHECKPOINT before the phase: the role may not make one")
+    lsn, checkpoints = conn.execute(_WAL_SQL).fetchone() or ("0/0", 0)
+    return WalMark(lsn, int(checkpoints))
+
+
+def wal_since(conn: psycopg.Connection[Any], mark: WalMark) -> WalUse:
+    lsn, checkpoints = conn.execute(_WAL_SQL).fetchone() or (mark.lsn, mark.checkpoints)
+    row = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (lsn, mark.lsn)
+                       ).fetchone()
+    return WalUse(round(float(row[0] if row else 0) / 2**20, 1),
+                  int(checkpoints) - mark.checkpoints)
 
 
 def run_floor(engine: Engine, account_ids: list[int], reason: str,
               now: datetime | None = None) -> FloorResult:
-    """Reinstate `account_ids` with the floor's statements, in one transaction."""
+    """Reinstate `account_ids` with the floor's statements, in one transaction, after a
+    CHECKPOINT (`wal_mark`)."""
     statements = floor_statements()
     now = now or datetime.now(UTC)
     params = {"now": now, "actor": FLOOR_ACTOR, "reason": reason}
@@ -111,6 +160,8 @@ def run_floor(engine: Engine, account_ids: list[int], reason: str,
                 copy.write_row((account_id,))
         conn.execute(text(statements["analyze-reinstated-set"]))
         load_seconds = time.perf_counter() - started
+        driver = conn.connection.driver_connection
+        mark = wal_mark(driver)  # type: ignore[arg-type]
         started = time.perf_counter()
         for name in FLOOR_WRITES:
             step_started = time.perf_counter()
@@ -120,7 +171,8 @@ def run_floor(engine: Engine, account_ids: list[int], reason: str,
         conn.commit()
         step_seconds["commit"] = time.perf_counter() - commit_started
         write_seconds = time.perf_counter() - started
-    return FloorResult(load_seconds, write_seconds, step_seconds, rowcounts)
+        wal = wal_since(driver, mark)  # type: ignore[arg-type]
+    return FloorResult(load_seconds, write_seconds, step_seconds, rowcounts, wal)
 
 
 # -- databases ----------------------------------------------------------------------------
@@ -374,6 +426,9 @@ class BenchResult:
     # CPU seconds of the flow's process tree (the flow process and its sender processes):
     # run A's, and run B's and C's beyond run A's, i.e. what their notify step cost.
     run_a_cpu_seconds: float | None = None
+    # What run A and the floor wrote to PostgreSQL's log, and the checkpoints during each.
+    run_a_wal: WalUse | None = None
+    floor_wal: WalUse | None = None
     notify_cpu_seconds: float | None = None
     file_notify_cpu_seconds: float | None = None
 
@@ -434,8 +489,11 @@ def bench(args: argparse.Namespace) -> BenchResult:
                        PYTHONPATH=str(ROOT))
             result.sender_processes = not args.threads
             log(f"run A: plan, verify, restore without notices (batch {args.batch_size})")
-            run_a = run_flow_child(env, args.batch_size, notify=False, db_url=urls["pipeline"],
-                                   profile=args.profile)
+            with _admin(args.pg_url) as admin:
+                mark = wal_mark(admin)
+                run_a = run_flow_child(env, args.batch_size, notify=False,
+                                       db_url=urls["pipeline"], profile=args.profile)
+                result.run_a_wal = wal_since(admin, mark)
             run_a.task_runs = count_task_runs(api, run_a.flow_run_id)
             steps = run_a.step_seconds
             result.plan_seconds = steps.get("plan", 0.0)
@@ -458,7 +516,7 @@ def bench(args: argparse.Namespace) -> BenchResult:
             result.run_a_cpu_seconds = run_a.cpu_seconds
             log(f"run A: {steps} wall {run_a.wall_seconds:.1f} s, peak RSS "
                 f"{run_a.peak_rss_mb:.0f} MB, {run_a.cpu_seconds:.1f} CPU s, {run_a.task_runs} "
-                f"task runs, outcomes {outcomes}")
+                f"task runs, {result.run_a_wal}, outcomes {outcomes}")
             if dict(summary.expected_outcomes) != {k: v for k, v in outcomes.items() if v}:
                 log("WARNING: outcomes differ from the seed's expectation")
 
@@ -539,12 +597,13 @@ def measure_floor(args: argparse.Namespace, urls: dict[str, str], result: BenchR
         engine.dispose()
     result.floor_seconds, result.floor_load_seconds = floor.write_seconds, floor.load_seconds
     result.floor_steps = {k: round(v, 3) for k, v in floor.step_seconds.items()}
+    result.floor_wal = floor.wal
     result.ratio = result.pipeline_seconds / floor.write_seconds
     result.floor_rows = sum(floor.rowcounts.values())
     matches = (floor.rowcounts["activate-accounts"] == len(account_ids) == result.reinstated
                and floor.rowcounts["restore-pins"] == result.pins_restored)
     log(f"floor: {floor.write_seconds:.2f} s writes ({result.floor_steps}), "
-        f"{floor.load_seconds:.2f} s to load {len(account_ids):,} ids; rows "
+        f"{floor.load_seconds:.2f} s to load {len(account_ids):,} ids; {floor.wal}; rows "
         f"{floor.rowcounts}; same counts as the pipeline: {matches}")
     return matches
 
