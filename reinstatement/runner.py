@@ -13,6 +13,7 @@ loaded once by the run; its status is read and changed only through
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,17 +174,45 @@ def complete_if_done(engine: Engine, incident: RegisteredIncident, actor: str) -
 
 # -- the batch steps ------------------------------------------------------------------
 
-def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None) -> int:
+def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None, *,
+             parallel: int = 1) -> int:
     """A case for every account that is a candidate now, page by page over all of them.
 
     Every run walks the whole candidate set (keyset on the account id), so an account that
     became a candidate after an earlier planning, whatever its id, gets its case; an
     account that has one already is left as it is. Returns the cases created.
+
+    `parallel` > 1 (PostgreSQL): the candidates' id range is cut into that many parts of
+    equal width, each walked by its own thread and connection at once. Pages never
+    overlap, and a case made twice is kept once whatever the order (ON CONFLICT), so the
+    cases are the same as one walk makes; an account that becomes a candidate below a
+    part's current page while it walks is planned by the next run, as with one walk.
     """
-    created_total, after = 0, 0
+    if parallel > 1 and ctx.engine.dialect.name == "postgresql":
+        with ctx.engine.connect() as conn:
+            bounds = steps.candidate_id_range(conn, ctx.incident)
+        if bounds is not None and bounds[1] - bounds[0] >= parallel:
+            first, last = bounds
+            width = (last - first + 1) / parallel
+            # Part i: the ids above edges[i], up to and with edges[i + 1] (the last: all).
+            edges = [first - 1 + round(width * i) for i in range(parallel)]
+            parts = [(edges[i], edges[i + 1] + 1 if i + 1 < parallel else None)
+                     for i in range(parallel)]
+            with ThreadPoolExecutor(max_workers=parallel,
+                                    thread_name_prefix="plan") as pool:
+                futures = [pool.submit(_plan_range, ctx, after, before, on_batch)
+                           for after, before in parts]
+                return sum(future.result() for future in futures)
+    return _plan_range(ctx, 0, None, on_batch)
+
+
+def _plan_range(ctx: StepContext, after: int, before: int | None,
+                on_batch: Callable[[int], None] | None) -> int:
+    """Plan the candidates above `after` (and below `before`), page by page."""
+    created_total = 0
     while True:
         def work(conn: Connection, after: int = after) -> tuple[int, int | None]:
-            return steps.plan_batch(conn, ctx.incident, after, ctx.batch_size)
+            return steps.plan_batch(conn, ctx.incident, after, ctx.batch_size, before)
 
         created, last = in_transaction(ctx.engine, work)
         if last is None:

@@ -20,7 +20,8 @@ Nothing here knows about Prefect: the tasks in `tasks/` are thin wrappers.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+import threading
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -132,41 +133,57 @@ def audit_incident(conn: Connection, incident_id: int, before: str | None, after
 
 # -- plan -------------------------------------------------------------------------------
 
-def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id: int,
-               limit: int) -> tuple[int, int | None]:
-    """Create cases for the next `limit` candidate accounts after `after_account_id`.
-
-    Returns (cases created, last account id seen); None when there are no more
-    candidates. Idempotent: a case that exists already is left as it is.
-    """
+def _candidate_filter(conn: Connection, incident: RegisteredIncident, after_account_id: int,
+                      before_account_id: int | None) -> tuple[Any, list[Any]]:
+    """The column of candidate account ids and the conditions that pick the incident's
+    candidates after `after_account_id` (and before `before_account_id`, if given)."""
+    column: Any
     if incident.has_account_list:
-        source = (
-            select(IncidentAccount.account_id)
-            .where(IncidentAccount.incident_id == incident.id,
-                   IncidentAccount.account_id > after_account_id)
-            .order_by(IncidentAccount.account_id)
-            .limit(limit)
-        )
+        column = IncidentAccount.account_id
+        conditions = [IncidentAccount.incident_id == incident.id]
     else:
         ea = enforcement_actions
+        column = ea.c.account_id
         conditions = [
             ea.c.kind == "ban",
             ea.c.source == "rule",
             ea.c.reversed_at.is_(None),
-            ea.c.account_id > after_account_id,
-            # The faulty versions' ids as values, not a subquery: the planner then sees how
-            # many bans they cover, walks the account index from `after_account_id` and
-            # stops at the page's end, where it read and sorted every ban for each page.
+            # The faulty versions' ids as values, not a subquery: the planner then sees
+            # how many bans they cover, walks the account index from `after_account_id`
+            # and stops at the page's end, where it read and sorted every ban for each page.
             _id_in(conn, ea.c.rule_version_id, sorted(incident.rules.faulty)),
         ]
         if incident.rules.since is not None:
             conditions.append(ea.c.created_at >= incident.rules.since)
         if incident.rules.until is not None:
             conditions.append(ea.c.created_at < incident.rules.until)
-        source = (
-            select(ea.c.account_id).where(*conditions).distinct()
-            .order_by(ea.c.account_id).limit(limit)
-        )
+    conditions.append(column > after_account_id)
+    if before_account_id is not None:
+        conditions.append(column < before_account_id)
+    return column, conditions
+
+
+def candidate_id_range(conn: Connection, incident: RegisteredIncident) -> tuple[int, int] | None:
+    """The lowest and the highest candidate account id now (None: no candidate); each
+    found through the account index from its end."""
+    column, conditions = _candidate_filter(conn, incident, 0, None)
+    first, last = conn.execute(select(func.min(column), func.max(column)).where(*conditions)
+                               ).one()
+    return None if first is None else (int(first), int(last))
+
+
+def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id: int,
+               limit: int, before_account_id: int | None = None) -> tuple[int, int | None]:
+    """Create cases for the next `limit` candidate accounts after `after_account_id`
+    (and before `before_account_id`, if given).
+
+    Returns (cases created, last account id seen); None when there are no more
+    candidates. Idempotent: a case that exists already is left as it is.
+    """
+    column, conditions = _candidate_filter(conn, incident, after_account_id, before_account_id)
+    source = select(column).where(*conditions).order_by(column).limit(limit)
+    if not incident.has_account_list:
+        source = source.distinct()
     if conn.dialect.name == "postgresql":
         return _plan_in_the_database(conn, incident, source)
     account_ids = list(conn.execute(source).scalars())
@@ -568,32 +585,73 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     which writes one for the whole way (`RestoreBatch.one_audit_row`).
     """
     now = utcnow()
-    verdicts = verdict_sql.verdicts(
-        incident.rules, [c.id for c in claimed], [c.account_id for c in claimed],
-        [c.round for c in claimed], [c.state for c in claimed]).cte("verdicts")
+    case_ids = [c.id for c in claimed]
+    parameters: dict[str, Any] = verdict_sql.batch_parameters(
+        case_ids, [c.account_id for c in claimed], [c.round for c in claimed],
+        [c.state for c in claimed])
+    parameters.update(first_case=min(case_ids), last_case=max(case_ids), verified_at=now,
+                      audited_at=now, actor=actor)
+    decided = _Decided()
+    decided.python, decided.reinstated = [], []
+    statement = _verify_statement(incident, preview, restoring)
+    for row in conn.execute(statement, parameters).all():
+        if row.python:
+            decided.python.append(row.case_id)
+            continue
+        decided[row.outcome] += row.n
+        if row.case_id is not None:
+            decided.reinstated.append(row)
+    return decided
+
+
+_VERIFY_STATEMENTS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_VERIFY_STATEMENTS_LOCK = threading.Lock()
+
+
+def _verify_statement(incident: RegisteredIncident, preview: bool, restoring: bool) -> Any:
+    """`_verify_in_the_database`'s statement for this incident, built once: the same for
+    each of its batches, which come as named parameters (SQLAlchemy then compiles it once
+    too). Kept for the last few incidents a process has judged."""
+    key = (incident.id, incident.key, repr(incident.rules), preview, restoring)
+    with _VERIFY_STATEMENTS_LOCK:
+        statement = _VERIFY_STATEMENTS.get(key)
+        if statement is not None:
+            _VERIFY_STATEMENTS.move_to_end(key)
+            return statement
+    statement = _build_verify_statement(incident, preview, restoring)
+    with _VERIFY_STATEMENTS_LOCK:
+        _VERIFY_STATEMENTS[key] = statement
+        while len(_VERIFY_STATEMENTS) > 16:
+            _VERIFY_STATEMENTS.popitem(last=False)
+    return statement
+
+
+def _build_verify_statement(incident: RegisteredIncident, preview: bool, restoring: bool
+                            ) -> Any:
+    verdicts = verdict_sql.verdicts(incident.rules).cte("verdicts")
     v = verdicts.c
+    within = Case.id.between(bindparam("first_case", type_=BigInteger),
+                             bindparam("last_case", type_=BigInteger))
     updated = (
         update(Case)
-        .where(Case.id == v.case_id, _within([c.id for c in claimed]), v.python.is_(False))
+        .where(Case.id == v.case_id, within, v.python.is_(False))
         .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
                 faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
-                updated_at=now)
+                updated_at=bindparam("verified_at", type_=Case.__table__.c.updated_at.type))
         .returning(Case.id, Case.state, v.prior_state, v.outcome, v.summary)
         .cte("updated")
     )
     u = updated.c
     reinstated = bindparam(None, str(Outcome.REINSTATED), type_=Text)
     audit_rows = select(bindparam(None, incident.id, type_=BigInteger), u.id, u.prior_state,
-                        u.state, bindparam(None, actor, type_=Text),
+                        u.state, bindparam("actor", type_=Text),
                         u.outcome + ": " + u.summary,
-                        bindparam(None, now, type_=DateTime(timezone=True)))
+                        bindparam("audited_at", type_=DateTime(timezone=True)))
     if restoring:
         audit_rows = audit_rows.where(u.outcome != reinstated)
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
         audit_rows).cte("audited")
-    decided = _Decided()
-    decided.python, decided.reinstated = [], []
     # One row for each case Python decides and each reinstatement to restore here; the
     # other cases only as a count per outcome (two thirds of a batch's rows, not fetched).
     one_by_one = v.python.is_(True)
@@ -604,14 +662,7 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
                    ).where(one_by_one)
     counted = select(null(), v.outcome, literal(False), null(), null(), null(), null(),
                      func.count().label("n")).where(~one_by_one).group_by(v.outcome)
-    for row in conn.execute(union_all(cases, counted).add_cte(updated, audited)).all():
-        if row.python:
-            decided.python.append(row.case_id)
-            continue
-        decided[row.outcome] += row.n
-        if row.case_id is not None:
-            decided.reinstated.append(row)
-    return decided
+    return union_all(cases, counted).add_cte(updated, audited)
 
 
 def _verify_in_python(conn: Connection, incident: RegisteredIncident,

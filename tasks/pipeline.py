@@ -77,8 +77,10 @@ def register_incident(request: IncidentRequest) -> RegisteredIncident:
 
 @task(name="plan-candidates", **BATCH_TASK_OPTIONS)
 def plan_candidates(incident: RegisteredIncident, batch_size: int) -> int:
-    """Create a case for each candidate account, page by page (keyset on account id)."""
-    created = runner.plan_all(step_context(incident, batch_size))
+    """Create a case for each candidate account, page by page (keyset on account id), in
+    as many parts of the account ids at once as batches run at once (REINSTATE_WORKERS)."""
+    created = runner.plan_all(step_context(incident, batch_size),
+                              parallel=load_settings().workers)
     get_run_logger().info("planned %d new case(s)", created)
     return created
 

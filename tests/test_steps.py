@@ -506,3 +506,45 @@ def test_a_moderators_ban_during_a_settle_batch_is_never_overwritten(
                                              enforcement_actions.c.reversed_at.is_(None))
                                       ).scalar_one()
     assert (status, moderator_bans) == ("banned", 1)
+
+
+def _planned(engine: Engine) -> tuple[list[tuple[int, str]], int]:
+    """Each case's account and state, and the audit rows of planning."""
+    with engine.connect() as conn:
+        cases = [tuple(row) for row in conn.execute(
+            select(Case.account_id, Case.state).order_by(Case.account_id))]
+        audited = conn.execute(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.from_state.is_(None), AuditEntry.to_state == CaseState.PLANNED)
+        ).scalar_one()
+    return cases, audited
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["rules", "operator-list"])
+@pytest.mark.parametrize("parallel", [2, 3, 7])
+def test_planning_in_parts_makes_the_cases_one_walk_makes(
+    engine: Engine, backend: str, templates: Any, listed: bool, parallel: int
+) -> None:
+    """Planning cuts the candidates' account ids into parts walked at once (PostgreSQL;
+    SQLite walks them in one): every candidate gets exactly one case and one audit row,
+    whatever the cut and the page size, and a second planning makes none."""
+    from reinstatement.db import make_engine
+
+    scenario = build_scenario(engine)
+    overrides: dict[str, object] = (
+        {"account_ids": scenario.listed_only} if listed else {})
+    runner.register(engine, request(**overrides), PIPELINE_ACTOR)
+    created = runner.plan_all(step_context(engine, KEY, 2), parallel=parallel)
+    other_url = templates.new_database(backend)
+    other = make_engine(other_url)
+    try:
+        build_scenario(other)
+        runner.register(other, request(**overrides), PIPELINE_ACTOR)
+        assert runner.plan_all(step_context(other, KEY, 2)) == created > 0
+        assert _planned(engine) == _planned(other)
+    finally:
+        other.dispose()
+        templates.drop(other_url)
+    cases, audited = _planned(engine)
+    assert len(cases) == len({account for account, _ in cases}) == audited == created
+    assert runner.plan_all(step_context(engine, KEY, 2), parallel=parallel) == 0
+    assert _planned(engine) == (cases, audited)
