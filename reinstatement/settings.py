@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     )
     workers: Annotated[int, Field(ge=1, le=8)] = Field(
         2, description="Batch tasks of one step that run at once in one flow run (the "
-        "global limit reinstatement-database-batches caps them across all runs)."
+        "global limit reinstatement-database-batches caps them across all runs), and the "
+        "parts of the account ids planning walks at once on PostgreSQL."
     )
     smtp_connections: Annotated[int, Field(ge=1, le=8)] = Field(
         2, description="SMTP connections one flow run opens at once, one per sending task "
