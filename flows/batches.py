@@ -83,11 +83,16 @@ def _wave(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
     failures: list[BaseException] = []
     submitted = processed = 0
     drained = False
-    while running or (submitted < wanted and not drained and not failures):
+
+    def submit_what_may_run() -> None:
+        nonlocal submitted
         while (submitted < wanted and len(running) < parallel and not drained
                and not failures):
             running.append(step.submit(incident, batch_size, run_id=run_id, **task_args))
             submitted += 1
+
+    while running or (submitted < wanted and not drained and not failures):
+        submit_what_may_run()
         future = _first_done(running)
         running.remove(future)
         try:
@@ -97,6 +102,9 @@ def _wave(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
             continue
         if not result["cases"]:
             drained = True  # nothing left to claim: done, or held by another run
+        # The next batch starts before the bookkeeping: the progress artifact's update is
+        # a call to Prefect's server, which a busy server answers late.
+        submit_what_may_run()
         processed += result["cases"]
         add_result(totals, result)
         if progress is not None:
