@@ -18,7 +18,9 @@ What one run does, for N accounts (the seed's mix of outcomes, ~5 pins each):
    to smtp-sink; notices/s is the notices sent divided by the notify step's wall time.
 5. The floor: on the `_floor` copy, the account ids run A restored are loaded into a
    temporary table (not timed), then sql/raw_floor_restore.sql's write statements run in
-   one transaction (timed, commit included). Ratio = (plan + verify + restore) / floor.
+   one transaction (timed, commit included). Ratio = run A's plan-to-restore wall time /
+   floor. Run A and the floor each start after a CHECKPOINT (`wal_mark`), and the WAL each
+   wrote is printed.
    The floor's row counts are checked against run A's (accounts, pins).
 
 smtp-sink comes with Postfix: `DEBIAN_FRONTEND=noninteractive apt-get install -y postfix`
