@@ -109,7 +109,7 @@ class Case(Base):
     )
 
     id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
-    # The incident: see STATEMENT_CHECKED below.
+    # The incident: checked per statement on PostgreSQL (see the end of this module).
     incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
     # No foreign key to accounts: an operator may list ids that do not exist
     # (they come out 'skipped'), and the platform's tables are not ours to reference.
@@ -141,7 +141,7 @@ class Notice(Base):
 
     id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_cases.id"), unique=True)
-    # The incident: see STATEMENT_CHECKED below.
+    # The incident: checked per statement on PostgreSQL (see the end of this module).
     incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
     account_id: Mapped[int] = mapped_column(BigInteger)
     # Deterministic from the incident key and the account, so a resend after a crash
@@ -168,7 +168,7 @@ class AuditEntry(Base):
     __tablename__ = "reinstatement_audit"
 
     id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
-    incident_id: Mapped[int] = mapped_column(  # see STATEMENT_CHECKED below
+    incident_id: Mapped[int] = mapped_column(  # checked per statement: see below
         ForeignKey("reinstatement_incidents.id"), index=True
     )
     case_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
@@ -228,9 +228,9 @@ class Batch(Base):
     finished_at: Mapped[datetime]
 
 
-# STATEMENT_CHECKED: the incident a case, a notice or an audit row names. SQLite keeps these
-# three as the foreign keys declared above; on PostgreSQL they are checked once per
-# statement instead, with the same guarantees (migration 0009): a foreign key's check per
-# row was 8% of the processor time of a 100,000-account incident.
+# The incident a case, a notice or an audit row names: SQLite keeps these three as the
+# foreign keys declared above; on PostgreSQL they are checked once per statement instead,
+# with the same guarantees (migration 0009; schema_admin.CHECKED_PER_STATEMENT): a foreign
+# key's check per row was 8% of the processor time of a 100,000-account incident.
 
 pipeline_metadata = Base.metadata

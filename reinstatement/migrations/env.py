@@ -18,8 +18,6 @@ VERSION_TABLE = "reinstatement_alembic_version"
 config = context.config
 
 
-
-
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
