@@ -34,6 +34,7 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Text,
+    and_,
     any_,
     bindparam,
     cast,
@@ -1108,7 +1109,12 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                _message_id_sql(incident.key, d.round, d.account_id, sender_domain),
                accounts.c.email, accounts.c.locale, state,
                bindparam(None, 0, type_=Integer), next_attempt, at, at)
-        .join_from(done, accounts, accounts.c.id == d.account_id)
+        .join_from(done, accounts, and_(
+            accounts.c.id == d.account_id,
+            # True of every account of the batch: the account index is then read from
+            # the batch's first account, not from the table's first (a merge join).
+            accounts.c.id.between(bindparam(None, min(batch.account_ids), type_=BigInteger),
+                                  bindparam(None, max(batch.account_ids), type_=BigInteger))))
     ).returning(Notice.state).cte("notices_queued")
     restored_words = ("unban action " + cast(d.unban_action_id, Text) + ", "
                       + cast(d.pins_restored, Text) + " pins restored")

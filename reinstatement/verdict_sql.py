@@ -198,13 +198,16 @@ _BATCH_COLUMNS = {"case_id": ("batch_case_ids", BigInteger),
 
 
 def batch_parameters(case_ids: Sequence[int], account_ids: Sequence[int],
-                     rounds: Sequence[int], prior_states: Sequence[str]) -> dict[str, str]:
+                     rounds: Sequence[int], prior_states: Sequence[str]) -> dict[str, Any]:
     """The values of `verdicts`' named parameters for one batch of claimed cases."""
     values = {"case_id": case_ids, "account_id": account_ids, "round": rounds,
               "prior_state": prior_states}
-    parameters = {name: array_literal(item_type, values[column])
-                  for column, (name, item_type) in _BATCH_COLUMNS.items()}
-    parameters["batch_accounts"] = array_literal(BigInteger, sorted(set(account_ids)))
+    parameters: dict[str, Any] = {name: array_literal(item_type, values[column])
+                                  for column, (name, item_type) in _BATCH_COLUMNS.items()}
+    batch_accounts = sorted(set(account_ids))
+    parameters["batch_accounts"] = array_literal(BigInteger, batch_accounts)
+    parameters["batch_first_account"] = batch_accounts[0] if batch_accounts else 0
+    parameters["batch_last_account"] = batch_accounts[-1] if batch_accounts else -1
     return parameters
 
 
@@ -355,7 +358,14 @@ def verdicts(rules: IncidentRules) -> Any:
                (func.coalesce(p.unknown_count, 0) > 0).label("python"),
                accounts.c.email, accounts.c.locale)
         .select_from(claimed.outerjoin(per_case, p.case_id == claimed.c.case_id)
-                     .outerjoin(accounts, accounts.c.id == claimed.c.account_id))
+                     .outerjoin(accounts, and_(
+                         accounts.c.id == claimed.c.account_id,
+                         # True of every account the batch names: it lets the account
+                         # index be read from the batch's first account, where a merge
+                         # join read it from the table's first account for each batch.
+                         accounts.c.id.between(
+                             bindparam("batch_first_account", type_=BigInteger),
+                             bindparam("batch_last_account", type_=BigInteger)))))
         .subquery("decided")
     )
     d = decided.c
