@@ -45,6 +45,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -595,6 +596,10 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     decided = _Decided()
     decided.python, decided.reinstated = [], []
     statement = _verify_statement(incident, preview, restoring)
+    # The verdicts are read three times (the case updates, the rows returned, the counts),
+    # so PostgreSQL keeps them, about 1 KB a case: past the server's default work_mem
+    # (4 MB) it wrote them to a temporary file and read them back, each batch.
+    conn.execute(text(f"SET LOCAL work_mem = '{_verify_work_mem(len(claimed))}'"))
     for row in conn.execute(statement, parameters).all():
         if row.python:
             decided.python.append(row.case_id)
@@ -603,6 +608,11 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
         if row.case_id is not None:
             decided.reinstated.append(row)
     return decided
+
+
+def _verify_work_mem(cases: int) -> str:
+    """Memory for one batch's verdict statement: 4 KB a case, at least 16 MB."""
+    return f"{max(16, -(-cases * 4 // 1024))}MB"
 
 
 _VERIFY_STATEMENTS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
