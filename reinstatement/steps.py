@@ -43,7 +43,6 @@ from sqlalchemy import (
     insert,
     literal,
     null,
-    or_,
     select,
     text,
     union_all,
@@ -60,9 +59,9 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
+from reinstatement.verdict_sql import ArrayText, array_literal, judged_bans
 from reinstatement.verdict_sql import array as _array
 from reinstatement.verdict_sql import array_rows as _array_rows
-from reinstatement.verdict_sql import judged_bans
 from reinstatement.verdicts import (
     AccountFacts,
     CaseDecision,
@@ -547,7 +546,7 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     return result
 
 
-def _within(case_ids: Sequence[int]) -> Any:
+def _within(first_case: int, last_case: int) -> Any:
     """`Case.id BETWEEN` the lowest and highest id of the batch.
 
     Said beside the join on the ids, it lets the planner read just the batch's stretch of
@@ -556,8 +555,8 @@ def _within(case_ids: Sequence[int]) -> Any:
     accounts and growing with the table. (The ids as an array would do it too, but a plan
     that filters every row against a 5,000-element array is quadratic.)
     """
-    return Case.id.between(bindparam(None, min(case_ids), type_=BigInteger),
-                           bindparam(None, max(case_ids), type_=BigInteger))
+    return Case.id.between(bindparam(None, first_case, type_=BigInteger),
+                           bindparam(None, last_case, type_=BigInteger))
 
 
 def _state_after(outcome: Any, preview: bool) -> Any:
@@ -573,7 +572,7 @@ class _Decided(Counter[str]):
     """Outcome counts of the cases the database decided, and the cases left to Python."""
 
     python: list[int]
-    reinstated: list[Any]  # with `restoring`: the verdict rows of the reinstated cases
+    restore: RestoreBatch | None  # with `restoring`: the reinstatements to restore
 
 
 def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
@@ -581,10 +580,11 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
                             restoring: bool = False) -> _Decided:
     """One statement: the batch's verdicts, the cases updated from them, and their audit.
 
-    `restoring`: the batch restores its reinstatements next, in this transaction. Their
-    verdict rows come back with what the restore needs (ban ids, the faulty versions'
-    names, the state they were claimed in), and their audit row is left to the restore,
-    which writes one for the whole way (`RestoreBatch.one_audit_row`).
+    `restoring`: the batch restores its reinstatements next, in this transaction. They
+    come back as one row of arrays in PostgreSQL's text form, what the restore takes
+    (`RestoreBatch`), passed on as they are: no reinstatement goes through Python one by
+    one. Their audit row is left to the restore, which writes one for the whole way
+    (`RestoreBatch.one_audit_row`).
     """
     now = utcnow()
     case_ids = [c.id for c in claimed]
@@ -594,19 +594,29 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     parameters.update(first_case=min(case_ids), last_case=max(case_ids), verified_at=now,
                       audited_at=now, actor=actor)
     decided = _Decided()
-    decided.python, decided.reinstated = [], []
+    decided.python, decided.restore = [], None
     statement = _verify_statement(incident, preview, restoring)
     # The verdicts are read three times (the case updates, the rows returned, the counts),
     # so PostgreSQL keeps them, about 1 KB a case: past the server's default work_mem
     # (4 MB) it wrote them to a temporary file and read them back, each batch.
     conn.execute(text(f"SET LOCAL work_mem = '{_verify_work_mem(len(claimed))}'"))
     for row in conn.execute(statement, parameters).all():
-        if row.python:
+        if row.restore_count:
+            decided.restore = RestoreBatch(
+                size=row.restore_count, case_ids=ArrayText(row.restore_case_ids),
+                account_ids=ArrayText(row.restore_account_ids),
+                rounds=ArrayText(row.restore_rounds),
+                prior_states=ArrayText(row.restore_prior_states),
+                unban_reasons=ArrayText(row.restore_unban_reasons),
+                ban_ids=ArrayText(row.restore_ban_ids),
+                ban_accounts=ArrayText(row.restore_ban_accounts),
+                first_case=row.restore_first_case, last_case=row.restore_last_case,
+                first_account=row.restore_first_account,
+                last_account=row.restore_last_account, one_audit_row=True)
+        elif row.python:
             decided.python.append(row.case_id)
-            continue
-        decided[row.outcome] += row.n
-        if row.case_id is not None:
-            decided.reinstated.append(row)
+        else:
+            decided[row.outcome] += row.n
     return decided
 
 
@@ -663,17 +673,63 @@ def _build_verify_statement(incident: RegisteredIncident, preview: bool, restori
     audited = insert(AuditEntry).from_select(
         ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
         audit_rows).cte("audited")
-    # One row for each case Python decides and each reinstatement to restore here; the
-    # other cases only as a count per outcome (two thirds of a batch's rows, not fetched).
+    # One row for each case Python decides; the others as a count per outcome (most of a
+    # batch's rows, not fetched); with `restoring`, the reinstatements as one row of arrays.
+    no_arrays = [cast(null(), Text).label(f"restore_{name}") for name in _RESTORE_ARRAYS]
+    no_bounds = [cast(null(), BigInteger).label(f"restore_{name}") for name in _RESTORE_BOUNDS]
+    nothing_to_restore = literal(0, BigInteger).label("restore_count")
     one_by_one = v.python.is_(True)
+    cases = select(v.case_id, v.outcome, v.python, literal(1).label("n"),
+                   *no_arrays, *no_bounds, nothing_to_restore).where(one_by_one)
+    counted = select(null(), v.outcome, literal(False), func.count().label("n"),
+                     *no_arrays, *no_bounds, nothing_to_restore
+                     ).where(~one_by_one).group_by(v.outcome)
+    parts = [cases, counted]
     if restoring:
-        one_by_one = or_(one_by_one, v.outcome == reinstated)
-    cases = select(v.case_id, v.outcome, v.python, v.account_id, v.prior_state,
-                   v.standing_ids, v.faulty_names, literal(1).label("n")
-                   ).where(one_by_one)
-    counted = select(null(), v.outcome, literal(False), null(), null(), null(), null(),
-                     func.count().label("n")).where(~one_by_one).group_by(v.outcome)
-    return union_all(cases, counted).add_cte(updated, audited)
+        parts.append(_restore_arrays(incident, verdicts))
+    return union_all(*parts).add_cte(updated, audited)
+
+
+# What a settle batch's verdict statement hands the restore, as arrays in text form, all in
+# the order of the accounts (the restore function's order), and the bounds of the batch.
+_RESTORE_ARRAYS = ("case_ids", "account_ids", "rounds", "prior_states", "unban_reasons",
+                   "ban_ids", "ban_accounts")
+_RESTORE_BOUNDS = ("first_case", "last_case", "first_account", "last_account")
+
+
+def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
+    """One row (none when nothing is to be restored): the reinstatements the database
+    decided, as `RestoreBatch` takes them, each array read back as text."""
+    v = verdicts.c
+    to_restore = v.python.is_(False) & (v.outcome == bindparam(
+        None, str(Outcome.REINSTATED), type_=Text))
+    in_order = (v.account_id, v.case_id)
+
+    def listed(value: Any) -> Any:
+        return cast(func.array_agg(postgresql.aggregate_order_by(value, *in_order)), Text)
+
+    unban_reason = func.format(
+        bindparam(None, UNBAN_REASON, type_=Text),
+        bindparam(None, incident.key, type_=Text),
+        func.coalesce(func.nullif(v.faulty_names, ""), bindparam(None, ANY_FAULTY, type_=Text)))
+    bans = func.unnest(v.standing_ids).table_valued(
+        "ban_id", with_ordinality="n").render_derived("bans")
+    by_ban = (v.account_id, v.case_id, bans.c.n)
+    ban_ids, ban_accounts = (
+        select(cast(func.array_agg(postgresql.aggregate_order_by(column_, *by_ban)), Text))
+        .select_from(verdicts.join(bans, literal(True))).where(to_restore).scalar_subquery()
+        for column_ in (bans.c.ban_id, v.account_id))
+    arrays = {"case_ids": listed(v.case_id), "account_ids": listed(v.account_id),
+              "rounds": listed(v.round), "prior_states": listed(v.prior_state),
+              "unban_reasons": listed(unban_reason), "ban_ids": ban_ids,
+              "ban_accounts": ban_accounts}
+    bounds = {"first_case": func.min(v.case_id), "last_case": func.max(v.case_id),
+              "first_account": func.min(v.account_id), "last_account": func.max(v.account_id)}
+    return (select(cast(null(), BigInteger), cast(null(), Text), literal(False), literal(0),
+                   *[arrays[name].label(f"restore_{name}") for name in _RESTORE_ARRAYS],
+                   *[bounds[name].label(f"restore_{name}") for name in _RESTORE_BOUNDS],
+                   func.count().label("restore_count"))
+            .where(to_restore).having(func.count() > 0))
 
 
 def _verify_in_python(conn: Connection, incident: RegisteredIncident,
@@ -743,17 +799,9 @@ def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
         result.outcomes.update(decided)
         by_id = {case.id: case for case in claimed}
         rest = [by_id[case_id] for case_id in decided.python]
-        rows = sorted(decided.reinstated, key=lambda row: row.account_id)
-        if rows:
-            _restore_on_postgresql(conn, incident, RestoreBatch(
-                case_ids=[row.case_id for row in rows],
-                account_ids=[row.account_id for row in rows],
-                rounds=[by_id[row.case_id].round for row in rows],
-                prior_states=[row.prior_state for row in rows],
-                unban_reasons=[_unban_reason(incident, row.faulty_names) for row in rows],
-                ban_ids=[ban_id for row in rows for ban_id in row.standing_ids],
-                ban_accounts=[row.account_id for row in rows for _ in row.standing_ids],
-                one_audit_row=True), now, sender_domain, restored, actor)
+        if decided.restore is not None:
+            _restore_on_postgresql(conn, incident, decided.restore, now, sender_domain,
+                                   restored, actor)
     # The cases whose reasons name unknown signals (all of them on SQLite, where the
     # transaction holds the database's write lock from its start).
     if rest:
@@ -799,11 +847,16 @@ class RestoreTarget:
     locale: str
 
 
+# The unban's reason, in Python's % and PostgreSQL's format() alike (the settle batch's
+# verdict statement writes it in SQL): the incident's key, the faulty versions' names.
+UNBAN_REASON = "Reinstated by incident %s: the ban by %s was a mistake"
+ANY_FAULTY = "a faulty rule version"
+
+
 def _unban_reason(incident: RegisteredIncident, names: Verdict | str) -> str:
     """The unban's reason; `names`: the verdict, or its faulty versions joined by ", "."""
     joined = ", ".join(names.faulty_names) if isinstance(names, Verdict) else names
-    return (f"Reinstated by incident {incident.key}: the ban by "
-            f"{joined or 'a faulty rule version'} was a mistake")
+    return UNBAN_REASON % (incident.key, joined or ANY_FAULTY)
 
 
 def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
@@ -999,16 +1052,6 @@ def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
     return unban_ids, _restore_pins(conn, [r["id"] for r in reversals], now)
 
 
-def _text_array(values: Sequence[str]) -> Any:
-    """A text[] made in the database from one JSON parameter: psycopg dumps a text array
-    element by element through a regular expression, the JSON document in one C call."""
-    elements = func.json_array_elements_text(
-        cast(bindparam(None, json.dumps(list(values)), type_=Text), JSON)
-    ).table_valued("value", with_ordinality="n").render_derived()
-    return select(func.array_agg(postgresql.aggregate_order_by(elements.c.value, elements.c.n))
-                  ).scalar_subquery()
-
-
 def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str) -> Any:
     """`message_id_for` in SQL: the same sha256 of the same bytes, the same text around it."""
     message_id_for(incident_key, 0, domain)  # refuses a domain no Message-ID may carry
@@ -1023,16 +1066,22 @@ def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str
 
 @dataclass
 class RestoreBatch:
-    """A batch to restore on PostgreSQL, as the parallel lists its statements take: one
-    entry per account (in the order the restore function returns them), and its bans."""
+    """A batch to restore on PostgreSQL, as the parallel arrays its statements take, in
+    PostgreSQL's text form (`verdict_sql.ArrayText`): one entry per account (in the order
+    the restore function returns them), and its bans."""
 
-    case_ids: list[int]
-    account_ids: list[int]
-    rounds: list[int]
-    prior_states: list[str]  # each case's state before this transaction
-    unban_reasons: list[str]
-    ban_ids: list[int]
-    ban_accounts: list[int]
+    size: int  # accounts
+    case_ids: ArrayText
+    account_ids: ArrayText
+    rounds: ArrayText
+    prior_states: ArrayText  # each case's state before this transaction
+    unban_reasons: ArrayText
+    ban_ids: ArrayText
+    ban_accounts: ArrayText
+    first_case: int
+    last_case: int
+    first_account: int
+    last_account: int
     # Verified and restored in one transaction (`settle_batch`): one audit row each, from
     # the state it was claimed in, saying the verdict's summary and the restore.
     one_audit_row: bool = False
@@ -1040,16 +1089,26 @@ class RestoreBatch:
     @classmethod
     def of(cls, incident: RegisteredIncident,
            to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]]) -> RestoreBatch:
+        case_ids = [case.id for case, _, _ in to_restore]
+        account_ids = [record.id for _, _, record in to_restore]
+
+        def text_of(item_type: Any, values: Sequence[Any]) -> ArrayText:
+            return ArrayText(array_literal(item_type, values))
+
         return cls(
-            case_ids=[case.id for case, _, _ in to_restore],
-            account_ids=[record.id for _, _, record in to_restore],
-            rounds=[case.round for case, _, _ in to_restore],
-            prior_states=[case.state for case, _, _ in to_restore],
-            unban_reasons=[_unban_reason(incident, verdict) for _, verdict, _ in to_restore],
-            ban_ids=[ban_id for _, verdict, _ in to_restore
-                     for ban_id in verdict.standing_ban_ids],
-            ban_accounts=[record.id for _, verdict, record in to_restore
-                          for _ in verdict.standing_ban_ids],
+            size=len(to_restore),
+            case_ids=text_of(BigInteger, case_ids),
+            account_ids=text_of(BigInteger, account_ids),
+            rounds=text_of(Integer, [case.round for case, _, _ in to_restore]),
+            prior_states=text_of(Text, [case.state for case, _, _ in to_restore]),
+            unban_reasons=text_of(Text, [_unban_reason(incident, verdict)
+                                         for _, verdict, _ in to_restore]),
+            ban_ids=text_of(BigInteger, [ban_id for _, verdict, _ in to_restore
+                                         for ban_id in verdict.standing_ban_ids]),
+            ban_accounts=text_of(BigInteger, [record.id for _, verdict, record in to_restore
+                                              for _ in verdict.standing_ban_ids]),
+            first_case=min(case_ids), last_case=max(case_ids),
+            first_account=min(account_ids), last_account=max(account_ids),
         )
 
 
@@ -1069,36 +1128,46 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     a batch at 1M accounts); from arrays the planner sees the batch's size and looks each
     case up by its key.
     """
-    restore = select(
-        func.reinstatement_restore_accounts(
-            _array(BigInteger, batch.case_ids),
-            _array(BigInteger, batch.account_ids),
-            _text_array(batch.unban_reasons),
-            _array(BigInteger, batch.ban_ids),
-            _array(BigInteger, batch.ban_accounts),
-            bindparam(None, PIPELINE_ACTOR, type_=Text),
-            bindparam(None, now, type_=DateTime(timezone=True)),
-        ).table_valued("restored_account_id", "unban_action_id", "pins_restored")
-    )
+    restored = func.reinstatement_restore_accounts(
+        _array(BigInteger, batch.case_ids),
+        _array(BigInteger, batch.account_ids),
+        _array(Text, batch.unban_reasons),
+        _array(BigInteger, batch.ban_ids),
+        _array(BigInteger, batch.ban_accounts),
+        bindparam(None, PIPELINE_ACTOR, type_=Text),
+        bindparam(None, now, type_=DateTime(timezone=True)),
+    ).table_valued("restored_account_id", "unban_action_id", "pins_restored",
+                   with_ordinality="n").render_derived("restored")
+    r = restored.c
+
+    def listed(value: Any) -> Any:
+        return cast(func.array_agg(postgresql.aggregate_order_by(value, r.n)), Text)
+
+    # Its rows come back as arrays in text form, passed on as they are to the next statement.
+    restore = select(listed(r.restored_account_id).label("account_ids"),
+                     listed(r.unban_action_id).label("unban_action_ids"),
+                     listed(r.pins_restored).label("pins_restored"),
+                     func.coalesce(func.sum(r.pins_restored), 0).label("pins"),
+                     func.count().label("accounts")).select_from(restored)
     try:
-        rows = conn.execute(restore).all()
+        row = conn.execute(restore).one()
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == "RS001":
             raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
         raise
-    if [row.restored_account_id for row in rows] != batch.account_ids:
+    if row.accounts != batch.size or row.account_ids != batch.account_ids:
         raise RestoreConflict("the restore function did not restore the batch it was given")
 
     done = _array_rows(case_id=(BigInteger, batch.case_ids),
                        account_id=(BigInteger, batch.account_ids),
                        round=(Integer, batch.rounds),
                        prior_state=(Text, batch.prior_states),
-                       unban_action_id=(BigInteger, [row.unban_action_id for row in rows]),
-                       pins_restored=(Integer, [row.pins_restored for row in rows]))
+                       unban_action_id=(BigInteger, ArrayText(row.unban_action_ids)),
+                       pins_restored=(Integer, ArrayText(row.pins_restored)))
     d = done.c
     at = bindparam(None, now, type_=DateTime(timezone=True))
     cases_written = (
-        update(Case).where(Case.id == d.case_id, _within(batch.case_ids))
+        update(Case).where(Case.id == d.case_id, _within(batch.first_case, batch.last_case))
         .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
                 state=CaseState.RESTORED, updated_at=at)
         .returning(Case.id, Case.reasons["summary"].as_string().label("summary"))
@@ -1123,8 +1192,8 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
             accounts.c.id == d.account_id,
             # True of every account of the batch: the account index is then read from
             # the batch's first account, not from the table's first (a merge join).
-            accounts.c.id.between(bindparam(None, min(batch.account_ids), type_=BigInteger),
-                                  bindparam(None, max(batch.account_ids), type_=BigInteger))))
+            accounts.c.id.between(bindparam(None, batch.first_account, type_=BigInteger),
+                                  bindparam(None, batch.last_account, type_=BigInteger))))
     ).returning(Notice.state).cte("notices_queued")
     restored_words = ("unban action " + cast(d.unban_action_id, Text) + ", "
                       + cast(d.pins_restored, Text) + " pins restored")
@@ -1150,11 +1219,10 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
         select(func.count()).select_from(notices_queued)
         .where(q.state == NoticeState.PENDING).scalar_subquery(),
     ).add_cte(audited)).one()
-    if written != len(batch.case_ids):
-        raise RestoreConflict(f"{len(batch.case_ids) - written} case(s) of the batch were "
-                              "not found")
-    result.outcomes[str(Outcome.REINSTATED)] += len(rows)
-    result.pins_restored += sum(row.pins_restored for row in rows)
+    if written != batch.size:
+        raise RestoreConflict(f"{batch.size - written} case(s) of the batch were not found")
+    result.outcomes[str(Outcome.REINSTATED)] += batch.size
+    result.pins_restored += row.pins
     result.notices_queued += queued
 
 
@@ -1187,9 +1255,12 @@ def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Co
 
 def pending_work(conn: Connection, incident_id: int) -> dict[str, int]:
     """How many cases wait for each step."""
+    # Only the states a step takes: through the (incident, state) index, so a finished
+    # incident's closed and restored cases are not read at all.
     rows = conn.execute(
         select(Case.state, Case.outcome, func.count())
-        .where(Case.incident_id == incident_id)
+        .where(Case.incident_id == incident_id,
+               Case.state.in_([CaseState.PLANNED, CaseState.PREVIEWED, CaseState.VERIFIED]))
         .group_by(Case.state, Case.outcome)
     ).all()
     counts: Counter[str] = Counter()

@@ -58,6 +58,11 @@ from reinstatement.verdicts import (
 )
 
 
+class ArrayText(str):
+    """An array already in PostgreSQL's text form (`array_literal`'s, or an array read back
+    as text): `array` sends it as it is."""
+
+
 def array(item_type: Any, values: Iterable[Any]) -> Any:
     """One PostgreSQL array parameter, sent as the text of an array literal and cast.
 
@@ -66,8 +71,8 @@ def array(item_type: Any, values: Iterable[Any]) -> Any:
     cores PostgreSQL needs. The literal is made here with one join: integers as they are,
     text quoted (backslash and double quote escaped), booleans as t and f, None as NULL.
     """
-    return cast(bindparam(None, array_literal(item_type, values), type_=Text),
-                postgresql.ARRAY(item_type))
+    literal = values if isinstance(values, ArrayText) else array_literal(item_type, values)
+    return cast(bindparam(None, str(literal), type_=Text), postgresql.ARRAY(item_type))
 
 
 def array_literal(item_type: Any, values: Iterable[Any]) -> str:
@@ -100,7 +105,7 @@ def array_param(name: str, item_type: Any) -> Any:
     return cast(bindparam(name, type_=Text), postgresql.ARRAY(item_type))
 
 
-def array_rows(**columns: tuple[Any, list[Any]]) -> Any:
+def array_rows(**columns: tuple[Any, Sequence[Any]]) -> Any:
     """Rows from parallel arrays, PostgreSQL's unnest(a, b, ...) AS t(name_a, name_b, ...).
 
     Each keyword is a column: (element type, values). Used to write a batch's per-row
@@ -212,10 +217,10 @@ def batch_parameters(case_ids: Sequence[int], account_ids: Sequence[int],
 
 
 def verdicts(rules: IncidentRules) -> Any:
-    """One row per case: case_id, account_id, prior_state, outcome, summary, reasons (json),
-    faulty_ban_ids and standing_ban_ids (json), standing_ids (array), faulty_names (text,
-    the distinct faulty versions sorted and joined with ", "), python (the reasons need
-    the Python evaluator), email and locale.
+    """One row per case: case_id, account_id, round, prior_state, outcome, summary, reasons
+    (json), faulty_ban_ids and standing_ban_ids (json), standing_ids (array), faulty_names
+    (text, the distinct faulty versions sorted and joined with ", "), python (the reasons
+    need the Python evaluator), email and locale.
 
     The batch comes as named parameters (`batch_parameters`), so that the statement, the
     same for every batch of an incident, is built and compiled once (about 50 ms of the
@@ -344,8 +349,9 @@ def verdicts(rules: IncidentRules) -> Any:
         else_=_text("every standing ban is a wrongful ban by ") + _joined(p.names),
     )
     decided = (
-        select(claimed.c.case_id, claimed.c.account_id, claimed.c.prior_state,
-               outcome.label("outcome"), summary.label("summary"), skip.label("skip"),
+        select(claimed.c.case_id, claimed.c.account_id, claimed.c.round,
+               claimed.c.prior_state, outcome.label("outcome"), summary.label("summary"),
+               skip.label("skip"),
                func.coalesce(p.faulty_json, cast(_text("[]"), JSON)).label("faulty_json"),
                func.coalesce(p.other_json, cast(_text("[]"), JSON)).label("other_json"),
                func.coalesce(func.to_json(p.faulty_ids), cast(_text("[]"), JSON)
@@ -373,7 +379,7 @@ def verdicts(rules: IncidentRules) -> Any:
               _text("faulty_bans"), d.faulty_json, _text("other_bans"), d.other_json]
     reasons = sql_case((d.skip.is_(None), func.json_build_object(*fields)),
                        else_=func.json_build_object(*fields, _text("skip_reason"), d.skip))
-    return select(d.case_id, d.account_id, d.prior_state, d.outcome, d.summary,
+    return select(d.case_id, d.account_id, d.round, d.prior_state, d.outcome, d.summary,
                   reasons.label("reasons"), d.faulty_ban_ids, d.standing_ban_ids,
                   d.standing_ids, d.faulty_names, d.python, d.email, d.locale)
 
