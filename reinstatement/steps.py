@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -58,8 +58,8 @@ from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice
 from reinstatement.notices.render import message_id_for
-from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
-from reinstatement.verdict_sql import ArrayText, array_literal, judged_bans
+from reinstatement.platform_schema import accounts, enforcement_actions, pins
+from reinstatement.verdict_sql import ArrayText, array_literal, judged_bans, standing_bans_query
 from reinstatement.verdict_sql import array as _array
 from reinstatement.verdict_sql import array_rows as _array_rows
 from reinstatement.verdicts import (
@@ -92,6 +92,31 @@ class NoticeState:
     FAILED = "failed"
     NO_ADDRESS = "no_address"
     SUPPRESSED = "suppressed"  # the incident was run with notify off
+
+
+class _StatementCache:
+    """Statements built once and executed for each batch with named parameters (SQLAlchemy
+    then compiles each once too), kept for the last few keys (incidents) a process used.
+    Building one, conditions compiled to SQL and all, cost more of the flow's CPU than
+    what Python does with a batch's rows."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._built: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        with self._lock:
+            statement = self._built.get(key)
+            if statement is not None:
+                self._built.move_to_end(key)
+                return statement
+        statement = build()
+        with self._lock:
+            self._built[key] = statement
+            while len(self._built) > self._size:
+                self._built.popitem(last=False)
+        return statement
 
 
 def _id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
@@ -327,21 +352,19 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
     truth and without its evidence; only a ban it finds unknown brings its evidence text,
     decoded here (decode_evidence) so the case's reasons can name the signals.
     """
-    ea, rv = enforcement_actions, rule_versions
     bans: dict[int, list[StandingBan]] = defaultdict(list)
+    postgresql_ = conn.dialect.name == "postgresql"
     for chunk in _chunks(sorted(account_ids)):
-        query = (
-            # The evidence as its JSON text, decoded row by row: the driver's decoder
-            # would fail the whole batch on one poisoned value, and read decimals as floats.
-            select(ea.c.id, ea.c.account_id, ea.c.source, ea.c.rule_version_id,
-                   ea.c.created_at, cast(ea.c.evidence, Text).label("evidence_text"),
-                   rv.c.rule_name, rv.c.version)
-            .select_from(ea.outerjoin(rv, rv.c.id == ea.c.rule_version_id))
-            .where(_id_in(conn, ea.c.account_id, chunk), ea.c.kind == "ban",
-                   ea.c.reversed_at.is_(None))
-        )
-        judged = judged_bans(conn.dialect.name, query, rules)
-        for row in conn.execute(judged):
+        if postgresql_:  # one statement for every batch, the accounts as a parameter
+            judged = _STANDING_BANS.get(("postgresql", repr(rules)), lambda: judged_bans(
+                "postgresql", standing_bans_query(
+                    enforcement_actions.c.account_id == any_(verdict_sql.array_param(
+                        "ban_accounts", BigInteger))), rules))
+            rows = conn.execute(judged, {"ban_accounts": array_literal(BigInteger, chunk)})
+        else:
+            rows = conn.execute(judged_bans(conn.dialect.name, standing_bans_query(
+                enforcement_actions.c.account_id.in_(chunk)), rules))
+        for row in rows:
             name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"
             truth = None if row.truth is None else bool(row.truth)
             bans[row.account_id].append(StandingBan(
@@ -351,6 +374,9 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
                 corrected_truth=truth,
             ))
     return bans
+
+
+_STANDING_BANS = _StatementCache()
 
 
 def rules_for_round(incident: RegisteredIncident, round_: int) -> IncidentRules:
@@ -625,26 +651,15 @@ def _verify_work_mem(cases: int) -> str:
     return f"{max(16, -(-cases * 4 // 1024))}MB"
 
 
-_VERIFY_STATEMENTS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_VERIFY_STATEMENTS_LOCK = threading.Lock()
+_VERIFY_STATEMENTS = _StatementCache()
 
 
 def _verify_statement(incident: RegisteredIncident, preview: bool, restoring: bool) -> Any:
     """`_verify_in_the_database`'s statement for this incident, built once: the same for
-    each of its batches, which come as named parameters (SQLAlchemy then compiles it once
-    too). Kept for the last few incidents a process has judged."""
-    key = (incident.id, incident.key, repr(incident.rules), preview, restoring)
-    with _VERIFY_STATEMENTS_LOCK:
-        statement = _VERIFY_STATEMENTS.get(key)
-        if statement is not None:
-            _VERIFY_STATEMENTS.move_to_end(key)
-            return statement
-    statement = _build_verify_statement(incident, preview, restoring)
-    with _VERIFY_STATEMENTS_LOCK:
-        _VERIFY_STATEMENTS[key] = statement
-        while len(_VERIFY_STATEMENTS) > 16:
-            _VERIFY_STATEMENTS.popitem(last=False)
-    return statement
+    each of its batches, which come as named parameters."""
+    return _VERIFY_STATEMENTS.get(
+        (incident.id, incident.key, repr(incident.rules), preview, restoring),
+        lambda: _build_verify_statement(incident, preview, restoring))
 
 
 def _build_verify_statement(incident: RegisteredIncident, preview: bool, restoring: bool

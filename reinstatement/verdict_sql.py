@@ -153,17 +153,20 @@ def judged_bans(dialect: str, query: Any, rules: IncidentRules | None, *,
     return judged.order_by(stage.c.account_id, stage.c.id) if ordered else judged
 
 
-def standing_bans_query(account_ids: Any) -> Any:
-    """The standing bans of the accounts (`account_ids`: an array parameter), with the
-    evidence as its JSON text and the ban's rule version's name parts."""
+def standing_bans_query(accounts_named: Any) -> Any:
+    """The standing bans of the accounts `accounts_named` says (a condition on
+    `enforcement_actions.account_id`), with the evidence as its JSON text and the ban's
+    rule version's name parts.
+
+    The evidence as text, decoded row by row where Python needs it: the driver's decoder
+    would fail the whole batch on one poisoned value, and read decimals as floats."""
     ea, rv = enforcement_actions, rule_versions
     return (
         select(ea.c.id, ea.c.account_id, ea.c.source, ea.c.rule_version_id,
                ea.c.created_at, cast(ea.c.evidence, Text).label("evidence_text"),
                rv.c.rule_name, rv.c.version)
         .select_from(ea.outerjoin(rv, rv.c.id == ea.c.rule_version_id))
-        .where(ea.c.account_id == any_(account_ids), ea.c.kind == "ban",
-               ea.c.reversed_at.is_(None))
+        .where(accounts_named, ea.c.kind == "ban", ea.c.reversed_at.is_(None))
     )
 
 
@@ -238,7 +241,8 @@ def verdicts(rules: IncidentRules) -> Any:
         has_condition=(Boolean, [v.corrected_condition is not None for _, v in faulty]),
     )
     bans = judged_bans("postgresql", standing_bans_query(
-        array_param("batch_accounts", BigInteger)), rules, ordered=False).subquery("bans")
+        enforcement_actions.c.account_id == any_(array_param("batch_accounts", BigInteger))),
+        rules, ordered=False).subquery("bans")
 
     # Why a ban is not a faulty ban (verdicts.classify_ban), NULL when it is one.
     outside = [bans.c.created_at < bindparam(None, rules.since)] if rules.since else []
