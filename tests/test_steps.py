@@ -333,6 +333,28 @@ def test_seeded_incident_comes_out_as_the_seed_intends(engine: Engine) -> None:
         since=INCIDENT_SINCE, until=INCIDENT_UNTIL, batch_size=200, require_approval=False))
     assert Counter(outcomes(engine).values()) == summary.expected_outcomes
 
+    # Each reinstated account's unban says the faulty versions of its case's bans, and
+    # reverses exactly those bans (on PostgreSQL the one pass makes both in SQL).
+    ea = enforcement_actions
+    with engine.connect() as conn:
+        restored = conn.execute(select(Case.reasons, Case.standing_ban_ids, Case.unban_action_id)
+                                .where(Case.state == CaseState.RESTORED)).all()
+        reasons = dict(conn.execute(
+            select(ea.c.id, ea.c.reason).where(ea.c.kind == "unban",
+                                               ea.c.source == "reinstatement")).all())
+        reversed_by = dict(conn.execute(
+            select(ea.c.id, ea.c.reversed_by_action_id)
+            .where(ea.c.reversed_by_action_id.is_not(None))).all())
+    assert len(restored) == summary.expected_outcomes["reinstated"] == len(reasons)
+    names_seen = set()
+    for case_reasons, ban_ids, unban_id in restored:
+        names = ", ".join(sorted({ban["faulty_version"] for ban in case_reasons["faulty_bans"]}))
+        names_seen.add(names)
+        assert reasons[unban_id] == (f"Reinstated by incident {INCIDENT_KEY}: the ban by "
+                                     f"{names} was a mistake")
+        assert {ban: reversed_by.get(ban) for ban in ban_ids} == dict.fromkeys(ban_ids, unban_id)
+    assert any(", " in names for names in names_seen)  # a reason naming two versions
+
 
 def test_a_moderators_ban_during_a_restore_is_never_overwritten(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
