@@ -44,7 +44,6 @@ from sqlalchemy import (
     literal,
     null,
     select,
-    text,
     union_all,
     update,
 )
@@ -59,7 +58,13 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
-from reinstatement.verdict_sql import ArrayText, array_literal, judged_bans, standing_bans_query
+from reinstatement.verdict_sql import (
+    ArrayText,
+    array_literal,
+    judged_bans,
+    listed_text,
+    standing_bans_query,
+)
 from reinstatement.verdict_sql import array as _array
 from reinstatement.verdict_sql import array_rows as _array_rows
 from reinstatement.verdicts import (
@@ -625,7 +630,7 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     # The verdicts are read three times (the case updates, the rows returned, the counts),
     # so PostgreSQL keeps them, about 1 KB a case: past the server's default work_mem
     # (4 MB) it wrote them to a temporary file and read them back, each batch.
-    conn.execute(text(f"SET LOCAL work_mem = '{_verify_work_mem(len(claimed))}'"))
+    conn.execute(select(func.set_config("work_mem", _verify_work_mem(len(claimed)), True)))
     for row in conn.execute(statement, parameters).all():
         if row.restore_count:
             decided.restore = RestoreBatch(
@@ -721,7 +726,7 @@ def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
     in_order = (v.account_id, v.case_id)
 
     def listed(value: Any) -> Any:
-        return cast(func.array_agg(postgresql.aggregate_order_by(value, *in_order)), Text)
+        return listed_text(value, *in_order)
 
     unban_reason = func.format(
         bindparam(None, UNBAN_REASON, type_=Text),
@@ -731,7 +736,7 @@ def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
         "ban_id", with_ordinality="n").render_derived("bans")
     by_ban = (v.account_id, v.case_id, bans.c.n)
     ban_ids, ban_accounts = (
-        select(cast(func.array_agg(postgresql.aggregate_order_by(column_, *by_ban)), Text))
+        select(listed_text(column_, *by_ban))
         .select_from(verdicts.join(bans, literal(True))).where(to_restore).scalar_subquery()
         for column_ in (bans.c.ban_id, v.account_id))
     arrays = {"case_ids": listed(v.case_id), "account_ids": listed(v.account_id),
@@ -868,10 +873,9 @@ UNBAN_REASON = "Reinstated by incident %s: the ban by %s was a mistake"
 ANY_FAULTY = "a faulty rule version"
 
 
-def _unban_reason(incident: RegisteredIncident, names: Verdict | str) -> str:
-    """The unban's reason; `names`: the verdict, or its faulty versions joined by ", "."""
-    joined = ", ".join(names.faulty_names) if isinstance(names, Verdict) else names
-    return UNBAN_REASON % (incident.key, joined or ANY_FAULTY)
+def _unban_reason(incident: RegisteredIncident, verdict: Verdict) -> str:
+    """The unban's reason: the incident, and the verdict's faulty versions."""
+    return UNBAN_REASON % (incident.key, ", ".join(verdict.faulty_names) or ANY_FAULTY)
 
 
 def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
@@ -1154,14 +1158,10 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     ).table_valued("restored_account_id", "unban_action_id", "pins_restored",
                    with_ordinality="n").render_derived("restored")
     r = restored.c
-
-    def listed(value: Any) -> Any:
-        return cast(func.array_agg(postgresql.aggregate_order_by(value, r.n)), Text)
-
     # Its rows come back as arrays in text form, passed on as they are to the next statement.
-    restore = select(listed(r.restored_account_id).label("account_ids"),
-                     listed(r.unban_action_id).label("unban_action_ids"),
-                     listed(r.pins_restored).label("pins_restored"),
+    restore = select(listed_text(r.restored_account_id, r.n).label("account_ids"),
+                     listed_text(r.unban_action_id, r.n).label("unban_action_ids"),
+                     listed_text(r.pins_restored, r.n).label("pins_restored"),
                      func.coalesce(func.sum(r.pins_restored), 0).label("pins"),
                      func.count().label("accounts")).select_from(restored)
     try:

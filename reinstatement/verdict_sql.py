@@ -99,6 +99,12 @@ def _integer(value: Any) -> int:
     return int(value)
 
 
+def listed_text(value: Any, *order_by: Any) -> Any:
+    """`value` of the rows aggregated into an array in `order_by`'s order, as its text: an
+    `ArrayText` for the next statement, which Python passes on without reading."""
+    return cast(func.array_agg(postgresql.aggregate_order_by(value, *order_by)), Text)
+
+
 def array_param(name: str, item_type: Any) -> Any:
     """A named array parameter (its value: `array_literal`'s text), for a statement built
     once and executed for each batch."""
