@@ -590,13 +590,22 @@ def _within(first_case: int, last_case: int) -> Any:
                            bindparam(None, last_case, type_=BigInteger))
 
 
-def _state_after(outcome: Any, preview: bool) -> Any:
-    """The case's state after verification, as a SQL expression of its outcome."""
+def _state_after(outcome: Any, preview: bool, restoring: bool) -> Any:
+    """The case's state after verification, as a SQL expression of its outcome.
+
+    `restoring` (a settle batch): a reinstatement is written as `restored` at once, as the
+    restore in the same transaction leaves it. The restore then changes no indexed column
+    of its row, and PostgreSQL writes that version beside this one without an index entry
+    (migration 0011).
+    """
     if preview:
         return bindparam(None, CaseState.PREVIEWED, type_=Text)
+    after = dict(_STATE_AFTER_VERIFY)
+    if restoring:
+        after[Outcome.REINSTATED] = CaseState.RESTORED
     return sql_case(*[(outcome == bindparam(None, str(o), type_=Text),
                        bindparam(None, state, type_=Text))
-                      for o, state in _STATE_AFTER_VERIFY.items()])
+                      for o, state in after.items()])
 
 
 class _Decided(Counter[str]):
@@ -676,8 +685,9 @@ def _build_verify_statement(incident: RegisteredIncident, preview: bool, restori
     updated = (
         update(Case)
         .where(Case.id == v.case_id, within, v.python.is_(False))
-        .values(state=_state_after(v.outcome, preview), outcome=v.outcome, reasons=v.reasons,
-                faulty_ban_ids=v.faulty_ban_ids, standing_ban_ids=v.standing_ban_ids,
+        .values(state=_state_after(v.outcome, preview, restoring), outcome=v.outcome,
+                reasons=v.reasons, faulty_ban_ids=v.faulty_ban_ids,
+                standing_ban_ids=v.standing_ban_ids,
                 updated_at=bindparam("verified_at", type_=Case.__table__.c.updated_at.type))
         .returning(Case.id, Case.state, v.prior_state, v.outcome, v.summary)
         .cte("updated")

@@ -209,6 +209,41 @@ def test_the_restore_function_refuses_a_case_that_is_not_a_verified_reinstatemen
     assert after["accounts"][other] == before["accounts"][other]
 
 
+def test_the_restore_function_takes_a_case_written_restored_only_by_its_own_transaction(
+    engine: Engine, pipeline_role_engine: Engine
+) -> None:
+    """A settle batch writes a reinstatement's verdict as `restored` and restores it in the
+    same transaction (migration 0011). The function takes such a case only from the
+    transaction that wrote it, and only while it has no unban: a case left `restored`
+    by another transaction, or one that names its unban, is refused."""
+    scenario = build_scenario(engine)
+    run_all(engine, request(), restore=False)
+    reinstated = next(a for a, o in scenario.expected.items() if o == "reinstated")
+    before = snapshot(engine)
+    with pipeline_role_engine.connect() as conn:
+        case_id = conn.execute(select(Case.id).where(Case.account_id == reinstated)
+                               ).scalar_one()
+        bans = _standing_bans(conn, reinstated)
+        conn.commit()
+        as_restored = update(Case).where(Case.id == case_id).values(state="restored")
+        with conn.begin():
+            conn.execute(as_restored)
+        with pytest.raises(ProgrammingError, match="not a verified reinstatement"), \
+                conn.begin():
+            _restore_call(conn, case_id, reinstated, bans)
+        with pytest.raises(ProgrammingError, match="not a verified reinstatement"), \
+                conn.begin():
+            conn.execute(as_restored.values(unban_action_id=bans[0]))
+            _restore_call(conn, case_id, reinstated, bans)
+        assert snapshot(engine) == before
+        # Written in this transaction, with no unban yet: the settle batch's own case.
+        with conn.begin():
+            conn.execute(as_restored)
+            [row] = _restore_call(conn, case_id, reinstated, bans)
+    assert row.restored_account_id == reinstated
+    assert snapshot(engine)["accounts"][reinstated]["status"] == "active"
+
+
 # -- its own tables: the lifecycle and the notices' claims hold for the role ---------------
 
 def test_the_role_moves_an_incident_only_along_the_lifecycle(

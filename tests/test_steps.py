@@ -13,9 +13,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
-from reinstatement import runner
+from reinstatement import runner, steps
 from reinstatement.incidents import IncidentRequest, build_request, load_incident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.platform_schema import enforcement_actions
@@ -459,6 +459,30 @@ def test_settle_leaves_what_verify_then_restore_leaves(
     assert all(reason.startswith("reinstated: every standing ban is a wrongful ban by spam@7; "
                                  "unban action ") and reason.endswith(" pins restored")
                for before, _, reason in trail if before == CaseState.PLANNED)
+
+
+def test_a_settle_batch_restores_its_cases_in_place(engine: Engine, backend: str) -> None:
+    """PostgreSQL: a settle batch writes each reinstated case's verdict as restored, so the
+    restore after it changes no indexed column of the row and PostgreSQL writes that
+    version without an index entry (a heap-only update, migration 0011)."""
+    if backend != "postgresql":
+        pytest.skip("heap-only updates are PostgreSQL's")
+    scenario = build_scenario(engine)
+    runner.register(engine, request(), PIPELINE_ACTOR)
+    ctx = step_context(engine, KEY, 100)
+    runner.plan_all(ctx)
+    with engine.begin() as conn:
+        result = steps.settle_batch(conn, ctx.incident, 100, restoring=True,
+                                    sender_domain="example.org")
+        updates, in_place = conn.execute(text(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'reinstatement_cases'")).one()
+    reinstated = sum(1 for o in scenario.expected.values() if o == "reinstated")
+    assert result.restored == reinstated == 3
+    # One update per case for its verdict, one per reinstated case for its restore: each
+    # restore in place.
+    assert updates == len(scenario.expected) + reinstated
+    assert in_place == reinstated
 
 
 def test_settle_only_verifies_when_the_incident_may_not_restore(engine: Engine) -> None:
