@@ -148,3 +148,49 @@ def test_the_benchmark_says_what_a_missed_notice_rate_cost_in_cpu() -> None:
     files = lines.index("target 2,000 notices/s into the file backend: met "
                         "(2,100/s, sender processes)")
     assert not lines[files + 1].startswith("  why")
+
+
+def test_the_benchmark_says_when_the_machine_was_busy() -> None:
+    """A missed ratio beside other work says how much of the machine that work took; a
+    missed ratio on a quiet machine, and a met one beside other work, do not."""
+    from bench.pipeline_bench import BenchResult, verdicts
+
+    def lines(ratio: float, run_a: float, floor: float) -> list[str]:
+        return verdicts(BenchResult(
+            accounts=100_000, batch_size=5000, command="bench", pipeline_seconds=ratio * 4,
+            floor_seconds=4.0, ratio=ratio, floor_rows=369_048, own_rows={"audit rows": 1},
+            run_a_other_cores=run_a, floor_other_cores=floor))
+
+    busy = lines(2.37, 0.76, 1.02)
+    assert busy[2].startswith("  and the machine was busy: its other work took 0.76 of its ")
+    assert "and 1.02 beside the floor" in busy[2]
+    assert not any("busy" in line for line in lines(2.37, 0.02, 0.0))
+    assert not any("busy" in line for line in lines(1.9, 0.76, 1.02))
+
+
+def test_other_work_is_the_machines_cpu_beside_ours(tmp_path: Any) -> None:
+    """The CPU of a process outside this process tree counts as other work; this tree's
+    own (a child, once reaped) counts as ours."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.machine import cpu_mark, other_work_since
+
+    spin = ("import time, pathlib, sys\nend = time.process_time() + float(sys.argv[1])\n"
+            "while time.process_time() < end: pass\npathlib.Path(sys.argv[2]).touch()")
+    mark = cpu_mark()
+    if mark is None:
+        pytest.skip("no /proc")
+    # A child of ours spends 0.6 CPU s, and is reaped: ours.
+    subprocess.run([sys.executable, "-c", spin, "0.6", str(tmp_path / "child")], check=True)
+    after = cpu_mark()
+    assert after is not None and after.ours - mark.ours >= 0.55, (mark, after)
+    # A process that left our tree (its parent ended at once) spends 0.8 CPU s: other work.
+    mark, done = cpu_mark(), tmp_path / "orphan"
+    subprocess.run(["sh", "-c", f'{sys.executable} -c "$0" 0.8 {done} &', spin], check=True)
+    deadline = time.monotonic() + 60
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    theirs = other_work_since(mark)
+    assert done.exists() and theirs is not None and theirs.cpu_seconds >= 0.7, theirs
