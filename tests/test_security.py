@@ -184,19 +184,27 @@ def test_the_restore_function_refuses_an_account_a_forged_case_names(
     assert snapshot(engine) == before
 
 
-def test_the_restore_function_refuses_a_case_that_is_not_a_verified_reinstatement(
-    engine: Engine, pipeline_role_engine: Engine
-) -> None:
+def _a_verified_reinstatement(engine: Engine, role_engine: Engine
+                              ) -> tuple[dict[int, str], int, int, list[int]]:
+    """The scenario verified, not restored: its outcomes, and one reinstated account with
+    its case and its standing bans."""
     scenario = build_scenario(engine)
     run_all(engine, request(), restore=False)
     reinstated = next(a for a, o in scenario.expected.items() if o == "reinstated")
-    other = next(a for a, o in scenario.expected.items() if o == "upheld")
-    before = snapshot(engine)
-    with pipeline_role_engine.connect() as conn:
+    with role_engine.connect() as conn:
         case_id = conn.execute(select(Case.id).where(Case.account_id == reinstated)
                                ).scalar_one()
-        bans = _standing_bans(conn, reinstated)
-        conn.rollback()
+        return scenario.expected, reinstated, case_id, _standing_bans(conn, reinstated)
+
+
+def test_the_restore_function_refuses_a_case_that_is_not_a_verified_reinstatement(
+    engine: Engine, pipeline_role_engine: Engine
+) -> None:
+    expected, reinstated, case_id, bans = _a_verified_reinstatement(engine,
+                                                                    pipeline_role_engine)
+    other = next(a for a, o in expected.items() if o == "upheld")
+    before = snapshot(engine)
+    with pipeline_role_engine.connect() as conn:
         for account_id, ban_ids in ((other, bans), (reinstated, [])):
             with pytest.raises(DBAPIError, match="refused|line up"), conn.begin():
                 _restore_call(conn, case_id, account_id, ban_ids)
@@ -216,15 +224,9 @@ def test_the_restore_function_takes_a_case_written_restored_only_by_its_own_tran
     same transaction (migration 0011). The function takes such a case only from the
     transaction that wrote it, and only while it has no unban: a case left `restored`
     by another transaction, or one that names its unban, is refused."""
-    scenario = build_scenario(engine)
-    run_all(engine, request(), restore=False)
-    reinstated = next(a for a, o in scenario.expected.items() if o == "reinstated")
+    _, reinstated, case_id, bans = _a_verified_reinstatement(engine, pipeline_role_engine)
     before = snapshot(engine)
     with pipeline_role_engine.connect() as conn:
-        case_id = conn.execute(select(Case.id).where(Case.account_id == reinstated)
-                               ).scalar_one()
-        bans = _standing_bans(conn, reinstated)
-        conn.commit()
         as_restored = update(Case).where(Case.id == case_id).values(state="restored")
         with conn.begin():
             conn.execute(as_restored)
