@@ -639,7 +639,7 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
     # The verdicts are read three times (the case updates, the rows returned, the counts),
     # so PostgreSQL keeps them, about 1 KB a case: past the server's default work_mem
     # (4 MB) it wrote them to a temporary file and read them back, each batch.
-    conn.execute(select(func.set_config("work_mem", _verify_work_mem(len(claimed)), True)))
+    verdict_sql.keep_ban_order(conn, work_mem=_verify_work_mem(len(claimed)))
     for row in conn.execute(statement, parameters).all():
         if row.restore_count:
             decided.restore = RestoreBatch(

@@ -222,3 +222,23 @@ def test_message_ids_made_in_the_database_are_pythons(pg_engine: Engine, key: st
                                    "Mail.Example.COM") for account_id, round_ in inputs]
     with pytest.raises(ValueError):
         steps._message_id_sql(key, literal(1), literal(1), "bad domain")
+
+
+def test_verdicts_run_in_one_process_until_the_transaction_ends(pg_engine: Engine) -> None:
+    """The verdicts' aggregates take each case's bans in the order of its sorted subquery
+    (that order is what the edge cases above check); `keep_ban_order` keeps parallel
+    workers, which could split and recombine one aggregate in another order, out of the
+    transaction, and gives the statement its memory, then both end with it."""
+    def settings(conn: Any) -> tuple[str, str]:
+        return tuple(conn.execute(text(  # type: ignore[return-value]
+            "SELECT current_setting('max_parallel_workers_per_gather'), "
+            "current_setting('work_mem')")).one())
+
+    with pg_engine.connect() as conn:
+        before = settings(conn)
+        conn.commit()
+        assert before[0] != "0"
+        verdict_sql.keep_ban_order(conn, work_mem="20MB")
+        assert settings(conn) == ("0", "20MB")
+        conn.commit()
+        assert settings(conn) == before
