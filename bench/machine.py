@@ -10,6 +10,10 @@ processes (every process named `postgres`, with the backends its postmaster has 
 and this process with its descendants (the flow run, its sender processes, Prefect's
 server, smtp-sink), live or reaped. The rest is other work. Linux only; elsewhere nothing
 is measured.
+
+PostgreSQL's own CPU over a phase is told too: the work the database did for it. The floor
+does all of its work there, on one core; when the pipeline's database work is more than
+twice the floor's, the pipeline is within 2x only by using both cores at once.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ class CpuMark:
     busy: float  # CPU seconds the machine has spent busy since it booted, all cores
     ours: float  # of them, PostgreSQL's and this process tree's
     at: float  # time.monotonic()
+    database: float = 0.0  # of `ours`, PostgreSQL's
 
 
 @dataclass(frozen=True)
 class OtherWork:
-    """The CPU the machine's other work took over a phase."""
+    """The CPU the machine's other work took over a phase, and PostgreSQL's."""
 
     cpu_seconds: float
     wall_seconds: float
+    database_cpu_seconds: float = 0.0
 
     @property
     def cores(self) -> float:
@@ -84,7 +90,8 @@ def cpu_mark() -> CpuMark | None:
     for pid, _, parent, _ in processes:
         children.setdefault(parent, []).append(pid)
     cpu = {pid: seconds for pid, _, _, seconds in processes}
-    ours = sum(seconds for _, name, _, seconds in processes if name == "postgres")
+    database = sum(seconds for _, name, _, seconds in processes if name == "postgres")
+    ours = database
     waiting, tree = list(children.get(os.getpid(), [])), set()
     while waiting:
         pid = waiting.pop()
@@ -95,7 +102,37 @@ def cpu_mark() -> CpuMark | None:
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         ours += usage.ru_utime + usage.ru_stime
-    return CpuMark(busy=_machine_busy(), ours=ours, at=time.monotonic())
+    return CpuMark(busy=_machine_busy(), ours=ours, at=time.monotonic(), database=database)
+
+
+def wait_for_backends(database: str | None = None, timeout: float = 10.0) -> bool:
+    """Wait until PostgreSQL has reaped every backend that ended (and, with `database`, until
+    no backend is connected to that database): a backend's CPU moves into its postmaster's
+    only when reaped, and one read between its exit and then would count nowhere. True when
+    none is left within `timeout` seconds (False, or nothing to read: measure anyway)."""
+    if not PROC.exists():
+        return False
+    title = None if database is None else f" {database} ".encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = False
+        for entry in PROC.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "stat").read_text()
+                ended = raw[raw.index("(") + 1:raw.rindex(")")] == "postgres" and raw[
+                    raw.rindex(")") + 2] == "Z"
+                if ended or (title is not None and title in (entry / "cmdline").read_bytes()):
+                    pending = True
+                    break
+            except OSError:  # it ended meanwhile
+                continue
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def other_work_since(mark: CpuMark | None) -> OtherWork | None:
@@ -104,4 +141,5 @@ def other_work_since(mark: CpuMark | None) -> OtherWork | None:
     if mark is None or now is None:
         return None
     others = (now.busy - mark.busy) - (now.ours - mark.ours)
-    return OtherWork(cpu_seconds=max(others, 0.0), wall_seconds=now.at - mark.at)
+    return OtherWork(cpu_seconds=max(others, 0.0), wall_seconds=now.at - mark.at,
+                     database_cpu_seconds=max(now.database - mark.database, 0.0))

@@ -54,7 +54,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from bench.machine import cpu_mark, other_work_since
+from bench.machine import cpu_mark, other_work_since, wait_for_backends
 from reinstatement.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -438,6 +438,9 @@ class BenchResult:
     # (`bench/machine.py`): a busy machine takes more from the pipeline than from the floor.
     run_a_other_cores: float | None = None
     floor_other_cores: float | None = None
+    # PostgreSQL's CPU seconds over run A and over the floor (`bench/machine.py`).
+    run_a_database_cpu: float | None = None
+    floor_database_cpu: float | None = None
 
     def markdown_row(self) -> str:
         def num(value: float | None, fmt: str) -> str:
@@ -501,10 +504,12 @@ def bench(args: argparse.Namespace) -> BenchResult:
                 cpu = cpu_mark()
                 run_a = run_flow_child(env, args.batch_size, notify=False,
                                        db_url=urls["pipeline"], profile=args.profile)
+                wait_for_backends(names["pipeline"])  # their CPU counted as PostgreSQL's
                 others = other_work_since(cpu)
                 result.run_a_wal = wal_since(admin, mark)
             if others is not None:
                 result.run_a_other_cores = round(others.cores, 2)
+                result.run_a_database_cpu = round(others.database_cpu_seconds, 2)
             run_a.task_runs = count_task_runs(api, run_a.flow_run_id)
             steps = run_a.step_seconds
             result.plan_seconds = steps.get("plan", 0.0)
@@ -528,7 +533,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
             log(f"run A: {steps} wall {run_a.wall_seconds:.1f} s, peak RSS "
                 f"{run_a.peak_rss_mb:.0f} MB, {run_a.cpu_seconds:.1f} CPU s, {run_a.task_runs} "
                 f"task runs, {result.run_a_wal}, outcomes {outcomes}"
-                + (f"; {others}" if others is not None else ""))
+                + (f"; PostgreSQL {others.database_cpu_seconds:.1f} CPU s; {others}"
+                   if others is not None else ""))
             if dict(summary.expected_outcomes) != {k: v for k, v in outcomes.items() if v}:
                 log("WARNING: outcomes differ from the seed's expectation")
 
@@ -611,6 +617,7 @@ def measure_floor(args: argparse.Namespace, urls: dict[str, str], result: BenchR
         engine.dispose()
     if others is not None:
         result.floor_other_cores = round(others.cores, 2)
+        result.floor_database_cpu = round(others.database_cpu_seconds, 2)
     result.floor_seconds, result.floor_load_seconds = floor.write_seconds, floor.load_seconds
     result.floor_steps = {k: round(v, 3) for k, v in floor.step_seconds.items()}
     result.floor_wal = floor.wal
@@ -621,7 +628,8 @@ def measure_floor(args: argparse.Namespace, urls: dict[str, str], result: BenchR
     log(f"floor: {floor.write_seconds:.2f} s writes ({result.floor_steps}), "
         f"{floor.load_seconds:.2f} s to load {len(account_ids):,} ids; {floor.wal}; rows "
         f"{floor.rowcounts}; same counts as the pipeline: {matches}"
-        + (f"; {others}" if others is not None else ""))
+        + (f"; PostgreSQL {others.database_cpu_seconds:.1f} CPU s; {others}"
+           if others is not None else ""))
     return matches
 
 
@@ -662,6 +670,14 @@ def verdicts(result: BenchResult) -> list[str]:
                 f"writes those through its checked restore function and {own:,} rows of its "
                 f"own beside them ({parts}){twice}; bench/RESULTS.md has the profile of a "
                 "batch")
+            if result.run_a_database_cpu and result.floor_database_cpu:
+                times = result.run_a_database_cpu / result.floor_database_cpu
+                lines.append(
+                    f"  PostgreSQL alone spent {result.run_a_database_cpu:.1f} CPU s on run A "
+                    f"and {result.floor_database_cpu:.1f} on the floor ({times:.1f} times as "
+                    "much)" + (": the floor's work is one transaction on one core, so run A "
+                               "is within 2x only while it has more than one core to itself"
+                               if times > 2 else ""))
         busy = max(result.run_a_other_cores or 0.0, result.floor_other_cores or 0.0)
         if result.ratio > 2 and busy >= BUSY_CORES:
             lines.append(

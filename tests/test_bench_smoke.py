@@ -168,6 +168,25 @@ def test_the_benchmark_says_when_the_machine_was_busy() -> None:
     assert not any("busy" in line for line in lines(1.9, 0.76, 1.02))
 
 
+def test_the_benchmark_says_how_much_more_the_database_did_than_for_the_floor() -> None:
+    """A missed ratio comes with PostgreSQL's CPU over run A against the floor's; past twice
+    the floor's, it says that run A needs more than one core to be within 2x."""
+    from bench.pipeline_bench import BenchResult, verdicts
+
+    def lines(run_a: float | None, floor: float | None) -> list[str]:
+        return verdicts(BenchResult(
+            accounts=100_000, batch_size=5000, command="bench", pipeline_seconds=8.4,
+            floor_seconds=4.0, ratio=2.1, floor_rows=369_048, own_rows={"audit rows": 1},
+            run_a_database_cpu=run_a, floor_database_cpu=floor))
+
+    more = lines(8.4, 3.36)
+    assert more[2] == ("  PostgreSQL alone spent 8.4 CPU s on run A and 3.4 on the floor (2.5 "
+                       "times as much): the floor's work is one transaction on one core, so "
+                       "run A is within 2x only while it has more than one core to itself")
+    assert lines(6.0, 3.36)[2].endswith("(1.8 times as much)")
+    assert not any("PostgreSQL" in line for line in lines(None, 3.36))
+
+
 def test_other_work_is_the_machines_cpu_beside_ours(tmp_path: Any) -> None:
     """The CPU of a process outside this process tree counts as other work; this tree's
     own (a child, once reaped) counts as ours."""
@@ -194,3 +213,43 @@ def test_other_work_is_the_machines_cpu_beside_ours(tmp_path: Any) -> None:
         time.sleep(0.05)
     theirs = other_work_since(mark)
     assert done.exists() and theirs is not None and theirs.cpu_seconds >= 0.7, theirs
+
+
+def test_the_database_cpu_is_postgresqls(templates: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database's CPU over a phase is what processes named postgres spent: a query
+    that keeps a backend busy shows there once its connection ends and the backend is
+    reaped (`wait_for_backends`); no other process counts."""
+    import os
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from bench import machine
+    from tests.conftest import require_backend
+
+    require_backend("postgresql")
+    url = make_url(templates.new_database("postgresql"))
+    mark = machine.cpu_mark()
+    if mark is None:
+        pytest.skip("no /proc")
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
+                         password=url.password, autocommit=True) as conn:
+        backend = conn.info.backend_pid
+        conn.execute("SELECT count(*) FROM generate_series(1, 4000000) AS g(n) "
+                     "WHERE md5(g.n::text) LIKE 'a%'").fetchone()
+    assert machine.wait_for_backends(url.database)
+    assert not os.path.exists(f"/proc/{backend}")  # reaped: its CPU is its postmaster's
+    spent = machine.other_work_since(mark)
+    assert spent is not None and spent.database_cpu_seconds >= 0.5, spent
+    templates.drop(url.render_as_string(hide_password=False))
+
+    # Which processes count, on a made-up machine (other tests use PostgreSQL meanwhile).
+    cpu = {"postgres": 10.0, "python3": 20.0, "sh": 30.0}
+    monkeypatch.setattr(machine, "_processes", lambda: iter(
+        [(101, "postgres", 1, cpu["postgres"]), (102, "python3", 1, cpu["python3"]),
+         (103, "sh", 1, cpu["sh"])]))
+    mark = machine.cpu_mark()
+    cpu.update(postgres=12.5, python3=27.0, sh=31.0)
+    spent = machine.other_work_since(mark)
+    assert spent is not None and spent.database_cpu_seconds == pytest.approx(2.5), spent
