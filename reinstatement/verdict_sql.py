@@ -207,10 +207,12 @@ def _json_list(items: Any, where: Any) -> ColumnElement[Any]:
 def keep_ban_order(conn: Connection, **settings: str) -> None:
     """Run `verdicts` in this transaction as it relies on: in one process.
 
-    Its aggregates take each case's bans in the order its sorted subquery hands them over
-    (PostgreSQL's documented way to feed an aggregate ordered input). One aggregate split
-    over parallel workers and combined could mix that order, so parallel plans are off
-    until the transaction ends; `settings` are further settings for it (name: value).
+    Its aggregates take each case's bans in the order its sorted subquery hands them over.
+    PostgreSQL's documentation describes that way of feeding an aggregate ordered input,
+    and its limit: it holds while nothing between the subquery and the aggregate reorders
+    the rows. The grouping reads the subquery directly; but one aggregate split over
+    parallel workers and combined could mix the order, so parallel plans are off until the
+    transaction ends. `settings` are further settings for it (name: value).
     """
     values = {"max_parallel_workers_per_gather": "0", **settings}
     conn.execute(select(*[func.set_config(name, value, True) for name, value in values.items()]))
