@@ -25,6 +25,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from bench.machine import CpuMark, cpu_mark, wait_for_backends
 from bench.pipeline_bench import (
     DEFAULT_PG_URL,
     SMTP_SINK_HINT,
@@ -70,7 +71,11 @@ def _sender(url: str, backend: str, target: str, limit: int) -> int:
     return 0 if result.sent else 1
 
 
-def _round(url: str, backend: str, target: str, senders: int, each: int) -> tuple[float, list[str]]:
+def _round(url: str, backend: str, target: str, senders: int, each: int
+           ) -> tuple[float, list[str], str]:
+    """Notices per second, each sender's CPU per notice, and the machine's CPU per notice."""
+    wait_for_backends()
+    mark = cpu_mark()
     started = time.perf_counter()
     children = [subprocess.Popen([sys.executable, "-m", "bench.notify_bench", "--child", url,
                                   backend, target, str(each)], stdout=subprocess.PIPE)
@@ -80,7 +85,18 @@ def _round(url: str, backend: str, target: str, senders: int, each: int) -> tupl
     if any(child.returncode for child in children):
         raise RuntimeError(f"a sender failed: {outputs}")
     sent = sum(int(out[0]) for out in outputs)
-    return sent / elapsed, [out[1] for out in outputs]
+    return sent / elapsed, [out[1] for out in outputs], _machine_per_notice(mark, sent)
+
+
+def _machine_per_notice(mark: CpuMark | None, sent: int) -> str:
+    """The whole machine's busy CPU, and PostgreSQL's part, per notice sent since `mark`."""
+    wait_for_backends()
+    now = cpu_mark()
+    if mark is None or now is None or not sent:
+        return ""
+    busy = (now.busy - mark.busy) / sent * 1e6
+    database = (now.database - mark.database) / sent * 1e6
+    return f"; the machine {busy:.0f} us a notice, of which PostgreSQL {database:.0f} us"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "smtp":
                 assert sink is not None
                 with smtp_sink(sink) as port:
-                    rate, cpu = _round(round_url, "smtp", str(port), args.senders, args.each)
+                    rate, cpu, machine = _round(round_url, "smtp", str(port), args.senders,
+                                                args.each)
             else:
                 with tempfile.TemporaryDirectory(prefix="reinstate-notify-bench-") as folder:
-                    rate, cpu = _round(round_url, "file", folder, args.senders, args.each)
+                    rate, cpu, machine = _round(round_url, "file", folder, args.senders,
+                                                args.each)
             log(f"round {number}: {rate:,.0f} notices/s into {args.backend} from "
                 f"{args.senders} sender process(es); CPU per notice in each: "
-                f"{', '.join(c + ' us' for c in cpu)}")
+                f"{', '.join(c + ' us' for c in cpu)}{machine}")
     finally:
         drop_database(args.pg_url, copy)
         drop_database(args.pg_url, NAME)
