@@ -61,7 +61,8 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int,
         if settings.sender_processes:
             result = senders.send_batch(settings.smtp_connections, smtp_password(settings),
                                         batch_size, incident_id,
-                                        limiter_factory=limits.mail_rate)
+                                        limiter_factory=limits.mail_rate,
+                                        limiter_args=(limits.mail_rate_limit(),))
         else:
             result = outbox.send_batch(
                 engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),

@@ -739,3 +739,27 @@ def test_the_smtp_path_of_an_accepted_address_is_what_smtplib_makes_of_it(addres
     except ValueError:
         return
     assert smtp_path(accepted) == smtplib.quoteaddr(accepted)
+
+
+def test_a_mail_rate_read_by_the_caller_is_not_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender process is handed the global mail rate its flow read: it paces by that
+    one and asks the Prefect server nothing (where there is none, it never imports
+    Prefect's client). Without it, the pacer reads the limit itself."""
+    from tasks import limits
+
+    asked: list[str] = []
+
+    def read_limit(name: str) -> limits.Limit | None:
+        asked.append(name)
+        return limits.Limit(name, 40, 40.0, True)
+
+    monkeypatch.setattr(limits, "read_limit", read_limit)
+    monkeypatch.delenv("REINSTATE_NOTIFY_RATE_PER_SECOND", raising=False)
+    assert limits.mail_rate(None) is None
+    handed = limits.mail_rate(limits.Limit(limits.MAIL_RATE, 20, 20.0, True))
+    assert handed is not None and handed.global_limit is not None and handed.chunk == 2
+    assert asked == []
+    read = limits.mail_rate()
+    assert read is not None and read.chunk == 4 and asked == [limits.MAIL_RATE]

@@ -273,11 +273,21 @@ def test_notices_can_be_sent_from_sender_processes(
     try:
         report = reinstate_incident(incident_request(batch_size=40))
         children = set(senders._pool._processes or {})  # type: ignore[union-attr]
+        # This server has no global mail rate: the flow's process read that and told its
+        # senders, which asked the server nothing and never imported Prefect (about 1.6 s
+        # of CPU each, as the notify step starts).
+        probes = [senders._pool.submit(  # type: ignore[union-attr]
+            eval, "(__import__('time').sleep(0.3), __import__('os').getpid(),"
+                  " sorted(m for m in __import__('sys').modules if m.startswith('prefect')))")
+                  for _ in range(4)]
+        imported = {pid: modules for _, pid, modules in (p.result(timeout=60) for p in probes)}
     finally:
         senders.shutdown()
     sent = report["notices"].get("sent", 0)
     assert sent > 30 and report["notices"].get("pending", 0) == 0
     assert in_this_process == []
     assert len(children) == 2 and os.getpid() not in children
+    assert set(imported) <= children and imported and all(
+        modules == [] for modules in imported.values()), imported
     eml = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     assert len(eml) == sent

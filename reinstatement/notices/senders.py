@@ -64,7 +64,7 @@ def _prefect_api_url() -> str | None:
 
 
 def _environment_key(processes: int, password: SecretStr | None,
-                     limiter_factory: Callable[[], Any] | None, api_url: str | None) -> str:
+                     limiter_factory: Callable[..., Any] | None, api_url: str | None) -> str:
     digest = hashlib.sha256(repr(sorted(
         (k, v) for k, v in os.environ.items() if k.startswith(("REINSTATE_", "PREFECT_"))
     )).encode())
@@ -76,7 +76,7 @@ def _environment_key(processes: int, password: SecretStr | None,
 
 
 def pool(processes: int, password: SecretStr | None,
-         limiter_factory: Callable[[], Any] | None = None) -> ProcessPoolExecutor:
+         limiter_factory: Callable[..., Any] | None = None) -> ProcessPoolExecutor:
     """The sender processes for these settings (started on first use)."""
     global _pool, _pool_key
     api_url = _prefect_api_url() if limiter_factory is not None else None
@@ -113,7 +113,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def _start_child(parent: int, password: SecretStr | None, processes: int,
-                 limiter_factory: Callable[[], Any] | None, api_url: str | None) -> None:
+                 limiter_factory: Callable[..., Any] | None, api_url: str | None) -> None:
     if api_url:
         # Before anything here imports Prefect, which reads its settings once.
         os.environ["PREFECT_API_URL"] = api_url
@@ -136,28 +136,32 @@ def _start_child(parent: int, password: SecretStr | None, processes: int,
     )
 
 
-def _send_in_child(batch_size: int, incident_id: int | None) -> dict[str, int]:
+def _send_in_child(batch_size: int, incident_id: int | None,
+                   limiter_args: tuple[Any, ...] = ()) -> dict[str, int]:
     from reinstatement import outbox
 
     settings = _child["settings"]
+    factory = _child["limiter_factory"]
     result = outbox.send_batch(
         _child["engine"], _child["backend"](), _child["renderer"], batch_size,
         sender=settings.email_from, lease=timedelta(seconds=settings.notice_lease_seconds),
         incident_id=incident_id,
-        # The caller's pacer (the global mail rate, read in this process), else this
+        # The caller's pacer (the global mail rate, as the caller read it), else this
         # process's share of REINSTATE_NOTIFY_RATE_PER_SECOND.
-        limiter=_child["limiter_factory"]() if _child["limiter_factory"] else _child["limiter"])
+        limiter=factory(*limiter_args) if factory else _child["limiter"])
     return asdict(result)
 
 
 def send_batch(processes: int, password: SecretStr | None, batch_size: int,
                incident_id: int | None,
-               limiter_factory: Callable[[], Any] | None = None) -> SendResult:
+               limiter_factory: Callable[..., Any] | None = None,
+               limiter_args: tuple[Any, ...] = ()) -> SendResult:
     """Send one batch of due notices from a sender process; its result, or its error.
 
-    `limiter_factory`: a module-level function the children call before each batch for
-    their pacer (tasks.limits.mail_rate: the global mail rate of the Prefect server).
+    `limiter_factory`: a module-level function the children call before each batch, with
+    `limiter_args`, for their pacer (tasks.limits.mail_rate: the global mail rate of the
+    Prefect server, which the caller reads and passes on).
     """
-    future = pool(processes, password, limiter_factory).submit(_send_in_child, batch_size,
-                                                               incident_id)
+    future = pool(processes, password, limiter_factory).submit(
+        _send_in_child, batch_size, incident_id, limiter_args)
     return SendResult(**future.result())
