@@ -17,7 +17,6 @@ the flow again for the same key continues exactly where an earlier run stopped.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Annotated, Any, Literal
@@ -328,13 +327,13 @@ def _restore_and_notify(incident: RegisteredIncident, steps: StepRunner,
 
 
 def notify_batch_size(incident: RegisteredIncident, size: int) -> int:
-    """Batches small enough that every SMTP connection gets one: 4,690 notices in one
-    batch of 5,000 would go over one connection while the others stay idle."""
+    """The notify step's batch size: the notices due, in equal shares for the SMTP
+    connections (`outbox.even_batch_size`)."""
+    from reinstatement.outbox import even_batch_size
     from reinstatement.settings import load_settings
 
-    due = pending(incident, size, "notify")
-    connections = load_settings().smtp_connections
-    return max(1, min(size, math.ceil(due / connections))) if due else size
+    return even_batch_size(pending(incident, size, "notify"), size,
+                           load_settings().smtp_connections)
 
 
 def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> None:

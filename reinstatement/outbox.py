@@ -21,6 +21,7 @@ notice cost more than the send itself (the scale benchmark measured ~350 notices
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -123,6 +124,21 @@ def unsettled_count(conn: Connection, incident_id: int, now: datetime | None = N
             (Notice.state == NoticeState.RETRY) & (Notice.next_attempt_at <= (now or utcnow()))),
     )
     return int(conn.execute(query).scalar_one())
+
+
+def even_batch_size(due: int, size: int, connections: int) -> int:
+    """A batch size for sending `due` notices over `connections` at once: equal batches
+    of at most `size`, as many as a multiple of the connections, so that every connection
+    gets the same share and they end together (`size` when nothing is due).
+
+    4,690 notices in one batch of 5,000 would go over one connection while the others
+    stay idle; 46,462 in batches of 5,000 left one connection sending the last full batch
+    alone after the other's batch of 1,462.
+    """
+    if due <= 0:
+        return size
+    batches = math.ceil(math.ceil(due / size) / connections) * connections
+    return math.ceil(due / batches)
 
 
 def _rule_names(reasons: dict[str, Any] | None) -> tuple[str, ...]:

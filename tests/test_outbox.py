@@ -579,3 +579,26 @@ def test_a_claims_lock_key_is_the_same_in_both_spellings(engine: Engine, backend
         assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is False
     with engine.connect() as conn:
         assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is True
+
+
+@pytest.mark.parametrize(("due", "size", "connections", "expected"), [
+    (46462, 5000, 2, 4647),  # ten batches, five a connection; not nine of 5,000 and 1,462
+    (4690, 5000, 2, 2345),  # one batch would leave a connection idle
+    (9000, 5000, 2, 4500),
+    (10000, 5000, 2, 5000),
+    (10001, 5000, 2, 2501),
+    (46462, 5000, 1, 4647),
+    (3, 5000, 8, 1),
+    (1, 1, 3, 1),
+    (0, 5000, 2, 5000),
+])
+def test_notices_are_sent_in_equal_batches_a_multiple_of_the_connections(
+    due: int, size: int, connections: int, expected: int,
+) -> None:
+    batch = outbox.even_batch_size(due, size, connections)
+    assert batch == expected
+    if due:
+        batches = -(-due // batch)
+        assert batch <= size
+        assert batches % connections == 0 or batches == due < connections
+        assert batch * batches - due < batches  # none more than one notice short
