@@ -274,8 +274,8 @@ def test_notices_can_be_sent_from_sender_processes(
         report = reinstate_incident(incident_request(batch_size=40))
         children = set(senders._pool._processes or {})  # type: ignore[union-attr]
         # This server has no global mail rate: the flow's process read that and told its
-        # senders, which asked the server nothing and never imported Prefect (about 1.6 s
-        # of CPU each, as the notify step starts).
+        # senders, which asked the server nothing and never imported Prefect's client (1.0
+        # to 1.4 s of CPU each, as the notify step starts).
         probes = [senders._pool.submit(  # type: ignore[union-attr]
             eval, "(__import__('time').sleep(0.3), __import__('os').getpid(),"
                   " sorted(m for m in __import__('sys').modules if m.startswith('prefect')))")
