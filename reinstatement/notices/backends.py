@@ -237,7 +237,8 @@ class FileBackend(EmailBackend):
                 self._unsynced = True
         except OSError as exc:
             raise TransientDeliveryError(None, f"cannot write {target.name}: {exc}") from exc
-        logger.debug("wrote notice %s for %s", target.name, mask_email(recipient))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("wrote notice %s for %s", target.name, mask_email(recipient))
 
     def _fsync_directory(self) -> None:
         # The rename itself is only durable once the directory entry is on disk.
@@ -471,7 +472,7 @@ class SmtpBackend(EmailBackend):
     def send(self, recipient: str, message_id: str, message: bytes) -> None:
         address = _recipient_or_permanent(recipient)
         try:
-            self.retrying(self._send_once, address, message)
+            self._send_retrying(address, message)
         except PermanentDeliveryError as exc:
             logger.warning(
                 "notice %s to %s refused permanently: %s", message_id, mask_email(address), exc
@@ -482,7 +483,30 @@ class SmtpBackend(EmailBackend):
                 "notice %s to %s not delivered: %s", message_id, mask_email(address), exc
             )
             raise
-        logger.debug("sent notice %s to %s", message_id, mask_email(address))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("sent notice %s to %s", message_id, mask_email(address))
+
+    def _send_retrying(self, recipient: str, message: bytes) -> None:
+        """`_send_once`, retried by `self.retrying` once it has failed.
+
+        The first try is a plain call: going through tenacity for every notice cost about
+        a tenth of a sender process's CPU in the scale benchmark, and almost every notice
+        goes through at the first try. A failure is handed to the same `Retrying`, which
+        sees it as its own first attempt: which failures are retried, the waits, the log
+        line before each wait and the number of attempts are all as before.
+        """
+        try:
+            self._send_once(recipient, message)
+            return
+        except Exception as exc:  # noqa: BLE001 - `self.retrying` decides, as for any try
+            first: list[BaseException] = [exc]
+
+        def attempt() -> None:
+            if first:
+                raise first.pop()
+            self._send_once(recipient, message)
+
+        self.retrying(attempt)
 
     def _send_once(self, recipient: str, message: bytes) -> None:
         try:
