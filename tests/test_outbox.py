@@ -602,3 +602,74 @@ def test_notices_are_sent_in_equal_batches_a_multiple_of_the_connections(
         assert batch <= size
         assert batches % connections == 0 or batches == due < connections
         assert batch * batches - due < batches  # none more than one notice short
+
+
+def test_a_notice_state_is_written_only_under_its_own_claim(engine: Engine) -> None:
+    """The recorder's UPDATE (on PostgreSQL a statement prepared on the held connection)
+    writes every value it is given, text beyond ASCII and timestamps included, and only
+    while the notice is still 'sending' under the recorder's own claim."""
+    restored(engine, addressed=3, unaddressed=0)
+    claimed = _claim(engine, LEASE)
+    assert len(claimed) == 3
+    mine, taken, done = claimed
+    with engine.begin() as conn:  # another sender took one notice over
+        conn.execute(update(Notice).where(Notice.id == taken.id)
+                     .values(claim_token=outbox.new_claim_token()))
+    when = utcnow() - timedelta(minutes=3)
+    refusal = "451 4.7.1 Grüße, réessayez plus tard — 再試行"
+    for _ in range(2):  # a second recorder on the same pooled connection prepares nothing
+        recorder = outbox._NoticeRecorder(engine, mine.claim_token)
+        try:
+            recorder.hold()
+            assert recorder.record(mine, {"state": NoticeState.RETRY, "last_error_code": 451,
+                                          "last_error_text": refusal,
+                                          "next_attempt_at": when})
+            assert not recorder.record(taken, {"state": NoticeState.SENT, "sent_at": when,
+                                               "next_attempt_at": None})
+        finally:
+            recorder.close()
+        with engine.begin() as conn:  # back to 'sending' for the second round
+            conn.execute(update(Notice).where(Notice.id == mine.id)
+                         .values(state=NoticeState.SENDING))
+    recorder = outbox._NoticeRecorder(engine, done.claim_token)
+    try:
+        assert recorder.record(done, {"state": NoticeState.SENT, "sent_at": when,
+                                      "next_attempt_at": None, "last_error_code": None,
+                                      "last_error_text": None})
+        assert not recorder.record(done, {"state": NoticeState.FAILED})  # no longer sending
+    finally:
+        recorder.close()
+    rows = {n.id: n for n in notices(engine).values()}
+    assert rows[mine.id].last_error_code == 451
+    assert rows[mine.id].last_error_text == refusal
+    assert rows[mine.id].next_attempt_at == when
+    assert rows[taken.id].state == NoticeState.SENDING and rows[taken.id].sent_at is None
+    assert rows[done.id].state == NoticeState.SENT and rows[done.id].sent_at == when
+    assert rows[done.id].next_attempt_at is None
+
+
+def test_two_senders_claiming_at_once_never_share_a_notice(
+    engine: Engine, backend: str
+) -> None:
+    """While one sender's claim is still open (its transaction not yet committed), a second
+    sender's claim takes the other due notices and none of the first's, without waiting."""
+    if backend != "postgresql":
+        pytest.skip("SQLite lets one writer at a time: the second claim waits for the first")
+    from sqlalchemy import text
+
+    restored(engine, addressed=5, unaddressed=0)
+    with engine.connect() as first_conn, engine.connect() as second_conn:
+        first_conn.begin()
+        first = outbox.claim_notices(first_conn, 3, SENDER, LEASE)
+        second_conn.begin()
+        # A claim that waited for the first's row locks would fail here, not hang.
+        second_conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+        second = outbox.claim_notices(second_conn, 10, SENDER, LEASE)
+        second_conn.commit()
+        first_conn.commit()
+    assert len(first) == 3 and len(second) == 2
+    assert {n.id for n in first}.isdisjoint({n.id for n in second})
+    rows = notices(engine).values()
+    assert {n.state for n in rows} == {NoticeState.SENDING}
+    assert {n.claim_token for n in rows} == {first[0].claim_token, second[0].claim_token}
+    assert all(n.attempts == 1 for n in rows)
