@@ -503,6 +503,31 @@ def test_file_backend_write_is_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
     assert backend.path_for(item.message_id).read_bytes() == item.data
 
 
+def test_file_backend_writes_beside_a_temporary_file_left_by_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary file's name is the process id and a counter; one already there (left
+    by an earlier process with the same id) is neither reused nor touched."""
+    import itertools
+
+    import reinstatement.notices.backends as backends
+
+    monkeypatch.setattr(backends, "_TEMPORARY_NUMBERS", itertools.count(7))
+    left = tmp_path / f".tmp-{os.getpid()}-7.part"
+    left.write_bytes(b"someone else's half-written file")
+    backend = FileBackend(tmp_path)
+    first, second = notice(1), notice(2)
+    send(backend, first)
+    send(backend, second)
+    assert left.read_bytes() == b"someone else's half-written file"
+    assert backend.path_for(first.message_id).read_bytes() == first.data
+    assert backend.path_for(second.message_id).read_bytes() == second.data
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [left.name] + [backend.path_for(n.message_id).name for n in (first, second)])
+    # Only the owner may read a notice, as with tempfile.mkstemp.
+    assert backend.path_for(first.message_id).stat().st_mode & 0o777 == 0o600
+
+
 def test_file_names_stay_inside_the_outbox_and_never_collide(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path / "outbox")
     message_ids = ("<../../etc/passwd>", "<a/b@x>", "<a_b@x>", "<.hidden@x>", f"<{'x' * 400}>")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -218,15 +219,16 @@ class FileBackend(EmailBackend):
         try:
             if not self._ready:
                 self.open()
-            descriptor, temporary = tempfile.mkstemp(
-                prefix=".tmp-", suffix=".part", dir=self.directory
-            )
+            descriptor, temporary = self._temporary_file()
             try:
-                with os.fdopen(descriptor, "wb") as handle:
-                    handle.write(message)
-                    handle.flush()
+                try:
+                    view = memoryview(message)
+                    while view:
+                        view = view[os.write(descriptor, view):]
                     if each:
-                        os.fsync(handle.fileno())
+                        os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
@@ -240,6 +242,20 @@ class FileBackend(EmailBackend):
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("wrote notice %s for %s", target.name, mask_email(recipient))
 
+    def _temporary_file(self) -> tuple[int, str]:
+        """A new file of this process's own in the folder, open for writing (mode 0600).
+
+        Named after the process and a counter: `tempfile.mkstemp` drew a random name and
+        wrapped the descriptor in a buffered file, a third of the backend's CPU a notice.
+        A name already taken (a file left by an earlier process with the same id) falls
+        back to mkstemp.
+        """
+        name = os.path.join(self.directory, f".tmp-{os.getpid()}-{next(_TEMPORARY_NUMBERS)}.part")
+        try:
+            return os.open(name, _NEW_FILE_FLAGS, 0o600), name
+        except FileExistsError:
+            return tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self.directory)
+
     def _fsync_directory(self) -> None:
         # The rename itself is only durable once the directory entry is on disk.
         if os.name != "posix":
@@ -249,6 +265,11 @@ class FileBackend(EmailBackend):
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+_TEMPORARY_NUMBERS = itertools.count()
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
+    os, "O_BINARY", 0)
 
 
 def _sync_filesystem(directory: Path) -> None:
