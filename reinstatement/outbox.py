@@ -498,8 +498,11 @@ def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
             continue
         if limiter is not None:
             limiter.acquire()
+        following = notices[position + 1] if position + 1 < len(notices) else None
         try:
-            backend.send(notice.recipient, notice.message_id, message)
+            backend.send(notice.recipient, notice.message_id, message,
+                         None if following is None or following.id in lost
+                         else (following.recipient, following.message_id))
             if time.monotonic() > held_until:
                 logger.warning("notice %s: its send outlived its claim; the state is "
                                "written only if no other sender took it over", notice.id)

@@ -8,6 +8,8 @@ waits are replaced with `wait_none()`; nothing here sleeps for a backoff.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import logging
 import os
@@ -741,6 +743,100 @@ def test_a_server_offering_pipelining_gets_the_envelope_in_one_write(
         assert backend.connections_opened == 1
     assert server.handler.delivered_ids == Counter([notice(1).message_id,
                                                     notice(3).message_id])
+
+
+def send_then(backend: EmailBackend, item: Notice, upcoming: Notice | None) -> None:
+    """Send `item`, telling the backend which notice comes next."""
+    backend.send(item.recipient, item.message_id, item.data,
+                 None if upcoming is None else (upcoming.recipient, upcoming.message_id))
+
+
+def assert_each_went_to_its_own_recipient(handler: RecordingHandler) -> None:
+    for delivery in handler.delivered:
+        to = email.message_from_bytes(delivery.content, policy=email.policy.default)["To"]
+        assert delivery.rcpt_tos == [str(to)], delivery
+
+
+def test_the_next_notice_s_envelope_goes_out_with_this_one_s_data(
+    smtp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Told which notice comes next, the backend writes its MAIL, RCPT and DATA after this
+    notice's data (RFC 2920): one write and one round trip a notice, on one connection."""
+    import smtplib
+
+    server = smtp_server()
+    writes: list[bytes] = []
+    real_send = smtplib.SMTP.send
+    monkeypatch.setattr(smtplib.SMTP, "send",
+                        lambda self, data: (writes.append(data), real_send(self, data))[1])
+    first, second, third = notice(1), notice(2), notice(3)
+    with smtp_backend(server) as backend:
+        writes.clear()
+        send_then(backend, first, second)
+        assert len(writes) == 2  # its own envelope, then its data with the next envelope
+        assert writes[1].endswith(f"RCPT TO:<{second.recipient}>\r\nDATA\r\n".encode())
+        send_then(backend, second, third)
+        send_then(backend, third, None)
+        assert len(writes) == 4
+        assert backend.connections_opened == 1
+    assert server.handler.delivered_ids == Counter(n.message_id for n in (first, second, third))
+    assert_each_went_to_its_own_recipient(server.handler)
+
+
+def test_a_refusal_at_the_end_of_data_leaves_the_next_envelope_open(
+    smtp_server: ServerFactory,
+) -> None:
+    """A 451 at the end of a notice's data (greylisting) ends that transaction only: the
+    next notice, whose envelope went out with it, goes on the same connection at once."""
+    server = smtp_server(RecordingHandler(defer_first_attempt=True))
+    first, second = notice(1), notice(2)
+    with smtp_backend(server) as backend:
+        with pytest.raises(DeferredDelivery):
+            send_then(backend, first, second)
+        with pytest.raises(DeferredDelivery):
+            send_then(backend, second, first)
+        send_then(backend, first, second)
+        send_then(backend, second, None)
+        assert backend.connections_opened == 1
+    assert server.handler.delivered_ids == Counter([first.message_id, second.message_id])
+    assert_each_went_to_its_own_recipient(server.handler)
+
+
+def test_a_notice_never_goes_under_the_envelope_opened_for_another(
+    smtp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller announced one notice and sends another (the announced one's claim was
+    lost, say): the open envelope is abandoned with its connection, the other notice goes
+    to its own recipient, and the announced one is never delivered. Closing a backend
+    with an envelope open delivers nothing and sends no QUIT (the server, waiting for the
+    announced notice's content, would take it for content)."""
+    import smtplib
+
+    writes: list[bytes] = []
+    real_send = smtplib.SMTP.send
+    monkeypatch.setattr(smtplib.SMTP, "send",
+                        lambda self, data: (writes.append(data), real_send(self, data))[1])
+    server = smtp_server()
+    first, announced, other, last = notice(1), notice(2), notice(3), notice(4)
+    backend = smtp_backend(server)
+    with backend:
+        send_then(backend, first, announced)
+        send_then(backend, other, last)
+        assert backend.connections_opened == 2
+    started = time.monotonic()
+    backend.close()  # already closed: nothing happens
+    with smtp_backend(server) as again:
+        send_then(again, first, announced)
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.0
+    sent = [w.decode("ascii", "replace") if isinstance(w, bytes) else str(w) for w in writes]
+    assert not [w for w in sent if w.lower().startswith("quit")]
+    time.sleep(0.2)  # the server sees the connection end
+    assert server.handler.delivered_ids == Counter(
+        [first.message_id, other.message_id, first.message_id])
+    assert announced.message_id not in server.handler.data_attempts
+    assert last.message_id not in server.handler.data_attempts
+    assert_each_went_to_its_own_recipient(server.handler)
 
 
 _ADDRESSES = st.one_of(

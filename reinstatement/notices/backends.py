@@ -132,6 +132,10 @@ def _recipient_or_permanent(recipient: str) -> str:
         raise PermanentDeliveryError(None, f"invalid recipient address: {exc}") from None
 
 
+# The recipient and message id of the notice a caller will send next (EmailBackend.send).
+Upcoming = tuple[str, str]
+
+
 class EmailBackend(ABC):
     """Where notices go. Use as a context manager around a batch: open once, send many."""
 
@@ -156,8 +160,15 @@ class EmailBackend(ABC):
         self.close()
 
     @abstractmethod
-    def send(self, recipient: str, message_id: str, message: bytes) -> None:
-        """Hand over one rendered notice; raises a `DeliveryError` subclass on failure."""
+    def send(self, recipient: str, message_id: str, message: bytes,
+             upcoming: Upcoming | None = None) -> None:
+        """Hand over one rendered notice; raises a `DeliveryError` subclass on failure.
+
+        `upcoming`: the recipient and message id of the notice the caller will send next,
+        if it knows; a backend may start on it early (SMTP opens its envelope in the same
+        write as this notice's data). The caller need not send it: a backend never sends
+        one notice's content under another's envelope.
+        """
 
 
 _FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
@@ -212,7 +223,8 @@ class FileBackend(EmailBackend):
             safe = f"{safe[:100]}-{digest[:16]}"
         return self.directory / f"{safe}.eml"
 
-    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+    def send(self, recipient: str, message_id: str, message: bytes,
+             upcoming: Upcoming | None = None) -> None:
         _recipient_or_permanent(recipient)
         target = self.path_for(message_id)
         each = self.sync == "each"
@@ -303,7 +315,8 @@ class ConsoleBackend(EmailBackend):
     def __repr__(self) -> str:
         return "ConsoleBackend()"
 
-    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+    def send(self, recipient: str, message_id: str, message: bytes,
+             upcoming: Upcoming | None = None) -> None:
         _recipient_or_permanent(recipient)
         # Looked up at send time so that a redirected sys.stdout (pytest's capsys) is used.
         stream = self._stream if self._stream is not None else sys.stdout
@@ -368,6 +381,9 @@ class SmtpBackend(EmailBackend):
         self.envelope_sender = normalise_recipient(parseaddr(sender)[1])
         self._ssl_context_factory = ssl_context_factory or ssl_module.create_default_context
         self._smtp: smtplib.SMTP | None = None
+        # The notice whose envelope went out with the last notice's data, its replies not
+        # yet read (see `_transaction`).
+        self._opened: Upcoming | None = None
         self.connections_opened = 0
         self.retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
@@ -405,6 +421,11 @@ class SmtpBackend(EmailBackend):
             self.retrying(self._connect)
 
     def close(self) -> None:
+        if self._opened is not None:
+            # The next notice's envelope is open and the server waits for its content:
+            # a QUIT would be read as content. Closing the socket ends it, undelivered.
+            self._drop()
+            return
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -417,6 +438,7 @@ class SmtpBackend(EmailBackend):
 
     def _drop(self) -> None:
         """Forget the connection without a polite QUIT: it is broken or in an unknown state."""
+        self._opened = None
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             try:
@@ -490,10 +512,17 @@ class SmtpBackend(EmailBackend):
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, recipient: str, message_id: str, message: bytes) -> None:
+    def send(self, recipient: str, message_id: str, message: bytes,
+             upcoming: Upcoming | None = None) -> None:
         address = _recipient_or_permanent(recipient)
+        if self._opened is not None and self._opened != (address, message_id):
+            # The envelope written with the last notice's data is another notice's (the
+            # caller did not send the one it said it would): this content must never go
+            # under it, and only a new session ends it without delivering anything.
+            self._drop()
+        following = _following(upcoming)
         try:
-            self._send_retrying(address, message)
+            self._send_retrying(address, message_id, message, following)
         except PermanentDeliveryError as exc:
             logger.warning(
                 "notice %s to %s refused permanently: %s", message_id, mask_email(address), exc
@@ -507,7 +536,8 @@ class SmtpBackend(EmailBackend):
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("sent notice %s to %s", message_id, mask_email(address))
 
-    def _send_retrying(self, recipient: str, message: bytes) -> None:
+    def _send_retrying(self, recipient: str, message_id: str, message: bytes,
+                       following: Upcoming | None) -> None:
         """`_send_once`, retried by `self.retrying` once it has failed.
 
         The first try is a plain call: going through tenacity for every notice cost about
@@ -517,7 +547,7 @@ class SmtpBackend(EmailBackend):
         line before each wait and the number of attempts are all as before.
         """
         try:
-            self._send_once(recipient, message)
+            self._send_once(recipient, message_id, message, following)
             return
         except Exception as exc:  # noqa: BLE001 - `self.retrying` decides, as for any try
             first: list[BaseException] = [exc]
@@ -525,21 +555,24 @@ class SmtpBackend(EmailBackend):
         def attempt() -> None:
             if first:
                 raise first.pop()
-            self._send_once(recipient, message)
+            self._send_once(recipient, message_id, message, following)
 
         self.retrying(attempt)
 
-    def _send_once(self, recipient: str, message: bytes) -> None:
+    def _send_once(self, recipient: str, message_id: str, message: bytes,
+                   following: Upcoming | None) -> None:
         try:
             reused = self._smtp is not None
             smtp = self._smtp or self._connect()
             try:
-                self._transaction(smtp, recipient, message, reused=reused)
+                self._transaction(smtp, (recipient, message_id), message, following,
+                                  reused=reused)
             except _IdleConnectionClosed:
                 # Servers close idle connections (between batches, say). Nothing was said
                 # yet, so a fresh connection is simply the first try, not a retry.
                 self._drop()
-                self._transaction(self._connect(), recipient, message, reused=False)
+                self._transaction(self._connect(), (recipient, message_id), message,
+                                  following, reused=False)
         except DeferredDelivery:
             raise  # the session was reset and stays open for the next notice
         except TransientDeliveryError:
@@ -548,16 +581,21 @@ class SmtpBackend(EmailBackend):
             raise
 
     def _transaction(
-        self, smtp: smtplib.SMTP, recipient: str, message: bytes, *, reused: bool
+        self, smtp: smtplib.SMTP, notice: Upcoming, message: bytes,
+        following: Upcoming | None, *, reused: bool
     ) -> None:
+        recipient = notice[0]
         stage = "MAIL FROM"
         try:
-            if smtp.has_extn("pipelining") and self.envelope_sender.isascii() \
-                    and recipient.isascii():
-                # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read
-                # after it; two round trips a notice instead of four.
-                smtp.send(f"MAIL FROM:{smtp_path(self.envelope_sender)}\r\n"
-                          f"RCPT TO:{smtp_path(recipient)}\r\nDATA\r\n")
+            opened, self._opened = self._opened, None
+            pipelining = smtp.has_extn("pipelining") and self.envelope_sender.isascii()
+            if opened == notice or (pipelining and recipient.isascii()):
+                if opened != notice:
+                    # RFC 2920: MAIL, RCPT and DATA in one write, their three replies
+                    # read after it; two round trips a notice instead of four.
+                    smtp.send(self._envelope(recipient))
+                # (else this envelope went out with the last notice's data: one round
+                # trip a notice.)
                 mail = smtp.getreply()
                 stage = "RCPT TO"
                 rcpt = smtp.getreply()
@@ -585,7 +623,17 @@ class SmtpBackend(EmailBackend):
                 data = smtp.getreply()
             if data[0] != 354:
                 raise self._refused(smtp, *data, recipient)
-            smtp.send(_dot_stuffed(message))
+            if pipelining and following is not None and following[0].isascii():
+                # RFC 2920 lets message content begin a group: the next notice's envelope
+                # goes in the same write as this one's data. Nothing of the next is
+                # delivered before its own content follows, and only after this notice's
+                # state is written. If the write fails part way, this message may already
+                # be whole at the server.
+                stage = "end of DATA"
+                smtp.send(_dot_stuffed(message) + self._envelope(following[0]))
+                self._opened = following
+            else:
+                smtp.send(_dot_stuffed(message))
             # From here on the server holds the complete message and may have queued it.
             stage = "end of DATA"
             code, reply = smtp.getreply()
@@ -602,6 +650,10 @@ class SmtpBackend(EmailBackend):
             raise self._lost(stage, exc, recipient) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise self._lost(stage, exc, recipient) from None
+
+    def _envelope(self, recipient: str) -> bytes:
+        return (f"MAIL FROM:{smtp_path(self.envelope_sender)}\r\n"
+                f"RCPT TO:{smtp_path(recipient)}\r\nDATA\r\n").encode("ascii")
 
     def _lost(self, stage: str, exc: BaseException, recipient: str) -> TransientDeliveryError:
         text = self._scrub(_without_address(f"connection lost at {stage}: {exc}", recipient))
@@ -621,10 +673,7 @@ class SmtpBackend(EmailBackend):
         text = self._scrub(_without_address(_reply_text(reply), recipient))
         if 500 <= code < 600:
             # The session stays usable after a refusal; reset it for the next message.
-            try:
-                smtp.rset()
-            except (smtplib.SMTPException, OSError):
-                self._drop()
+            self._reset(smtp)
             if sender_stage:
                 # A refused MAIL FROM (sender not allowed, authentication required) is
                 # about us, not this recipient: it would refuse every notice alike.
@@ -635,11 +684,19 @@ class SmtpBackend(EmailBackend):
             return TransientDeliveryError(code, text)
         # The session is usable after a 4xx reply, as after a 5xx one: reset it for the
         # next notice, which goes on this connection at once.
+        self._reset(smtp)
+        return DeferredDelivery(code, text)
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        """RSET after a refusal, unless the refused message's data carried the next
+        notice's envelope: the reply to its end of data ended its transaction, and the
+        server now reads that envelope (a RSET would be taken as the next one's content)."""
+        if self._opened is not None:
+            return
         try:
             smtp.rset()
         except (smtplib.SMTPException, OSError):
             self._drop()
-        return DeferredDelivery(code, text)
 
 
 BACKOFF_CAP_SECONDS = 5.0
@@ -656,6 +713,17 @@ def _backoff() -> wait_base:
 
 class _IdleConnectionClosed(Exception):
     """Internal: a reused connection was found closed before anything was sent on it."""
+
+
+def _following(upcoming: Upcoming | None) -> Upcoming | None:
+    """The next notice as its envelope would carry it; None if it has no valid address
+    (its send will fail on its own, and no envelope is opened for it)."""
+    if upcoming is None:
+        return None
+    try:
+        return normalise_recipient(upcoming[0]), upcoming[1]
+    except ValueError:
+        return None
 
 
 def _without_address(text: str, address: str) -> str:
