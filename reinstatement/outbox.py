@@ -20,6 +20,7 @@ notice cost more than the send itself (the scale benchmark measured ~350 notices
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -270,9 +271,11 @@ def _raw_record_sql(columns: tuple[str, ...]) -> tuple[bytes, bytes]:
         where = len(names)
         sql = (f"UPDATE {Notice.__tablename__} SET {assignments} "
                f"WHERE id = ${where + 1} AND state = ${where + 2} AND claim_token = ${where + 3}")
-        found = _RAW_RECORD_SQL[columns] = (
-            f"reinstatement_record_{len(_RAW_RECORD_SQL)}".encode("ascii"),
-            sql.encode("ascii"))
+        # Named after the statement itself: senders in threads of one process may build
+        # two of these at once, and one name must never stand for two statements.
+        digest = hashlib.sha256(sql.encode("ascii")).hexdigest()[:24]
+        found = _RAW_RECORD_SQL[columns] = (f"reinstatement_record_{digest}".encode("ascii"),
+                                            sql.encode("ascii"))
     return found
 
 

@@ -673,3 +673,19 @@ def test_two_senders_claiming_at_once_never_share_a_notice(
     assert {n.state for n in rows} == {NoticeState.SENDING}
     assert {n.claim_token for n in rows} == {first[0].claim_token, second[0].claim_token}
     assert all(n.attempts == 1 for n in rows)
+
+
+def test_a_record_statement_s_name_stands_for_that_statement_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pooled connection keeps the record statements prepared on it by name, and senders
+    in threads of one process build them concurrently: a name depends on the statement
+    alone, never on the order in which they were built."""
+    retry = ("last_error_code", "last_error_text", "next_attempt_at", "state")
+    sent = ("last_error_code", "last_error_text", "next_attempt_at", "sent_at", "state")
+    monkeypatch.setattr(outbox, "_RAW_RECORD_SQL", {})
+    first = {columns: outbox._raw_record_sql(columns) for columns in (retry, sent)}
+    monkeypatch.setattr(outbox, "_RAW_RECORD_SQL", {})
+    second = {columns: outbox._raw_record_sql(columns) for columns in (sent, retry)}
+    assert first == second
+    assert first[retry][0] != first[sent][0] and first[retry][1] != first[sent][1]
