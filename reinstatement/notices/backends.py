@@ -258,7 +258,8 @@ class FileBackend(EmailBackend):
         """A new file of this process's own in the folder, open for writing (mode 0600).
 
         Named after the process and a counter: `tempfile.mkstemp` drew a random name and
-        wrapped the descriptor in a buffered file, a third of the backend's CPU a notice.
+        the descriptor went through a buffered file, 116 to 142 us a notice against 81 to
+        88 us for this (measured alone).
         A name already taken (a file left by an earlier process with the same id) falls
         back to mkstemp.
         """
@@ -540,8 +541,8 @@ class SmtpBackend(EmailBackend):
                        following: Upcoming | None) -> None:
         """`_send_once`, retried by `self.retrying` once it has failed.
 
-        The first try is a plain call: going through tenacity for every notice cost about
-        a tenth of a sender process's CPU in the scale benchmark, and almost every notice
+        The first try is a plain call: tenacity's `Retrying` around it cost 28 us of CPU
+        a notice where a sender spent about 700 (measured alone), and almost every notice
         goes through at the first try. A failure is handed to the same `Retrying`, which
         sees it as its own first attempt: which failures are retried, the waits, the log
         line before each wait and the number of attempts are all as before.
