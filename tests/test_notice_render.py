@@ -627,3 +627,120 @@ def test_custom_templates_dir_with_autoescape(tmp_path: Path) -> None:
     assert content.subject == "Subject fr"
     assert content.text == "<i>&</i>\n"
     assert content.html == "<p>&lt;i&gt;&amp;&lt;/i&gt;</p>\n"
+
+
+# -- frames: each shape of a body rendered by Jinja once, then filled ---------------------
+
+
+def _jinja_content(renderer: NoticeRenderer, ctx: NoticeContext) -> tuple[str, str]:
+    """The two bodies as Jinja renders them, with no frame: the reference."""
+    language, locale = babel_locale_for(ctx.locale)
+    templates = renderer._templates[language]
+    variables = renderer._variables(ctx, language, locale)
+
+    def body(template: jinja2.Template) -> str:
+        text = template.render(variables).replace("\r\n", "\n").replace("\r", "\n")
+        return text if text.endswith("\n") else text + "\n"
+
+    return body(templates.text), body(templates.html)
+
+
+# User text with markup, Jinja's own syntax and the frames' stand-ins in it.
+_TEXT = st.lists(
+    st.one_of(
+        st.text(st.characters(codec="utf-8"), max_size=8),
+        st.sampled_from(("<", ">", "&", '"', "'", "\ue000", "\ue001", "{{ x }}", "%}",
+                         "\ue000&a0\ue001", "\ue000&amp;b3\ue001", "\r\n", "\u202e")),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@given(
+    locale=st.sampled_from((*SUPPORTED_LOCALES, "en-GB", "pt-BR", "fr-CA", "ko", "")),
+    display_name=st.one_of(st.none(), _TEXT),
+    username=_TEXT,
+    rule_names=st.lists(_TEXT, min_size=1, max_size=3).map(tuple),
+    pins=st.one_of(st.integers(0, 3), st.integers(0, 10**9)),
+    incident_key=st.text(alphabet=st.characters(codec="ascii", categories=["L", "N", "P"]),
+                         min_size=1, max_size=20),
+    ban_date=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1),
+                          timezones=st.just(UTC)),
+)
+@settings(max_examples=400, deadline=None)
+def test_framed_bodies_are_exactly_what_jinja_renders(
+    locale: str, display_name: str | None, username: str, rule_names: tuple[str, ...],
+    pins: int, incident_key: str, ban_date: datetime,
+) -> None:
+    renderer = _shared_renderer()
+    rule_names = rule_names if any(clean_user_text(name) for name in rule_names) else ("r",)
+    ctx = make_context(locale=locale, display_name=display_name, username=username,
+                       rule_names=rule_names, pins_restored=pins,
+                       incident_key=incident_key, ban_date=ban_date)
+    content = renderer.render_content(ctx)
+    assert (content.text, content.html) == _jinja_content(renderer, ctx)
+
+
+def test_the_shipped_bodies_are_filled_from_frames(renderer: NoticeRenderer) -> None:
+    # Without this the test above would pass with frames never used.
+    assert all(renderer._templates[language].framed for language in SUPPORTED_LOCALES)
+    renderer._frame_cache.clear()
+    for locale in SUPPORTED_LOCALES:
+        for pins in (0, 1, 7):
+            for display_name in (None, "<b>Zoë</b> & co"):
+                ctx = make_context(locale=locale, pins_restored=pins,
+                                   display_name=display_name)
+                content = renderer.render_content(ctx)
+                assert (content.text, content.html) == _jinja_content(renderer, ctx)
+    assert len(renderer._frame_cache) == len(SUPPORTED_LOCALES) * 3 * 2
+    assert all(frames is not None for frames in renderer._frame_cache.values())
+
+
+def _custom_templates(tmp_path: Path, text: str, html: str) -> NoticeRenderer:
+    for locale in SUPPORTED_LOCALES:
+        folder = tmp_path / locale
+        folder.mkdir(exist_ok=True)
+        (folder / "subject.txt").write_text("Subject\n", encoding="utf-8")
+        (folder / "body.txt").write_text(text, encoding="utf-8")
+        (folder / "body.html").write_text(html, encoding="utf-8")
+    return NoticeRenderer(templates_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        # Decides something by a word: never framed.
+        ("{% if display_name|length > 3 %}long {% endif %}{{ username }}\n", "<p>x</p>\n"),
+        ("{{ username|upper }}\n", "<p>{{ username }}</p>\n"),
+        ("{% set who = username %}{{ who }}\n", "<p>x</p>\n"),
+        ("{{ username }}\n", "<p>{{ display_name or username|title }}</p>\n"),
+        # Prints a word unescaped in HTML: framed, but its stand-in comes out unescaped.
+        ("{{ username }}\n",
+         "{% autoescape false %}<p>{{ display_name }}</p>{% endautoescape %}\n"),
+        # Escapes a word in the text body.
+        ("{{ display_name|e }}\n", "<p>{{ username }}</p>\n"),
+        # Prints words whole, then changes the whole output.
+        ("{% filter upper %}{{ username }}{% endfilter %}\n", "<p>{{ username }}</p>\n"),
+        ('{% filter replace("0", "1") %}{{ username }}, {{ display_name }}{% endfilter %}\n',
+         "<p>{{ username }}</p>\n"),
+    ],
+)
+def test_a_body_that_does_more_than_print_a_word_is_rendered_by_jinja(
+    tmp_path: Path, text: str, html: str
+) -> None:
+    custom = _custom_templates(tmp_path, text, html)
+    for display_name, username in (("Al", "<i>bob</i>"), ("A & <b>long</b>", "eve")):
+        ctx = make_context(display_name=display_name, username=username)
+        content = custom.render_content(ctx)
+        assert (content.text, content.html) == _jinja_content(custom, ctx)
+    assert all(frames is None for frames in custom._frame_cache.values())
+
+
+def test_the_date_header_is_the_moment_in_utc_to_the_second(renderer: NoticeRenderer) -> None:
+    for moment in (
+        datetime(2025, 5, 2, 8, 30, 59, 999_999, tzinfo=UTC),
+        datetime(2025, 5, 2, 10, 30, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    ):
+        message = parse(renderer.render_bytes(make_context(), now=moment))
+        assert message["Date"] == format_datetime(moment.astimezone(UTC).replace(microsecond=0))
