@@ -43,6 +43,7 @@ from reinstatement.notices.backends import (
     PermanentDeliveryError,
     SmtpBackend,
     TransientDeliveryError,
+    _dot_stuffed,
     backend_from_settings,
     mask_email,
     smtp_path,
@@ -182,6 +183,40 @@ def test_batch_reuses_one_connection(
     assert first.rcpt_tos == ["user1@example.com"]
     assert first.content.replace(b"\r\n", b"\n") == batch[0].data.replace(b"\r\n", b"\n")
     assert_logs_are_clean(caplog, *(item.recipient for item in batch))
+
+
+def test_lines_beginning_with_a_dot_arrive_as_written(smtp_server: ServerFactory) -> None:
+    """Dot-stuffing (RFC 5321 4.5.2): a line that is only a dot must not end the message
+    early, and a leading dot must not be lost, at the start or anywhere else."""
+    server = smtp_server()
+    # CRLF lines only, as every notice is written: a dot after a bare LF is doubled too
+    # (the property test below), so that a lenient server cannot read "\n.\r\n" as the end.
+    bodies = [b".first line\r\n.\r\n..two\r\nmid.dle\r\n.", b"a\r\n.\r\nb\r\n",
+              b"x\r\n.y\r\n\r\n.\r\n"]
+    ids = [message_id_for("INC-TEST", i, "example.com") for i in range(len(bodies))]
+    items = [Notice(f"user{i}@example.com", ids[i],
+                    b"Message-ID: " + ids[i].encode() + b"\r\n\r\n" + body)
+             for i, body in enumerate(bodies)]
+    with smtp_backend(server) as backend:
+        for item in items:
+            send(backend, item)
+    received = {m.message_id: m.content for m in server.handler.delivered}
+    for item in items:
+        sent = item.data if item.data.endswith(b"\r\n") else item.data + b"\r\n"
+        assert received[item.message_id].replace(b"\r\n", b"\n") == sent.replace(
+            b"\r\n", b"\n")
+
+
+@given(st.lists(st.sampled_from([b".", b"\r\n", b"\n", b"\r", b"a", b"..", b"\n."]),
+                max_size=30).map(b"".join))
+@settings(max_examples=500, deadline=None)
+def test_dot_stuffing_doubles_every_leading_dot(message: bytes) -> None:
+    import re
+
+    stuffed = _dot_stuffed(message)
+    expected = re.sub(rb"(?m)^\.", b"..", message)
+    expected += b"" if expected.endswith(b"\r\n") else b"\r\n"
+    assert stuffed == expected + b".\r\n"
 
 
 def test_send_without_open_connects_lazily(smtp_server: ServerFactory) -> None:
