@@ -744,3 +744,13 @@ def test_the_date_header_is_the_moment_in_utc_to_the_second(renderer: NoticeRend
     ):
         message = parse(renderer.render_bytes(make_context(), now=moment))
         assert message["Date"] == format_datetime(moment.astimezone(UTC).replace(microsecond=0))
+
+
+@given(st.one_of(st.text(), st.text(st.characters(codec="ascii")), _TEXT))
+@settings(max_examples=500, deadline=None)
+def test_cleaning_user_text_takes_out_the_same_characters_on_every_path(value: str) -> None:
+    # The reference: the table applied to every character, runs of spaces made one.
+    from reinstatement.notices.render import _UNSAFE_USER_CHARACTERS
+
+    expected = re.sub(" {2,}", " ", value.translate(_UNSAFE_USER_CHARACTERS)).strip(" ")
+    assert clean_user_text(value) == expected

@@ -113,8 +113,13 @@ def clean_user_text(value: str | None) -> str:
     """User-written text made safe to show as one line: no controls, no bidi tricks."""
     if not value:
         return ""
-    cleaned = value.translate(_UNSAFE_USER_CHARACTERS)
-    return _SPACE_RUN_RE.sub(" ", cleaned).strip(" ")
+    # Printable ASCII holds none of the characters the table removes (it is most names,
+    # and every reference): the table costs a dictionary lookup a character.
+    cleaned = value if value.isascii() and value.isprintable() else value.translate(
+        _UNSAFE_USER_CHARACTERS)
+    if "  " in cleaned:
+        cleaned = _SPACE_RUN_RE.sub(" ", cleaned)
+    return cleaned.strip(" ")
 
 
 def _subtags(tag: str | None) -> list[str]:
