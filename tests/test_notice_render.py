@@ -679,6 +679,54 @@ def test_framed_bodies_are_exactly_what_jinja_renders(
                        incident_key=incident_key, ban_date=ban_date)
     content = renderer.render_content(ctx)
     assert (content.text, content.html) == _jinja_content(renderer, ctx)
+    assert renderer.render_bytes(ctx, now=NOW) == _unframed().render_bytes(ctx, now=NOW)
+
+
+_UNFRAMED: list[NoticeRenderer] = []
+
+
+def _unframed() -> NoticeRenderer:
+    """A renderer that renders every body with Jinja and encodes it whole: the reference."""
+    if not _UNFRAMED:
+        plain = NoticeRenderer()
+        plain._templates = {language: replace(templates, framed=False)
+                            for language, templates in plain._templates.items()}
+        _UNFRAMED.append(plain)
+    return _UNFRAMED[0]
+
+
+# Text a template could produce around the words: line ends of every kind, spaces and tabs
+# before them, lone dots, "=", long lines that quoted-printable must break, non-ASCII.
+_FRAME_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(("\n", "\r\n", "\r", " ", "\t", ".", "=", "é", "日本", "x" * 80)),
+        st.text(st.characters(codec="utf-8", exclude_characters="\ue000\ue001"),
+                max_size=10),
+    ),
+    max_size=12,
+).map("".join)
+_WORD = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\ue000\ue001"),
+                min_size=1, max_size=90)
+
+
+@given(
+    parts=st.lists(_FRAME_TEXT, min_size=1, max_size=6),
+    words=st.lists(_WORD, min_size=6, max_size=6),
+    escaped=st.booleans(),
+)
+@settings(max_examples=1000, deadline=None)
+def test_a_frame_encodes_a_line_at_a_time_as_the_whole_body_encodes(
+    parts: list[str], words: list[str], escaped: bool
+) -> None:
+    from reinstatement.notices.render import _encode_body, _Frame, _normalise_newlines
+
+    slots = [index % 6 for index in range(len(parts) - 1)]
+    amp = "&amp;" if escaped else "&"
+    rendered = parts[0] + "".join(f"\ue000{amp}a{slot}\ue001{part}"
+                                  for slot, part in zip(slots, parts[1:], strict=True))
+    frame = _Frame.parse(rendered, escaped)
+    assert frame is not None
+    assert frame.encode(words) == _encode_body(_normalise_newlines(frame.fill(words)))
 
 
 def test_the_shipped_bodies_are_filled_from_frames(renderer: NoticeRenderer) -> None:

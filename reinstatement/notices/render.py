@@ -251,7 +251,11 @@ def _encode_body(text: str) -> tuple[bytes, bytes]:
     base64 keeps Japanese ones a third of the size.
     """
     raw = text.encode("utf-8", "replace")
-    qp = binascii.b2a_qp(raw, istext=True)
+    return _shorter_encoding(raw, binascii.b2a_qp(raw, istext=True))
+
+
+def _shorter_encoding(raw: bytes, qp: bytes) -> tuple[bytes, bytes]:
+    """`_encode_body`'s choice, given the text's UTF-8 and its quoted-printable form."""
     base64_size = (len(raw) + 2) // 3 * 4 * 77 // 76 + 2
     if len(qp) <= base64_size:
         return b"quoted-printable", qp.replace(b"\n", b"\r\n")
@@ -302,6 +306,17 @@ class _LocaleTemplates:
     framed: bool  # both bodies only print the words in _PRINTED (see `_prints_only`)
 
 
+_Line = tuple[str | int, ...]  # one line of a body with a word in it: text and slots
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    """Whole lines of a frame with no word in them, in UTF-8 and in quoted-printable."""
+
+    raw: bytes
+    qp: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class _Frame:
     """One shape of a rendered body: its fixed text, and which word goes between each part.
@@ -310,22 +325,29 @@ class _Frame:
     it escaping the words for HTML (a join: str.format took three times as long). A frame
     is made by rendering the template itself (`NoticeRenderer._frames`), so what a notice
     reads is Jinja's output, character for character.
+
+    `lines` is the same body for the wire, a line at a time: quoted-printable encodes
+    each line on its own (its soft breaks and escapes depend on that line only), so the
+    lines without a word are encoded once, here, and only the few with one per notice.
     """
 
     parts: tuple[str, ...]  # one more than slots
     slots: tuple[int, ...]  # indexes into _PRINTED
+    # The body with its line ends made LF and a last LF added (`_normalise_newlines`):
+    # runs of whole lines without a word, and single lines with one (text and slots).
+    lines: tuple[_Lines | _Line, ...]
 
     @classmethod
     def parse(cls, rendered: str, escaped: bool) -> _Frame | None:
         """The frame of a body rendered with the first set of stand-ins; None if one of
         them did not come out whole, escaped exactly where the template escapes."""
         pieces = _STAND_IN_RE.split(rendered)
-        parts, slots = pieces[0::3], pieces[2::3]
+        parts, slots = pieces[0::3], [int(slot) for slot in pieces[2::3]]
         if any(amp != ("&amp;" if escaped else "&") for amp in pieces[1::3]):
             return None
         if any("\ue000" in part or "\ue001" in part for part in parts):
             return None
-        return cls(tuple(parts), tuple(int(slot) for slot in slots))
+        return cls(tuple(parts), tuple(slots), _lines(parts, slots))
 
     def fill(self, words: Sequence[str]) -> str:
         parts = self.parts
@@ -334,6 +356,58 @@ class _Frame:
             out.append(words[slot])
             out.append(part)
         return "".join(out)
+
+    def encode(self, words: Sequence[str]) -> tuple[bytes, bytes]:
+        """`_encode_body(_normalise_newlines(self.fill(words)))`, for words that hold no
+        CR or LF (so that every line end is the frame's own)."""
+        raw: list[bytes] = []
+        qp: list[bytes] = []
+        for line in self.lines:
+            if isinstance(line, _Lines):
+                raw.append(line.raw)
+                qp.append(line.qp)
+            else:
+                text = "".join([piece if isinstance(piece, str) else words[piece]
+                                for piece in line]).encode("utf-8", "replace")
+                raw.append(text)
+                qp.append(binascii.b2a_qp(text, istext=True))
+        return _shorter_encoding(b"".join(raw), b"".join(qp))
+
+
+def _lines(parts: Sequence[str], slots: Sequence[int]) -> tuple[_Lines | _Line, ...]:
+    """A frame's body a line at a time (see `_Frame.lines`). A word holds no line end, so
+    line ends made LF part by part are those of the whole body."""
+    parts = [part.replace("\r\n", "\n").replace("\r", "\n") for part in parts]
+    if not parts[-1].endswith("\n"):
+        parts[-1] += "\n"  # a body that ends with a word ends with that word's line
+    lines: list[list[str | int]] = []
+    line: list[str | int] = []
+    for index, part in enumerate(parts):
+        *ended, rest = part.split("\n")
+        for piece in ended:
+            line.append(piece + "\n")
+            lines.append(line)
+            line = []
+        if rest:
+            line.append(rest)
+        if index < len(slots):
+            line.append(slots[index])
+    assert not line  # the body ends with a line end
+    out: list[_Lines | _Line] = []
+    fixed: list[str] = []
+    for pieces in lines:
+        if all(type(piece) is str for piece in pieces):
+            fixed.extend(pieces)  # type: ignore[arg-type]
+            continue
+        if fixed:
+            raw = "".join(fixed).encode("utf-8", "replace")
+            out.append(_Lines(raw, binascii.b2a_qp(raw, istext=True)))
+            fixed = []
+        out.append(tuple(pieces))
+    if fixed:
+        raw = "".join(fixed).encode("utf-8", "replace")
+        out.append(_Lines(raw, binascii.b2a_qp(raw, istext=True)))
+    return tuple(out)
 
 
 def _prints_only(environment: jinja2.Environment, name: str, seen: set[str]) -> bool:
@@ -435,10 +509,19 @@ class NoticeRenderer:
 
     def render_content(self, ctx: NoticeContext) -> NoticeContent:
         """Subject, plain text and HTML of one notice, in the account's language."""
+        language, templates, variables, frames = self._prepare(ctx)
+        return self._content(language, templates, variables, frames)
+
+    def _prepare(self, ctx: NoticeContext) -> tuple[
+            str, _LocaleTemplates, dict[str, Any], tuple[_Frame, _Frame] | None]:
         language, locale = babel_locale_for(ctx.locale)
         templates = self._templates[language]
         variables = self._variables(ctx, language, locale)
         frames = self._frames(language, templates, variables) if templates.framed else None
+        return language, templates, variables, frames
+
+    def _content(self, language: str, templates: _LocaleTemplates, variables: dict[str, Any],
+                 frames: tuple[_Frame, _Frame] | None) -> NoticeContent:
         if frames is None:
             text, html = templates.text.render(variables), templates.html.render(variables)
         else:
@@ -447,6 +530,18 @@ class NoticeRenderer:
             html = frames[1].fill([str(markupsafe.escape(word)) for word in words])
         return NoticeContent(language=language, subject=templates.subject,
                              text=_normalise_newlines(text), html=_normalise_newlines(html))
+
+    def _encoded_bodies(self, ctx: NoticeContext) -> tuple[
+            str, tuple[bytes, bytes], tuple[bytes, bytes]]:
+        """The language, and each body's (Content-Transfer-Encoding, encoded body)."""
+        language, templates, variables, frames = self._prepare(ctx)
+        if frames is not None:
+            words = [variables[name] or "" for name in _PRINTED]
+            if not any("\r" in word or "\n" in word for word in words):
+                return (language, frames[0].encode(words),
+                        frames[1].encode([str(markupsafe.escape(word)) for word in words]))
+        content = self._content(language, templates, variables, frames)
+        return language, _encode_body(content.text), _encode_body(content.html)
 
     def _frames(self, language: str, templates: _LocaleTemplates,
                 variables: dict[str, Any]) -> tuple[_Frame, _Frame] | None:
@@ -497,7 +592,8 @@ class NoticeRenderer:
         if not reference.isprintable():
             raise ValueError("the incident key must be printable text on one line")
         from_header = _from_header(ctx.sender)
-        content = self.render_content(ctx)
+        language, (text_encoding, text_body), (html_encoding, html_body) = (
+            self._encoded_bodies(ctx))
         sent_at = now or datetime.now(UTC)
         if sent_at.tzinfo is None:
             raise ValueError("now must be timezone-aware")
@@ -507,13 +603,11 @@ class NoticeRenderer:
         boundary = b"=_rn_" + hashlib.sha256(ctx.message_id.encode("ascii")).hexdigest()[
             :40
         ].encode("ascii")
-        text_encoding, text_body = _encode_body(content.text)
-        html_encoding, html_body = _encode_body(content.html)
         return b"".join(
             (
                 b"From: ", from_header, b"\r\n",
                 b"To: ", recipient.encode("ascii"), b"\r\n",
-                b"Subject: ", self._templates[content.language].subject_header, b"\r\n",
+                b"Subject: ", self._templates[language].subject_header, b"\r\n",
                 b"Date: ", _date_header(math.floor(sent_at.timestamp())), b"\r\n",
                 b"Message-ID: ", ctx.message_id.encode("ascii"), b"\r\n",
                 b"MIME-Version: 1.0\r\n",
