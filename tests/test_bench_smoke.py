@@ -168,6 +168,28 @@ def test_the_benchmark_says_when_the_machine_was_busy() -> None:
     assert not any("busy" in line for line in lines(1.9, 0.76, 1.02))
 
 
+def test_the_benchmark_says_when_the_machine_was_busy_while_notices_went() -> None:
+    """A missed notice rate beside other work says how much of the machine it took; a
+    missed rate on a quiet machine, and a met one beside other work, do not."""
+    from bench.pipeline_bench import BenchResult, verdicts
+
+    def lines(smtp: float, files: float, smtp_other: float, files_other: float) -> list[str]:
+        return verdicts(BenchResult(
+            accounts=100_000, batch_size=5000, command="bench", notices_per_second=smtp,
+            notices_sent=46_462, notify_cpu_seconds=20.0, file_notices_per_second=files,
+            file_notices_sent=46_462, file_notify_cpu_seconds=20.0,
+            notify_other_cores=smtp_other, file_notify_other_cores=files_other))
+
+    busy = [line for line in lines(1_500, 1_400, 0.61, 0.05) if "busy" in line]
+    assert len(busy) == 1 and busy[0].startswith(
+        "  and the machine was busy: its other work took 0.61 of its "), busy
+    assert "during run B" in busy[0]
+    busy = [line for line in lines(2_100, 1_400, 0.61, 0.9) if "busy" in line]
+    assert len(busy) == 1 and "0.90" in busy[0] and "during run C" in busy[0], busy
+    assert not any("busy" in line for line in lines(1_500, 1_400, 0.1, 0.2))
+    assert not any("busy" in line for line in lines(2_100, 2_200, 0.9, 0.9))
+
+
 def test_the_benchmark_says_how_much_more_the_database_did_than_for_the_floor() -> None:
     """A missed ratio comes with PostgreSQL's CPU over run A against the floor's; past twice
     the floor's, it says that run A needs more than one core to be within 2x."""
