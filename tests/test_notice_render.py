@@ -740,7 +740,13 @@ def test_the_shipped_bodies_are_filled_from_frames(renderer: NoticeRenderer) -> 
                                    display_name=display_name)
                 content = renderer.render_content(ctx)
                 assert (content.text, content.html) == _jinja_content(renderer, ctx)
-    assert len(renderer._frame_cache) == len(SUPPORTED_LOCALES) * 3 * 2
+    # One shape for each plural form a language has among 0, 1 and 7, with and without a
+    # display name (Japanese has no singular).
+    shapes = {(locale, "zero" if pins == 0 else babel_locale_for(locale)[1].plural_form(pins),
+               display_name is None)
+              for locale in SUPPORTED_LOCALES for pins in (0, 1, 7)
+              for display_name in (None, "x")}
+    assert len(renderer._frame_cache) == len(shapes) == 34
     assert all(frames is not None for frames in renderer._frame_cache.values())
 
 
@@ -802,3 +808,15 @@ def test_cleaning_user_text_takes_out_the_same_characters_on_every_path(value: s
 
     expected = re.sub(" {2,}", " ", value.translate(_UNSAFE_USER_CHARACTERS)).strip(" ")
     assert clean_user_text(value) == expected
+
+
+def test_a_shape_is_made_only_of_what_the_templates_read() -> None:
+    """Pin counts vary without end, but the bodies read only their plural form: a frame
+    for each count would fill the cache and render every notice with Jinja twice over."""
+    renderer = NoticeRenderer()
+    for pins in range(300):
+        for display_name in (None, "Zoë", ""):
+            renderer.render_content(make_context(pins_restored=pins, display_name=display_name))
+    # zero / one / other, with a display name or without one (an empty one is none).
+    assert len(renderer._frame_cache) == 3 * 2
+    assert all(frames is not None for frames in renderer._frame_cache.values())

@@ -304,6 +304,10 @@ class _LocaleTemplates:
     text: jinja2.Template
     html: jinja2.Template
     framed: bool  # both bodies only print the words in _PRINTED (see `_prints_only`)
+    # The other variables the bodies read: with which words are empty, they decide a
+    # body's shape. Those the templates never read (the exact pin count, say) do not, so
+    # a long tail of pin counts does not make a frame each.
+    shape: tuple[str, ...]
 
 
 _Line = tuple[str | int, ...]  # one line of a body with a word in it: text and slots
@@ -410,16 +414,20 @@ def _lines(parts: Sequence[str], slots: Sequence[int]) -> tuple[_Lines | _Line, 
     return tuple(out)
 
 
-def _prints_only(environment: jinja2.Environment, name: str, seen: set[str]) -> bool:
+def _prints_only(environment: jinja2.Environment, name: str, seen: set[str],
+                 reads: set[str]) -> bool:
     """Whether template `name`, and every template it extends or includes, uses the words
     in _PRINTED only to print them: `{{ word }}` or `{{ word or other_word }}`, nothing
-    that tests, filters or changes one. Only then is a frame the template's output."""
+    that tests, filters or changes one. Only then is a frame the template's output.
+
+    Adds to `reads` every variable those templates read from what they are given."""
     if name in seen:
         return True
     seen.add(name)
     assert environment.loader is not None
     source = environment.loader.get_source(environment, name)[0]
     tree = environment.parse(source)
+    reads |= meta.find_undeclared_variables(tree)
     printed: set[int] = set()
 
     def printed_words(expr: nodes.Node) -> None:
@@ -436,7 +444,7 @@ def _prints_only(environment: jinja2.Environment, name: str, seen: set[str]) -> 
            for node in tree.find_all(nodes.Name)):
         return False
     referenced = list(meta.find_referenced_templates(tree))
-    return all(ref is not None and _prints_only(environment, ref, seen)
+    return all(ref is not None and _prints_only(environment, ref, seen, reads)
                for ref in referenced)
 
 
@@ -474,13 +482,16 @@ class NoticeRenderer:
         )
         if not subject:
             raise ValueError(f"empty subject template for {language!r}")
+        reads: set[str] = set()
+        framed = all(_prints_only(self._environment, f"{language}/body.{kind}", set(), reads)
+                     for kind in ("txt", "html"))
         return _LocaleTemplates(
             subject=subject,
             subject_header=_encode_header_text(subject, "Subject"),
             text=self._environment.get_template(f"{language}/body.txt"),
             html=self._environment.get_template(f"{language}/body.html"),
-            framed=all(_prints_only(self._environment, f"{language}/body.{kind}", set())
-                       for kind in ("txt", "html")),
+            framed=framed,
+            shape=tuple(sorted(reads - set(_PRINTED))),
         )
 
     def _variables(self, ctx: NoticeContext, language: str, locale: Locale) -> dict[str, Any]:
@@ -547,18 +558,21 @@ class NoticeRenderer:
                 variables: dict[str, Any]) -> tuple[_Frame, _Frame] | None:
         """The text and HTML frames of this notice's shape, rendered once per shape.
 
-        The shape is every variable but the words, and which words are empty. The frame is
+        The shape is every variable the bodies read but the words (`_LocaleTemplates.shape`),
+        and which words are empty (and how: None or ""). The frame is
         Jinja's own output for stand-in words, checked twice: every stand-in must come out
         whole, escaped exactly where Jinja escapes, and a second set of stand-ins dropped
         into the frame must give what Jinja renders for it. A shape that fails either check
         is rendered by Jinja every time (None).
         """
-        key = (language, *[value if name not in _PRINTED or not value else True
-                           for name, value in variables.items()])
+        key = (language, *[variables[name] for name in templates.shape],
+               *[True if variables[name] else variables[name] for name in _PRINTED])
         try:
             return self._frame_cache[key]
         except KeyError:
             pass
+        except TypeError:  # a variable the templates read that is not hashable
+            return None
         if len(self._frame_cache) >= _FRAMES_PER_RENDERER:
             self._frame_cache.clear()
         frames: list[_Frame] = []
