@@ -398,20 +398,22 @@ def _lines(parts: Sequence[str], slots: Sequence[int]) -> tuple[_Lines | _Line, 
             line.append(slots[index])
     assert not line  # the body ends with a line end
     out: list[_Lines | _Line] = []
-    fixed: list[str] = []
     for pieces in lines:
-        if all(type(piece) is str for piece in pieces):
-            fixed.extend(pieces)  # type: ignore[arg-type]
+        if any(isinstance(piece, int) for piece in pieces):
+            out.append(tuple(pieces))
             continue
-        if fixed:
-            raw = "".join(fixed).encode("utf-8", "replace")
-            out.append(_Lines(raw, binascii.b2a_qp(raw, istext=True)))
-            fixed = []
-        out.append(tuple(pieces))
-    if fixed:
-        raw = "".join(fixed).encode("utf-8", "replace")
-        out.append(_Lines(raw, binascii.b2a_qp(raw, istext=True)))
+        text = "".join(pieces).encode("utf-8", "replace")  # type: ignore[arg-type]
+        if out and isinstance(out[-1], _Lines):  # one run of fixed lines, encoded at once
+            text = out.pop().raw + text  # type: ignore[union-attr]
+        out.append(_Lines(text, binascii.b2a_qp(text, istext=True)))
     return tuple(out)
+
+
+def _words(variables: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A notice's words in _PRINTED's order, as they are and HTML-escaped as Jinja's
+    autoescape writes them."""
+    words = [variables[name] or "" for name in _PRINTED]
+    return words, [str(markupsafe.escape(word)) for word in words]
 
 
 def _prints_only(environment: jinja2.Environment, name: str, seen: set[str],
@@ -536,9 +538,8 @@ class NoticeRenderer:
         if frames is None:
             text, html = templates.text.render(variables), templates.html.render(variables)
         else:
-            words = [variables[name] or "" for name in _PRINTED]
-            text = frames[0].fill(words)
-            html = frames[1].fill([str(markupsafe.escape(word)) for word in words])
+            words, escaped = _words(variables)
+            text, html = frames[0].fill(words), frames[1].fill(escaped)
         return NoticeContent(language=language, subject=templates.subject,
                              text=_normalise_newlines(text), html=_normalise_newlines(html))
 
@@ -547,10 +548,9 @@ class NoticeRenderer:
         """The language, and each body's (Content-Transfer-Encoding, encoded body)."""
         language, templates, variables, frames = self._prepare(ctx)
         if frames is not None:
-            words = [variables[name] or "" for name in _PRINTED]
+            words, escaped = _words(variables)
             if not any("\r" in word or "\n" in word for word in words):
-                return (language, frames[0].encode(words),
-                        frames[1].encode([str(markupsafe.escape(word)) for word in words]))
+                return language, frames[0].encode(words), frames[1].encode(escaped)
         content = self._content(language, templates, variables, frames)
         return language, _encode_body(content.text), _encode_body(content.html)
 
@@ -559,11 +559,11 @@ class NoticeRenderer:
         """The text and HTML frames of this notice's shape, rendered once per shape.
 
         The shape is every variable the bodies read but the words (`_LocaleTemplates.shape`),
-        and which words are empty (and how: None or ""). The frame is
-        Jinja's own output for stand-in words, checked twice: every stand-in must come out
-        whole, escaped exactly where Jinja escapes, and a second set of stand-ins dropped
-        into the frame must give what Jinja renders for it. A shape that fails either check
-        is rendered by Jinja every time (None).
+        and which words are empty (and how: None or ""). The frame is Jinja's own output
+        for stand-in words, checked twice: every stand-in must come out whole, escaped
+        exactly where Jinja escapes, and a second set of stand-ins dropped into the frame
+        must give what Jinja renders for it. A shape that fails either check is rendered
+        by Jinja every time (None).
         """
         key = (language, *[variables[name] for name in templates.shape],
                *[True if variables[name] else variables[name] for name in _PRINTED])
