@@ -6,11 +6,16 @@ each type including huge and tiny numbers and exact decimals) and evidence writt
 text (absent, null, booleans, strings of digits, nested objects and lists, numbers beyond
 any double, decimals that a float would round, poison the Python decoder refuses, evidence
 that is no object). The evidence is written to the database; the compiled condition is
-evaluated there, and each row's truth must equal Python's.
+evaluated there, and each row's truth must equal Python's. Each example's evidence also
+holds every comparison's own value, so the edges of `<=`, `>=`, `==` and `in` are always on
+trial; and every operator meets every edge value exhaustively in a grid. Changing one
+operator of the compiler (`>=` read as `>`, `<` as `<=`, `!=` as `==` on either database, a
+`not` dropped, `any` read as `all`) fails the property test within its 2,000 examples.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from decimal import Decimal
@@ -74,6 +79,10 @@ def evidence_texts(draw: st.DrawFn) -> str | None:
 # -- conditions ---------------------------------------------------------------------------
 
 NUMBERS = st.one_of(
+    # the evidence pool's own numbers, so that a value often meets its equal (the bound of
+    # `<=` and `>=`, the equality of `==` and `in`)
+    st.sampled_from([Decimal(written) for written in NUMBER_TEXTS
+                     if Decimal(written).copy_abs() <= Decimal("1.7976931348623157e308")]),
     st.integers(-10, 110), st.integers(-(10**30), 10**30),
     st.sampled_from([Decimal("100.00000000000000001"), Decimal("99.99999999999999999"),
                      Decimal("0.1"), Decimal("-0.0"), Decimal("1E+2"), Decimal("1e-400"),
@@ -125,6 +134,25 @@ def _sql_truths(conn: Any, condition: Any) -> dict[int, bool | None]:
             for row in conn.execute(select(inner.c.id, truth))}
 
 
+def _json(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)  # an int, or a Decimal as exactly as it was written
+
+
+def _at_the_bounds(raw: Any) -> list[str | None]:
+    """Evidence holding each comparison's own value: a number at the bound of `<=` or
+    `>=`, the equal of `==` or of an `in` member, so that no operator's edge is left to
+    the generator's luck."""
+    if isinstance(raw, dict) and "signal" in raw:
+        values = raw["value"] if isinstance(raw["value"], list) else [raw["value"]]
+        return [f'{{"{raw["signal"]}": {_json(v)}}}' for v in values[:2]]
+    parts = raw.get("all", raw.get("any", [raw.get("not")])) if isinstance(raw, dict) else []
+    return [row for part in parts if part is not None for row in _at_the_bounds(part)]
+
+
 def test_the_sql_verdict_is_the_python_verdict(probe_engine: Engine) -> None:
     with probe_engine.connect() as conn:
         conn.begin()
@@ -135,6 +163,7 @@ def test_the_sql_verdict_is_the_python_verdict(probe_engine: Engine) -> None:
         @given(raw=conditions, rows=st.lists(evidence_texts(), min_size=1, max_size=5))
         def agree(raw: dict[str, Any], rows: list[str | None]) -> None:
             condition = parse_condition(raw)
+            rows = rows + _at_the_bounds(raw)
             with conn.begin_nested():
                 _write(conn, rows)
                 got = _sql_truths(conn, condition)
@@ -167,6 +196,58 @@ def test_edge_values_judged_alike(probe_engine: Engine, condition: dict[str, Any
     with probe_engine.begin() as conn:
         _write(conn, [evidence])
         assert _sql_truths(conn, parsed) == {0: truth}
+
+
+# Every operator against every edge value, exhaustively: each number of the evidence pool
+# as the condition's value too, so that equality at the bound (`>=` against `>`, say) is
+# always on trial rather than left to the generator's luck.
+GRID_EVIDENCE = ([f'{{"a": {scalar}}}' for scalar in SCALAR_TEXTS]
+                 + ["{}", '{"b": 5}', None, "[5]", '"a"'])
+
+
+def _grid_values() -> list[Any]:
+    numbers: list[Any] = [-1, 0, 1, 2, 4, 5, 6, 7, 8, 99, 100, 101, 10**30]
+    for written in NUMBER_TEXTS:
+        try:
+            parse_condition({"signal": "a", "op": "==", "value": Decimal(written)})
+        except Exception:  # beyond what a condition may hold (1e309): the parser says no
+            continue
+        numbers.append(Decimal(written))
+    return numbers + [True, False, "5", "100", "a", "", "true", "é"]
+
+
+@pytest.mark.parametrize("op", ["==", "!=", "<", "<=", ">", ">=", "in", "not_in"])
+def test_every_operator_on_every_edge_value(probe_engine: Engine, op: str) -> None:
+    raws: list[dict[str, Any]] = []
+    for value in _grid_values():
+        if op in ("in", "not_in"):
+            # with members of the other types beside it, which must not match
+            others = [v for v in (7, "a", False) if type(v) is not type(value)]
+            raws.append({"signal": "a", "op": op, "value": [value, *others]})
+        else:
+            raws.append({"signal": "a", "op": op, "value": value})
+    parsed = [parse_condition(raw) for raw in raws]
+    with probe_engine.connect() as conn:
+        conn.begin()
+        try:
+            _write(conn, GRID_EVIDENCE)
+            evidence = cast(probe.c.evidence, Text)
+            inner = select(probe.c.id, readable_evidence(evidence, conn.dialect.name)
+                           .label("doc")).subquery()
+            rows = conn.execute(select(inner.c.id, *[
+                compile_condition(condition, inner.c.doc, conn.dialect.name)
+                for condition in parsed])).all()
+        finally:
+            conn.rollback()
+    assert len(rows) == len(GRID_EVIDENCE)
+    wrong = []
+    for row in rows:
+        written = GRID_EVIDENCE[row[0]]
+        for raw, condition, got in zip(raws, parsed, row[1:], strict=True):
+            want = evaluate(condition, decode_evidence(written))
+            if (None if got is None else bool(got)) is not want:
+                wrong.append((raw, written, got, want))
+    assert not wrong, wrong[:10]
 
 
 def test_every_value_and_signal_name_is_a_bound_parameter() -> None:
