@@ -172,7 +172,8 @@ def nightly_reconciliation(
         key = key[:200]
         reinstate_incident(build_request(
             incident_key=key, faulty_versions=versions, account_ids=ids,
-            batch_size=batch_size, require_approval=False, notify=True))
+            batch_size=batch_size, require_approval=False, notify=True,
+            declared_by="nightly-reconciliation"))
         findings["auto_incidents"].append(key)
 
     incidents = find_incidents_to_resume()

@@ -3,10 +3,10 @@
 Step 1, register the incident under its key (or check a rerun asks the same thing).
 Step 2, plan: a case for every candidate account.
 Step 3, verify: judge every case against the corrected rule versions.
-Step 4, preview and approval: publish the outcomes. An incident that requires approval
-        restores nothing until an operator approves it: a deployment run suspends
-        (holding no process) until the operator decides in the Prefect UI; a run
-        started elsewhere (the CLI) ends there, awaiting `reinstate approve`.
+Step 4, plan, preview and approval: publish the outcomes. An incident that requires
+        approval restores only the plan an operator approved: a deployment run
+        suspends (holding no process) until the operator decides in the Prefect UI; a
+        run started elsewhere (the CLI) ends there, awaiting `reinstate approve`.
 Step 5, restore: reinstated accounts, their unban, ban reversals and pins, in batches.
 Step 6, notify: send the queued notices.
 Step 7, report.
@@ -29,13 +29,13 @@ from prefect.runtime import deployment
 from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, update
 
 # run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
 # and tests that take them from this module.
 from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches  # noqa: F401
 from flows.incident_step import StepRunner, require_step_deployment
-from reinstatement import lifecycle, runner, runs
+from reinstatement import approval, lifecycle, plans, runner, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
 from reinstatement.incidents import (
@@ -45,10 +45,12 @@ from reinstatement.incidents import (
     load_incident,
 )
 from reinstatement.lifecycle import IncidentStatus
-from reinstatement.models import AuditEntry, Case
+from reinstatement.models import Case
+from reinstatement.plans import PlanRef
 from reinstatement.retrying import in_transaction
 from reinstatement.steps import CaseState
 from tasks.pipeline import (
+    make_plan,
     plan_candidates,
     register_incident,
     run_actor,
@@ -59,22 +61,29 @@ APPROVAL_TIMEOUT_SECONDS = 30 * 24 * 3600
 
 
 class ApprovalDecision(RunInput):
-    """An operator's decision on a previewed incident. No field has a default: an untouched
-    form cannot be submitted, so nobody rejects (or approves) by accident."""
+    """An operator's decision on the plan a run previewed. Decision, operator and note have
+    no default: an untouched form cannot be submitted, so nobody rejects (or approves) by
+    accident. The plan is filled in with the digest of the plan the run waits on."""
 
     decision: Literal["approve", "reject"] = Field(
         ..., title="Decision",
-        description="approve: restore the accounts previewed above and notify their owners. "
-        "reject: restore nothing, now or ever, under this incident key.",
+        description="approve: restore exactly the plan previewed above and notify its "
+        "accounts' owners. reject: restore nothing, now or ever, under this incident key.",
     )
     operator: str = Field(
-        ..., title="Operator", description="Your name or handle, for the audit trail.",
+        ..., title="Operator", description="Your name or handle, for the audit trail. "
+        "Whoever declared the incident may not approve it.",
         min_length=1, max_length=100, pattern=r"\S",
     )
     note: str = Field(
         ..., title="Note", description="Why you approve or reject (required; kept in the "
         "audit trail and shown on the report).", min_length=1, max_length=2000,
         pattern=r"\S",
+    )
+    plan: str = Field(
+        ..., title="Plan", description="The digest of the plan you decide on, as the "
+        "preview shows it (filled in with the plan this run waits on).",
+        min_length=8, max_length=64,
     )
 
 
@@ -206,6 +215,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
     try:
         if request.dry_run:
             _plan_and_verify(incident, steps, timings, preview=True)
+            make_plan(incident, dry_run=True)
             publish_preview(incident.key, dry_run=True)
             runner.record_preview(_engine(), incident, run_actor())
             final_status = "previewed"
@@ -225,9 +235,12 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
               wait: bool) -> tuple[str, Any]:
     """A real run: plan, verify, the operator's decision where needed, restore, notify.
 
-    `wait`: a deployment run suspends for the operator's decision; otherwise the run ends
-    awaiting it. Returns the run's final status and the flow's result (the report, or a
-    Cancelled state for a rejection).
+    An incident that requires approval restores only what its newest plan holds once an
+    operator approved that plan: after verifying, the run makes the plan of the cases as
+    judged now (the same plan when nothing changed); a plan nobody approved yet waits for
+    a decision. `wait`: a deployment run suspends for it; otherwise the run ends awaiting
+    it. Returns the run's final status and the flow's result (the report, or a Cancelled
+    state for a rejection).
     """
     logger = get_run_logger()
     engine, actor = _engine(), run_actor()
@@ -235,18 +248,20 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
     state = runner.state(engine, incident)
-    if not state.may_restore():
-        state = runner.request_approval(engine, incident, actor)
+    if incident.require_approval:
+        state = make_plan(incident, dry_run=False)
     if state.status == IncidentStatus.AWAITING_APPROVAL:
+        assert state.plan is not None
         publish_preview(incident.key, dry_run=False)
         if not wait or deployment.get_id() is None:
             # Not a deployment run: it cannot be suspended, and holding a process for
             # days is worse than ending here; approval comes from `reinstate approve`.
             logger.info("incident %s %s", incident.key, state.describe())
             return "needs approval", publish_report(incident.key)
-        logger.info("waiting for an operator to approve or reject incident %s in the UI "
-                    "(Resume, in the run's menu); no process is held meanwhile", incident.key)
-        decision = wait_for_decision(incident)
+        logger.info("waiting for an operator to approve or reject plan %s of incident %s "
+                    "in the UI (Resume, in the run's menu); no process is held meanwhile",
+                    state.plan.short, incident.key)
+        decision = wait_for_decision(incident, state.plan)
         state = record_decision(engine, incident, decision)
         if state.status == IncidentStatus.REJECTED:
             logger.warning("incident %s %s: nothing restored", incident.key,
@@ -259,6 +274,14 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
         raise lifecycle.TransitionRefused(
             f"incident {incident.key} may not restore: it is {state.describe()}")
     _restore_and_notify(incident, steps, timings, since=started)
+    if incident.require_approval:
+        # A case whose bans changed under the restore is judged again, not restored: a new
+        # plan shows it, and the incident goes back to the operator.
+        state = make_plan(incident, dry_run=False)
+        if state.status == IncidentStatus.AWAITING_APPROVAL:
+            publish_preview(incident.key, dry_run=False)
+            logger.info("incident %s %s", incident.key, state.describe())
+            return "needs approval", publish_report(incident.key)
     done = runner.complete_if_done(engine, incident, actor)
     return ("completed" if done else "handed over"), publish_report(incident.key)
 
@@ -267,24 +290,22 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
                      timings: dict[str, float], *, preview: bool) -> None:
     """Steps 2 and 3: a case for every candidate, then every case judged.
 
-    A real run of an incident that may restore now (it needs no approval, or it has one)
-    verifies and restores in one pass, `settle`: each account is judged once, under the
-    locks its restore takes, and restored in the same transaction. Otherwise restoring
-    waits for the operator's approval, after the preview.
+    A real run of an incident that needs no approval and may restore now verifies and
+    restores in one pass, `settle`: each account is judged once, under the locks its
+    restore takes, and restored in the same transaction. An incident that requires
+    approval is only verified here: its restore writes what its approved plan holds.
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    created = plan_candidates(incident, steps.batch_size)
+    plan_candidates(incident, steps.batch_size)
     timings["plan"] = time.perf_counter() - started
-    state = None
-    if not preview:
-        state = runner.after_planning(_engine(), incident, created, run_actor())
 
     started = time.perf_counter()
     if preview:
         _reset_previews(incident.id)
-    step = "settle" if state is not None and state.may_restore() else (
-        "preview" if preview else "verify")
+    settle = (not preview and not incident.require_approval
+              and runner.state(_engine(), incident).may_restore())
+    step = "settle" if settle else ("preview" if preview else "verify")
     verified = steps.run(incident, step)
     timings["settle" if step == "settle" else "verify"] = time.perf_counter() - started
     if step == "settle":
@@ -365,39 +386,44 @@ def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> N
                     sent.get("retry", 0), sent.get("failed", 0))
 
 
-def wait_for_decision(incident: RegisteredIncident) -> ApprovalDecision:
-    """Suspend the run until an operator decides; the run reruns from the top on resume.
+def decision_key(plan: PlanRef) -> str:
+    """The key a run's decision input is kept under: one per plan, so a decision given for
+    a plan is never applied to another, and the rerun after the resume gets back the
+    decision given for the plan it waits on."""
+    return f"approval-{plan.digest[:32]}"
 
-    The key names the preview the operator is deciding on (one per time the incident went
-    to awaiting approval), so a decision on an earlier preview is never reused for a later
-    one, and the rerun after the resume gets back the decision given for this one.
-    """
+
+def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDecision:
+    """Suspend the run until an operator decides on `plan`; the run reruns from the top on
+    resume. The form shows the plan's digest and counts, and names the plan."""
     from prefect.flow_runs import suspend_flow_run
 
     with _engine().connect() as conn:
-        previews = conn.execute(
-            select(func.count()).select_from(AuditEntry).where(
-                AuditEntry.incident_id == incident.id, AuditEntry.case_id.is_(None),
-                AuditEntry.to_state == IncidentStatus.AWAITING_APPROVAL)
-        ).scalar_one()
+        counts = plans.verdict_counts(conn, plan.id)
+    described = (f"**Plan {plan.short}** of incident {incident.key} "
+                 f"(digest `{plan.digest}`): {plans.describe_counts(counts)}. Read the "
+                 "preview on this run's Artifacts tab before you decide. Approving restores "
+                 "exactly this plan; whoever declared the incident may not approve it.")
+    form = ApprovalDecision.with_initial_data(description=described, plan=plan.digest)
     decision: ApprovalDecision = suspend_flow_run(
-        wait_for_input=ApprovalDecision, timeout=APPROVAL_TIMEOUT_SECONDS,
-        key=f"approval-{previews}",
-    )
+        wait_for_input=form, timeout=APPROVAL_TIMEOUT_SECONDS, key=decision_key(plan))
     return decision
 
 
 def record_decision(engine: Engine, incident: RegisteredIncident,
                     decision: ApprovalDecision) -> lifecycle.IncidentState:
-    """The operator's decision from the UI, as a transition; a decision already recorded
-    (by `reinstate approve` or `reject` meanwhile) stands, and this one is not applied."""
+    """The operator's decision from the UI, on the plan its form names; a decision already
+    recorded (by `reinstate approve` or `reject` meanwhile) stands, and this one is not
+    applied. A refused decision (the declarer approving, a superseded plan) is bad input:
+    the run fails with that one line."""
     now = runner.state(engine, incident)
     if now.status != IncidentStatus.AWAITING_APPROVAL:
         return now
-    to = IncidentStatus.APPROVED if decision.decision == "approve" else IncidentStatus.REJECTED
-    return runner.change(engine, incident, to, f"operator:{decision.operator.strip()}",
-                         decision.note, decided_by=decision.operator.strip(),
-                         note=decision.note)
+    identity = approval.ui_identity(decision.operator, "operator")
+    state, _ = runner.decide(engine, incident, decision.decision, identity,
+                             plan_digest=decision.plan, operator=decision.operator,
+                             note=decision.note)
+    return state
 
 
 @flow(

@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 from pydantic import Field
 
 from flows.reinstate_incident import failed_plainly, tag_run_with_incident
+from reinstatement.approval import VIA_PREFECT_UI
 from reinstatement.errors import BadInput
 from reinstatement.review import apply_review
 from tasks.reporting import publish_report
@@ -28,7 +29,7 @@ def apply_review_decision(case_id: int, decision: Literal["reinstate", "uphold"]
     {"refused": why}: bad input, for the flow to fail plainly, not a task traceback.
     """
     try:
-        return apply_review(case_id, decision, reviewer, note)
+        return apply_review(case_id, decision, reviewer, note, VIA_PREFECT_UI)
     except BadInput as exc:
         return {"refused": str(exc)}
 

@@ -206,8 +206,9 @@ def _parse_moment(value: str | None, option: str) -> datetime | None:
 @handles_errors
 def run(
     key: str = typer.Argument(..., help="The incident key, e.g. INC-2025-04-spam."),
-    faulty: list[str] = typer.Option(
-        ..., "--faulty", help="NAME@V, or NAME@V=NAME@W to name the corrected version."
+    faulty: list[str] | None = typer.Option(
+        None, "--faulty", help="NAME@V, or NAME@V=NAME@W to name the corrected version. "
+        "Leave out (with the rest of the declaration) to continue a registered incident."
     ),
     since: str | None = typer.Option(None, help="Bans created at or after (ISO 8601)."),
     until: str | None = typer.Option(None, help="Bans created before (ISO 8601)."),
@@ -217,10 +218,10 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Preview outcomes; change nothing."),
     no_notify: bool = typer.Option(False, "--no-notify", help="Restore without emailing."),
     batch_size: int | None = typer.Option(None, help="Cases per batch task."),
-    require_approval: bool = typer.Option(
-        False, "--require-approval",
-        help="Restore nothing until an operator approves (fixed for the key when first "
-        "registered).",
+    require_approval: bool | None = typer.Option(
+        None, "--require-approval/--no-require-approval",
+        help="Restore nothing until another person approves the plan (fixed for the key "
+        "when first registered; default: off for a new key, as registered for a known one).",
     ),
     child_runs: int = typer.Option(
         1, min=1, max=32,
@@ -228,25 +229,47 @@ def run(
         "(needs PREFECT_API_URL and `reinstate deploy`); 1: this process runs every batch.",
     ),
 ) -> None:
-    """Run (or resume) the reinstatement of one incident."""
-    from reinstatement.incidents import build_request, check_request, read_account_ids
+    """Run (or continue) the reinstatement of one incident."""
+    from reinstatement.incidents import (
+        build_request,
+        check_request,
+        read_account_ids,
+        registered_parameters,
+        registered_request,
+    )
 
     settings = _settings()
-    request = build_request(
-        incident_key=key,
-        faulty_versions=faulty,
-        since=_parse_moment(since, "--since"),
-        until=_parse_moment(until, "--until"),
-        account_ids=None if accounts_file is None else read_account_ids(accounts_file),
-        dry_run=dry_run,
-        notify=not no_notify,
-        batch_size=settings.batch_size if batch_size is None else batch_size,
-        require_approval=require_approval,
-        child_runs=child_runs,
-    )
     engine = _engine(settings)
     _require_pipeline_schema(engine)
+    operational = {"dry_run": dry_run,
+                   "batch_size": settings.batch_size if batch_size is None else batch_size,
+                   "child_runs": child_runs}
     with engine.connect() as conn:
+        registered = registered_parameters(conn, key)
+        if not faulty:
+            given = [option for option, value in (
+                ("--since", since), ("--until", until), ("--accounts-file", accounts_file),
+                ("--no-notify", no_notify or None)) if value is not None]
+            if given:
+                raise BadInput(f"{given[0]} is part of an incident's declaration: give the "
+                               "whole declaration (--faulty ...) or none of it to continue "
+                               "a registered incident")
+            request = registered_request(conn, key, **operational)
+            if require_approval is not None:
+                request = request.model_copy(update={"require_approval": require_approval})
+        else:
+            if require_approval is None:  # as registered; off for a new key on the CLI
+                require_approval = bool(registered and registered.get("require_approval"))
+            request = build_request(
+                incident_key=key,
+                faulty_versions=faulty,
+                since=_parse_moment(since, "--since"),
+                until=_parse_moment(until, "--until"),
+                account_ids=None if accounts_file is None else read_account_ids(accounts_file),
+                notify=not no_notify,
+                require_approval=require_approval,
+                **operational,
+            )
         check_request(conn, request)
     report = _run_flow(engine, request)
     _print_report(report)
@@ -265,10 +288,17 @@ def _print_report(report: dict[str, Any]) -> None:
     typer.echo(f"incident {report['incident']}: {report['status']}")
     if report["status_words"] != report["status"]:
         typer.echo(f"  {report['status_words']}")
-    approval = report.get("approval")
-    if approval and report["status"] != "rejected":
-        typer.echo(f"  {approval['decision']} by {approval['by']} at {approval['at']}"
-                   + (f": {approval['note']}" if approval["note"] else ""))
+    if report.get("declared_by"):
+        typer.echo(f"  declared by {report['declared_by']}")
+    plan = report.get("plan")
+    if plan:
+        typer.echo(f"  plan {plan['short']} ({plan['cases']:,} cases, "
+                   f"{plan['state']}): {plan['digest']}")
+    decision = report.get("decision")
+    if decision and report["status"] != "rejected":
+        typer.echo(f"  {decision['decision']}d plan {decision['plan'] or '-'} by "
+                   f"{decision['by']} at {decision['at']}"
+                   + (f": {decision['note']}" if decision["note"] else ""))
     width = max(len(o) for o in report["outcomes"])
     for outcome, count in report["outcomes"].items():
         typer.echo(f"  {outcome:<{width}}  {count:>10,}")
@@ -308,6 +338,59 @@ def report(
                        f"{place['cases']:>10,} cases  on {place['host']} process "
                        f"{place['pid']}" + (f" (worker {place['worker']})"
                                             if place["worker"] else ""))
+
+
+@app.command()
+@handles_errors
+def plan(
+    key: str = typer.Argument(..., help="The incident key."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+    cases: bool = typer.Option(False, "--cases", help="Also every case the plan holds (with "
+                               "--json: one JSON object per line after the plan's)."),
+) -> None:
+    """The incident's newest plan: its digest, counts per verdict, and what was decided."""
+    from reinstatement.reports import plan_report
+
+    engine = _engine(_settings())
+    _require_pipeline_schema(engine)
+    with engine.connect() as conn:
+        result = plan_report(conn, key)
+        if as_json:
+            typer.echo(json.dumps(result, sort_keys=True))
+        else:
+            _print_plan(result)
+        if cases and result["plan"] is not None:
+            from reinstatement.plans import plan_entries
+
+            for entry in plan_entries(conn, result["plan"]["id"]):
+                if as_json:
+                    typer.echo(json.dumps(vars(entry), sort_keys=True))
+                else:
+                    typer.echo(f"{entry.case_id:>8} {entry.account_id:>10} round "
+                               f"{entry.round} {entry.verdict or '-':<15} "
+                               f"{entry.ban_ids or '-'}")
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    typer.echo(f"incident {result['incident']}: {result['status']}")
+    plan = result["plan"]
+    if plan is None:
+        typer.echo("  no plan yet: run the incident (a dry run will do) to preview it")
+        return
+    typer.echo(f"  plan {plan['short']}: {plan['digest']}")
+    typer.echo(f"  made {plan['created_at']} by {plan['created_by']}"
+               + (" (dry run)" if plan["dry_run"] else "") + f"; {plan['state']}")
+    width = max((len(v) for v in plan["counts"]), default=0)
+    for verdict, count in plan["counts"].items():
+        typer.echo(f"    {verdict:<{width}}  {count:>10,}")
+    typer.echo(f"    {'total':<{width}}  {plan['cases']:>10,}")
+    for decision in result["decisions"]:
+        typer.echo(f"  {decision['decision']}d plan {decision['plan'] or '-'} by "
+                   f"{decision['by']} ({decision['via']}) at {decision['at']}"
+                   + (f": {decision['note']}" if decision["note"] else ""))
+    if result["status"] == "awaiting_approval":
+        typer.echo(f"  approve it: reinstate approve {result['incident']} --plan "
+                   f"{plan['short']} (by someone other than {result['declared_by'] or '-'})")
 
 
 @app.command()

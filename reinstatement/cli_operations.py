@@ -104,39 +104,51 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
     @handles_errors
     def approve(
         key: str = typer.Argument(..., help="The incident key."),
-        operator: str = typer.Option(..., help="Your name or handle, for the audit trail."),
+        plan: str | None = typer.Option(
+            None, help="The digest of the plan you approve (8 digits or more, from "
+            "`reinstate plan KEY`); default: the newest plan, shown before it is approved."),
+        operator: str | None = typer.Option(
+            None, help="A display name for the report; who you are comes from your "
+            "database role or your login name."),
         note: str = typer.Option("", help="Why you approve."),
     ) -> None:
-        """Approve an incident awaiting approval; the next run of its key restores it."""
-        _decide(key, "approve", operator, note)
+        """Approve the plan of an incident awaiting approval; the next run of its key
+        restores exactly that plan. Whoever declared the incident may not approve it."""
+        _decide(key, "approve", plan, operator, note)
 
     @app.command()
     @handles_errors
     def reject(
         key: str = typer.Argument(..., help="The incident key."),
-        operator: str = typer.Option(..., help="Your name or handle, for the audit trail."),
         note: str = typer.Option(..., help="Why you reject (required)."),
+        plan: str | None = typer.Option(None, help="The digest of the plan you reject."),
+        operator: str | None = typer.Option(None, help="A display name for the report."),
     ) -> None:
         """Reject an incident awaiting approval: nothing is ever restored under its key."""
-        _decide(key, "reject", operator, note)
+        _decide(key, "reject", plan, operator, note)
 
-    def _decide(key: str, decision: str, operator: str, note: str) -> None:
-        from reinstatement import runner
+    def _decide(key: str, decision: str, plan: str | None, operator: str | None,
+                note: str) -> None:
+        from reinstatement import approval, runner
         from reinstatement.incidents import load_incident
-        from reinstatement.lifecycle import IncidentStatus
+        from reinstatement.lifecycle import current_state
+        from reinstatement.plans import describe_counts, verdict_counts
 
         engine = check_database()
         with engine.connect() as conn:
             incident = load_incident(conn, key)
-        to = IncidentStatus.APPROVED if decision == "approve" else IncidentStatus.REJECTED
-        operator = operator.strip()
-        state = runner.change(engine, incident, to, f"operator:{operator}",
-                              note.strip() or f"{decision}d", decided_by=operator,
-                              note=note.strip())
-        if to == IncidentStatus.APPROVED:
-            typer.echo(f"incident {key}: approved by {operator}. Restore it by running the "
-                       f"same `reinstate run {key} ...` again (or Resume its run in the "
-                       "Prefect UI).")
+            identity = approval.process_identity(conn)
+            newest = current_state(conn, incident.id).plan
+            if newest is not None and not plan:
+                typer.echo(f"incident {key}: plan {newest.short} ({newest.digest}): "
+                           f"{describe_counts(verdict_counts(conn, newest.id))}")
+        state, decided = runner.decide(engine, incident, "approve" if decision == "approve"
+                                       else "reject", identity, plan_digest=plan,
+                                       operator=operator, note=note)
+        if decision == "approve":
+            typer.echo(f"incident {key}: plan {decided.short} approved by "
+                       f"{identity.describe()}. Restore it by running `reinstate run {key}` "
+                       "(or Resume its run in the Prefect UI).")
         else:
             typer.echo(f"incident {key}: {state.describe()}. Nothing will be restored under "
                        "this key.")

@@ -53,10 +53,18 @@ FaultySpec = Annotated[str, Field(
     "rule@version=rule@version to name its correction (spam_burst@7=spam_burst@8).")]
 
 
+def _form_schema(schema: dict[str, Any]) -> None:
+    """The form asks who declares the incident: a run from the UI or the API names them.
+    (In Python the field may stay empty: the command line knows who runs it.)"""
+    schema.setdefault("required", [])
+    if "declared_by" not in schema["required"]:
+        schema["required"].append("declared_by")
+
+
 class IncidentRequest(BaseModel):
     """What an operator asks the pipeline to do about one incident."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_form_schema)
 
     incident_key: str = Field(
         ...,
@@ -65,6 +73,17 @@ class IncidentRequest(BaseModel):
         "letters, digits and the signs . _ : - (no spaces), starting with a letter or a "
         "digit. Running the same key again resumes that incident.",
         json_schema_extra={"pattern": INCIDENT_KEY_PATTERN},
+    )
+    declared_by: str = Field(
+        "",
+        title="Declared by",
+        description="Your name or handle: who declares this incident (kept in the audit "
+        "trail and on the report). Someone else approves it. The command line knows who "
+        "runs it.",
+        max_length=100,
+        # In the form's schema only (required there, see _form_schema): the UI refuses a
+        # missing or blank name before any run exists.
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
     )
     faulty_versions: list[FaultySpec] = Field(
         ...,
@@ -124,9 +143,9 @@ class IncidentRequest(BaseModel):
     require_approval: bool = Field(
         True,
         title="Require approval",
-        description="Restore nothing until an operator approves the preview (on by "
-        "default for runs started from the UI; the CLI asks for it explicitly). Fixed for "
-        "the incident when its key is first registered.",
+        description="Restore nothing until another person approves the plan this run "
+        "previews (on by default for runs started from the UI; the CLI asks for it "
+        "explicitly). Fixed for the incident when its key is first registered.",
     )
 
     @field_validator("incident_key")
@@ -293,9 +312,16 @@ def _rule_versions(conn: Connection) -> dict[str, _RuleVersionRow]:
     }
 
 
-def _newest_active(rows: Iterable[_RuleVersionRow], rule_name: str) -> _RuleVersionRow | None:
-    candidates = [r for r in rows if r.rule_name == rule_name and r.status == "active"]
-    return max(candidates, key=lambda r: int(r.name.rsplit("@", 1)[1]), default=None)
+def _number(row: _RuleVersionRow) -> int:
+    return int(row.name.rsplit("@", 1)[1])
+
+
+def _newest_active(rows: Iterable[_RuleVersionRow], faulty: _RuleVersionRow
+                   ) -> _RuleVersionRow | None:
+    """The newest 'active' version of the faulty version's rule, if newer than it."""
+    candidates = [r for r in rows if r.rule_name == faulty.rule_name and r.status == "active"
+                  and _number(r) > _number(faulty)]
+    return max(candidates, key=_number, default=None)
 
 
 def _faulty_version(row: _RuleVersionRow, corrected: _RuleVersionRow | None) -> FaultyVersion:
@@ -324,6 +350,10 @@ def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersi
         faulty = known.get(faulty_name)
         if faulty is None:
             raise BadInput(f"unknown rule version {faulty_name}")
+        if faulty.status != "faulty":
+            raise BadInput(f"{faulty_name} is not marked faulty by the platform (its status "
+                           f"is {faulty.status!r}): an incident names only versions the "
+                           "rules team marked 'faulty' in rule_versions")
         if corrected_name:
             corrected = known.get(corrected_name)
             if corrected is None:
@@ -335,8 +365,11 @@ def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersi
             if corrected.status == "faulty":
                 raise BadInput(f"{corrected_name} cannot correct {faulty_name}: its status "
                                f"is 'faulty'")
+            if _number(corrected) <= _number(faulty):
+                raise BadInput(f"{corrected_name} cannot correct {faulty_name}: a corrected "
+                               "version is a newer version of the same rule")
         else:
-            corrected = _newest_active(known.values(), faulty.rule_name)
+            corrected = _newest_active(known.values(), faulty)
         if corrected is not None and corrected.name in faulty_names:
             raise BadInput(f"{corrected.name} is named faulty, so it cannot be the corrected "
                            f"version of {faulty_name}")
@@ -357,11 +390,14 @@ def _differences(registered: dict[str, Any], requested: dict[str, Any]) -> list[
     return differences
 
 
-def register_incident(conn: Connection, request: IncidentRequest) -> RegisteredIncident:
+def register_incident(conn: Connection, request: IncidentRequest,
+                      declared_by: str | None = None, declared_via: str | None = None
+                      ) -> RegisteredIncident:
     """Register the incident under its key, or check a rerun asks for the same thing.
 
-    Idempotent: the first run writes the incident with its resolved versions and account
-    list; a later run with the same parameters returns the same incident.
+    Idempotent: the first run writes the incident with its resolved versions, its account
+    list and who declared it; a later run with the same parameters returns the same
+    incident.
     """
     parameters = request.parameters()
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
@@ -378,6 +414,7 @@ def register_incident(conn: Connection, request: IncidentRequest) -> RegisteredI
         # The status starts as the column's default, 'registered': every later change of
         # it is a transition of reinstatement.lifecycle.
         .values(key=request.incident_key, params=parameters, params_digest=digest,
+                declared_by=declared_by, declared_via=declared_via,
                 created_at=now, updated_at=now)
         .returning(Incident.id)
     ).scalar_one()
@@ -427,7 +464,7 @@ def load_incident(conn: Connection, key: str) -> RegisteredIncident:
         ),
         notify=bool(params.get("notify", True)),
         has_account_list=params.get("account_ids") is not None,
-        require_approval=bool(params.get("require_approval", False)),
+        require_approval=bool(params.get("require_approval", True)),
     )
 
 
@@ -449,3 +486,30 @@ def check_request(conn: Connection, request: IncidentRequest) -> None:
             )
         return
     resolve_versions(conn, request.faulty_versions)
+
+
+def registered_parameters(conn: Connection, key: str) -> dict[str, Any] | None:
+    """The parameters `key` was registered with; None when it is not registered."""
+    params = conn.execute(select(Incident.params).where(Incident.key == key)
+                          ).scalar_one_or_none()
+    return None if params is None else dict(params)
+
+
+def registered_request(conn: Connection, key: str, **operational: Any) -> IncidentRequest:
+    """A request that continues the incident registered under `key` exactly as registered,
+    with these operational fields (dry run, batch size, child runs). BadInput if none."""
+    params = registered_parameters(conn, key)
+    if params is None:
+        raise BadInput(f"no incident registered under the key {key!r}: declare it with "
+                       "--faulty (and --since, --until) the first time")
+    account_ids = None
+    if params.get("account_ids") is not None:
+        incident_id = conn.execute(select(Incident.id).where(Incident.key == key)).scalar_one()
+        account_ids = list(conn.execute(
+            select(IncidentAccount.account_id).where(IncidentAccount.incident_id == incident_id)
+            .order_by(IncidentAccount.account_id)).scalars())
+    return build_request(
+        incident_key=key, faulty_versions=params["faulty_versions"],
+        since=_parse_iso(params.get("since")), until=_parse_iso(params.get("until")),
+        account_ids=account_ids, notify=bool(params.get("notify", True)),
+        require_approval=bool(params.get("require_approval", True)), **operational)

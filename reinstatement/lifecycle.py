@@ -13,17 +13,19 @@ CLI's exit status 2, never a silent change.
         │                      │        ▼
         │                      │   awaiting_approval ──reject──▶ rejected (final)
         │                      │        │    ▲
-        │                      │     approve │ new candidates since the approval
-        │                      │        ▼    │
+        │                      │     approve │ a new plan: the judgement changed
+        │                      │        ▼    │ since the approved one
         └──(no approval)───────┴──▶ running ◀── approved
                                      │   ▲
                                      ▼   │ banned again by a faulty version
-                                   completed
+                                   completed ──(a new plan)──▶ awaiting_approval
 
-Approval belongs to the incident: `require_approval` is one of the parameters its key was
-registered with. While such an incident is not approved, nothing may restore or notify
-for it; `may_restore` is the one test of that, and the restore steps check it again under
-the same lock before they change the platform.
+Whether an incident requires approval is one of the parameters its key was registered
+with. Such an incident restores only what an operator approved: a decision names a plan
+(`reinstatement.plans`), approved and rejected follow a decision on the newest plan, and a
+new plan (anything the approved one did not hold) sends the incident back to awaiting
+approval. `may_restore` is the incident's half of the test; which cases may be restored is
+`reinstatement.approval.Permit`'s.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from sqlalchemy import Connection, insert, select, update
 
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
-from reinstatement.models import AuditEntry, Incident
+from reinstatement.models import AuditEntry, Decision, Incident
+from reinstatement.plans import PlanRef, newest_plan
 
 
 class IncidentStatus(StrEnum):
@@ -57,7 +60,7 @@ ALLOWED: dict[IncidentStatus, frozenset[IncidentStatus]] = {
     S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED}),
     S.APPROVED: frozenset({S.RUNNING, S.AWAITING_APPROVAL}),
     S.RUNNING: frozenset({S.COMPLETED, S.AWAITING_APPROVAL}),
-    S.COMPLETED: frozenset({S.RUNNING}),
+    S.COMPLETED: frozenset({S.RUNNING, S.AWAITING_APPROVAL}),
     S.REJECTED: frozenset(),
 }
 # Statuses a robot (the nightly reconciliation, the resume deployment) may carry on from.
@@ -69,36 +72,54 @@ class TransitionRefused(BadInput):
 
 
 @dataclass(frozen=True)
+class DecisionRef:
+    """The newest decision on one of the incident's plans."""
+
+    decision: str  # 'approve' or 'reject'
+    by: str
+    via: str
+    operator: str | None
+    note: str
+    at: datetime
+    plan_id: int | None
+
+
+@dataclass(frozen=True)
 class IncidentState:
-    """An incident's status and approval as its row holds them."""
+    """An incident's status as its row holds it, its newest plan and newest decision."""
 
     id: int
     key: str
     status: IncidentStatus
     require_approval: bool
-    approval: str | None
-    approved_by: str | None
-    approval_note: str | None
-    approval_decided_at: datetime | None
+    declared_by: str | None
+    declared_via: str | None
+    plan: PlanRef | None  # the newest plan: the only one a decision or a restore may name
+    decision: DecisionRef | None
 
     @property
     def approved(self) -> bool:
-        return self.approval == "approved"
+        """Whether the newest plan is approved (and so nothing unseen is in it)."""
+        return self.plan is not None and self.plan.approved
 
     def may_restore(self) -> bool:
-        """Whether restoring and notifying may happen for this incident now."""
+        """Whether restoring and notifying may happen for this incident now: it is running
+        and, if it requires approval, its newest plan is approved. Which cases: see
+        `reinstatement.approval.Permit`."""
         if self.status != S.RUNNING:
             return False
         return self.approved or not self.require_approval
 
     def describe(self) -> str:
         """The status in words for operators: who decided, when and why."""
-        if self.status == S.REJECTED:
-            return f"rejected by {self.approved_by}: {self.approval_note}"
+        if self.status == S.REJECTED and self.decision is not None:
+            return f"rejected by {self.decision.by}: {self.decision.note}"
         if self.status == S.AWAITING_APPROVAL:
-            return (f"awaiting approval: approve with `reinstate approve {self.key} "
-                    "--operator NAME` (or Resume the run in the Prefect UI), or reject with "
-                    f"`reinstate reject {self.key} --operator NAME --note WHY`")
+            plan = f" of plan {self.plan.short}" if self.plan is not None else ""
+            return (f"awaiting approval{plan}: read it with `reinstate plan {self.key}`, then "
+                    f"someone other than its declarer approves it with `reinstate approve "
+                    f"{self.key}` (or Resume the run in the Prefect UI), or rejects it with "
+                    f"`reinstate reject {self.key} --note WHY`")
         return str(self.status)
 
 
@@ -111,16 +132,22 @@ def current_state(conn: Connection, incident_id: int, *,
     transaction's write lock, taken at BEGIN IMMEDIATE, already does both.
     """
     query = select(Incident.id, Incident.key, Incident.status, Incident.params,
-                   Incident.approval, Incident.approved_by, Incident.approval_note,
-                   Incident.approval_decided_at).where(Incident.id == incident_id)
+                   Incident.declared_by, Incident.declared_via).where(Incident.id == incident_id)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update(read=lock == "share")
     row = conn.execute(query).one()
+    decided = conn.execute(
+        select(Decision.decision, Decision.decided_by, Decision.decided_via, Decision.operator,
+               Decision.note, Decision.decided_at, Decision.plan_id)
+        .where(Decision.incident_id == incident_id).order_by(Decision.id.desc()).limit(1)
+    ).first()
     return IncidentState(
         id=row.id, key=row.key, status=IncidentStatus(row.status),
-        require_approval=bool((row.params or {}).get("require_approval", False)),
-        approval=row.approval, approved_by=row.approved_by, approval_note=row.approval_note,
-        approval_decided_at=row.approval_decided_at,
+        # A missing setting reads as requiring approval: the protective reading.
+        require_approval=bool((row.params or {}).get("require_approval", True)),
+        declared_by=row.declared_by, declared_via=row.declared_via,
+        plan=newest_plan(conn, incident_id),
+        decision=None if decided is None else DecisionRef(*decided),
     )
 
 
@@ -132,25 +159,17 @@ def state_by_key(conn: Connection, key: str) -> IncidentState:
 
 
 def transition(conn: Connection, incident_id: int, to: IncidentStatus, actor: str,
-               reason: str, *, decided_by: str | None = None,
-               note: str | None = None) -> IncidentState:
+               reason: str) -> IncidentState:
     """Move the incident to `to` if the lifecycle allows it from its status now; audited.
 
-    `decided_by` and `note` record an operator's decision (approve or reject). Raises
-    `TransitionRefused`, changing nothing, when the move is not allowed.
+    Approved and rejected follow a decision on the newest plan, which
+    `reinstatement.approval.decide` records first. Raises `TransitionRefused`, changing
+    nothing, when the move is not allowed.
     """
     state = current_state(conn, incident_id, lock=True)
-    _check(state, to, decided_by, note)
-    values: dict[str, object] = {"status": str(to), "updated_at": utcnow()}
-    if to in (S.APPROVED, S.REJECTED):
-        values.update(approval="approved" if to == S.APPROVED else "rejected",
-                      approved_by=decided_by, approval_note=note or "",
-                      approval_decided_at=utcnow())
-    if to == S.AWAITING_APPROVAL and state.status in (S.APPROVED, S.RUNNING):
-        # New candidates since the approval: the operator must see them and decide again.
-        values.update(approval=None, approved_by=None, approval_note=None,
-                      approval_decided_at=None)
-    conn.execute(update(Incident).where(Incident.id == incident_id).values(**values))
+    _check(state, to)
+    conn.execute(update(Incident).where(Incident.id == incident_id)
+                 .values(status=str(to), updated_at=utcnow()))
     conn.execute(insert(AuditEntry).values(
         incident_id=incident_id, case_id=None, from_state=str(state.status), to_state=str(to),
         actor=actor, reason=reason, at=utcnow(),
@@ -173,8 +192,7 @@ def refuse_unapproved(state: IncidentState) -> None:
                                 f"before anything is restored: it is {state.describe()}")
 
 
-def _check(state: IncidentState, to: IncidentStatus, decided_by: str | None,
-           note: str | None) -> None:
+def _check(state: IncidentState, to: IncidentStatus) -> None:
     key = state.key
     if to not in ALLOWED[state.status]:
         refuse_if_rejected(state)
@@ -182,10 +200,9 @@ def _check(state: IncidentState, to: IncidentStatus, decided_by: str | None,
             raise TransitionRefused(f"incident {key} is not awaiting approval (it is "
                                     f"{state.status})")
         raise TransitionRefused(f"incident {key} cannot go from {state.status} to {to}")
-    if to in (S.APPROVED, S.REJECTED) and not (decided_by or "").strip():
-        verb = "approve" if to == S.APPROVED else "reject"
-        raise TransitionRefused(f"an operator's name is needed to {verb} incident {key}")
-    if to == S.REJECTED and not (note or "").strip():
-        raise TransitionRefused(f"a note saying why is needed to reject incident {key}")
+    wanted = {S.APPROVED: "approve", S.REJECTED: "reject"}.get(to)
+    if wanted is not None and (state.plan is None or state.plan.decision != wanted):
+        raise TransitionRefused(f"incident {key} is {to} only by a decision on its newest "
+                                "plan (reinstatement.approval.decide)")
     if to == S.RUNNING:
         refuse_unapproved(state)

@@ -66,10 +66,10 @@ class Incident(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     params_digest: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(24), server_default=text("'registered'"))
-    approval: Mapped[str | None] = mapped_column(String(16))
-    approved_by: Mapped[str | None] = mapped_column(String(100))
-    approval_note: Mapped[str | None] = mapped_column(Text)
-    approval_decided_at: Mapped[datetime | None]
+    # Who declared it (an identity: see reinstatement/approval.py) and how that was known
+    # ('cli', 'database-role', 'prefect-ui'); nobody may approve their own incident.
+    declared_by: Mapped[str | None] = mapped_column(String(100))
+    declared_via: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -160,6 +160,83 @@ class Notice(Base):
     sent_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class Plan(Base):
+    """What a preview showed: every case of the incident with its verdict and the bans it
+    would reverse, fixed once written, named by its digest (reinstatement/plans.py).
+
+    An incident's newest plan is the one that counts: an approval approves a plan, and a
+    restore writes only what the newest plan holds, once an operator approved it.
+    """
+
+    __tablename__ = "reinstatement_plans"
+    __table_args__ = (Index("ix_reinstatement_plans_incident_id_id", "incident_id", "id"),)
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
+    # sha256 of the plan's lines (plans.plan_digest); NULL only inside the transaction that
+    # writes the plan, which sets it from the entries it wrote.
+    digest: Mapped[str | None] = mapped_column(String(64))
+    cases: Mapped[int] = mapped_column(Integer)
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class PlanCase(Base):
+    """One case of a plan, as the plan holds it."""
+
+    __tablename__ = "reinstatement_plan_cases"
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_plans.id"),
+                                         primary_key=True)
+    case_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    round: Mapped[int] = mapped_column(Integer)
+    # The outcome it was judged ('' when not judged yet); 'needs_review' for a case a
+    # reviewer decided, whatever they decided: a review is not a new judgement.
+    verdict: Mapped[str] = mapped_column(String(16))
+    # The bans it would reverse, ascending, comma-separated; '' unless the verdict is
+    # reinstated or needs_review.
+    ban_ids: Mapped[str] = mapped_column(Text)
+
+
+class Decision(Base):
+    """An operator's decision on a plan: approve or reject. Written once, never changed."""
+
+    __tablename__ = "reinstatement_decisions"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"),
+                                             index=True)
+    # NULL only for decisions recorded before plans existed (migration 0012).
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("reinstatement_plans.id"),
+                                                index=True)
+    decision: Mapped[str] = mapped_column(String(8))
+    decided_by: Mapped[str] = mapped_column(String(100))
+    decided_via: Mapped[str] = mapped_column(String(16))
+    operator: Mapped[str | None] = mapped_column(String(100))  # a display name
+    database_role: Mapped[str | None] = mapped_column(String(100))
+    note: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[datetime]
+
+
+class Review(Base):
+    """A reviewer's decision on a case that needed review. Written once, never changed; on
+    PostgreSQL only through the owner's function `reinstatement_record_review`."""
+
+    __tablename__ = "reinstatement_reviews"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_incidents.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("reinstatement_cases.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # 'reinstate' or 'uphold'
+    reviewed_by: Mapped[str] = mapped_column(String(100))
+    reviewed_via: Mapped[str] = mapped_column(String(16))
+    database_role: Mapped[str | None] = mapped_column(String(100))
+    note: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[datetime]
 
 
 class AuditEntry(Base):

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from reinstatement import lifecycle
+from reinstatement import lifecycle, plans
 from reinstatement.batches import where_batches_ran
 from reinstatement.incidents import load_incident
-from reinstatement.models import Case, Incident, Notice, Run
+from reinstatement.models import Case, Decision, Incident, Notice, Run
 from reinstatement.verdicts import Outcome
 
 OUTCOMES = [str(o) for o in Outcome]
@@ -66,10 +66,9 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
         "status": row.status,
         "status_words": lifecycle_state.describe(),
         "require_approval": lifecycle_state.require_approval,
-        "approval": None if row.approval is None else {
-            "decision": row.approval, "by": row.approved_by, "note": row.approval_note,
-            "at": row.approval_decided_at.isoformat() if row.approval_decided_at else None,
-        },
+        "declared_by": _person(row.declared_by, row.declared_via),
+        "plan": _plan(conn, lifecycle_state),
+        "decision": _decision(conn, lifecycle_state),
         "faulty_versions": [
             {"faulty": v.faulty_name, "corrected": v.corrected_name}
             for v in incident.versions
@@ -119,3 +118,72 @@ def iter_cases(conn: Connection, key: str, outcome: str | None = None,
                 "notice": case.notice_state,
             }
         after = rows[-1].id
+
+
+_VIA_WORDS = {"cli": "OS login on the command line", "database-role": "database role",
+              "prefect-ui": "the Prefect UI", "before-plans": "recorded before plans"}
+
+
+def _person(name: str | None, via: str | None) -> str | None:
+    """A declarer or decider as the report names them: who, and how that was known."""
+    if not name:
+        return None
+    return f"{name} ({_VIA_WORDS.get(via or '', via or 'unknown')})"
+
+
+def _plan_state(state: lifecycle.IncidentState, plan: plans.PlanRef) -> str:
+    if plan.decision is not None:
+        return f"{plan.decision}d"
+    if state.status == lifecycle.IncidentStatus.AWAITING_APPROVAL:
+        return "awaiting approval"
+    return "no decision needed" if not state.require_approval else "not decided"
+
+
+def _plan(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | None:
+    plan = state.plan
+    if plan is None:
+        return None
+    return {"id": plan.id, "digest": plan.digest, "short": plan.short, "cases": plan.cases,
+            "dry_run": plan.dry_run, "created_at": plan.created_at.isoformat(),
+            "created_by": plan.created_by, "decision": plan.decision,
+            "state": _plan_state(state, plan),
+            "counts": plans.verdict_counts(conn, plan.id)}
+
+
+def _decision(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | None:
+    decided = state.decision
+    if decided is None:
+        return None
+    plan = None
+    if decided.plan_id is not None:
+        plan = next((p.short for p in plans.plans_of(conn, state.id)
+                     if p.id == decided.plan_id), None)
+    return {"decision": decided.decision, "by": _person(decided.by, decided.via),
+            "name": decided.by, "via": decided.via, "operator": decided.operator,
+            "note": decided.note, "at": decided.at.isoformat(), "plan": plan}
+
+
+def plan_report(conn: Connection, key: str) -> dict[str, Any]:
+    """The incident's newest plan, every decision taken on its plans, and earlier plans."""
+    incident = load_incident(conn, key)
+    state = lifecycle.current_state(conn, incident.id)
+    shorts = {p.id: p.short for p in plans.plans_of(conn, incident.id)}
+    decisions = [
+        {"decision": d.decision, "by": d.decided_by, "via": _VIA_WORDS.get(d.decided_via,
+                                                                         d.decided_via),
+         "operator": d.operator, "database_role": d.database_role, "note": d.note,
+         "at": d.decided_at.isoformat(), "plan": shorts.get(d.plan_id or -1)}
+        for d in conn.execute(select(Decision).where(Decision.incident_id == incident.id)
+                              .order_by(Decision.id)).scalars()]
+    return {
+        "incident": key,
+        "status": str(state.status),
+        "require_approval": state.require_approval,
+        "declared_by": _person(state.declared_by, state.declared_via),
+        "plan": _plan(conn, state),
+        "decisions": decisions,
+        "earlier_plans": [{"digest": p.digest, "short": p.short, "cases": p.cases,
+                           "dry_run": p.dry_run, "created_at": p.created_at.isoformat(),
+                           "decision": p.decision}
+                          for p in plans.plans_of(conn, incident.id)[:-1]],
+    }

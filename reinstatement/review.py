@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select, update
 
 from reinstatement import lifecycle
+from reinstatement.approval import VIA_CLI, VIA_DATABASE_ROLE, process_identity
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
-from reinstatement.lifecycle import IncidentStatus
-from reinstatement.models import AuditEntry, Case, Incident
+from reinstatement.lifecycle import IncidentStatus, TransitionRefused
+from reinstatement.models import AuditEntry, Case, Incident, PlanCase, Review
 from reinstatement.steps import CaseState
 from reinstatement.verdicts import Outcome
 
@@ -48,8 +49,16 @@ def cases_awaiting_review(conn: Connection, incident_key: str | None = None,
 
 
 def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: str,
-                note: str) -> tuple[str, int]:
-    """Record a reviewer's decision; returns (incident key, case id). BadInput if refused."""
+                note: str, via: str = VIA_CLI) -> tuple[str, int]:
+    """Record a reviewer's decision; returns (incident key, case id). BadInput if refused.
+
+    `via`: where the reviewer decided ('cli', or 'prefect-ui' for the review-case
+    deployment). Connected as a person's own database role, the review is recorded under
+    that role's name, whatever `reviewer` says.
+    """
+    who = process_identity(conn)
+    if who.via == VIA_DATABASE_ROLE:
+        reviewer, via = who.name, VIA_DATABASE_ROLE
     reviewer, note = reviewer.strip(), note.strip()
     if not reviewer or len(reviewer) > 100:
         raise BadInput("--reviewer: give your name or handle (at most 100 characters)")
@@ -70,6 +79,18 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
     if decision == "reinstate":
         _ready_to_restore(conn, case.incident_id, f"reviewer:{reviewer}", case_id)
     now = utcnow()
+    # The review itself, where the restore reads it (on PostgreSQL the owner's function is
+    # the only way to write one); then the case shows it.
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.reinstatement_record_review(
+            bindparam(None, case_id, type_=BigInteger), bindparam(None, decision, type_=Text),
+            bindparam(None, reviewer, type_=Text), bindparam(None, via, type_=Text),
+            bindparam(None, note, type_=Text))))
+    else:
+        conn.execute(insert(Review).values(
+            incident_id=case.incident_id, case_id=case_id, decision=decision,
+            reviewed_by=reviewer, reviewed_via=via, database_role=None, note=note,
+            decided_at=now))
     outcome, state = ((Outcome.REINSTATED, CaseState.VERIFIED) if decision == "reinstate"
                       else (Outcome.UPHELD, CaseState.CLOSED))
     conn.execute(
@@ -86,23 +107,36 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
 
 
 def _ready_to_restore(conn: Connection, incident_id: int, actor: str, case_id: int) -> None:
-    """Refuse a reinstatement the incident's lifecycle does not allow; else let it restore.
+    """Refuse a reinstatement the incident's lifecycle and plan do not allow; else let it
+    restore.
 
-    An incident that requires approval and is not approved restores nothing, a reviewer's
-    decision included: the operator must approve the incident first. A completed incident
-    goes back to running for this one restore, and completes again after it.
+    An incident that requires approval restores only what its approved plan holds, a
+    reviewer's decision included: the case must be in that plan as needing review (the
+    restore then checks, under lock, that its bans are still the ones the plan holds). A
+    completed incident goes back to running for this one restore, and completes again
+    after it.
     """
     state = lifecycle.current_state(conn, incident_id, lock=True)
     lifecycle.refuse_unapproved(state)
+    if state.require_approval and state.plan is not None:
+        verdict = conn.execute(select(PlanCase.verdict).where(
+            PlanCase.plan_id == state.plan.id, PlanCase.case_id == case_id)
+        ).scalar_one_or_none()
+        if verdict != str(Outcome.NEEDS_REVIEW):
+            raise TransitionRefused(
+                f"case {case_id} is not in incident {state.key}'s approved plan "
+                f"{state.plan.short} as a case to review: run the incident again, so that "
+                "a new plan holds it, and have that plan approved first")
     if state.status != IncidentStatus.RUNNING:
         lifecycle.transition(conn, incident_id, IncidentStatus.RUNNING, actor,
                              f"case {case_id} reinstated by review")
 
 
-def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> dict[str, Any]:
+def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
+                 via: str = VIA_CLI) -> dict[str, Any]:
     """Record the decision and, for a reinstatement, restore the case and send its notice.
 
-    One implementation for the CLI and the Prefect UI's review flow.
+    One implementation for the CLI and the Prefect UI's review flow (`via` 'prefect-ui').
     """
     from datetime import timedelta
 
@@ -117,7 +151,7 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str) -> 
     settings = load_settings()
     engine = get_engine(settings.database_url)
     key, _ = in_transaction(engine, lambda conn: decide_case(conn, case_id, decision,
-                                                             reviewer, note))
+                                                             reviewer, note, via))
     result: dict[str, Any] = {"case_id": case_id, "incident": key, "decision": decision}
     if decision == "reinstate":
         with engine.connect() as conn:

@@ -20,10 +20,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import batches, lifecycle, steps
+from reinstatement import approval, batches, lifecycle, plans, steps
+from reinstatement.approval import Identity
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Incident
+from reinstatement.plans import PlanMade, PlanRef
 from reinstatement.retrying import in_transaction
 
 S = IncidentStatus
@@ -62,22 +64,26 @@ def _recorded(conn: Connection, ctx: StepContext, step: str,
     return result
 
 
-class RestoreNotAllowed(lifecycle.TransitionRefused):
-    """A restore was asked for an incident that may not restore now; nothing changed."""
+RestoreNotAllowed = approval.RestoreNotAllowed
 
 
 # -- the incident's lifecycle, step by step -------------------------------------------
 
-def register(engine: Engine, request: IncidentRequest, actor: str) -> RegisteredIncident:
-    """Register the incident (or check a rerun asks the same thing); its status is untouched."""
+def register(engine: Engine, request: IncidentRequest, actor: str,
+             declarer: Identity | None = None) -> RegisteredIncident:
+    """Register the incident (or check a rerun asks the same thing); its status is
+    untouched. `declarer`: who declares it (recorded when the key is new); by default,
+    whoever runs this process (`approval.process_identity`)."""
 
     def work(conn: Connection) -> RegisteredIncident:
         known = conn.execute(select(Incident.id).where(Incident.key == request.incident_key)
                              ).scalar_one_or_none()
-        incident = register_incident(conn, request)
-        if known is None:
-            steps.audit_incident(conn, incident.id, None, S.REGISTERED, actor,
-                                 f"registered with {request.parameters()}")
+        if known is not None:
+            return register_incident(conn, request)
+        who = declarer or approval.process_identity(conn)
+        incident = register_incident(conn, request, who.name, who.via)
+        steps.audit_incident(conn, incident.id, None, S.REGISTERED, actor,
+                             f"declared by {who.describe()} with {request.parameters()}")
         return incident
 
     try:
@@ -93,10 +99,19 @@ def state(engine: Engine, incident: RegisteredIncident) -> IncidentState:
 
 
 def change(engine: Engine, incident: RegisteredIncident, to: IncidentStatus, actor: str,
-           reason: str, **decision: str | None) -> IncidentState:
+           reason: str) -> IncidentState:
     """One lifecycle transition in its own transaction (see `lifecycle.transition`)."""
     return in_transaction(engine, lambda conn: lifecycle.transition(
-        conn, incident.id, to, actor, reason, **decision))
+        conn, incident.id, to, actor, reason))
+
+
+def decide(engine: Engine, incident: RegisteredIncident, decision: approval.DecisionKind,
+           identity: Identity, *, plan_digest: str | None = None,
+           operator: str | None = None, note: str = "") -> tuple[IncidentState, PlanRef]:
+    """An operator's decision on the incident's newest plan (see `approval.decide`)."""
+    return in_transaction(engine, lambda conn: approval.decide(
+        conn, incident.id, decision, identity, plan_digest=plan_digest, operator=operator,
+        note=note))
 
 
 def _move_if(engine: Engine, incident: RegisteredIncident, when: Callable[[IncidentState], bool],
@@ -121,9 +136,9 @@ def record_preview(engine: Engine, incident: RegisteredIncident, actor: str) -> 
 def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:
     """A real run starts: 'running' if the incident may restore; unchanged otherwise.
 
-    An incident that needs approval stays where it is (registered, previewed, awaiting
-    approval) until an operator approves it; one that does not goes to 'running' before
-    planning, so that a crash mid-way leaves it for the nightly reconciliation to resume.
+    An incident that needs approval stays where it is until its newest plan is approved;
+    one that does not goes to 'running' before planning, so that a crash mid-way leaves it
+    for the nightly reconciliation to resume.
     """
     def ready(s: IncidentState) -> bool:
         if s.status == S.REJECTED or s.status == S.RUNNING:
@@ -135,22 +150,35 @@ def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> 
     return _move_if(engine, incident, ready, S.RUNNING, actor, "a real run began")
 
 
-def after_planning(engine: Engine, incident: RegisteredIncident, created: int,
-                   actor: str) -> IncidentState:
-    """New candidates after an approval send the incident back to the operator."""
-    return _move_if(
-        engine, incident,
-        lambda s: created > 0 and s.require_approval and s.status in (S.APPROVED, S.RUNNING),
-        S.AWAITING_APPROVAL, actor,
-        f"{created} new candidate(s) since the approval: the operator must see them",
-    )
+# Statuses from which a new plan sends an incident that requires approval back to the
+# operator (a rejected incident makes no plan at all).
+_UNDECIDED_FROM = (S.REGISTERED, S.PREVIEWED, S.APPROVED, S.RUNNING, S.COMPLETED)
 
 
-def request_approval(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:
-    """Verified and previewed for a real run: wait for the operator (if not waiting already)."""
-    return _move_if(engine, incident,
-                    lambda s: s.status in (S.REGISTERED, S.PREVIEWED),
-                    S.AWAITING_APPROVAL, actor, "preview published for approval")
+def settle_plan(engine: Engine, incident: RegisteredIncident, actor: str, *,
+                dry_run: bool) -> tuple[IncidentState, PlanMade]:
+    """The plan of the incident's cases as judged now, and where that leaves the incident.
+
+    The plan is new when the judgement changed since the newest plan (`plans.make_plan`).
+    For an incident that requires approval, a real run whose newest plan is not approved
+    goes to awaiting approval (from wherever it was, short of rejected), and one whose
+    newest plan is approved goes on running; a dry run's new plan supersedes an approved
+    one, and sends the incident back to the operator too.
+    """
+    made = plans.make_plan_in_transaction(engine, incident, actor, dry_run=dry_run)
+    now = state(engine, incident)
+    if not incident.require_approval:
+        return now, made
+    if now.approved and not dry_run:
+        return begin_real_run(engine, incident, actor), made
+    if now.approved or (dry_run and now.status in (S.REGISTERED, S.PREVIEWED)):
+        return now, made
+    superseded = made.previous if made.new else None
+    reason = (f"plan {made.plan.short} awaits approval"
+              + (f"; it supersedes plan {superseded.short}"
+                 + (" (approved)" if superseded.approved else "") if superseded else ""))
+    return _move_if(engine, incident, lambda s: s.status in _UNDECIDED_FROM,
+                    S.AWAITING_APPROVAL, actor, reason), made
 
 
 def complete_if_done(engine: Engine, incident: RegisteredIncident, actor: str) -> bool:
@@ -231,24 +259,11 @@ def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
     return in_transaction(ctx.engine, work)
 
 
-def _check_may_restore(conn: Connection, incident: RegisteredIncident) -> None:
-    """Refuse, in the restoring transaction itself, a restore the lifecycle does not allow.
-
-    The row is read with a share lock on PostgreSQL, so no transition (which takes the row
-    for update) can change the status until this batch commits, while restore batches of
-    the same incident still run side by side.
-    """
-    now = lifecycle.current_state(conn, incident.id, lock="share")
-    if not now.may_restore():
-        raise RestoreNotAllowed(f"incident {incident.key} may not restore now: it is "
-                                f"{now.describe()}")
-
-
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
-        _check_may_restore(conn, ctx.incident)
+        permit = approval.restore_permit(conn, ctx.incident.id)
         return _recorded(conn, ctx, "restore", steps.restore_batch(
-            conn, ctx.incident, ctx.batch_size, sender_domain=ctx.sender_domain,
+            conn, ctx.incident, ctx.batch_size, permit, sender_domain=ctx.sender_domain,
             actor=ctx.actor))
 
     return in_transaction(ctx.engine, work)
@@ -256,11 +271,16 @@ def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
 
 def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
     """Verify a batch and restore its reinstatements in one transaction, when the incident
-    may restore now; only verify it otherwise (see `steps.settle_batch`)."""
+    may restore now and needs no approval; only verify it otherwise (an incident that
+    requires approval restores only what its approved plan holds: verified first, then
+    compared with the plan, then restored). See `steps.settle_batch`."""
     def work(conn: Connection) -> steps.BatchResult:
-        now = lifecycle.current_state(conn, ctx.incident.id, lock="share")
+        try:
+            restoring = approval.restore_permit(conn, ctx.incident.id).plan is None
+        except approval.RestoreNotAllowed:
+            restoring = False
         return _recorded(conn, ctx, "settle", steps.settle_batch(
-            conn, ctx.incident, ctx.batch_size, restoring=now.may_restore(),
+            conn, ctx.incident, ctx.batch_size, restoring=restoring,
             sender_domain=ctx.sender_domain, actor=ctx.actor))
 
     return in_transaction(ctx.engine, work)
@@ -269,9 +289,10 @@ def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
 def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
     """Restore these verified cases only (a reviewer's decision), in one transaction."""
     def work(conn: Connection) -> steps.BatchResult:
-        _check_may_restore(conn, ctx.incident)
-        return steps.restore_batch(conn, ctx.incident, len(case_ids), case_ids=case_ids,
-                                   sender_domain=ctx.sender_domain, actor=ctx.actor)
+        permit = approval.restore_permit(conn, ctx.incident.id)
+        return steps.restore_batch(conn, ctx.incident, len(case_ids), permit,
+                                   case_ids=case_ids, sender_domain=ctx.sender_domain,
+                                   actor=ctx.actor)
 
     return in_transaction(ctx.engine, work)
 
@@ -281,7 +302,12 @@ def pending(ctx: StepContext) -> dict[str, int]:
     from reinstatement.outbox import due_count
 
     with ctx.engine.connect() as conn:
-        work = steps.pending_work(conn, ctx.incident.id)
+        now = lifecycle.current_state(conn, ctx.incident.id)
+        restore_plan = now.plan.id if now.require_approval and now.approved and now.plan \
+            else None
+        work = steps.pending_work(conn, ctx.incident.id, restore_plan)
+        if now.require_approval and restore_plan is None:
+            work.pop("restore", None)  # nothing restores before an approval
         work["notify"] = due_count(conn, ctx.incident.id)
         return work
 
@@ -294,9 +320,10 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
     """Register, plan, verify and (when the lifecycle allows) restore, as the flow does.
 
     For tests and tools: one batch at a time in this thread, no notices sent (they stay
-    queued in the outbox). An incident that may restore is verified and restored in one
-    pass (`settle_one_batch`), as the flow does; `restore=False` stops after verification,
-    as a crash would.
+    queued in the outbox). An incident that needs no approval is verified and restored in
+    one pass (`settle_one_batch`), as the flow does; one that requires approval is
+    verified, its plan made, and restored only if that plan is approved. `restore=False`
+    stops after verification, as a crash would.
     """
     incident = register(engine, request, actor)
     lifecycle.refuse_if_rejected(state(engine, incident))
@@ -305,19 +332,22 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
         plan_all(ctx)
         while verify_one_batch(ctx, preview=True).cases:
             pass
+        now, _ = settle_plan(engine, incident, actor, dry_run=True)
         return record_preview(engine, incident, actor)
-    begin_real_run(engine, incident, actor)
-    now = after_planning(engine, incident, plan_all(ctx), actor)
-    if restore and now.may_restore():
+    now = begin_real_run(engine, incident, actor)
+    plan_all(ctx)
+    if restore and now.may_restore() and not incident.require_approval:
         while settle_one_batch(ctx).cases:
             pass
     while verify_one_batch(ctx, preview=False).cases:
         pass
-    now = state(engine, incident)
-    if not now.may_restore():
-        return request_approval(engine, incident, actor)
-    if restore:
-        while restore_one_batch(ctx).cases:
-            pass
-        complete_if_done(engine, incident, actor)
+    if incident.require_approval:
+        now, _ = settle_plan(engine, incident, actor, dry_run=False)
+    if not now.may_restore() or not restore:
+        return state(engine, incident)
+    while restore_one_batch(ctx).cases:
+        pass
+    if incident.require_approval:
+        settle_plan(engine, incident, actor, dry_run=False)
+    complete_if_done(engine, incident, actor)
     return state(engine, incident)

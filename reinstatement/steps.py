@@ -43,6 +43,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     union_all,
     update,
@@ -52,10 +53,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from reinstatement import verdict_sql
+from reinstatement.approval import Permit
 from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice
+from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice, PlanCase
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.verdict_sql import (
@@ -423,13 +425,18 @@ class ClaimedCase:
     standing_ban_ids: list[int] | None
     round: int = 1
     review_decision: str | None = None
+    # As the approved plan holds the case (a restore of an incident that requires
+    # approval claims only cases that plan holds): its verdict and bans.
+    plan_verdict: str | None = None
+    plan_ban_ids: str | None = None
 
 
 def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit: int,
-                outcome: str | None = None, case_ids: Sequence[int] | None = None
-                ) -> list[ClaimedCase]:
+                outcome: str | None = None, case_ids: Sequence[int] | None = None,
+                plan_id: int | None = None) -> list[ClaimedCase]:
     """Take up to `limit` cases in `states`, locked for this transaction: state by state in
-    the order given, each in id order.
+    the order given, each in id order. With `plan_id`, only the cases that plan holds
+    with a verdict that restores (`_held_by_plan`).
 
     One state at a time, because the index (incident_id, state, id) then hands the cases
     over in id order and the scan stops at `limit`. With `state IN (...)` PostgreSQL read
@@ -451,10 +458,24 @@ def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit
             query = query.where(Case.outcome == outcome)
         if case_ids is not None:
             query = query.where(Case.id.in_(case_ids))
+        if plan_id is not None:
+            query = _held_by_plan(query, plan_id).add_columns(PlanCase.verdict,
+                                                              PlanCase.ban_ids)
         if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+            query = query.with_for_update(of=Case, skip_locked=True)
         claimed.extend(ClaimedCase(*row) for row in conn.execute(query).all())
     return claimed
+
+
+def _held_by_plan(query: Any, plan_id: int) -> Any:
+    """Only the cases the plan holds for this account with a verdict that restores: a
+    reinstatement, or an uncertain case a reviewer decided to reinstate."""
+    return query.join(PlanCase, and_(
+        PlanCase.plan_id == bindparam(None, plan_id, type_=BigInteger),
+        PlanCase.case_id == Case.id, PlanCase.account_id == Case.account_id,
+        or_(PlanCase.verdict == str(Outcome.REINSTATED),
+            and_(PlanCase.verdict == str(Outcome.NEEDS_REVIEW),
+                 Case.review_decision == "reinstate"))))
 
 
 # -- verify -----------------------------------------------------------------------------
@@ -647,7 +668,6 @@ def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
                 account_ids=ArrayText(row.restore_account_ids),
                 rounds=ArrayText(row.restore_rounds),
                 prior_states=ArrayText(row.restore_prior_states),
-                unban_reasons=ArrayText(row.restore_unban_reasons),
                 ban_ids=ArrayText(row.restore_ban_ids),
                 ban_accounts=ArrayText(row.restore_ban_accounts),
                 first_case=row.restore_first_case, last_case=row.restore_last_case,
@@ -722,8 +742,8 @@ def _build_verify_statement(incident: RegisteredIncident, preview: bool, restori
 
 # What a settle batch's verdict statement hands the restore, as arrays in text form, all in
 # the order of the accounts (the restore function's order), and the bounds of the batch.
-_RESTORE_ARRAYS = ("case_ids", "account_ids", "rounds", "prior_states", "unban_reasons",
-                   "ban_ids", "ban_accounts")
+_RESTORE_ARRAYS = ("case_ids", "account_ids", "rounds", "prior_states", "ban_ids",
+                   "ban_accounts")
 _RESTORE_BOUNDS = ("first_case", "last_case", "first_account", "last_account")
 
 
@@ -738,10 +758,6 @@ def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
     def listed(value: Any) -> Any:
         return listed_text(value, *in_order)
 
-    unban_reason = func.format(
-        bindparam(None, UNBAN_REASON, type_=Text),
-        bindparam(None, incident.key, type_=Text),
-        func.coalesce(func.nullif(v.faulty_names, ""), bindparam(None, ANY_FAULTY, type_=Text)))
     bans = func.unnest(v.standing_ids).table_valued(
         "ban_id", with_ordinality="n").render_derived("bans")
     by_ban = (v.account_id, v.case_id, bans.c.n)
@@ -751,7 +767,7 @@ def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
         for column_ in (bans.c.ban_id, v.account_id))
     arrays = {"case_ids": listed(v.case_id), "account_ids": listed(v.account_id),
               "rounds": listed(v.round), "prior_states": listed(v.prior_state),
-              "unban_reasons": listed(unban_reason), "ban_ids": ban_ids,
+              "ban_ids": ban_ids,
               "ban_accounts": ban_accounts}
     bounds = {"first_case": func.min(v.case_id), "last_case": func.max(v.case_id),
               "first_account": func.min(v.account_id), "last_account": func.max(v.account_id)}
@@ -877,8 +893,8 @@ class RestoreTarget:
     locale: str
 
 
-# The unban's reason, in Python's % and PostgreSQL's format() alike (the settle batch's
-# verdict statement writes it in SQL): the incident's key, the faulty versions' names.
+# The unban's reason, in Python's % and PostgreSQL's format() alike (the owner's restore
+# function writes it in SQL): the incident's key, the faulty versions' names.
 UNBAN_REASON = "Reinstated by incident %s: the ban by %s was a mistake"
 ANY_FAULTY = "a faulty rule version"
 
@@ -920,19 +936,22 @@ def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
     return judged
 
 
-def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
-                  sender_domain: str, actor: str = PIPELINE_ACTOR,
+def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, permit: Permit,
+                  *, sender_domain: str, actor: str = PIPELINE_ACTOR,
                   case_ids: Sequence[int] | None = None) -> BatchResult:
-    """Restore the next batch of verified cases whose outcome is reinstated.
+    """Restore the next batch of verified cases whose outcome is reinstated, and that
+    `permit` (read in this transaction) allows: for an incident that requires approval,
+    only cases its approved plan holds.
 
     In this one transaction, per account: status 'active', one 'unban' action, each
     standing ban reversed by it, exactly the pins those bans hid made visible, the
     case's checkpoint and its outbox notice. Each account is first judged again under
-    lock: one whose bans changed since verification is not touched, and its case
-    records what it is now.
+    lock: one whose bans changed since verification, or since the plan, is not touched,
+    and its case records what it is now (which a new plan then shows).
     """
     claimed = claim_cases(conn, incident.id, [CaseState.VERIFIED], limit,
-                          outcome=str(Outcome.REINSTATED), case_ids=case_ids)
+                          outcome=str(Outcome.REINSTATED), case_ids=case_ids,
+                          plan_id=permit.plan_id)
     result = BatchResult()
     if not claimed:
         return result
@@ -948,7 +967,9 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
         # bans changed since they looked.
         reviewed = (case.review_decision == "reinstate"
                     and verdict.outcome == Outcome.NEEDS_REVIEW)
-        if (verdict.outcome == Outcome.REINSTATED or reviewed) and same_bans \
+        planned = permit.allows(case.plan_verdict, case.plan_ban_ids, case.review_decision,
+                                verdict.standing_ban_ids)
+        if (verdict.outcome == Outcome.REINSTATED or reviewed) and same_bans and planned \
                 and target is not None:
             to_restore.append((case, verdict, target))
         else:
@@ -976,7 +997,7 @@ def _record_changed(conn: Connection, incident: RegisteredIncident,
         if decision.outcome == Outcome.REINSTATED:
             reasons = dict(decision.reasons)
             reasons["summary"] = ("needs review: the account's bans changed between "
-                                  "verification and restore")
+                                  "verification (or the approved plan) and restore")
             decision = CaseDecision(Outcome.NEEDS_REVIEW, decision.faulty_ban_ids,
                                     decision.standing_ban_ids, reasons)
         state = _STATE_AFTER_VERIFY[decision.outcome]
@@ -1104,7 +1125,6 @@ class RestoreBatch:
     account_ids: ArrayText
     rounds: ArrayText
     prior_states: ArrayText  # each case's state before this transaction
-    unban_reasons: ArrayText
     ban_ids: ArrayText
     ban_accounts: ArrayText
     first_case: int
@@ -1130,8 +1150,6 @@ class RestoreBatch:
             account_ids=text_of(BigInteger, account_ids),
             rounds=text_of(Integer, [case.round for case, _, _ in to_restore]),
             prior_states=text_of(Text, [case.state for case, _, _ in to_restore]),
-            unban_reasons=text_of(Text, [_unban_reason(incident, verdict)
-                                         for _, verdict, _ in to_restore]),
             ban_ids=text_of(BigInteger, [ban_id for _, verdict, _ in to_restore
                                          for ban_id in verdict.standing_ban_ids]),
             ban_accounts=text_of(BigInteger, [record.id for _, verdict, record in to_restore
@@ -1147,9 +1165,10 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     """The restore of a batch as two statements.
 
     The platform writes go through `reinstatement_restore_accounts`: the owner's function
-    (migration 0006) checks every account and ban against the contract before it writes,
-    so the pipeline's role needs no write privilege on the platform's tables, and a
-    platform row that changed under the batch rolls it back. From its result a second
+    (sql/functions/reinstatement_restore_accounts.sql) checks the incident, its approved
+    plan and every account and ban against the contract before it writes, names the unban
+    and its time itself, so the pipeline's role needs no write privilege on the platform's
+    tables, and a platform row that changed under the batch rolls it back. From its result a second
     statement records each case's unban and pins, queues each notice and audits each case.
 
     Two statements, not one: joined to the function's result inside one statement, the
@@ -1160,11 +1179,8 @@ def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
     restored = func.reinstatement_restore_accounts(
         _array(BigInteger, batch.case_ids),
         _array(BigInteger, batch.account_ids),
-        _array(Text, batch.unban_reasons),
         _array(BigInteger, batch.ban_ids),
         _array(BigInteger, batch.ban_accounts),
-        bindparam(None, PIPELINE_ACTOR, type_=Text),
-        bindparam(None, now, type_=DateTime(timezone=True)),
     ).table_valued("restored_account_id", "unban_action_id", "pins_restored",
                    with_ordinality="n").render_derived("restored")
     r = restored.c
@@ -1278,22 +1294,27 @@ def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Co
 
 # -- counts -----------------------------------------------------------------------------
 
-def pending_work(conn: Connection, incident_id: int) -> dict[str, int]:
-    """How many cases wait for each step."""
+def pending_work(conn: Connection, incident_id: int, restore_plan: int | None = None
+                 ) -> dict[str, int]:
+    """How many cases wait for each step. `restore_plan`: the approved plan an incident
+    that requires approval restores from; only the cases it holds wait for the restore."""
     # Only the states a step takes: through the (incident, state) index, so a finished
     # incident's closed and restored cases are not read at all.
     rows = conn.execute(
         select(Case.state, Case.outcome, func.count())
         .where(Case.incident_id == incident_id,
-               Case.state.in_([CaseState.PLANNED, CaseState.PREVIEWED, CaseState.VERIFIED]))
+               Case.state.in_([CaseState.PLANNED, CaseState.PREVIEWED]))
         .group_by(Case.state, Case.outcome)
     ).all()
     counts: Counter[str] = Counter()
-    for state, outcome, n in rows:
-        if state in (CaseState.PLANNED, CaseState.PREVIEWED):
-            counts["verify"] += n
+    for state, _, n in rows:
+        counts["verify"] += n
         if state == CaseState.PLANNED:
             counts["preview"] += n
-        elif state == CaseState.VERIFIED and outcome == Outcome.REINSTATED:
-            counts["restore"] += n
-    return dict(counts)
+    restorable = select(func.count()).select_from(Case).where(
+        Case.incident_id == incident_id, Case.state == CaseState.VERIFIED,
+        Case.outcome == str(Outcome.REINSTATED))
+    if restore_plan is not None:
+        restorable = _held_by_plan(restorable, restore_plan)
+    counts["restore"] = int(conn.execute(restorable).scalar_one())
+    return {step: n for step, n in counts.items() if n}

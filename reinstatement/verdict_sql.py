@@ -139,7 +139,8 @@ def judged_bans(dialect: str, query: Any, rules: IncidentRules | None, *,
     ]
     if not whens:
         bans = query.subquery()
-        judged = select(*bans.c, null().label("truth"))
+        # Typed, so that PostgreSQL reads `truth IS TRUE` of it (an untyped NULL is text).
+        judged = select(*bans.c, cast(null(), Boolean).label("truth"))
         return judged.order_by(bans.c.account_id, bans.c.id) if ordered else judged
     parsed = query.add_columns(
         parsed_evidence(query.selected_columns.evidence_text, dialect).label("parsed")

@@ -30,15 +30,19 @@ END $$;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER
     ON accounts, rule_versions, enforcement_actions, pins FROM reinstatement_pipeline;
 GRANT SELECT ON accounts, rule_versions, enforcement_actions, pins TO reinstatement_pipeline;
--- A restore's platform writes go through the owner's two functions (migration 0006), which
--- check each account and ban against the contract first: a verified reinstatement case, a
--- standing rules-engine ban by a version its incident names faulty, inside the window, no
--- other standing ban. They write only the account's status, one unban action, the bans'
--- reversal and the pins those bans hid.
+-- A restore's platform writes go through the owner's function
+-- (sql/functions/reinstatement_restore_accounts.sql), which decides for itself what may
+-- be written: a running incident; for one that requires approval, only cases its newest
+-- plan holds, once an operator approved it; only standing rules-engine bans by versions
+-- the platform marks 'faulty', named by the incident, inside its window, with no other
+-- standing ban. It writes only the account's status, one unban action (its actor and
+-- time the function's own), the bans' reversal and the pins those bans hid.
 GRANT EXECUTE ON FUNCTION
-    reinstatement_restore_accounts(bigint[], bigint[], text[], bigint[], bigint[], text,
-                                   timestamp with time zone),
-    reinstatement_lock_accounts(bigint[])
+    reinstatement_restore_accounts(bigint[], bigint[], bigint[], bigint[]),
+    reinstatement_lock_accounts(bigint[]),
+    reinstatement_plan_digest(bigint),
+    reinstatement_record_decision(bigint, text, text, text, text, text, text),
+    reinstatement_record_review(bigint, text, text, text, text)
     TO reinstatement_pipeline;
 
 -- Its own tables: everything but DELETE; the audit trail only grows.
@@ -51,6 +55,17 @@ GRANT SELECT, INSERT ON reinstatement_audit TO reinstatement_pipeline;
 -- Where each batch ran: written once, never changed.
 GRANT SELECT, INSERT ON reinstatement_batches TO reinstatement_pipeline;
 GRANT SELECT ON reinstatement_alembic_version TO reinstatement_pipeline;
+-- Plans: written once (a plan's digest and count are set by the transaction that wrote
+-- it, from its entries; see the guards below). Decisions and reviews: read only; each is
+-- written by the owner's function reinstatement_record_decision or
+-- reinstatement_record_review, which checks it first.
+REVOKE UPDATE, DELETE, TRUNCATE ON reinstatement_plans, reinstatement_plan_cases,
+    reinstatement_decisions, reinstatement_reviews FROM reinstatement_pipeline;
+REVOKE INSERT ON reinstatement_decisions, reinstatement_reviews FROM reinstatement_pipeline;
+GRANT SELECT, INSERT ON reinstatement_plans, reinstatement_plan_cases
+    TO reinstatement_pipeline;
+GRANT UPDATE (digest, cases) ON reinstatement_plans TO reinstatement_pipeline;
+GRANT SELECT ON reinstatement_decisions, reinstatement_reviews TO reinstatement_pipeline;
 
 -- The id sequences behind the rows it inserts: its own tables (the unban actions are
 -- inserted by the owner's function).
@@ -70,32 +85,59 @@ BEGIN
     END LOOP;
 END $$;
 
--- Its own tables, narrowed where a write would stand for an operator's decision or for a
--- notice sent. These triggers bind this role only (other roles, such as the owner running
--- migrations, are not checked); a refused write raises insufficient_privilege (42501).
+-- Its own tables, narrowed where a write would stand for an operator's decision, a plan an
+-- operator saw, or a notice sent. These triggers bind this role and every role that is a
+-- member of it (a person's own role, granted it with `GRANT reinstatement_pipeline TO
+-- ana;`), but not the tables' owner running migrations, nor a superuser; a refused write
+-- raises insufficient_privilege (42501). A person's own role declares incidents under its
+-- own name only, and decides under it only (reinstatement_record_decision).
 
--- An incident: created as 'registered'; its status moves only along the lifecycle of
--- reinstatement/lifecycle.py (ALLOWED, kept equal by tests/test_security.py); approval
--- and rejection only from 'awaiting_approval', and only naming the operator who decided;
--- its key and parameters never change.
+-- An incident: created as 'registered', naming who declared it; its status moves only
+-- along the lifecycle of reinstatement/lifecycle.py (ALLOWED, kept equal by
+-- tests/test_security.py), to approved or rejected only after that decision on its newest
+-- plan; its key, parameters and declarer never change.
 CREATE OR REPLACE FUNCTION reinstatement_guard_incident() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_personal boolean;
+    v_plan bigint;
+    v_decision text;
 BEGIN
-    IF current_user <> 'reinstatement_pipeline' THEN
+    IF current_user <> 'reinstatement_pipeline'
+       AND (current_setting('is_superuser') = 'on'
+            OR NOT pg_has_role(current_user, 'reinstatement_pipeline', 'MEMBER')) THEN
         RETURN NEW;
     END IF;
+    v_personal := session_user <> 'reinstatement_pipeline'
+        AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user),
+                         false);
     IF TG_OP = 'INSERT' THEN
-        IF NEW.status <> 'registered' OR NEW.approval IS NOT NULL
-           OR NEW.approved_by IS NOT NULL THEN
-            RAISE EXCEPTION 'refused: an incident starts as registered, undecided'
+        IF NEW.status <> 'registered' THEN
+            RAISE EXCEPTION 'refused: an incident starts as registered'
                 USING ERRCODE = '42501';
+        END IF;
+        IF btrim(coalesce(NEW.declared_by, '')) = '' THEN
+            RAISE EXCEPTION 'refused: an incident names who declared it'
+                USING ERRCODE = '42501';
+        END IF;
+        IF v_personal AND (NEW.declared_by IS DISTINCT FROM session_user::text
+                           OR NEW.declared_via IS DISTINCT FROM 'database-role') THEN
+            RAISE EXCEPTION 'refused: connected as database role %, an incident is declared '
+                'under that name', session_user USING ERRCODE = '42501';
+        END IF;
+        IF NOT v_personal AND NEW.declared_via IS DISTINCT FROM 'cli'
+           AND NEW.declared_via IS DISTINCT FROM 'prefect-ui' THEN
+            RAISE EXCEPTION 'refused: a relayed declaration comes from the cli or the '
+                'prefect-ui' USING ERRCODE = '42501';
         END IF;
         RETURN NEW;
     END IF;
     IF NEW.key IS DISTINCT FROM OLD.key OR NEW.params::text IS DISTINCT FROM OLD.params::text
-       OR NEW.params_digest IS DISTINCT FROM OLD.params_digest THEN
-        RAISE EXCEPTION 'refused: incident %''s key and parameters never change', OLD.key
-            USING ERRCODE = '42501';
+       OR NEW.params_digest IS DISTINCT FROM OLD.params_digest
+       OR NEW.declared_by IS DISTINCT FROM OLD.declared_by
+       OR NEW.declared_via IS DISTINCT FROM OLD.declared_via THEN
+        RAISE EXCEPTION 'refused: incident %''s key, parameters and declarer never change',
+            OLD.key USING ERRCODE = '42501';
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status AND (OLD.status, NEW.status) NOT IN (
         ('registered', 'previewed'), ('registered', 'awaiting_approval'),
@@ -104,30 +146,20 @@ BEGIN
         ('awaiting_approval', 'approved'), ('awaiting_approval', 'rejected'),
         ('approved', 'running'), ('approved', 'awaiting_approval'),
         ('running', 'completed'), ('running', 'awaiting_approval'),
-        ('completed', 'running')
+        ('completed', 'running'), ('completed', 'awaiting_approval')
     ) THEN
         RAISE EXCEPTION 'refused: incident % cannot go from % to %', OLD.key, OLD.status,
             NEW.status USING ERRCODE = '42501';
     END IF;
-    IF (NEW.approval, NEW.approved_by, NEW.approval_note, NEW.approval_decided_at)
-       IS DISTINCT FROM
-       (OLD.approval, OLD.approved_by, OLD.approval_note, OLD.approval_decided_at) THEN
-        IF OLD.status = 'awaiting_approval' AND NEW.status IN ('approved', 'rejected') THEN
-            IF NEW.approval IS DISTINCT FROM
-                   (CASE NEW.status WHEN 'approved' THEN 'approved' ELSE 'rejected' END)
-               OR btrim(coalesce(NEW.approved_by, '')) = ''
-               OR NEW.approval_decided_at IS NULL THEN
-                RAISE EXCEPTION 'refused: a decision on incident % names its operator',
-                    OLD.key USING ERRCODE = '42501';
-            END IF;
-        ELSIF NOT (NEW.status = 'awaiting_approval' AND NEW.approval IS NULL
-                   AND NEW.approved_by IS NULL AND NEW.approval_decided_at IS NULL) THEN
-            RAISE EXCEPTION 'refused: incident %''s approval changes only by a decision',
-                OLD.key USING ERRCODE = '42501';
+    IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status IN ('approved', 'rejected') THEN
+        SELECT max(p.id) INTO v_plan FROM reinstatement_plans p WHERE p.incident_id = NEW.id;
+        SELECT d.decision INTO v_decision FROM reinstatement_decisions d
+        WHERE d.plan_id = v_plan ORDER BY d.id LIMIT 1;
+        IF v_decision IS DISTINCT FROM
+               (CASE NEW.status WHEN 'approved' THEN 'approve' ELSE 'reject' END) THEN
+            RAISE EXCEPTION 'refused: incident % is % only after that decision on its newest '
+                'plan', OLD.key, NEW.status USING ERRCODE = '42501';
         END IF;
-    ELSIF NEW.status IN ('approved', 'rejected') AND OLD.status <> NEW.status THEN
-        RAISE EXCEPTION 'refused: a decision on incident % names its operator', OLD.key
-            USING ERRCODE = '42501';
     END IF;
     RETURN NEW;
 END
@@ -137,6 +169,70 @@ CREATE TRIGGER reinstatement_guard_incident
     BEFORE INSERT OR UPDATE ON reinstatement_incidents
     FOR EACH ROW EXECUTE FUNCTION reinstatement_guard_incident();
 
+-- A plan: written with no digest; then, once, by the transaction that wrote it, its digest
+-- and count (from the entries it wrote) and nothing else. Its entries are written only by
+-- that transaction, before the digest: once a plan is named by a digest, nothing is added
+-- to it (the owner's reinstatement_record_decision checks the digest against the entries
+-- again before anyone may approve it).
+CREATE OR REPLACE FUNCTION reinstatement_guard_plan() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF current_user <> 'reinstatement_pipeline'
+       AND (current_setting('is_superuser') = 'on'
+            OR NOT pg_has_role(current_user, 'reinstatement_pipeline', 'MEMBER')) THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.digest IS NOT NULL THEN
+            RAISE EXCEPTION 'refused: a plan is written before its digest'
+                USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF OLD.digest IS NOT NULL THEN
+        RAISE EXCEPTION 'refused: plan % is fixed once written', OLD.digest
+            USING ERRCODE = '42501';
+    END IF;
+    IF (NEW.id, NEW.incident_id, NEW.dry_run, NEW.created_by, NEW.created_at)
+       IS DISTINCT FROM (OLD.id, OLD.incident_id, OLD.dry_run, OLD.created_by, OLD.created_at)
+       OR NOT EXISTS (SELECT 1 FROM reinstatement_plans p
+                      WHERE p.id = OLD.id AND p.xmin = pg_current_xact_id()::xid) THEN
+        RAISE EXCEPTION 'refused: only the transaction that wrote a plan sets its digest'
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS reinstatement_guard_plan ON reinstatement_plans;
+CREATE TRIGGER reinstatement_guard_plan
+    BEFORE INSERT OR UPDATE ON reinstatement_plans
+    FOR EACH ROW EXECUTE FUNCTION reinstatement_guard_plan();
+
+-- Checked once per statement (a plan may hold a million entries).
+CREATE OR REPLACE FUNCTION reinstatement_guard_plan_cases() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF current_user <> 'reinstatement_pipeline'
+       AND (current_setting('is_superuser') = 'on'
+            OR NOT pg_has_role(current_user, 'reinstatement_pipeline', 'MEMBER')) THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM (SELECT DISTINCT r.plan_id FROM written_entries r) AS r
+               LEFT JOIN reinstatement_plans p ON p.id = r.plan_id
+               WHERE p.id IS NULL OR p.digest IS NOT NULL
+                  OR NOT (p.xmin = pg_current_xact_id()::xid)) THEN
+        RAISE EXCEPTION 'refused: a plan''s entries are written with the plan, before its '
+            'digest' USING ERRCODE = '42501';
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS reinstatement_guard_plan_cases ON reinstatement_plan_cases;
+CREATE TRIGGER reinstatement_guard_plan_cases
+    AFTER INSERT ON reinstatement_plan_cases
+    REFERENCING NEW TABLE AS written_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION reinstatement_guard_plan_cases();
+
 -- A notice: created unsent and unclaimed; 'sent' (and 'retry', 'failed', back to
 -- 'pending') only from 'sending', the state of a claim that holds a token; a settled
 -- notice ('sent', 'failed', 'no_address', 'suppressed') never changes again; whom it is
@@ -144,7 +240,9 @@ CREATE TRIGGER reinstatement_guard_incident
 CREATE OR REPLACE FUNCTION reinstatement_guard_notice() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF current_user <> 'reinstatement_pipeline' THEN
+    IF current_user <> 'reinstatement_pipeline'
+       AND (current_setting('is_superuser') = 'on'
+            OR NOT pg_has_role(current_user, 'reinstatement_pipeline', 'MEMBER')) THEN
         RETURN NEW;
     END IF;
     IF TG_OP = 'INSERT' THEN

@@ -13,12 +13,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
-from reinstatement import runner
+from reinstatement import approval, runner
 from reinstatement.db import get_engine, pipeline_engine
-from reinstatement.incidents import IncidentRequest, RegisteredIncident
+from reinstatement.incidents import IncidentRequest, RegisteredIncident, registered_parameters
+from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
 from reinstatement.settings import load_settings
@@ -68,11 +69,38 @@ BATCH_TASK_OPTIONS: dict[str, Any] = {
 @task(name="register-incident", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       retry_condition_fn=retry_transient_only)
 def register_incident(request: IncidentRequest) -> RegisteredIncident:
-    """Register the incident under its key (or check a rerun asks for the same thing)."""
-    incident = runner.register(pipeline_engine(), request, run_actor())
+    """Register the incident under its key (or check a rerun asks for the same thing).
+
+    Who declares a new incident: in a deployment run (the Prefect UI, or the API), the
+    name its form gives; otherwise whoever runs this process (`approval.process_identity`).
+    """
+    engine = pipeline_engine()
+    declarer = None
+    if deployment.get_id() is not None:
+        with engine.connect() as conn:
+            new = registered_parameters(conn, request.incident_key) is None
+        if new:
+            declarer = approval.ui_identity(request.declared_by, "declared_by")
+    incident = runner.register(engine, request, run_actor(), declarer)
     get_run_logger().info("incident %s: %d faulty version(s)", incident.key,
                           len(incident.rules.faulty))
     return incident
+
+
+@task(name="make-plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_only)
+def make_plan(incident: RegisteredIncident, dry_run: bool) -> IncidentState:
+    """The plan of the incident's cases as judged now (the newest plan when nothing
+    changed), and the incident's status after it: an incident that requires approval and
+    whose newest plan nobody approved waits for an operator."""
+    state, made = runner.settle_plan(pipeline_engine(), incident, run_actor(),
+                                     dry_run=dry_run)
+    plan = made.plan
+    get_run_logger().info(
+        "plan %s (%s): %d case(s)%s; incident %s", plan.short,
+        "new" if made.new else "unchanged", plan.cases,
+        "" if plan.decision is None else f", {plan.decision}d", state.describe())
+    return state
 
 
 @task(name="plan-candidates", **BATCH_TASK_OPTIONS)

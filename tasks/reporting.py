@@ -64,18 +64,28 @@ def _report(incident_key: str) -> dict[str, Any]:
 
 
 def _decision_lines(report: dict[str, Any]) -> list[str]:
-    """What the operator decided, first thing on the page: a rejection cannot be missed."""
-    approval = report.get("approval")
-    if report["status"] == "rejected" and approval:
-        return [f"## REJECTED by {md(approval['by'])} at {md(approval['at'])}", "",
-                f"Note: {md(approval['note'])}", "",
+    """What was declared, planned and decided, first thing on the page: a rejection cannot
+    be missed, and the plan an operator approves is named by its digest."""
+    decision = report.get("decision")
+    if report["status"] == "rejected" and decision:
+        return [f"## REJECTED by {md(decision['by'])} at {md(decision['at'])}", "",
+                f"Note: {md(decision['note'])}", "",
                 "Nothing was restored and nothing will be under this incident key.", ""]
-    if approval and approval["decision"] == "approved":
-        note = f": {md(approval['note'])}" if approval["note"] else ""
-        return [f"Approved by {md(approval['by'])} at {md(approval['at'])}{note}.", ""]
+    lines = []
+    if report.get("declared_by"):
+        lines += [f"Declared by {md(report['declared_by'])}.", ""]
+    plan = report.get("plan")
+    if plan:
+        counts = ", ".join(f"{md(v)} {n:,}" for v, n in plan["counts"].items())
+        lines += [f"**Plan {md(plan['short'])}** ({md(plan['state'])}): "
+                  f"{plan['cases']:,} cases ({counts}). Digest: `{md(plan['digest'])}`.", ""]
+    if decision and decision["decision"] == "approve":
+        note = f": {md(decision['note'])}" if decision["note"] else ""
+        lines += [f"Plan {md(decision['plan'] or '-')} approved by {md(decision['by'])} at "
+                  f"{md(decision['at'])}{note}.", ""]
     if report["status"] == "awaiting_approval":
-        return [f"**Awaiting approval.** {md(report['status_words'])}", ""]
-    return []
+        lines += [f"**Awaiting approval.** {md(report['status_words'])}", ""]
+    return lines
 
 
 def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str:

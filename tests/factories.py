@@ -139,3 +139,40 @@ def planned_seeded_incident(engine: Engine, accounts: int = 1500, seed_number: i
                                    row.round)
                  for row in conn.execute(select(Case).order_by(Case.id))]
     return incident, cases
+
+
+APPROVER = "ana"  # the tests' declarer is the OS login running them; ana is someone else
+
+
+def approve(engine: Engine, key: str = INCIDENT_KEY, by: str = APPROVER,
+            note: str = "samples read") -> Any:
+    """Approve the incident's newest plan, as `by` on the command line; the plan."""
+    from reinstatement import approval, runner
+    from reinstatement.incidents import load_incident
+
+    with engine.connect() as conn:
+        incident = load_incident(conn, key)
+    _, plan = runner.decide(engine, incident, "approve",
+                            approval.Identity(by, approval.VIA_CLI), note=note)
+    return plan
+
+
+WRONGFUL_SPAM_EVIDENCE = {"links_per_hour": 9, "repeat_text_ratio": 0.1,
+                          "verified_email": True}
+
+
+def wrongly_banned_now(engine: Engine) -> int:
+    """A new account of the seeded platform, banned by spam_burst@7 inside the seeded
+    incident's window on evidence its correction (spam_burst@8) finds false: a candidate
+    that appears after a preview, reinstated once an approved plan holds it."""
+    from datetime import timedelta
+
+    from reinstatement.seed import RULE_ID
+
+    with engine.begin() as conn:
+        platform = Platform(conn)
+        account = platform.account()
+        ban = platform.ban(account, RULE_ID["spam_burst@7"], WRONGFUL_SPAM_EVIDENCE,
+                           created_at=INCIDENT_SINCE + timedelta(days=3))
+        platform.pin(account, hidden_by=ban)
+    return account

@@ -349,7 +349,11 @@ BAD_RUNS = [
                  id="key-forbidden-characters"),
     pytest.param(["x" * 201, *SPAM], {}, ["incident_key"], id="key-too-long"),
     # Typer's own usage errors exit 2 as well.
-    pytest.param([KEY], {}, ["Missing option", "--faulty"], id="usage-no-faulty"),
+    pytest.param([KEY], {}, ["no incident registered", "declare it with --faulty"],
+                 id="unregistered-without-faulty"),
+    pytest.param([KEY, "--since", "2025-04-01T00:00:00Z"], {},
+                 ["--since is part of an incident's declaration"],
+                 id="part-of-a-declaration-without-faulty"),
     pytest.param([*SPAM], {}, ["Missing argument"], id="usage-no-key"),
     pytest.param([KEY, *SPAM, "--batch-size", "many"], {}, ["--batch-size"],
                  id="usage-batch-size-not-a-number"),

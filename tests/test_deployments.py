@@ -28,7 +28,7 @@ from sqlalchemy import Engine, func, select
 from deployments.definitions import all_deployments
 from flows.reinstate_incident import reinstate_incident
 from reinstatement.markdown import md
-from reinstatement.models import Case
+from reinstatement.models import Case, PlanCase
 from reinstatement.platform_schema import accounts
 from reinstatement.seed import (
     INCIDENT_FAULTY,
@@ -204,6 +204,9 @@ def _wait_for_state(flow_run_id: Any, done: str, timeout: float = 180) -> Any:
     raise AssertionError(f"the run never reached {done}")
 
 
+DECLARER = "dev-declarer"  # who declares the incidents in the UI; ops-oncall approves
+
+
 def _start_incident(batch_size: int = 100) -> Any:
     return run_deployment(
         "reinstate-incident/reinstate-incident",
@@ -213,6 +216,7 @@ def _start_incident(batch_size: int = 100) -> Any:
             "since": INCIDENT_SINCE.isoformat(),
             "until": INCIDENT_UNTIL.isoformat(),
             "batch_size": batch_size,
+            "declared_by": DECLARER,
         }},
         timeout=0,
     )
@@ -285,7 +289,64 @@ def test_operator_runs_an_incident_from_the_deployment(
     assert active == summary.kinds["bystander"] + summary.kinds["appealed"] + restored
     notices = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     assert 0 < len(notices) <= restored
-    assert f"Approved by {md('ops-oncall')} at " in _report_markdown()
+    report = _report_markdown()
+    assert f"approved by {md('ops-oncall (the Prefect UI)')} at " in report
+    assert f"Declared by {md(DECLARER + ' (the Prefect UI)')}" in report
+
+
+def test_the_ui_approves_exactly_the_plan_it_previewed(
+    served: Server, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    """A faulty ban appears while the run waits; the operator resumes with "approve". The
+    resumed run finds the new candidate, so the plan the operator decided on is superseded:
+    nothing is restored under it, the run waits again, for the new plan that holds the new
+    account; approving that one restores everything. And the declarer's own approval is a
+    plain failure."""
+    from reinstatement.lifecycle import state_by_key
+    from tests.factories import wrongly_banned_now
+
+    seed(engine, SeedOptions(accounts=150, seed=8))
+    flow_run = _start_incident()
+    _wait_for_state(flow_run.id, "Suspended")
+    with engine.connect() as conn:
+        first = state_by_key(conn, INCIDENT_KEY).plan
+    assert first is not None and first.decision is None
+    newcomer = wrongly_banned_now(engine)
+    before = _restored(engine)
+    resume_flow_run(flow_run.id, run_input={
+        "decision": "approve", "operator": "ops-oncall", "note": "preview checked"})
+    _wait_for_state(flow_run.id, "Suspended")
+    time.sleep(2)  # it stays suspended: nothing more happens under the first decision
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run.id).state.name == "Suspended"
+    with engine.connect() as conn:
+        waiting = state_by_key(conn, INCIDENT_KEY)
+        status = conn.execute(select(accounts.c.status).where(accounts.c.id == newcomer)
+                              ).scalar_one()
+        held = conn.execute(select(PlanCase.verdict).join(Case, Case.id == PlanCase.case_id)
+                            .where(PlanCase.plan_id == waiting.plan.id,
+                                   Case.account_id == newcomer)).scalar_one()
+    assert waiting.status == "awaiting_approval" and waiting.plan.id != first.id
+    assert (status, held, _restored(engine)) == ("banned", "reinstated", before)
+    assert waiting.plan.decision is None  # the decision on the first plan went nowhere
+
+    resume_flow_run(flow_run.id, run_input={
+        "decision": "approve", "operator": DECLARER, "note": "my own"})
+    run = _wait_for_state(flow_run.id, "final")
+    assert run.state.is_failed() and "may not approve it" in run.state.message, run.state
+    logs = _run_logs(flow_run.id, until_seen=run.state.message)
+    assert not any("Traceback" in line for line in logs), logs
+    assert _restored(engine) == before
+
+    again = _start_incident()  # the same declaration, a new run of it
+    _wait_for_state(again.id, "Suspended")
+    resume_flow_run(again.id, run_input={
+        "decision": "approve", "operator": "ops-oncall", "note": "new plan checked"})
+    _wait_for_state(again.id, "COMPLETED")
+    with engine.connect() as conn:
+        assert conn.execute(select(accounts.c.status).where(accounts.c.id == newcomer)
+                            ).scalar_one() == "active"
+    assert _restored(engine) > before
 
 
 def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
@@ -322,7 +383,7 @@ def _incident_parameters(**fields: Any) -> dict[str, Any]:
     return {"request": {
         "incident_key": INCIDENT_KEY, "faulty_versions": list(INCIDENT_FAULTY),
         "since": INCIDENT_SINCE.isoformat(), "until": INCIDENT_UNTIL.isoformat(),
-        "batch_size": 100, **fields}}
+        "batch_size": 100, "declared_by": DECLARER, **fields}}
 
 
 def _run_logs(flow_run_id: Any, until_seen: str = "", timeout: float = 30) -> list[str]:
@@ -356,6 +417,10 @@ def test_bad_input_is_refused_at_the_form_or_fails_at_once_in_plain_words(
          _incident_parameters(faulty_versions=["spam_burst"])),
         ("reinstate-incident/reinstate-incident", _incident_parameters(faulty_versions=[])),
         ("reinstate-incident/reinstate-incident", _incident_parameters(batch_size=0)),
+        ("reinstate-incident/reinstate-incident", _incident_parameters(declared_by=" ")),
+        ("reinstate-incident/reinstate-incident",
+         {"request": {k: v for k, v in _incident_parameters()["request"].items()
+                      if k != "declared_by"}}),
         ("nightly-reconciliation/nightly-reconciliation", {"batch_size": -5}),
         ("review-case/review-case", {"case_id": 0, "decision": "reinstate",
                                      "reviewer": "ana", "note": "x"}),
@@ -373,6 +438,8 @@ def test_bad_input_is_refused_at_the_form_or_fails_at_once_in_plain_words(
                               until=INCIDENT_SINCE.isoformat()),
          "before it starts"),
         (_incident_parameters(faulty_versions=["spam_burst@99"]), "spam_burst@99"),
+        (_incident_parameters(faulty_versions=["harassment@4"]),
+         "harassment@4 is not marked faulty by the platform (its status is 'active')"),
     ]
     for parameters, words in fails_at_once:
         flow_run = run_deployment("reinstate-incident/reinstate-incident",

@@ -17,8 +17,8 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
+from tests.factories import approve, snapshot
 from tests.factories import seeded_incident_request as incident_request
-from tests.factories import snapshot
 
 pytestmark = pytest.mark.prefect
 
@@ -166,16 +166,12 @@ def test_progress_moves_per_batch_and_says_done_of_total(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An approved incident's restore step: its total is known from the start."""
-    from reinstatement import runner
     from reinstatement.db import pipeline_engine
-    from reinstatement.lifecycle import IncidentStatus
 
     seed(engine, SeedOptions(accounts=300, seed=6))
     request = incident_request(batch_size=20, require_approval=True)
     assert reinstate_incident(request)["status"] == "awaiting_approval"
-    incident = runner.register(pipeline_engine(), request, "test")
-    runner.change(pipeline_engine(), incident, IncidentStatus.APPROVED, "operator:ana",
-                  "checked", decided_by="ana", note="checked")
+    approve(pipeline_engine(), request.incident_key)
     updates = _recorded_progress(monkeypatch)
     report = reinstate_incident(request)
     restore = [(p, d) for p, d in updates if d and d.startswith("restore:")]

@@ -9,6 +9,7 @@ are tested as plain Python, and one test checks that no module outside
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -18,12 +19,13 @@ from sqlalchemy import Engine, func, select, update
 from typer.testing import Result
 
 from reinstatement import lifecycle, runner
+from reinstatement.approval import Identity
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentStatus, TransitionRefused
 from reinstatement.models import AuditEntry, Case, Incident, Notice
 from reinstatement.platform_schema import accounts, rule_versions
 from reinstatement.steps import PIPELINE_ACTOR, CaseState
-from tests.factories import T0, WRONGFUL, Platform, snapshot
+from tests.factories import T0, WRONGFUL, Platform, approve, snapshot
 from tests.test_cli import describe, invoke
 from tests.test_steps import KEY, build_scenario, request, run_all
 
@@ -71,13 +73,15 @@ def every_other_path_restores_nothing(engine: Engine, before: dict[str, object],
     """A plain run with the same and other flags, a dry run, reconcile, review, resume."""
     from flows.reinstate_incident import resume_incident
 
-    for extra in ([], ["--no-notify"], ["--require-approval", "--no-notify"]):
+    for extra in (["--no-notify"], ["--no-require-approval"],
+                  ["--require-approval", "--no-notify"]):
         result = run_cli(*extra)  # other parameters than the key was registered with
         assert result.exit_code == 2, describe(result)
         assert "other parameters" in result.stderr or refusal in result.stderr
-    for extra in (["--require-approval"], ["--require-approval", "--batch-size", "50"],
-                  ["--require-approval", "--dry-run"]):
-        result = run_cli(*extra)
+    continue_alone = invoke("run", KEY, "--batch-size", "2")
+    for result in (run_cli(), run_cli("--require-approval"), continue_alone,
+                   run_cli("--require-approval", "--batch-size", "50"),
+                   run_cli("--require-approval", "--dry-run")):
         assert result.exit_code in (0, 2), describe(result)
         if result.exit_code == 2:
             assert refusal in result.stderr, describe(result)
@@ -94,14 +98,18 @@ def every_other_path_restores_nothing(engine: Engine, before: dict[str, object],
 
 @pytest.mark.prefect
 def test_an_incident_awaiting_approval_is_restored_only_after_approve(
-    prefect_api: str, engine: Engine, cli_env: dict[str, str]
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Declared by one person, approved by another, then the same `reinstate run` as
+    before (without --require-approval) restores exactly the approved plan."""
     scenario = build_scenario(engine)
     before = snapshot(engine)
+    monkeypatch.setenv("LOGNAME", "dev-declarer")
     first = run_cli("--require-approval")
     assert first.exit_code == 0, describe(first)
     assert f"incident {KEY}: awaiting_approval" in first.stdout
-    assert f"reinstate approve {KEY} --operator NAME" in first.stdout
+    assert f"reinstate approve {KEY}" in first.stdout
     previewed = outcomes(engine)
     assert previewed == {a: o for a, o in scenario.expected.items() if a in previewed}
     assert snapshot(engine) == before
@@ -110,36 +118,47 @@ def test_an_incident_awaiting_approval_is_restored_only_after_approve(
                                       "requires an operator's approval")
     assert status(engine) == "awaiting_approval"
 
-    approved = invoke("approve", KEY, "--operator", "ops-oncall", "--note", "samples read")
+    own = invoke("approve", KEY, "--note", "my own")
+    assert own.exit_code == 2, describe(own)
+    assert "dev-declarer declared incident" in own.stderr and "another person" in own.stderr
+    monkeypatch.setenv("LOGNAME", "ops-oncall")
+    shown = invoke("plan", KEY, "--json")
+    plan = json.loads(shown.stdout)["plan"]
+    approved = invoke("approve", KEY, "--plan", plan["short"], "--note", "samples read")
     assert approved.exit_code == 0, describe(approved)
+    assert f"plan {plan['short']} approved by ops-oncall" in approved.stdout
     assert snapshot(engine) == before  # the decision alone changes nothing
-    done = run_cli("--require-approval")
+    monkeypatch.setenv("LOGNAME", "dev-declarer")
+    done = run_cli()  # the same declaration, without restating --require-approval
     assert done.exit_code == 0, describe(done)
     assert f"incident {KEY}: completed" in done.stdout
-    assert "approved by ops-oncall" in done.stdout
+    assert f"approved plan {plan['short']} by ops-oncall" in done.stdout
     assert outcomes(engine) == previewed
     assert restored_accounts(engine) == {a for a, o in previewed.items() if o == "reinstated"}
     with engine.connect() as conn:
-        assert conn.execute(select(AuditEntry.actor, AuditEntry.reason).where(
-            AuditEntry.to_state == "approved")).one() == ("operator:ops-oncall",
-                                                         "samples read")
+        actor, reason = conn.execute(select(AuditEntry.actor, AuditEntry.reason).where(
+            AuditEntry.to_state == "approved")).one()
+    assert actor == "operator:ops-oncall" and reason.endswith("samples read")
+    assert plan["short"] in reason
 
 
 @pytest.mark.prefect
 def test_a_rejection_is_final(prefect_api: str, engine: Engine,
-                              cli_env: dict[str, str]) -> None:
+                              cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     build_scenario(engine)
     before = snapshot(engine)
     assert run_cli("--require-approval").exit_code == 0
-    no_note = invoke("reject", KEY, "--operator", "ops-oncall", "--note", " ")
+    monkeypatch.setenv("LOGNAME", "ops-oncall")
+    no_note = invoke("reject", KEY, "--note", " ")
     assert no_note.exit_code == 2 and "a note saying why" in no_note.stderr, describe(no_note)
-    rejected = invoke("reject", KEY, "--operator", "ops-oncall", "--note", "rule fixed")
+    rejected = invoke("reject", KEY, "--note", "rule fixed")
     assert rejected.exit_code == 0, describe(rejected)
     assert "rejected by ops-oncall: rule fixed" in rejected.stdout
 
     every_other_path_restores_nothing(engine, before, cli_env["REINSTATE_EMAIL_DIR"],
                                       "rejected by ops-oncall: rule fixed")
-    again = invoke("approve", KEY, "--operator", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    again = invoke("approve", KEY)
     assert again.exit_code == 2 and "rejected by ops-oncall" in again.stderr, describe(again)
     report = invoke("report", KEY)
     assert f"incident {KEY}: rejected" in report.stdout, describe(report)
@@ -206,8 +225,7 @@ def test_only_the_allowed_transitions_happen_and_each_is_audited(
                 conn.execute(update(Incident).values(status=str(source)))
             audits = audit_count(engine)
             with pytest.raises(TransitionRefused), engine.begin() as conn:
-                lifecycle.transition(conn, incident.id, target, "tester", "try",
-                                     decided_by="ops", note="n")
+                lifecycle.transition(conn, incident.id, target, "tester", "try")
             assert status(engine) == source, (source, target)
             assert audit_count(engine) == audits
 
@@ -216,14 +234,20 @@ def test_only_the_allowed_transitions_happen_and_each_is_audited(
     if require_approval:
         with pytest.raises(TransitionRefused, match="requires an operator's approval"):
             runner.change(engine, incident, S.RUNNING, "tester", "skip approval")
-        runner.change(engine, incident, S.AWAITING_APPROVAL, "flow-run:1", "preview")
+        runner.run_without_prefect(engine, request(require_approval=True))
+        assert status(engine) == "awaiting_approval"
+        with pytest.raises(TransitionRefused, match="only by a decision on its newest plan"):
+            runner.change(engine, incident, S.APPROVED, "tester", "no decision")
+        ops = Identity("ops", "cli")
         with pytest.raises(TransitionRefused, match="an operator's name"):
-            runner.change(engine, incident, S.APPROVED, "tester", "x", decided_by=" ")
+            runner.decide(engine, incident, "approve", Identity(" ", "cli"))
         with pytest.raises(TransitionRefused, match="a note saying why"):
-            runner.change(engine, incident, S.REJECTED, "tester", "x", decided_by="ops")
-        state = runner.change(engine, incident, S.APPROVED, "operator:ops", "fine",
-                              decided_by="ops", note="fine")
-        assert (state.approved, state.approved_by, state.approval_note) == (True, "ops", "fine")
+            runner.decide(engine, incident, "reject", ops)
+        state, plan = runner.decide(engine, incident, "approve", ops, note="fine")
+        assert state.approved and state.status == S.APPROVED
+        assert state.decision is not None
+        assert (state.decision.by, state.decision.note, state.decision.plan_id) == (
+            "ops", "fine", plan.id)
     state = runner.change(engine, incident, S.RUNNING, "flow-run:2", "a real run began")
     assert state.may_restore()
     with engine.connect() as conn:
@@ -290,12 +314,7 @@ def test_candidates_found_after_the_approval_go_back_to_the_operator(
         early = Platform(conn).account(status="active")
     build_scenario(engine)
     run_all(engine, request(require_approval=True))
-    with engine.connect() as conn:
-        from reinstatement.incidents import load_incident
-
-        incident = load_incident(conn, KEY)
-    runner.change(engine, incident, IncidentStatus.APPROVED, "operator:ops", "ok",
-                  decided_by="ops", note="ok")
+    approve(engine, KEY)
     ban_now(engine, early)
     before = snapshot(engine)
     state = runner.run_without_prefect(engine, request(require_approval=True))

@@ -468,8 +468,9 @@ def test_a_settle_batch_restores_its_cases_in_place(engine: Engine, backend: str
     if backend != "postgresql":
         pytest.skip("heap-only updates are PostgreSQL's")
     scenario = build_scenario(engine)
-    runner.register(engine, request(), PIPELINE_ACTOR)
-    ctx = step_context(engine, KEY, 100)
+    incident = runner.register(engine, request(), PIPELINE_ACTOR)
+    runner.begin_real_run(engine, incident, PIPELINE_ACTOR)  # the function restores for a
+    ctx = step_context(engine, KEY, 100)                      # running incident only
     runner.plan_all(ctx)
     with engine.begin() as conn:
         result = steps.settle_batch(conn, ctx.incident, 100, restoring=True,

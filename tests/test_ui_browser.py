@@ -340,6 +340,7 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             # refused before any run exists.
             open_custom_run(page, "reinstate-incident")
             page.get_by_label("Incident key").fill(INCIDENT_KEY)
+            page.get_by_label("Declared by").fill("dev-declarer")
             faulty = page.get_by_role("group").filter(
                 has=page.get_by_role("button", name="Add item"))
             page.get_by_role("button", name="Add item").click()
