@@ -34,7 +34,7 @@ from reinstatement import lifecycle, plans
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
-from reinstatement.models import Decision
+from reinstatement.models import Decision, PlanCase
 from reinstatement.plans import PlanRef
 
 PIPELINE_ROLE = "reinstatement_pipeline"  # the role sql/least_privilege_role.sql creates
@@ -200,3 +200,22 @@ def restore_permit(conn: Connection, incident_id: int) -> Permit:
         raise RestoreNotAllowed(f"incident {state.key} may not restore now: it is "
                                 f"{state.describe()}")
     return Permit(incident_id, state.plan if state.require_approval else None)
+
+
+def review_permit(conn: Connection, incident_id: int, case_id: int) -> IncidentState:
+    """Whether a reviewer's decision to reinstate this case may restore it, asked before
+    the decision is recorded (the restore asks `restore_permit` again, bans and all): an
+    incident that requires approval restores a reviewed case only when its approved plan
+    holds it as needing review. Locks the incident's row; raises `TransitionRefused`."""
+    state = lifecycle.current_state(conn, incident_id, lock=True)
+    lifecycle.refuse_unapproved(state)
+    if state.require_approval and state.plan is not None:
+        verdict = conn.execute(select(PlanCase.verdict).where(
+            PlanCase.plan_id == state.plan.id, PlanCase.case_id == case_id)
+        ).scalar_one_or_none()
+        if verdict != plans.REVIEWED:
+            raise TransitionRefused(
+                f"case {case_id} is not in incident {state.key}'s approved plan "
+                f"{state.plan.short} as a case to review: run the incident again, so that "
+                "a new plan holds it, and have that plan approved first")
+    return state

@@ -139,8 +139,8 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
             incident = load_incident(conn, key)
             identity = approval.process_identity(conn)
             newest = current_state(conn, incident.id).plan
-            if newest is not None and not plan:
-                typer.echo(f"incident {key}: plan {newest.short} ({newest.digest}): "
+            if newest is not None:
+                typer.echo(f"incident {key}: newest plan {newest.short} ({newest.digest}): "
                            f"{describe_counts(verdict_counts(conn, newest.id))}")
         state, decided = runner.decide(engine, incident, "approve" if decision == "approve"
                                        else "reject", identity, plan_digest=plan,

@@ -13,11 +13,11 @@ from typing import Any, Literal
 from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select, update
 
 from reinstatement import lifecycle
-from reinstatement.approval import VIA_CLI, VIA_DATABASE_ROLE, process_identity
+from reinstatement.approval import VIA_CLI, VIA_DATABASE_ROLE, process_identity, review_permit
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
-from reinstatement.lifecycle import IncidentStatus, TransitionRefused
-from reinstatement.models import AuditEntry, Case, Incident, PlanCase, Review
+from reinstatement.lifecycle import IncidentStatus
+from reinstatement.models import AuditEntry, Case, Incident, Review
 from reinstatement.steps import CaseState
 from reinstatement.verdicts import Outcome
 
@@ -116,17 +116,7 @@ def _ready_to_restore(conn: Connection, incident_id: int, actor: str, case_id: i
     completed incident goes back to running for this one restore, and completes again
     after it.
     """
-    state = lifecycle.current_state(conn, incident_id, lock=True)
-    lifecycle.refuse_unapproved(state)
-    if state.require_approval and state.plan is not None:
-        verdict = conn.execute(select(PlanCase.verdict).where(
-            PlanCase.plan_id == state.plan.id, PlanCase.case_id == case_id)
-        ).scalar_one_or_none()
-        if verdict != str(Outcome.NEEDS_REVIEW):
-            raise TransitionRefused(
-                f"case {case_id} is not in incident {state.key}'s approved plan "
-                f"{state.plan.short} as a case to review: run the incident again, so that "
-                "a new plan holds it, and have that plan approved first")
+    state = review_permit(conn, incident_id, case_id)
     if state.status != IncidentStatus.RUNNING:
         lifecycle.transition(conn, incident_id, IncidentStatus.RUNNING, actor,
                              f"case {case_id} reinstated by review")

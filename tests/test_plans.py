@@ -353,8 +353,8 @@ def test_approve_shows_the_plan_and_plan_prints_it(
         assert refused.exit_code == 2 and words in refused.stderr, describe(refused)
     approved = approve_cli(monkeypatch, "--plan", plan["digest"])
     assert approved.exit_code == 0, describe(approved)
-    assert f"plan {plan['short']} ({plan['digest']})" in approved.stdout or \
-        f"plan {plan['short']} approved by {APPROVER}" in approved.stdout
+    assert f"newest plan {plan['short']} ({plan['digest']})" in approved.stdout
+    assert f"plan {plan['short']} approved by {APPROVER}" in approved.stdout
     twice = approve_cli(monkeypatch)
     assert twice.exit_code == 2 and "not awaiting approval" in twice.stderr
     text_report = invoke("report", KEY)
