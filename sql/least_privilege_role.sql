@@ -42,7 +42,8 @@ GRANT EXECUTE ON FUNCTION
     reinstatement_lock_accounts(bigint[]),
     reinstatement_plan_digest(bigint),
     reinstatement_record_decision(bigint, text, text, text, text, text, text),
-    reinstatement_record_review(bigint, text, text, text, text)
+    reinstatement_record_review(bigint, text, text, text, text),
+    reinstatement_check_person(text, text, text)
     TO reinstatement_pipeline;
 
 -- Its own tables: everything but DELETE; the audit trail only grows.
@@ -99,7 +100,6 @@ END $$;
 CREATE OR REPLACE FUNCTION reinstatement_guard_incident() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_personal boolean;
     v_plan bigint;
     v_decision text;
 BEGIN
@@ -108,9 +108,6 @@ BEGIN
             OR NOT pg_has_role(current_user, 'reinstatement_pipeline', 'MEMBER')) THEN
         RETURN NEW;
     END IF;
-    v_personal := session_user <> 'reinstatement_pipeline'
-        AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user),
-                         false);
     IF TG_OP = 'INSERT' THEN
         IF NEW.status <> 'registered' THEN
             RAISE EXCEPTION 'refused: an incident starts as registered'
@@ -120,16 +117,8 @@ BEGIN
             RAISE EXCEPTION 'refused: an incident names who declared it'
                 USING ERRCODE = '42501';
         END IF;
-        IF v_personal AND (NEW.declared_by IS DISTINCT FROM session_user::text
-                           OR NEW.declared_via IS DISTINCT FROM 'database-role') THEN
-            RAISE EXCEPTION 'refused: connected as database role %, an incident is declared '
-                'under that name', session_user USING ERRCODE = '42501';
-        END IF;
-        IF NOT v_personal AND NEW.declared_via IS DISTINCT FROM 'cli'
-           AND NEW.declared_via IS DISTINCT FROM 'prefect-ui' THEN
-            RAISE EXCEPTION 'refused: a relayed declaration comes from the cli or the '
-                'prefect-ui' USING ERRCODE = '42501';
-        END IF;
+        PERFORM reinstatement_check_person(NEW.declared_by, NEW.declared_via,
+                                           'a declaration');
         RETURN NEW;
     END IF;
     IF NEW.key IS DISTINCT FROM OLD.key OR NEW.params::text IS DISTINCT FROM OLD.params::text

@@ -23,7 +23,6 @@ DECLARE
     v_declarer text;
     v_digest text;
     v_newest bigint;
-    v_personal boolean;
     v_id bigint;
 BEGIN
     SELECT p.incident_id, p.digest INTO v_incident, v_digest
@@ -63,21 +62,7 @@ BEGIN
         RAISE EXCEPTION 'refused: a rejection of incident % says why', v_key
             USING ERRCODE = '42501';
     END IF;
-    -- A person's own database role decides under its own name; only the pipeline's role
-    -- (and an administrator) relays the decisions of people it cannot see.
-    v_personal := session_user <> 'reinstatement_pipeline'
-        AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user),
-                         false);
-    IF v_personal AND (p_decided_by IS DISTINCT FROM session_user::text
-                       OR p_via IS DISTINCT FROM 'database-role') THEN
-        RAISE EXCEPTION 'refused: connected as database role %, a decision is recorded '
-            'under that name', session_user USING ERRCODE = '42501';
-    END IF;
-    IF NOT v_personal AND p_via IS DISTINCT FROM 'cli' AND p_via IS DISTINCT FROM 'prefect-ui'
-    THEN
-        RAISE EXCEPTION 'refused: a relayed decision comes from the cli or the prefect-ui'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM reinstatement_check_person(p_decided_by, p_via, 'a decision');
     IF p_decision = 'approve'
        AND lower(btrim(p_decided_by)) = lower(btrim(coalesce(v_declarer, ''))) THEN
         RAISE EXCEPTION 'refused: % declared incident % and may not approve it: another '

@@ -48,6 +48,7 @@ depends_on: str | Sequence[str] | None = None
 PINNED = Path(__file__).resolve().parent / "sql_0012"
 # Each function's file and the signature its privileges are revoked on.
 FUNCTIONS = {
+    "reinstatement_check_person.sql": "reinstatement_check_person(text, text, text)",
     "reinstatement_restore_accounts.sql":
         "reinstatement_restore_accounts(bigint[], bigint[], bigint[], bigint[])",
     "reinstatement_lock_accounts.sql": "reinstatement_lock_accounts(bigint[])",

@@ -17,7 +17,6 @@ AS $fn$
 DECLARE
     v_incident bigint;
     v_state text;
-    v_personal boolean;
     v_id bigint;
 BEGIN
     SELECT c.incident_id, c.state INTO v_incident, v_state
@@ -37,19 +36,7 @@ BEGIN
         RAISE EXCEPTION 'refused: a review of case % names its reviewer and says why',
             p_case_id USING ERRCODE = '42501';
     END IF;
-    v_personal := session_user <> 'reinstatement_pipeline'
-        AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user),
-                         false);
-    IF v_personal AND (p_reviewer IS DISTINCT FROM session_user::text
-                       OR p_via IS DISTINCT FROM 'database-role') THEN
-        RAISE EXCEPTION 'refused: connected as database role %, a review is recorded under '
-            'that name', session_user USING ERRCODE = '42501';
-    END IF;
-    IF NOT v_personal AND p_via IS DISTINCT FROM 'cli' AND p_via IS DISTINCT FROM 'prefect-ui'
-    THEN
-        RAISE EXCEPTION 'refused: a relayed review comes from the cli or the prefect-ui'
-            USING ERRCODE = '42501';
-    END IF;
+    PERFORM reinstatement_check_person(p_reviewer, p_via, 'a review');
     INSERT INTO reinstatement_reviews (incident_id, case_id, decision, reviewed_by,
                                        reviewed_via, database_role, note, decided_at)
     VALUES (v_incident, p_case_id, p_decision, btrim(p_reviewer), p_via, session_user,
