@@ -248,10 +248,9 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
     state = runner.state(engine, incident)
-    if incident.require_approval:
+    if incident.require_approval or state.status == IncidentStatus.AWAITING_APPROVAL:
         state = make_plan(incident, dry_run=False)
-    if state.status == IncidentStatus.AWAITING_APPROVAL:
-        assert state.plan is not None
+    if state.status == IncidentStatus.AWAITING_APPROVAL and state.plan is not None:
         publish_preview(incident.key, dry_run=False)
         if not wait or deployment.get_id() is None:
             # Not a deployment run: it cannot be suspended, and holding a process for
