@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     ColumnElement,
     Numeric,
@@ -41,6 +42,7 @@ from sqlalchemy import (
     not_,
     null,
     or_,
+    select,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
@@ -51,6 +53,8 @@ from reinstatement.conditions import (
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_DEPTH,
     UNREADABLE_EXPONENT,
+    UNREADABLE_FRACTION,
+    UNREADABLE_FRACTION_DIGITS,
     UNREADABLE_TEXT,
     AllOf,
     AnyOf,
@@ -106,6 +110,9 @@ def _pg_unreadable(evidence_text: ColumnElement[Any]) -> ColumnElement[bool]:
     return case(
         (func.strpos(evidence_text, bindparam(None, ESCAPE_PREFIX, type_=Text)) > 0,
          evidence_text.regexp_match(_PG_UNREADABLE)),
+        # Only text this long can hold a fraction too long for numeric.
+        (func.length(evidence_text) >= UNREADABLE_FRACTION_DIGITS,
+         evidence_text.regexp_match(f"{UNREADABLE_EXPONENT}|{UNREADABLE_FRACTION}")),
         else_=evidence_text.regexp_match(UNREADABLE_EXPONENT),
     )
 
@@ -124,20 +131,28 @@ def object_evidence(parsed: ColumnElement[Any], dialect: str) -> ColumnElement[A
     return case((func.json_type(parsed) == "object", parsed), else_=null())
 
 
-def compile_condition(cond: Condition, doc: ColumnElement[Any], dialect: str
-                      ) -> ColumnElement[bool]:
-    """The condition as a SQL boolean over `doc` (from `readable_evidence`); NULL is unknown."""
-    compiler = _PostgreSQL(doc) if dialect == "postgresql" else _SQLite(doc)
+def compile_condition(cond: Condition, doc: ColumnElement[Any], dialect: str,
+                      evidence_text: ColumnElement[Any] | None = None) -> ColumnElement[bool]:
+    """The condition as a SQL boolean over `doc` (from `readable_evidence`); NULL is unknown.
+
+    `evidence_text`: the evidence's JSON text, where a comparison finds a signal the
+    evidence object holds twice (`conditions.DUPLICATE_KEY`: unknown). Without it, a
+    duplicated key is read as the database's JSON reads it (for tests of the rest).
+    """
+    compiler = (_PostgreSQL(doc, evidence_text) if dialect == "postgresql"
+                else _SQLite(doc, evidence_text))
     return compiler.condition(cond)
 
 
 def _unknown() -> ColumnElement[bool]:
-    return typing.cast(ColumnElement[bool], null())
+    # Typed: an untyped NULL is text to PostgreSQL, which NOT and IS TRUE refuse.
+    return typing.cast(ColumnElement[bool], cast(null(), Boolean))
 
 
 class _Compiler:
-    def __init__(self, doc: ColumnElement[Any]) -> None:
+    def __init__(self, doc: ColumnElement[Any], text: ColumnElement[Any] | None) -> None:
         self.doc = doc
+        self.text = text
 
     def condition(self, cond: Condition) -> ColumnElement[bool]:
         if isinstance(cond, Comparison):
@@ -151,6 +166,32 @@ class _Compiler:
         raise TypeError(f"not a condition: {cond!r}")
 
     def comparison(self, cond: Comparison) -> ColumnElement[bool]:
+        compared = self.compared(cond)
+        if self.text is None:
+            return compared
+        return case((self.duplicated(cond.signal), _unknown()), else_=compared)
+
+    def duplicated(self, name: str) -> ColumnElement[bool]:
+        """Whether the evidence object holds the key `name` more than once. Counting its
+        keys is dear (~10 us a row on PostgreSQL), so it is counted only where the text
+        could hold it twice: the key's own quoted name found twice, or an escape (a key's
+        letters may be written as escapes)."""
+        assert self.text is not None
+        token = bindparam(None, f'"{name}"', type_=Text)
+        first = func.instr(self.text, token) if isinstance(self, _SQLite) else func.strpos(
+            self.text, token)
+        rest = func.substr(self.text, first + len(name) + 2)
+        again = (func.instr(rest, token) if isinstance(self, _SQLite)
+                 else func.strpos(rest, token)) > 0
+        escaped = (func.instr(self.text, ESCAPE_PREFIX) if isinstance(self, _SQLite)
+                   else func.strpos(self.text, bindparam(None, ESCAPE_PREFIX, type_=Text))) > 0
+        maybe = and_(self.doc.is_not(None), or_(escaped, and_(first > 0, again)))
+        return case((maybe, self.key_count(name) > 1), else_=false())
+
+    def key_count(self, name: str) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def compared(self, cond: Comparison) -> ColumnElement[bool]:
         signal = self.signal(cond.signal)
         if cond.op in ("in", "not_in"):
             assert isinstance(cond.value, tuple)
@@ -225,6 +266,13 @@ class _Compiler:
 
 
 class _PostgreSQL(_Compiler):
+    def key_count(self, name: str) -> ColumnElement[Any]:
+        # The text as json (not jsonb), which keeps every copy of a key.
+        keys = func.json_object_keys(cast(self.text, JSON)).table_valued(
+            "key").render_derived("copies")
+        return (select(func.count()).select_from(keys)
+                .where(keys.c.key == bindparam(None, name, type_=Text)).scalar_subquery())
+
     def signal(self, name: str) -> Any:
         key = bindparam(None, name, type_=Text)
         return (self.doc.op("->")(key), self.doc.op("->>")(key))
@@ -256,6 +304,11 @@ class _PostgreSQL(_Compiler):
 
 
 class _SQLite(_Compiler):
+    def key_count(self, name: str) -> ColumnElement[Any]:
+        keys = func.json_each(self.doc).table_valued("key")
+        return (select(func.count()).select_from(keys)
+                .where(keys.c.key == bindparam(None, name, type_=Text)).scalar_subquery())
+
     def signal(self, name: str) -> Any:
         path = bindparam(None, f'$."{name}"', type_=Text)
         return (func.json_type(self.doc, path), path)

@@ -54,9 +54,13 @@ NOT_AN_OBJECT = "not_an_object"
 EVIDENCE_TOO_DEEP = "evidence_nested_too_deep"
 EVIDENCE_UNREADABLE = "evidence_unreadable"
 BAD_VALUE = "bad_value"
+# The signal is a key the evidence object holds twice: which value the engine meant is
+# ambiguous (JSON readers disagree: SQLite's reads the first, PostgreSQL's and Python's the
+# last), so the comparison is unknown and the case goes to review.
+DUPLICATE_KEY = "duplicate_key"
 UNKNOWN_PROBLEMS = frozenset(
     {ABSENT, NULL, TYPE_MISMATCH, NOT_A_NUMBER, OUT_OF_RANGE, NO_EVIDENCE, NOT_AN_OBJECT,
-     EVIDENCE_TOO_DEEP, EVIDENCE_UNREADABLE, BAD_VALUE}
+     EVIDENCE_TOO_DEEP, EVIDENCE_UNREADABLE, BAD_VALUE, DUPLICATE_KEY}
 )
 # The largest finite double. A number beyond it (1e309, an integer of 5,000 digits) is no
 # finite number any database or client agrees on, so comparing with it is unknown.
@@ -69,8 +73,9 @@ MAX_EVIDENCE_DEPTH = 64
 MAX_EVIDENCE_CHARS = 100_000
 # Evidence text holding any of these is not read either, by this decoder nor by the SQL
 # compiler (condition_sql.py), so that both read the same rows: a NUL or a lone surrogate
-# escape (PostgreSQL's jsonb refuses them, so the whole statement would fail), and an
-# exponent of five digits or more (beyond PostgreSQL's numeric). A number the platform's
+# escape (PostgreSQL's jsonb refuses them, so the whole statement would fail), an
+# exponent of five digits or more, and a fraction too long (both beyond PostgreSQL's
+# numeric, see below). A number the platform's
 # engine writes has none of these; a row that does goes to review, its signals unknown.
 # Every escape alternative begins with the two characters backslash and u, so text without
 # them can only match the exponent (condition_sql.py tests that first: PostgreSQL's
@@ -82,7 +87,16 @@ UNREADABLE_ESCAPES = (
     r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # low, no high before
 )
 UNREADABLE_EXPONENT = r"[0-9][eE][+-]?[0-9]{5,}"
-UNREADABLE_TEXT = re.compile(f"{UNREADABLE_ESCAPES}|{UNREADABLE_EXPONENT}")
+# A number with 6,385 or more digits after its decimal point: with an exponent of -9999 (a
+# longer one is unreadable already) its scale would pass the 16,383 digits after the point
+# that PostgreSQL's numeric holds (6,384 + 9,999 = 16,383 is the most it takes). Written
+# as nested counts because PostgreSQL's regular expressions allow at most 255 repetitions
+# (96 x 66 + 49 = 6,385). Only text at least this long can hold one, which
+# condition_sql.py tests first.
+UNREADABLE_FRACTION_DIGITS = 6385
+UNREADABLE_FRACTION = r"\.(?:[0-9]{96}){66}[0-9]{49}"
+UNREADABLE_TEXT = re.compile(
+    f"{UNREADABLE_ESCAPES}|{UNREADABLE_EXPONENT}|{UNREADABLE_FRACTION}")
 
 _ABSENT_MARKER = object()
 
@@ -205,9 +219,29 @@ def decode_evidence(text: str | None) -> object:
                                   f"nested {depth} levels deep (at most {MAX_EVIDENCE_DEPTH})")
     try:
         return json.loads(text, parse_float=Decimal, parse_int=_exact_int,
-                          parse_constant=_refuse_constant)
+                          parse_constant=_refuse_constant,
+                          object_pairs_hook=_mark_duplicate_keys)
     except (ValueError, RecursionError) as exc:
         return UnreadableEvidence(EVIDENCE_UNREADABLE, str(exc)[:200])
+
+
+class _Duplicated:
+    """The value of a key an evidence object holds more than once."""
+
+    def __repr__(self) -> str:
+        return "<duplicated key>"
+
+
+DUPLICATED = _Duplicated()
+
+
+def _mark_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Each key once; a key written twice (however its letters were escaped) holds no value
+    # a comparison may use.
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        obj[key] = DUPLICATED if key in obj else value
+    return obj
 
 
 def _exact_int(digits: str) -> int | Decimal:
@@ -543,4 +577,6 @@ def _kind(value: object) -> str:
         return _NUMBER if cast(Decimal, abs(value)) <= LARGEST_NUMBER else OUT_OF_RANGE
     if value is None:
         return NULL
+    if value is DUPLICATED:
+        return DUPLICATE_KEY
     return BAD_VALUE

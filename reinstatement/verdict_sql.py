@@ -150,7 +150,8 @@ def judged_bans(dialect: str, query: Any, rules: IncidentRules | None, *,
                     ).offset(0).subquery()
     truth = sql_case(*[(staged.c.rule_version_id == bindparam(None, version_id,
                                                               type_=BigInteger),
-                        compile_condition(condition, staged.c.doc, dialect))
+                        compile_condition(condition, staged.c.doc, dialect,
+                                          staged.c.evidence_text))
                        for version_id, condition in whens], else_=null())
     stage = select(*[c for c in staged.c if c.name not in ("doc", "evidence_text")],
                    truth.label("truth"), staged.c.evidence_text).offset(0).subquery()

@@ -70,10 +70,25 @@ def evidence_texts(draw: st.DrawFn) -> str | None:
             '{"a": "\\u00e9", "b": 1e99999, "c": 5}', '{"a": "\\u0000", "b": 5}',
             '{"b": 5, "c": "\\udc00"}', '{"b": "\\u00e9\\ud83d\\ude00", "c": 5}',
             '{"a": 5, "b": "' + "x" * 100_001 + '"}',
+            # a fraction too long for PostgreSQL's numeric (17,000 digits), and the border
+            # of the rule: 6,385 fractional digits and an exponent of -9999 are a scale
+            # numeric cannot hold (unreadable); 6,384 are the most it takes (read)
+            '{"a": 1.' + "1" * 17_000 + ', "b": 5}',
+            '{"a": 0.' + "0" * 6384 + '1e-9999, "b": 5}',
+            '{"a": 0.' + "0" * 6383 + '1e-9999, "b": 5}',
+            '{"a": 1.' + "1" * 6384 + ', "b": 5}',
+            # NUL and lone surrogates in keys
+            '{"\\u0000": 1, "a": 5}', '{"\\ud800": 1, "a": 5}', '{"a\\udc00": 1, "b": 5}',
         ]))
     keys = draw(st.lists(st.sampled_from(SIGNALS + ["other"]), unique=True, max_size=4))
-    return "{" + ", ".join(f'"{k}": {draw(st.sampled_from(SCALAR_TEXTS))}'
-                           for k in keys) + "}"
+    written = [f'"{k}": {draw(st.sampled_from(SCALAR_TEXTS))}' for k in keys]
+    if keys and draw(st.integers(0, 4)) == 0:
+        # A key written twice, as it is or with its letters escaped: ambiguous either way
+        twice = draw(st.sampled_from(keys))
+        name = draw(st.sampled_from([twice, "".join(f"\\u{ord(c):04x}" for c in twice)]))
+        written.insert(draw(st.integers(0, len(written))),
+                       f'"{name}": {draw(st.sampled_from(SCALAR_TEXTS))}')
+    return "{" + ", ".join(written) + "}"
 
 
 # -- conditions ---------------------------------------------------------------------------
@@ -139,8 +154,9 @@ def _sql_rows(conn: Any, conditions: list[Any]) -> dict[int, list[bool | None]]:
     """Each probe row's truth under each condition, judged in the database in one query."""
     evidence = cast(probe.c.evidence, Text)
     doc = readable_evidence(evidence, conn.dialect.name)
-    inner = select(probe.c.id, doc.label("doc")).subquery()
-    truths = [compile_condition(c, inner.c.doc, conn.dialect.name) for c in conditions]
+    inner = select(probe.c.id, doc.label("doc"), evidence.label("text")).subquery()
+    truths = [compile_condition(c, inner.c.doc, conn.dialect.name, inner.c.text)
+              for c in conditions]
     return {row[0]: [None if t is None else bool(t) for t in row[1:]]
             for row in conn.execute(select(inner.c.id, *truths))}
 
@@ -203,6 +219,18 @@ def test_the_sql_verdict_is_the_python_verdict(probe_engine: Engine) -> None:
     ({"any": [{"signal": "a", "op": "<", "value": 1}]}, '{"a": ' + "9" * 5000 + "}", None),
     ({"not": {"signal": "a", "op": ">=", "value": 1}}, '{"a": 1, "d": ' + "[" * 5000
      + "]" * 5000 + "}", None),
+    # The examples found by trying it: a key written twice is ambiguous, whichever copy a
+    # reader keeps; a fraction of 17,000 digits is unreadable, not a failed batch.
+    ({"signal": "verified", "op": "==", "value": False},
+     '{"verified": true, "verified": false}', None),
+    ({"signal": "verified", "op": "==", "value": True},
+     '{"verified": true, "verified": false}', None),
+    ({"signal": "links", "op": ">=", "value": 5}, '{"links": 9, "\\u006cinks": 1}', None),
+    ({"any": [{"signal": "links", "op": ">=", "value": 5},
+              {"signal": "x", "op": "==", "value": 1}]},
+     '{"links": 9, "x": 2, "x": 1}', True),
+    ({"signal": "b", "op": "==", "value": 5}, '{"a": 1.' + "1" * 17_000 + ', "b": 5}', None),
+    ({"signal": "b", "op": "==", "value": 5}, '{"a": 1.' + "1" * 6383 + ', "b": 5}', True),
 ])
 def test_edge_values_judged_alike(probe_engine: Engine, condition: dict[str, Any],
                                   evidence: str | None, truth: bool | None) -> None:
