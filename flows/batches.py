@@ -12,7 +12,6 @@ Every future is resolved and every failure counted: a failed batch fails the run
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any
 
 from prefect import Task
@@ -21,6 +20,7 @@ from prefect.logging import get_run_logger
 from sqlalchemy import Engine
 
 from reinstatement import runner
+from reinstatement.batches import StepResult
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.settings import load_settings
@@ -50,18 +50,6 @@ def pending(incident: RegisteredIncident | None, batch_size: int, pending_key: s
     return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
 
 
-def add_result(totals: dict[str, Any], result: dict[str, Any]) -> None:
-    """Add one batch's result to a step's totals (outcomes counted, numbers summed)."""
-    for name, value in result.items():
-        if name == "outcomes":
-            totals["outcomes"].update(value)
-        elif isinstance(value, int):
-            totals[name] = totals.get(name, 0) + value
-
-
-def new_totals() -> dict[str, Any]:
-    return {"cases": 0, "outcomes": Counter(), "pins_restored": 0, "notices_queued": 0,
-            "changed_since_verification": 0, "restored": 0}
 
 
 def _first_done(futures: list[PrefectFuture[dict[str, Any]]]) -> PrefectFuture[dict[str, Any]]:
@@ -74,7 +62,7 @@ def _first_done(futures: list[PrefectFuture[dict[str, Any]]]) -> PrefectFuture[d
 
 def _wave(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
           batch_size: int, remaining: int, parallel: int, run_id: int | None,
-          progress_name: str, totals: dict[str, Any], progress: Progress | None,
+          progress_name: str, totals: StepResult, progress: Progress | None,
           task_args: dict[str, Any]) -> int:
     """Batch tasks for the work counted (`remaining`), `parallel` at a time, until they
     have all run or one claims nothing; the cases (or notices) they did."""
@@ -106,7 +94,7 @@ def _wave(step: Task[..., dict[str, Any]], incident: RegisteredIncident | None,
         # a call to Prefect's server, which a busy server answers late.
         submit_what_may_run()
         processed += result["cases"]
-        add_result(totals, result)
+        totals.add(result)
         if progress is not None:
             progress.advance(result["cases"])
     if failures:
@@ -132,7 +120,7 @@ def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | 
     if parallel is None:
         settings = load_settings()
         parallel = settings.smtp_connections if pending_key == "notify" else settings.workers
-    totals = new_totals()
+    totals = StepResult()
     remaining = pending(incident, batch_size, pending_key)
     progress = (Progress(incident.key if incident else "all-incidents", progress_name,
                          remaining) if publish_progress else None)
@@ -145,5 +133,4 @@ def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | 
                            progress_name)
             break
         remaining = pending(incident, batch_size, pending_key)
-    totals["outcomes"] = dict(totals["outcomes"])
-    return totals
+    return totals.as_dict()

@@ -276,9 +276,8 @@ def fan_out(incident: RegisteredIncident, step: str, batch_size: int, children: 
         child_ids = list(conn.execute(select(Run.id).where(
             Run.parent_run_id == parent_run_id, Run.step == step)).scalars())
         totals = batches.step_totals(conn, child_ids, step)
-    totals["children"] = len(child_ids)
-    totals["children_crashed"] = crashed_total
-    return totals
+    totals.children, totals.children_crashed = len(child_ids), crashed_total
+    return totals.as_dict()
 
 
 # -- the child's side -------------------------------------------------------------------------

@@ -269,9 +269,11 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
             return "rejected", Cancelled(message=state.describe())
         state = runner.begin_real_run(engine, incident, actor)
         started = None  # the operator's decision came between: no one figure for the steps
-    if not state.may_restore():
+    if not state.may_restore() and state.status != IncidentStatus.COMPLETED:
         raise lifecycle.TransitionRefused(
             f"incident {incident.key} may not restore: it is {state.describe()}")
+    # (A completed incident that planning found no work for stays completed: the steps
+    # below find nothing to restore, and send only notices that came due.)
     _restore_and_notify(incident, steps, timings, since=started)
     if incident.require_approval:
         # A case whose bans changed under the restore is judged again, not restored: a new
@@ -298,6 +300,8 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
     started = time.perf_counter()
     plan_candidates(incident, steps.batch_size)
     timings["plan"] = time.perf_counter() - started
+    if not preview:  # a completed incident runs again only if planning found it work
+        runner.begin_real_run(_engine(), incident, run_actor())
 
     started = time.perf_counter()
     if preview:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, select
@@ -43,24 +44,55 @@ def record_batch(conn: Connection, run_id: int, incident_id: int, step: str, cas
         worker=worker_name(), host=host, pid=pid, finished_at=utcnow()))
 
 
-def step_totals(conn: Connection, run_ids: Sequence[int], step: str) -> dict[str, Any]:
+@dataclass
+class StepResult:
+    """What a batch, or a whole step, came to: the one shape of a step's result, whether a
+    batch task returns it, a run sums its batches, or a parent sums its child runs' from
+    the database. Every field is always there (0 when the step had nothing to do)."""
+
+    cases: int = 0  # cases (or notices, for notify) the step's batches took
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    pins_restored: int = 0
+    notices_queued: int = 0
+    changed_since_verification: int = 0
+    restored: int = 0  # accounts a settle batch restored (outcomes counts its verdicts)
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    children: int = 0  # child runs, for a step fanned out
+    children_crashed: int = 0
+
+    def add(self, detail: Mapping[str, Any]) -> None:
+        """Add one batch's result (or another step's), as `as_dict` wrote it."""
+        for name, value in detail.items():
+            if name == "outcomes" and isinstance(value, Mapping):
+                self.outcomes.update({str(k): int(v) for k, v in value.items()})
+            elif name in _NUMBERS and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, getattr(self, name) + value)
+        if "batches" not in detail:
+            self.batches += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (what Prefect tasks return and reinstatement_batches holds)."""
+        result = asdict(self)
+        result["outcomes"] = dict(self.outcomes)
+        return result
+
+
+_NUMBERS = frozenset(f.name for f in fields(StepResult) if f.name != "outcomes")
+
+
+def step_totals(conn: Connection, run_ids: Sequence[int], step: str) -> StepResult:
     """What the batches of `step` run by these runs came to, summed as the flow sums them."""
-    totals: dict[str, Any] = {"cases": 0, "batches": 0, "outcomes": Counter()}
+    totals = StepResult()
     if not run_ids:
-        totals["outcomes"] = {}
         return totals
     for cases, detail in conn.execute(
         select(Batch.cases, Batch.detail).where(Batch.run_id.in_(list(run_ids)),
                                                 Batch.step == step)
     ):
-        totals["cases"] += cases
-        totals["batches"] += 1
-        for name, value in (detail or {}).items():
-            if name == "outcomes" and isinstance(value, dict):
-                totals["outcomes"].update(value)
-            elif isinstance(value, int) and name != "cases":
-                totals[name] = totals.get(name, 0) + value
-    totals["outcomes"] = dict(totals["outcomes"])
+        totals.add({**(detail or {}), "cases": cases})
     return totals
 
 

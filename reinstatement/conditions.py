@@ -369,14 +369,32 @@ def _parse_comparison(raw: dict[object, object], path: str) -> Comparison:
     return Comparison(signal, op, value)
 
 
+# The most digits after the decimal point PostgreSQL's numeric holds: a condition's number
+# with more could not be compared there (nor, then, anywhere: both databases judge alike).
+MAX_SCALE = 16383
+
+
 def _parse_scalar(raw: object, path: str) -> Scalar:
-    if isinstance(raw, bool | str):
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        # Text no database can hold or compare: refused, so that no batch fails on it.
+        if "\x00" in raw:
+            raise ConditionError(path, "holds a NUL character (\\u0000), which PostgreSQL "
+                                 "text cannot hold")
+        if any("\ud800" <= char <= "\udfff" for char in raw):
+            raise ConditionError(path, "holds a lone surrogate (\\ud800 to \\udfff), which "
+                                 "is no Unicode character")
         return raw
     if isinstance(raw, int | float | Decimal):
         if not _finite(raw):
             raise ConditionError(path, f"expected a finite number, got {raw!r}")
         if cast(Decimal, abs(raw)) > LARGEST_NUMBER:
             raise ConditionError(path, "expected a number of at most 1.8e308 in size")
+        exponent = raw.as_tuple().exponent if isinstance(raw, Decimal) else 0
+        if isinstance(exponent, int) and exponent < -MAX_SCALE:
+            raise ConditionError(path, f"has more than {MAX_SCALE:,} digits after the decimal "
+                                 "point, more than PostgreSQL's numeric holds")
         # Compared exactly: a float given here means the decimal it was written as.
         return Decimal(repr(raw)) if isinstance(raw, float) else raw
     raise ConditionError(path, f"expected a number, string or boolean, got {_json_type(raw)}")

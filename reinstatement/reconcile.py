@@ -87,11 +87,13 @@ def uncovered_account_ids(conn: Connection, rule_version_ids: list[int]) -> list
 
 
 def incidents_to_resume(conn: Connection) -> list[str]:
-    """Keys of running or approved incidents that still have cases to verify or restore."""
+    """Keys of running, approved or completed incidents that still have cases to verify or
+    restore (a completed one: cases planned by a run that died before it began)."""
     keys = []
     for incident_id, key in conn.execute(
         select(Incident.id, Incident.key)
-        .where(Incident.status.in_([str(s) for s in lifecycle.RESUMABLE]))
+        .where(Incident.status.in_([str(s) for s in lifecycle.RESUMABLE]
+                                   + [str(IncidentStatus.COMPLETED)]))
         .order_by(Incident.id)
     ):
         work = pending_work(conn, incident_id)

@@ -12,6 +12,7 @@ loaded once by the run; its status is read and changed only through
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,15 +45,13 @@ class StepContext:
 
 
 def batch_detail(result: steps.BatchResult) -> dict[str, Any]:
-    """A batch's result as the flow sums it (and as reinstatement_batches.detail holds it)."""
-    return {
-        "cases": result.cases,
-        "outcomes": dict(result.outcomes),
-        "pins_restored": result.pins_restored,
-        "notices_queued": result.notices_queued,
-        "changed_since_verification": result.changed_since_verification,
-        "restored": result.restored,
-    }
+    """A batch's result as the flow sums it (and as reinstatement_batches.detail holds it):
+    `batches.StepResult`'s shape."""
+    return batches.StepResult(
+        cases=result.cases, batches=1, outcomes=Counter(result.outcomes),
+        pins_restored=result.pins_restored, notices_queued=result.notices_queued,
+        changed_since_verification=result.changed_since_verification,
+        restored=result.restored).as_dict()
 
 
 def _recorded(conn: Connection, ctx: StepContext, step: str,
@@ -138,16 +137,28 @@ def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> 
 
     An incident that needs approval stays where it is until its newest plan is approved;
     one that does not goes to 'running' before planning, so that a crash mid-way leaves it
-    for the nightly reconciliation to resume.
+    for the nightly reconciliation to resume. A completed incident goes back to running
+    only when it has work again (a case planned since, say): a run asked of a finished
+    incident that finds nothing new leaves it completed. The flows ask again after
+    planning.
     """
-    def ready(s: IncidentState) -> bool:
+    def work(conn: Connection) -> IncidentState:
+        s = lifecycle.current_state(conn, incident.id, lock=True)
         if s.status == S.REJECTED or s.status == S.RUNNING:
-            return False
-        if s.require_approval:
-            return s.status in (S.APPROVED, S.COMPLETED) and s.approved
-        return s.status in (S.REGISTERED, S.PREVIEWED, S.APPROVED, S.COMPLETED)
+            return s
+        if s.require_approval and not s.approved:
+            return s
+        ready = {S.APPROVED} if s.require_approval else {S.REGISTERED, S.PREVIEWED,
+                                                         S.APPROVED}
+        if s.status == S.COMPLETED:
+            pending = steps.pending_work(conn, incident.id)
+            if not (pending.get("verify") or pending.get("restore")):
+                return s
+        elif s.status not in ready:
+            return s
+        return lifecycle.transition(conn, incident.id, S.RUNNING, actor, "a real run began")
 
-    return _move_if(engine, incident, ready, S.RUNNING, actor, "a real run began")
+    return in_transaction(engine, work)
 
 
 # Statuses from which a new plan sends an incident that requires approval back to the
@@ -334,8 +345,9 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
             pass
         now, _ = settle_plan(engine, incident, actor, dry_run=True)
         return record_preview(engine, incident, actor)
-    now = begin_real_run(engine, incident, actor)
+    begin_real_run(engine, incident, actor)
     plan_all(ctx)
+    now = begin_real_run(engine, incident, actor)  # again: a completed one may have work now
     if restore and now.may_restore() and not incident.require_approval:
         while settle_one_batch(ctx).cases:
             pass

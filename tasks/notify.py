@@ -70,8 +70,8 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int,
                 lease=timedelta(seconds=settings.notice_lease_seconds),
                 incident_id=incident_id, limiter=rate_limiter(settings),
             )
-    detail = {"cases": result.claimed, "sent": result.sent, "retry": result.retry,
-              "failed": result.failed}
+    detail = batches.StepResult(cases=result.claimed, batches=1, sent=result.sent,
+                                retry=result.retry, failed=result.failed).as_dict()
     if result.claimed:
         get_run_logger().info("notices: %d sent, %d to retry, %d failed", result.sent,
                               result.retry, result.failed)

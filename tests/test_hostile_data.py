@@ -40,6 +40,14 @@ CASES = {
     '{"score": 1e309}': ("needs_review", "score number_out_of_range"),
     f'{{"score": {DEEP}}}': ("needs_review", "score evidence_nested_too_deep"),
     f'{{"score": 1, "junk": {DEEP}}}': ("needs_review", "score evidence_nested_too_deep"),
+    # a key written twice: SQLite's JSON read the first, PostgreSQL's and Python's the last
+    '{"score": 50, "score": 150}': ("needs_review", "score duplicate_key"),
+    '{"score": 150, "\\u0073core": 50}': ("needs_review", "score duplicate_key"),
+    '{"score": 50, "other": 1, "other": 2}': ("reinstated", None),  # not a signal read
+    # 17,000 digits after the point: beyond PostgreSQL's numeric, which failed the batch
+    '{"score": 1.' + "1" * 17_000 + '}': ("needs_review", "score evidence_unreadable"),
+    '{"score": 50, "x": 0.' + "0" * 6384 + '1e-9999}': ("needs_review",
+                                                       "score evidence_unreadable"),
 }
 
 

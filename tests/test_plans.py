@@ -179,8 +179,10 @@ def test_a_run_killed_after_planning_a_new_candidate_restores_nothing_unseen(
     newcomer = newly_banned(engine)
     with engine.connect() as conn:
         incident = load_incident(conn, KEY)
-    assert runner.begin_real_run(engine, incident, PIPELINE_ACTOR).status == "running"
+    assert runner.begin_real_run(engine, incident, PIPELINE_ACTOR).status == "completed"
     assert runner.plan_all(runner.StepContext(engine, incident, 3)) == 1
+    # planning found work: the run goes on (and a crash after this leaves it running)
+    assert runner.begin_real_run(engine, incident, PIPELINE_ACTOR).status == "running"
     ctx = runner.StepContext(engine, incident, 3)
     assert runner.verify_one_batch(ctx, preview=False).cases == 1  # verified: restorable?
     assert runner.restore_one_batch(ctx).cases == 0  # not by the approved plan
@@ -205,9 +207,9 @@ def test_a_reviewer_restores_only_a_case_the_approved_plan_holds_for_review(
     late = newly_banned(engine, UNCERTAIN)  # uncertain too, but after the approval
     with engine.connect() as conn:
         incident = load_incident(conn, KEY)
-    runner.begin_real_run(engine, incident, PIPELINE_ACTOR)  # a run killed after verifying
-    ctx = runner.StepContext(engine, incident, 3)
+    ctx = runner.StepContext(engine, incident, 3)  # a run killed after verifying
     runner.plan_all(ctx)
+    runner.begin_real_run(engine, incident, PIPELINE_ACTOR)
     while runner.verify_one_batch(ctx, preview=False).cases:
         pass
     assert newest(engine).approved  # no plan was made after the new case: still approved

@@ -37,7 +37,7 @@ from sqlalchemy import Engine, func, select
 
 from reinstatement import runner
 from reinstatement.db import make_engine
-from reinstatement.models import AuditEntry, Batch, Case, Notice, Run
+from reinstatement.models import AuditEntry, Batch, Case, Incident, Notice, Run
 from reinstatement.seed import (
     INCIDENT_FAULTY,
     INCIDENT_KEY,
@@ -368,6 +368,19 @@ def test_two_workers_share_an_incident_and_hold_the_global_limits(
         summary.expected_outcomes.values())
     markdown = report_artifact(pool.api)
     assert "| w1 |" in markdown and "| w2 |" in markdown
+
+    # The same run again, with nothing left to do: a no-op, and the incident stays
+    # completed (each step's result has one shape, empty or not).
+    before = normalised_platform(engine)
+    with engine.connect() as conn:
+        audited = conn.execute(select(func.count()).select_from(AuditEntry)).scalar_one()
+    finish(start_incident(pool, tmp_path / "again.log"), pool)
+    assert "completed" in (tmp_path / "again.log").read_text()
+    with engine.connect() as conn:
+        assert conn.execute(select(Incident.status)).scalar_one() == "completed"
+        assert conn.execute(select(func.count()).select_from(AuditEntry)
+                            ).scalar_one() == audited  # not even to running and back
+    assert normalised_platform(engine) == before
 
 
 def report_artifact(api: str) -> str:
