@@ -193,10 +193,8 @@ def test_an_incident_naming_only_a_version_with_no_correction_goes_to_review(
 ) -> None:
     """link_farm@1 has no newer active version: its bans are uncertain, on both databases
     (PostgreSQL once failed the statement on an untyped NULL)."""
-    from reinstatement.seed import SeedOptions, seed
+    from reinstatement.seed import RULE_ID, SeedOptions, seed
     from tests.test_cli import describe, invoke
-
-    from reinstatement.seed import RULE_ID
 
     seed(engine, SeedOptions(accounts=300, seed=5))
     with engine.begin() as conn:  # (the seed's link_farm@1 bans all stand beside others)
