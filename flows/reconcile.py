@@ -28,7 +28,7 @@ from flows.reinstate_incident import (
     resume_incident,
     run_batches,
 )
-from reinstatement import reconcile, runs
+from reinstatement import account_lists, reconcile, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
 from reinstatement.markdown import md
@@ -170,8 +170,9 @@ def nightly_reconciliation(
         key = "AUTO-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + "-".join(
             v.replace("@", ".") for v in versions)
         key = key[:200]
+        staged = account_lists.stage(_engine(), ids)  # not as a parameter: 5,000,000 ids
         reinstate_incident(build_request(
-            incident_key=key, faulty_versions=versions, account_ids=ids,
+            incident_key=key, faulty_versions=versions, account_list=str(staged),
             batch_size=batch_size, require_approval=False, notify=True,
             declared_by="nightly-reconciliation"))
         findings["auto_incidents"].append(key)

@@ -230,6 +230,7 @@ def run(
     ),
 ) -> None:
     """Run (or continue) the reinstatement of one incident."""
+    from reinstatement import account_lists
     from reinstatement.incidents import (
         build_request,
         check_request,
@@ -244,6 +245,11 @@ def run(
     operational = {"dry_run": dry_run,
                    "batch_size": settings.batch_size if batch_size is None else batch_size,
                    "child_runs": child_runs}
+    # A list of accounts goes to the database, never into the run's parameters; it is
+    # written there once the request is known to be good (bad input changes nothing).
+    listed = None if accounts_file is None or not faulty else account_lists.normalised(
+        read_account_ids(accounts_file))
+    staged = None if listed is None else str(account_lists.reference_of(listed))
     with engine.connect() as conn:
         registered = registered_parameters(conn, key)
         if not faulty:
@@ -265,12 +271,14 @@ def run(
                 faulty_versions=faulty,
                 since=_parse_moment(since, "--since"),
                 until=_parse_moment(until, "--until"),
-                account_ids=None if accounts_file is None else read_account_ids(accounts_file),
+                account_list=staged,
                 notify=not no_notify,
                 require_approval=require_approval,
                 **operational,
             )
         check_request(conn, request)
+    if listed is not None:
+        account_lists.stage(engine, listed)
     report = _run_flow(engine, request)
     _print_report(report)
 

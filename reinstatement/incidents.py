@@ -28,6 +28,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Connection, Text, cast, insert, select
 
+from reinstatement import account_lists
 from reinstatement.conditions import ConditionError, parse_condition_json
 from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
@@ -36,6 +37,8 @@ from reinstatement.platform_schema import rule_versions
 from reinstatement.verdicts import FaultyVersion, IncidentRules
 
 BIGINT_MAX = 2**63 - 1
+MAX_LISTED_IDS = 50_000  # in the request itself; longer lists are staged (account_lists.py)
+ACCOUNT_LIST_PATTERN = r"^[0-9]{1,7}:[0-9a-f]{64}$"
 INCIDENT_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,199}$"
 _VERSION_NAME = r"[A-Za-z0-9_.\-]{1,100}@\d{1,9}"
 FAULTY_SPEC_PATTERN = re.compile(
@@ -114,8 +117,24 @@ class IncidentRequest(BaseModel):
         None,
         title="Only these accounts",
         description="Leave empty to find candidates from the bans; otherwise exactly these "
-        "account ids are judged.",
-        max_length=5_000_000,
+        "account ids are judged (up to 50,000 here: for a longer list, up to 5,000,000, "
+        "give an accounts file).",
+        max_length=MAX_LISTED_IDS,
+    )
+    accounts_file: str | None = Field(
+        None,
+        title="Accounts file",
+        description="Instead of listing them: the path of a file of account ids, one per "
+        "line (# comments allowed), on the machine that runs the incident. Up to "
+        "5,000,000 ids; exactly these are judged.",
+        max_length=4096,
+    )
+    account_list: str | None = Field(
+        None,
+        title="Staged account list",
+        description="Filled in by the command line and the nightly reconciliation: a list "
+        "of account ids they staged in the database, as COUNT:SHA256. Leave empty.",
+        json_schema_extra={"pattern": ACCOUNT_LIST_PATTERN},
     )
     notify: bool = Field(True, title="Notify users", description="Email each reinstated user.")
     dry_run: bool = Field(
@@ -201,6 +220,21 @@ class IncidentRequest(BaseModel):
             raise ValueError(f"not an account id: {bad[0]}")
         return sorted(set(ids))
 
+    @field_validator("account_list")
+    @classmethod
+    def _account_list(cls, reference: str | None) -> str | None:
+        if reference is not None and not re.fullmatch(ACCOUNT_LIST_PATTERN, reference):
+            raise ValueError(f"{reference!r} is not COUNT:SHA256 (leave it empty)")
+        return reference
+
+    @model_validator(mode="after")
+    def _one_list(self) -> IncidentRequest:
+        given = [name for name in ("account_ids", "accounts_file", "account_list")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one list of accounts, not {' and '.join(given)}")
+        return self
+
     @model_validator(mode="after")
     def _window(self) -> IncidentRequest:
         if self.since is not None and self.until is not None and self.until <= self.since:
@@ -211,16 +245,24 @@ class IncidentRequest(BaseModel):
         return self
 
     def parameters(self) -> dict[str, Any]:
-        """The normalised parameters that the incident key is registered with."""
-        ids = self.account_ids
+        """The normalised parameters that the incident key is registered with. A list of
+        accounts counts by its number of ids and digest, however it was given (an accounts
+        file is staged first: `account_lists`)."""
+        listed: dict[str, Any] | None = None
+        if self.account_ids is not None:
+            listed = {"count": len(self.account_ids),
+                      "sha256": account_lists.digest_of(self.account_ids)}
+        elif self.account_list is not None:
+            count, digest = self.account_list.split(":")
+            listed = {"count": int(count), "sha256": digest}
+        elif self.accounts_file is not None:
+            raise RuntimeError("an accounts file is staged before the incident's parameters "
+                               "are read (account_lists.stage)")
         return {
             "faulty_versions": sorted(self.faulty_versions),
             "since": _iso(self.since),
             "until": _iso(self.until),
-            "account_ids": None if ids is None else {
-                "count": len(ids),
-                "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
-            },
+            "account_ids": listed,
             "notify": self.notify,
             "require_approval": self.require_approval,
         }
@@ -430,6 +472,9 @@ def register_incident(conn: Connection, request: IncidentRequest,
             conn.execute(insert(IncidentAccount), [
                 {"incident_id": incident_id, "account_id": i} for i in ids[start:start + 10_000]
             ])
+    elif request.account_list is not None:
+        account_lists.copy_to_incident(conn, account_lists.parse_reference(
+            request.account_list), incident_id)
     return load_incident(conn, request.incident_key)
 
 
@@ -502,14 +547,10 @@ def registered_request(conn: Connection, key: str, **operational: Any) -> Incide
     if params is None:
         raise BadInput(f"no incident registered under the key {key!r}: declare it with "
                        "--faulty (and --since, --until) the first time")
-    account_ids = None
-    if params.get("account_ids") is not None:
-        incident_id = conn.execute(select(Incident.id).where(Incident.key == key)).scalar_one()
-        account_ids = list(conn.execute(
-            select(IncidentAccount.account_id).where(IncidentAccount.incident_id == incident_id)
-            .order_by(IncidentAccount.account_id)).scalars())
+    listed = params.get("account_ids")
+    account_list = None if listed is None else f"{listed['count']}:{listed['sha256']}"
     return build_request(
         incident_key=key, faulty_versions=params["faulty_versions"],
         since=_parse_iso(params.get("since")), until=_parse_iso(params.get("until")),
-        account_ids=account_ids, notify=bool(params.get("notify", True)),
+        account_list=account_list, notify=bool(params.get("notify", True)),
         require_approval=bool(params.get("require_approval", True)), **operational)

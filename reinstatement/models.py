@@ -99,6 +99,29 @@ class IncidentAccount(Base):
     account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
+class AccountList(Base):
+    """A list of account ids an operator named, staged before its incident is registered
+    (reinstatement/account_lists.py): written once per digest, never changed."""
+
+    __tablename__ = "reinstatement_account_lists"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class AccountListMember(Base):
+    """One account id of a staged list."""
+
+    __tablename__ = "reinstatement_account_list_members"
+
+    list_id: Mapped[int] = mapped_column(
+        ForeignKey("reinstatement_account_lists.id",
+                   name="fk_reinstatement_account_list_members_list_id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
 class Case(Base):
     """One candidate account of one incident, and how far the pipeline has taken it."""
 

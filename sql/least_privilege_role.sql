@@ -56,6 +56,9 @@ GRANT SELECT, INSERT ON reinstatement_audit TO reinstatement_pipeline;
 -- Where each batch ran: written once, never changed.
 GRANT SELECT, INSERT ON reinstatement_batches TO reinstatement_pipeline;
 GRANT SELECT ON reinstatement_alembic_version TO reinstatement_pipeline;
+-- Lists of account ids staged for incidents: written once, never changed.
+GRANT SELECT, INSERT ON reinstatement_account_lists, reinstatement_account_list_members
+    TO reinstatement_pipeline;
 -- Plans: written once (a plan's digest and count are set by the transaction that wrote
 -- it, from its entries; see the guards below). Decisions and reviews: read only; each is
 -- written by the owner's function reinstatement_record_decision or

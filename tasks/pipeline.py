@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
-from reinstatement import approval, runner
+from reinstatement import account_lists, approval, runner
 from reinstatement.db import get_engine, pipeline_engine
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, registered_parameters
 from reinstatement.lifecycle import IncidentState
@@ -75,6 +75,12 @@ def register_incident(request: IncidentRequest) -> RegisteredIncident:
     name its form gives; otherwise whoever runs this process (`approval.process_identity`).
     """
     engine = pipeline_engine()
+    if request.accounts_file is not None:
+        # Read where the run runs, staged in the database; the run then names the list.
+        ids = account_lists.read_ids_file(request.accounts_file)
+        reference = account_lists.stage(engine, ids)
+        request = request.model_copy(update={"accounts_file": None,
+                                              "account_list": str(reference)})
     declarer = None
     if deployment.get_id() is not None:
         with engine.connect() as conn:

@@ -209,3 +209,37 @@ def test_an_incident_naming_only_a_version_with_no_correction_goes_to_review(
     assert outcomes[alone] == "needs_review"
     assert set(outcomes.values()) == {"needs_review", "kept_other_ban"}, outcomes
     assert snapshot(engine) == before
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_an_accounts_file_of_100000_ids_runs(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], tmp_path: object
+) -> None:
+    """100,000 ids (a flow run's parameters stop at 512 KB, about 76,500 ids): the list
+    goes to the database, the run names it, and every listed id gets its case."""
+    from pathlib import Path
+
+    from reinstatement.models import IncidentAccount
+    from tests.test_cli import describe, invoke
+
+    with engine.begin() as conn:
+        p = Platform(conn)
+        faulty = p.rule("spam", 7, "faulty", {"signal": "score", "op": ">", "value": 10})
+        p.rule("spam", 8, "active", CORRECTED)
+        wrongly = p.account()
+        p.ban(wrongly, faulty, {"score": 50})
+    listed = Path(str(tmp_path)) / "ids.txt"
+    listed.write_text("".join(f"{i}\n" for i in range(1, 100_001)), encoding="utf-8")
+    result = invoke("run", KEY, "--faulty", "spam@7", "--accounts-file", str(listed),
+                    "--dry-run", "--batch-size", "20000")
+    assert result.exit_code == 0, describe(result)
+    with engine.connect() as conn:
+        assert conn.execute(select(text("count(*)")).select_from(IncidentAccount)
+                            ).scalar_one() == 100_000
+        cases = dict(conn.execute(select(Case.outcome, text("count(*)"))
+                                  .group_by(Case.outcome)).all())
+    assert cases == {"reinstated": 1, "skipped": 99_999}
+    again = invoke("run", KEY, "--faulty", "spam@7", "--accounts-file", str(listed),
+                   "--dry-run", "--batch-size", "20000")  # the same list: the same incident
+    assert again.exit_code == 0, describe(again)
