@@ -124,9 +124,16 @@ def _markdown(findings: dict[str, Any]) -> str:
     if findings["awaiting_operator"]:
         lines += ["", "Waiting for an operator's approval (not resumed): "
                   + ", ".join(md(key) for key in findings["awaiting_operator"])]
-    for version in findings["uncovered"]:
-        lines.append(f"- {md(version['version'])}: {version['standing_bans']} standing "
-                     f"bans, e.g. accounts {md(version['sample_accounts'][:5])}")
+    if findings["uncovered"]:
+        lines += ["", "Standing bans by versions marked faulty that no incident covers (an "
+                  "incident covers a ban once it has had a real run, its window holds the "
+                  "ban's time, and it has a case for the account):", "",
+                  "| version | day (UTC) | bans | sample accounts |",
+                  "| --- | --- | ---: | --- |"]
+        for version in findings["uncovered"]:
+            for day in version.get("by_day", []):
+                lines.append(f"| {md(version['version'])} | {md(day['day'])} | "
+                             f"{day['bans']:,} | {md(day['sample_accounts'])} |")
     return "\n".join(lines)
 
 

@@ -17,9 +17,10 @@ wires them together and runs the incidents it finds through the usual steps):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, exists, false, func, insert, or_, select, update
 
 from reinstatement import lifecycle
 from reinstatement.db import utcnow
@@ -38,51 +39,108 @@ class UncoveredVersion:
     rule_version_id: int
     standing_bans: int
     sample_accounts: list[int]
+    # Per day of the bans' creation (UTC): {"day", "bans", "sample_accounts"}.
+    by_day: list[dict[str, Any]] = field(default_factory=list)
+
+
+# An incident covers a ban once it has had a real run: previewed by a dry run alone (or
+# rejected) it restores nothing, and the ban must still be reported.
+_COVERING = (IncidentStatus.AWAITING_APPROVAL, IncidentStatus.APPROVED,
+             IncidentStatus.RUNNING, IncidentStatus.COMPLETED)
+
+
+def _covered(conn: Connection) -> Any:
+    """Whether a standing ban (enforcement_actions) is covered: an incident that has had a
+    real run names its version, holds its time in its window (from the second round on,
+    a ban after the window's end too: the incident's own rule banned again), and has a case
+    for its account. One OR-clause per such incident (there are few), its window bound as
+    parameters: the windows live in the incidents' parameters."""
+    ea = enforcement_actions
+    clauses = []
+    for incident in conn.execute(
+        select(Incident.id, Incident.params).where(
+            Incident.status.in_([str(s) for s in _COVERING])).order_by(Incident.id)
+    ):
+        versions = list(conn.execute(
+            select(IncidentVersion.faulty_rule_version_id)
+            .where(IncidentVersion.incident_id == incident.id)).scalars())
+        params = incident.params or {}
+        since, until = params.get("since"), params.get("until")
+        case_of = Case.__table__.alias()
+        has_case = exists().where(case_of.c.incident_id == incident.id,
+                                  case_of.c.account_id == ea.c.account_id)
+        later_round = exists().where(case_of.c.incident_id == incident.id,
+                                     case_of.c.account_id == ea.c.account_id,
+                                     case_of.c.round > 1)
+        inside: list[Any] = [ea.c.rule_version_id.in_(versions)]
+        if since is not None:
+            inside.append(ea.c.created_at >= datetime.fromisoformat(since))
+        if until is not None:
+            inside.append(or_(and_(ea.c.created_at < datetime.fromisoformat(until), has_case),
+                              later_round))
+        else:
+            inside.append(has_case)
+        clauses.append(and_(*inside))
+    return or_(*clauses) if clauses else false()
+
+
+def _uncovered_bans(conn: Connection) -> Any:
+    """Standing rules-engine bans by versions the platform marks 'faulty' that no incident
+    covers (`_covered`), with their version's name."""
+    ea, rv = enforcement_actions, rule_versions
+    return (
+        select(ea.c.id, ea.c.account_id, ea.c.created_at, rv.c.id.label("version_id"),
+               rv.c.rule_name, rv.c.version)
+        .join(rv, rv.c.id == ea.c.rule_version_id)
+        .where(ea.c.kind == "ban", ea.c.source == "rule", ea.c.reversed_at.is_(None),
+               rv.c.status == "faulty", ~_covered(conn))
+    ).subquery()
+
+
+def _day(column: Any, dialect: str) -> Any:
+    """The UTC day of a timestamp, as YYYY-MM-DD text."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)  # stored as UTC text on SQLite (db.UTCDateTime)
 
 
 def uncovered_faulty_bans(conn: Connection) -> list[UncoveredVersion]:
-    """Standing bans by versions marked 'faulty' whose account no incident has a case for."""
-    ea, rv = enforcement_actions, rule_versions
-    covered = exists().where(
-        Case.account_id == ea.c.account_id,
-        Case.incident_id == IncidentVersion.incident_id,
-        IncidentVersion.faulty_rule_version_id == ea.c.rule_version_id,
-    )
-    base = (
-        select(ea.c.account_id, rv.c.id, rv.c.rule_name, rv.c.version)
-        .join(rv, rv.c.id == ea.c.rule_version_id)
-        .where(ea.c.kind == "ban", ea.c.source == "rule", ea.c.reversed_at.is_(None),
-               rv.c.status == "faulty", ~covered)
-    ).subquery()
+    """Standing bans by versions marked 'faulty' that no incident covers, per version and
+    per day, each with sample accounts."""
+    base = _uncovered_bans(conn)
+    day = _day(base.c.created_at, conn.dialect.name).label("day")
     result = []
     for row in conn.execute(
-        select(base.c.id, base.c.rule_name, base.c.version, func.count(),
-               func.min(base.c.account_id))
-        .group_by(base.c.id, base.c.rule_name, base.c.version)
+        select(base.c.version_id, base.c.rule_name, base.c.version, func.count())
+        .group_by(base.c.version_id, base.c.rule_name, base.c.version)
         .order_by(base.c.rule_name, base.c.version)
     ):
+        version_id = row[0]
         sample = list(conn.execute(
-            select(base.c.account_id).where(base.c.id == row[0])
-            .order_by(base.c.account_id).limit(SAMPLE)
-        ).scalars())
-        result.append(UncoveredVersion(f"{row.rule_name}@{row.version}", row.id, row[3],
-                                       sample))
+            select(base.c.account_id).where(base.c.version_id == version_id)
+            .order_by(base.c.account_id).limit(SAMPLE)).scalars())
+        days = []
+        for when, count in conn.execute(
+            select(day, func.count()).where(base.c.version_id == version_id)
+            .group_by(day).order_by(day)
+        ):
+            accounts = list(conn.execute(
+                select(base.c.account_id).where(base.c.version_id == version_id,
+                                                _day(base.c.created_at,
+                                                     conn.dialect.name) == when)
+                .order_by(base.c.account_id).limit(5)).scalars())
+            days.append({"day": str(when), "bans": int(count), "sample_accounts": accounts})
+        result.append(UncoveredVersion(f"{row.rule_name}@{row.version}", version_id,
+                                       int(row[3]), sample, days))
     return result
 
 
 def uncovered_account_ids(conn: Connection, rule_version_ids: list[int]) -> list[int]:
     """The accounts behind `uncovered_faulty_bans` for these versions."""
-    ea = enforcement_actions
-    covered = exists().where(
-        Case.account_id == ea.c.account_id,
-        Case.incident_id == IncidentVersion.incident_id,
-        IncidentVersion.faulty_rule_version_id == ea.c.rule_version_id,
-    )
+    base = _uncovered_bans(conn)
     return list(conn.execute(
-        select(ea.c.account_id).distinct()
-        .where(ea.c.kind == "ban", ea.c.source == "rule", ea.c.reversed_at.is_(None),
-               ea.c.rule_version_id.in_(rule_version_ids), ~covered)
-        .order_by(ea.c.account_id)
+        select(base.c.account_id).distinct()
+        .where(base.c.version_id.in_(rule_version_ids)).order_by(base.c.account_id)
     ).scalars())
 
 

@@ -184,3 +184,56 @@ def test_window_start_is_kept_for_later_rounds() -> None:
     assert rules_for_round(_Incident(), 1).until is not None  # type: ignore[arg-type]
     later = rules_for_round(_Incident(), 2)  # type: ignore[arg-type]
     assert (later.since, later.until) == (T0, None)
+
+
+@pytest.mark.prefect
+def test_only_a_real_incident_whose_window_holds_a_ban_covers_it(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    """After the seeded incident (window 1 to 15 April) completes, the standing bans of its
+    own faulty versions dated outside its window are still reported, per version and per
+    day; a dry run that merely names link_farm@1 covers none of its bans."""
+    from reinstatement import runner
+    from reinstatement.platform_schema import enforcement_actions, rule_versions
+    from reinstatement.seed import INCIDENT_SINCE, INCIDENT_UNTIL, SeedOptions, seed
+    from tests.factories import seeded_incident_request
+
+    seed(engine, SeedOptions(accounts=600, seed=11))
+    ea, rv = enforcement_actions, rule_versions
+
+    def standing(version: str, outside_window: bool) -> dict[str, int]:
+        name, number = version.split("@")
+        query = (select(ea.c.created_at).join(rv, rv.c.id == ea.c.rule_version_id)
+                 .where(rv.c.rule_name == name, rv.c.version == int(number),
+                        ea.c.kind == "ban", ea.c.reversed_at.is_(None)))
+        if outside_window:
+            query = query.where((ea.c.created_at < INCIDENT_SINCE)
+                                | (ea.c.created_at >= INCIDENT_UNTIL))
+        with engine.connect() as conn:
+            days: dict[str, int] = {}
+            for (at,) in conn.execute(query):
+                days[at.date().isoformat()] = days.get(at.date().isoformat(), 0) + 1
+        return days
+
+    def reported() -> dict[str, dict[str, int]]:
+        return {v["version"]: {d["day"]: d["bans"] for d in v["by_day"]}
+                for v in nightly_reconciliation(dry_run=True)["uncovered"]}
+
+    link_farm = standing("link_farm@1", outside_window=False)
+    assert link_farm and reported()["link_farm@1"] == link_farm
+    runner.run_without_prefect(engine, seeded_incident_request(
+        incident_key="INC-DRY", faulty_versions=["link_farm@1"], since=None, until=None,
+        dry_run=True))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Case)).scalar_one() == sum(
+            link_farm.values())  # the dry run has a case for each of those accounts
+    assert reported()["link_farm@1"] == link_farm  # yet it covers nothing
+
+    outside = standing("spam_burst@7", outside_window=True)
+    assert outside, "the seed bans outside the window too"
+    run = runner.run_without_prefect(engine, seeded_incident_request(notify=False))
+    assert runner.complete_if_done(engine, runner.register(
+        engine, seeded_incident_request(notify=False), "test"), "test") or run
+    after = reported()
+    assert after["spam_burst@7"] == outside
+    assert after["link_farm@1"] == link_farm
