@@ -209,10 +209,12 @@ def recreate_database(url: str, name: str, template: str | None = None) -> str:
     return _db_url(url, name)
 
 
-def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int
-                    ) -> tuple[str, Any]:
+def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int,
+                    statistics: bool = True) -> tuple[str, Any]:
     """A new database `name` with the platform's and the pipeline's tables and the seeded
-    incident on `accounts` accounts; its URL and the seed's summary."""
+    incident on `accounts` accounts; its URL and the seed's summary. `statistics=False`:
+    the platform's tables are left never analyzed, as after a restore or a bulk load, and
+    autovacuum is kept off them so that it stays so during the runs."""
     from reinstatement.schema_admin import create_platform, upgrade_pipeline
     from reinstatement.seed import SeedOptions, seed
 
@@ -221,8 +223,14 @@ def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int
     try:
         create_platform(engine)
         upgrade_pipeline(engine)
-        log(f"seeding {accounts:,} accounts into {name}")
-        return url, seed(engine, SeedOptions(accounts=accounts, seed=seed_number))
+        if not statistics:
+            with engine.begin() as conn:
+                for table in ("accounts", "enforcement_actions", "pins", "rule_versions"):
+                    conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)"))
+        log(f"seeding {accounts:,} accounts into {name}"
+            + ("" if statistics else ", leaving the platform's tables without statistics"))
+        return url, seed(engine, SeedOptions(accounts=accounts, seed=seed_number,
+                                             analyze=statistics))
     finally:
         engine.dispose()
 
@@ -484,7 +492,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
     base = f"reinstate_bench_{args.accounts}"
     names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor",
              "files": f"{base}_files"}
-    url, summary = seeded_database(args.pg_url, base, args.accounts, args.seed)
+    url, summary = seeded_database(args.pg_url, base, args.accounts, args.seed,
+                                   statistics=not args.no_statistics)
     urls = {"pipeline": url}
     result.seed_seconds, result.pins_seeded = summary.seconds, summary.pins
     log(f"seeded in {summary.seconds:.1f} s: {summary.pins:,} pins, expected "
@@ -742,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="record the runs with py-spy into this speedscope file (run B: "
                         "NAME-notify.json); peak RSS is then py-spy's, not the flow's")
     parser.add_argument("--json", type=Path, default=None, help="append the result here")
+    parser.add_argument("--no-statistics", action="store_true",
+                        help="seed the platform without planner statistics (never analyzed, "
+                        "as after a restore or a bulk load): the pipeline refreshes them")
     parser.add_argument("--threads", action="store_true",
                         help="send notices from the flow's threads, not sender processes")
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ from reinstatement.steps import CaseState
 from tasks.pipeline import (
     make_plan,
     plan_candidates,
+    refresh_statistics,
     register_incident,
     run_actor,
 )
@@ -206,6 +207,7 @@ def failed_plainly(exc: BadInput) -> State[Any]:
 def _reinstate_incident(request: IncidentRequest) -> Any:
     require_step_deployment(request.child_runs)
     tag_run_with_incident(request.incident_key)
+    refresh_statistics()  # the platform's, before anything is written or read at scale
     incident = register_incident(request)
     lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
     run_id = _start_run(incident.id, request.dry_run)
@@ -299,6 +301,7 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
     logger = get_run_logger()
     started = time.perf_counter()
     plan_candidates(incident, steps.batch_size)
+    refresh_statistics()  # the cases planning just wrote
     timings["plan"] = time.perf_counter() - started
     if not preview:  # a completed incident runs again only if planning found it work
         runner.begin_real_run(_engine(), incident, run_actor())

@@ -230,7 +230,7 @@ def run(
     ),
 ) -> None:
     """Run (or continue) the reinstatement of one incident."""
-    from reinstatement import account_lists
+    from reinstatement import account_lists, planner_statistics
     from reinstatement.incidents import (
         build_request,
         check_request,
@@ -277,6 +277,9 @@ def run(
                 **operational,
             )
         check_request(conn, request)
+    # Before anything is written: a platform without statistics the pipeline may not make
+    # is refused here in one line (the flow asks again, for runs started elsewhere).
+    planner_statistics.refresh(engine)
     if listed is not None:
         account_lists.stage(engine, listed)
     report = _run_flow(engine, request)

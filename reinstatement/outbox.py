@@ -8,11 +8,13 @@ exists for a restore that rolled back and none is lost when the sender fails. Se
 2. for each, outside any transaction: render, send, and commit its new state at once
    (sent, retry with the next attempt time, or failed with the server's code and text).
 
-So a crash can leave at most the one notice whose send was under way unrecorded; it is
-sent again later with the same Message-ID (deterministic from the incident and account),
-which lets the recipient's mail system drop the copy. The per-notice commit is made with
-synchronous_commit off on PostgreSQL: a killed worker cannot lose it (the server has it),
-only a crash of the database server itself could, and then the cost is one more resend.
+So a crash can leave at most the one notice whose send was under way unrecorded, per
+connection sending; it is sent again later with the same Message-ID (deterministic from
+the incident and account), which lets the recipient's mail system drop the copy. That
+holds for a restart or a crash of the database server too: each record is a durable
+commit, and a sender whose connection dropped takes its claim's hold again and checks
+which notices are still its own before it sends another (tests/test_outbox_restart.py
+restarts a private PostgreSQL mid-notify and counts).
 Those commits go over one connection held for the batch (autocommit on PostgreSQL, so it
 is never idle in a transaction during a send): a pool checkout and a transaction per
 notice cost more than the send itself (the scale benchmark measured ~350 notices/s).
@@ -32,7 +34,7 @@ from typing import Any
 
 from psycopg import errors as psycopg_errors
 from psycopg.pq import ExecStatus
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from reinstatement.db import UTCDateTime, utcnow
@@ -220,8 +222,6 @@ def new_claim_token() -> str:
 
 def _record(engine: Engine, notice: ClaimedNotice, values: dict[str, Any]) -> bool:
     def work(conn: Connection) -> bool:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SET LOCAL synchronous_commit = off"))
         return conn.execute(update(Notice).where(
             Notice.id == notice.id, Notice.state == NoticeState.SENDING,
             Notice.claim_token == notice.claim_token,
@@ -307,10 +307,14 @@ def _check(result: Any, encoding: str) -> Any:
 class _NoticeRecorder:
     """Commits each sent notice's new state at once, over one connection held for a batch.
 
-    On PostgreSQL the connection is in autocommit with synchronous_commit off for its
-    session, so a record is one round trip; elsewhere each record is its own short
-    transaction on the held connection. A transient failure drops the connection and
-    records that notice through `in_transaction` (retried on a new connection).
+    On PostgreSQL the connection is in autocommit, so a record is one round trip and one
+    durable commit (a commit acknowledged asynchronously could be lost to a crash of the
+    database server, and its notice sent again: the server's WAL writer flushes only every
+    few hundred milliseconds, a hundred notices at a sender's pace); elsewhere each record
+    is its own short transaction on the held connection. A transient failure drops the
+    connection (and with it the claim's hold) and records that notice through
+    `in_transaction`; `reconnected` then tells the sender to take the hold again and check
+    the claim before it sends anything more.
     """
 
     def __init__(self, engine: Engine, claim_token: str) -> None:
@@ -327,7 +331,6 @@ class _NoticeRecorder:
             if self.postgresql:
                 conn = self._hold.open().connection
                 assert conn is not None
-                conn.execute(text("SET synchronous_commit = off"))
             else:
                 conn = self.engine.connect()
             self._conn = conn
@@ -358,6 +361,7 @@ class _NoticeRecorder:
             self.reconnected = True  # the hold lapsed meanwhile: check the claim again
             written = _record(self.engine, notice, values)
         if not written:
+            self.reconnected = True  # check what else of the claim was taken over
             logger.warning("notice %s: its claim was taken over before its state was "
                            "written; the other sender records it", notice.id)
         return written
@@ -408,14 +412,7 @@ class _NoticeRecorder:
         if not self.postgresql:
             conn.close()
             return
-        try:
-            if not conn.invalidated:
-                # The pooled connection goes back with the server's default durability.
-                conn.execute(text("RESET synchronous_commit"))
-        except DBAPIError:
-            conn.invalidate()
-        finally:
-            self._hold.close()
+        self._hold.close()
 
 
 @dataclass
@@ -482,6 +479,9 @@ def _send_each(engine: Engine, backend: EmailBackend, renderer: NoticeRenderer,
         if recorder.reconnected or held_until - time.monotonic() < lease.total_seconds() * (
                 1 - 1 / LEASE_REFRESH_FRACTION):
             recorder.reconnected = False
+            # The hold first (again, after a dropped connection): from then on nobody else
+            # takes these notices, so what is still held below stays this sender's.
+            recorder.hold()
             renewed_at = time.monotonic()
             still_held = _extend_claim(engine, notices[position:], lease)
             lost |= {n.id for n in notices[position:]} - still_held

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import approval, batches, lifecycle, plans, steps
+from reinstatement import approval, batches, lifecycle, planner_statistics, plans, steps
 from reinstatement.approval import Identity
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
@@ -340,13 +340,17 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
     lifecycle.refuse_if_rejected(state(engine, incident))
     ctx = StepContext(engine, incident, request.batch_size, actor=actor)
     if request.dry_run:
+        planner_statistics.refresh(engine)
         plan_all(ctx)
+        planner_statistics.refresh(engine)
         while verify_one_batch(ctx, preview=True).cases:
             pass
         now, _ = settle_plan(engine, incident, actor, dry_run=True)
         return record_preview(engine, incident, actor)
     begin_real_run(engine, incident, actor)
+    planner_statistics.refresh(engine)
     plan_all(ctx)
+    planner_statistics.refresh(engine)
     now = begin_real_run(engine, incident, actor)  # again: a completed one may have work now
     if restore and now.may_restore() and not incident.require_approval:
         while settle_one_batch(ctx).cases:

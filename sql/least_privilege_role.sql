@@ -43,7 +43,8 @@ GRANT EXECUTE ON FUNCTION
     reinstatement_plan_digest(bigint),
     reinstatement_record_decision(bigint, text, text, text, text, text, text),
     reinstatement_record_review(bigint, text, text, text, text),
-    reinstatement_check_person(text, text, text)
+    reinstatement_check_person(text, text, text),
+    reinstatement_refresh_statistics()
     TO reinstatement_pipeline;
 
 -- Its own tables: everything but DELETE; the audit trail only grows.

@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
-from reinstatement import account_lists, approval, runner
+from reinstatement import account_lists, approval, planner_statistics, runner
 from reinstatement.db import get_engine, pipeline_engine
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, registered_parameters
 from reinstatement.lifecycle import IncidentState
@@ -107,6 +107,18 @@ def make_plan(incident: RegisteredIncident, dry_run: bool) -> IncidentState:
         "new" if made.new else "unchanged", plan.cases,
         "" if plan.decision is None else f", {plan.decision}d", state.describe())
     return state
+
+
+@task(name="refresh-statistics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient_only)
+def refresh_statistics() -> list[str]:
+    """ANALYZE the tables whose planner statistics are missing or stale (PostgreSQL); stop
+    the run in one line when a platform table has none and may not be analyzed here."""
+    analyzed = planner_statistics.refresh(pipeline_engine())
+    if analyzed:
+        get_run_logger().info("analyzed %s: their statistics were missing or stale",
+                              ", ".join(analyzed))
+    return analyzed
 
 
 @task(name="plan-candidates", **BATCH_TASK_OPTIONS)
