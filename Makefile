@@ -59,6 +59,7 @@ test test-fast: $(STAMP)
 bench: $(STAMP)
 	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
+	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000) --shape mixed --skip-notify
 
 # One process against two workers on the same incident (bench/workers_bench.py).
 bench-workers: $(STAMP)

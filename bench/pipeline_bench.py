@@ -210,7 +210,7 @@ def recreate_database(url: str, name: str, template: str | None = None) -> str:
 
 
 def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int,
-                    statistics: bool = True) -> tuple[str, Any]:
+                    statistics: bool = True, shape: str = "standard") -> tuple[str, Any]:
     """A new database `name` with the platform's and the pipeline's tables and the seeded
     incident on `accounts` accounts; its URL and the seed's summary. `statistics=False`:
     the platform's tables are left never analyzed, as after a restore or a bulk load, and
@@ -227,10 +227,10 @@ def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int,
             with engine.begin() as conn:
                 for table in ("accounts", "enforcement_actions", "pins", "rule_versions"):
                     conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)"))
-        log(f"seeding {accounts:,} accounts into {name}"
+        log(f"seeding {accounts:,} accounts ({shape} shape) into {name}"
             + ("" if statistics else ", leaving the platform's tables without statistics"))
         return url, seed(engine, SeedOptions(accounts=accounts, seed=seed_number,
-                                             analyze=statistics))
+                                             analyze=statistics, shape=shape))
     finally:
         engine.dispose()
 
@@ -367,8 +367,9 @@ class FlowRun:
 
 
 def run_flow_child(env: dict[str, str], batch_size: int, notify: bool, db_url: str,
-                   profile: Path | None = None) -> FlowRun:
-    command = [sys.executable, "-m", "bench.run_flow", "--batch-size", str(batch_size)]
+                   profile: Path | None = None, shape: str = "standard") -> FlowRun:
+    command = [sys.executable, "-m", "bench.run_flow", "--batch-size", str(batch_size),
+               "--shape", shape]
     if notify:
         command.append("--notify")
     if profile is not None:
@@ -407,6 +408,7 @@ class BenchResult:
     accounts: int
     batch_size: int
     command: str
+    shape: str = "standard"
     seed_seconds: float = 0.0
     pins_seeded: int = 0
     cases: int = 0
@@ -483,17 +485,18 @@ MARKDOWN_HEADER = (
 
 def bench(args: argparse.Namespace) -> BenchResult:
 
-    result = BenchResult(accounts=args.accounts, batch_size=args.batch_size,
+    result = BenchResult(accounts=args.accounts, batch_size=args.batch_size, shape=args.shape,
                          command="python -m bench.pipeline_bench " + " ".join(sys.argv[1:]))
     sink = None if args.skip_notify else smtp_sink_path()
     if not args.skip_notify and sink is None:
         raise SystemExit(SMTP_SINK_HINT)
 
     base = f"reinstate_bench_{args.accounts}"
+    base += "" if args.shape == "standard" else f"_{args.shape}"
     names = {"pipeline": base, "notify": f"{base}_notify", "floor": f"{base}_floor",
              "files": f"{base}_files"}
     url, summary = seeded_database(args.pg_url, base, args.accounts, args.seed,
-                                   statistics=not args.no_statistics)
+                                   statistics=not args.no_statistics, shape=args.shape)
     urls = {"pipeline": url}
     result.seed_seconds, result.pins_seeded = summary.seconds, summary.pins
     log(f"seeded in {summary.seconds:.1f} s: {summary.pins:,} pins, expected "
@@ -520,7 +523,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
                 mark = wal_mark(admin)
                 cpu = cpu_mark()
                 run_a = run_flow_child(env, args.batch_size, notify=False,
-                                       db_url=urls["pipeline"], profile=args.profile)
+                                       db_url=urls["pipeline"], profile=args.profile,
+                                       shape=args.shape)
                 wait_for_backends(names["pipeline"])  # their CPU counted as PostgreSQL's
                 others = other_work_since(cpu)
                 result.run_a_wal = wal_since(admin, mark)
@@ -565,7 +569,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
                         f"{args.profile.stem}-notify{args.profile.suffix}"))
                     cpu = cpu_mark()
                     run_b = run_flow_child(env_b, args.batch_size, notify=True,
-                                           db_url=urls["notify"], profile=profile_b)
+                                           db_url=urls["notify"], profile=profile_b,
+                                           shape=args.shape)
                     others_b = other_work_since(cpu)
                 if others_b is not None:
                     result.notify_other_cores = round(others_b.cores, 2)
@@ -588,7 +593,7 @@ def bench(args: argparse.Namespace) -> BenchResult:
                 log(f"run C: the same flow with notices, into the file backend ({outbox})")
                 cpu = cpu_mark()
                 run_c = run_flow_child(env_c, args.batch_size, notify=True,
-                                       db_url=urls["files"])
+                                       db_url=urls["files"], shape=args.shape)
                 others_c = other_work_since(cpu)
                 if others_c is not None:
                     result.file_notify_other_cores = round(others_c.cores, 2)
@@ -754,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-statistics", action="store_true",
                         help="seed the platform without planner statistics (never analyzed, "
                         "as after a restore or a bulk load): the pipeline refreshes them")
+    parser.add_argument("--shape", choices=("standard", "mixed"), default="standard",
+                        help="the seeded incident's shape (reinstatement/seed.py): mixed "
+                        "names a version with no correction beside the two, pads evidence "
+                        "with twenty signals and gives banned accounts reversed older bans")
     parser.add_argument("--threads", action="store_true",
                         help="send notices from the flow's threads, not sender processes")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ after the child exits is the flow's alone (not the benchmark's, not Prefect's se
 Settings come from the environment (REINSTATE_DATABASE_URL, REINSTATE_EMAIL_BACKEND,
 REINSTATE_SMTP_*, PREFECT_API_URL), exactly as for `reinstate run`.
 
-    python -m bench.run_flow --batch-size 5000 [--notify]
+    python -m bench.run_flow --batch-size 5000 [--notify] [--shape mixed]
 
 Prints one JSON line: the incident's report as the flow returned it.
 """
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--notify", action="store_true", help="send the notices too")
+    parser.add_argument("--shape", default="standard", help="the seeded shape's incident")
     args = parser.parse_args(argv)
 
     from flows.reinstate_incident import reinstate_incident
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     request = build_request(
         incident_key=seed.INCIDENT_KEY,
-        faulty_versions=list(seed.INCIDENT_FAULTY),
+        faulty_versions=list(seed.incident_faulty(args.shape)),
         since=seed.INCIDENT_SINCE,
         until=seed.INCIDENT_UNTIL,
         notify=args.notify,

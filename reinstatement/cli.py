@@ -143,6 +143,9 @@ def seed(
     accounts: int = typer.Option(2000, min=1, max=50_000_000, help="How many accounts."),
     seed: int = typer.Option(20250401, help="Random seed: the same seed writes the same rows."),
     pins_per_account: float = typer.Option(5.0, min=0, max=100, help="Average pins each."),
+    shape: str = typer.Option("standard", help="standard, or mixed: the incident also names "
+                              "a version with no correction, evidence carries many signals, "
+                              "banned accounts carry reversed older bans."),
 ) -> None:
     """Write a realistic synthetic incident into an empty platform database."""
     from reinstatement.seed import PlatformNotEmptyError, SeedOptions
@@ -151,7 +154,12 @@ def seed(
     settings = _settings()
     engine = _engine(settings)
     _require_platform_tables(engine)
-    options = SeedOptions(accounts=accounts, seed=seed, pins_per_account=pins_per_account)
+    from reinstatement.seed import SHAPES
+
+    if shape not in SHAPES:
+        raise BadInput(f"--shape: {shape!r} is not one of {', '.join(SHAPES)}")
+    options = SeedOptions(accounts=accounts, seed=seed, pins_per_account=pins_per_account,
+                          shape=shape)
     try:
         with typer.progressbar(length=accounts, label="seeding", file=sys.stderr) as bar:
             summary = write_seed(engine, options, progress=bar.update)
@@ -165,7 +173,7 @@ def seed(
         f"{name} {count:,}" for name, count in sorted(summary.expected_outcomes.items())))
     from reinstatement.seed import incident_description
 
-    for line in incident_description():
+    for line in incident_description(shape):
         typer.echo(line)
 
 

@@ -9,6 +9,12 @@ contract tells apart, so a run of the incident below exercises every outcome:
     reinstate run INC-2025-04-spam --faulty spam_burst@7 --faulty image_hash@2 \\
         --since 2025-04-01T00:00:00Z --until 2025-04-15T00:00:00Z
 
+The "mixed" shape (`SeedOptions(shape="mixed")`, `reinstate seed --shape mixed`) is the
+same story as a real platform's incident holds it: the incident also names `link_farm@1`,
+which has no corrected version (its cases go to review), some accounts were banned by it
+inside the window, every rules-engine ban's evidence carries twenty more signals than the
+rules read, and most banned accounts carry older bans that moderators reversed.
+
 Accounts, bans and pins are drawn from `random.Random(seed)`, so the same seed and
 size write the same rows. PostgreSQL is loaded with COPY (a million accounts with five
 million pins in a couple of minutes); SQLite, meant for small local incidents, with
@@ -38,6 +44,9 @@ from reinstatement.platform_schema import (
 
 INCIDENT_KEY = "INC-2025-04-spam"
 INCIDENT_FAULTY = ("spam_burst@7", "image_hash@2")
+SHAPES = ("standard", "mixed")
+# The mixed shape's incident also names a faulty version with no corrected version.
+MIXED_FAULTY = (*INCIDENT_FAULTY, "link_farm@1")
 INCIDENT_SINCE = datetime(2025, 4, 1, tzinfo=UTC)
 INCIDENT_UNTIL = datetime(2025, 4, 15, tzinfo=UTC)
 SEED_NOW = datetime(2025, 5, 2, 9, 30, tzinfo=UTC)  # fixed: the same seed writes the same rows
@@ -68,21 +77,29 @@ RULE_VERSIONS: tuple[tuple[int, str, int, str, datetime, dict[str, Any]], ...] =
 RULE_ID = {f"{name}@{version}": rid for rid, name, version, *_ in RULE_VERSIONS}
 
 
-def incident_description() -> list[str]:
+def incident_faulty(shape: str = "standard") -> tuple[str, ...]:
+    """The faulty versions the seeded incident of a shape names."""
+    return MIXED_FAULTY if shape == "mixed" else INCIDENT_FAULTY
+
+
+def incident_description(shape: str = "standard") -> list[str]:
     """The seeded incident in words: what an operator types to reinstate it."""
     active = {name: f"{name}@{version}" for _, name, version, status, *_ in RULE_VERSIONS
               if status == "active"}
+    faulty_versions = incident_faulty(shape)
     lines = [f"the seeded incident: {INCIDENT_KEY}"]
-    for faulty in INCIDENT_FAULTY:
-        lines.append(f"  faulty {faulty}, corrected by {active[faulty.split('@')[0]]} "
-                     "(the newest active version of the rule)")
+    for faulty in faulty_versions:
+        rule = faulty.split("@")[0]
+        lines.append(f"  faulty {faulty}, corrected by {active[rule]} (the newest active "
+                     "version of the rule)" if rule in active else
+                     f"  faulty {faulty}, with no corrected version: its cases go to review")
     since, until = INCIDENT_SINCE.isoformat(), INCIDENT_UNTIL.isoformat()
     lines.append(f"  window: bans created from {since} to before {until}")
-    faulty_args = " ".join(f"--faulty {v}" for v in INCIDENT_FAULTY)
+    faulty_args = " ".join(f"--faulty {v}" for v in faulty_versions)
     lines.append(f"  reinstate it: reinstate run {INCIDENT_KEY} {faulty_args} "
                  f"--since {since} --until {until} [--dry-run] [--require-approval]")
     lines.append(f"  or in the Prefect UI's reinstate-incident form: Incident key "
-                 f"{INCIDENT_KEY}; Faulty rule versions {', '.join(INCIDENT_FAULTY)}; "
+                 f"{INCIDENT_KEY}; Faulty rule versions {', '.join(faulty_versions)}; "
                  f"Bans created from {since}; Bans created before {until}")
     return lines
 
@@ -110,6 +127,14 @@ KINDS: tuple[tuple[str, float, str | None], ...] = (
     ("moderator_only", 0.02, None),                 # banned by a moderator alone
     ("harassment_only", 0.03, None),                # banned by an active, correct rule
 )
+# The mixed shape: a share of bystanders was banned inside the window by link_farm@1,
+# which the mixed incident names and which has no corrected version.
+MIXED_KINDS: tuple[tuple[str, float, str | None], ...] = tuple(
+    (kind, weight - 0.05 if kind == "bystander" else weight, outcome)
+    for kind, weight, outcome in KINDS
+) + (("link_farm_in_window", 0.05, "needs_review"),)
+# Signals no rule reads, padding the mixed shape's evidence as a real rules engine's does.
+PADDING_SIGNALS = tuple(f"signal_{n:02d}" for n in range(20))
 
 HOSTILE_DISPLAY_NAMES = (
     "Eve\r\nBcc: everyone@example.com",
@@ -146,11 +171,14 @@ class SeedOptions:
     seed: int = 20250401
     pins_per_account: float = 5.0
     batch_rows: int = 50_000
+    shape: str = "standard"  # or "mixed": see the module's docstring
     # Leave the platform's tables without statistics, as a fresh restore or bulk load does
     # before autovacuum's first ANALYZE (the benchmark's `--no-statistics`).
     analyze: bool = True
 
     def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {self.shape!r}")
         if not 1 <= self.accounts <= 50_000_000:
             raise ValueError(f"accounts must be between 1 and 50,000,000, not {self.accounts}")
         if not 0 <= self.pins_per_account <= 100:
@@ -188,8 +216,10 @@ class _Generator:
         self.rng = random.Random(options.seed)
         self.next_action_id = 1
         self.next_pin_id = 1
-        self.kind_names = [k for k, _, _ in KINDS]
-        self.kind_weights = [w for _, w, _ in KINDS]
+        self.mixed = options.shape == "mixed"
+        kinds = MIXED_KINDS if self.mixed else KINDS
+        self.kind_names = [k for k, _, _ in kinds]
+        self.kind_weights = [w for _, w, _ in kinds]
         self.locale_names = [name for name, _ in LOCALES]
         self.locale_weights = [w for _, w in LOCALES]
 
@@ -263,12 +293,45 @@ class _Generator:
             assert rule is not None
             actor, reason = "rules-engine", f"Automated enforcement: {rule}"
             rule_version_id: int | None = RULE_ID[rule]
+            if self.mixed and evidence is not None:
+                evidence = {**evidence, **self._padding()}
         else:
             actor = self.rng.choice(MODERATORS)
             reason = "Manual review: repeated policy violations"
             rule_version_id, evidence = None, None
         return (self._action_id(), account_id, "ban", source, rule_version_id, actor, reason,
                 evidence, created_at, reversed_at, reversed_by)
+
+    def _padding(self) -> dict[str, Any]:
+        rng = self.rng
+        values: list[Any] = [rng.randint(0, 10_000), round(rng.random(), 4),
+                             rng.random() < 0.5, rng.choice(CRAFTS), None]
+        return {name: values[i % len(values)] for i, name in enumerate(PADDING_SIGNALS)}
+
+    def _reversed_history(self, account_id: int, before: datetime) -> list[tuple[Any, ...]]:
+        """Older bans of the account that moderators reversed (the mixed shape): none,
+        one, two or three, by a moderator, a correct rule or an earlier rule version."""
+        rows: list[tuple[Any, ...]] = []
+        for _ in range(self.rng.choices((0, 1, 2, 3), (0.25, 0.35, 0.25, 0.15))[0]):
+            at = self._moment(datetime(2023, 1, 1, tzinfo=UTC), 700)
+            if at >= before - timedelta(days=3):
+                at = before - timedelta(days=60)
+            unban = self._unban(account_id, at + timedelta(days=2), "Appeal granted")
+            source = self.rng.choice(("moderator", "harassment@4", "spam_burst@6"))
+            if source == "moderator":
+                ban = self._ban(account_id, "moderator", None, at, None,
+                                reversed_by=unban[0], reversed_at=unban[8])
+            elif source == "harassment@4":
+                ban = self._ban(account_id, "rule", source, at,
+                                {"reports_24h": self.rng.randint(10, 40),
+                                 "reporter_overlap": 0.3},
+                                reversed_by=unban[0], reversed_at=unban[8])
+            else:
+                ban = self._ban(account_id, "rule", source, at,
+                                {"links_per_hour": self.rng.randint(100, 300)},
+                                reversed_by=unban[0], reversed_at=unban[8])
+            rows += [unban, ban]
+        return rows
 
     def _unban(self, account_id: int, at: datetime, reason: str) -> tuple[Any, ...]:
         return (self._action_id(), account_id, "unban", "moderator", None,
@@ -397,6 +460,11 @@ class _Generator:
             ban = self._ban(account_id, "moderator", None, in_window, None)
             actions.append(ban)
             hiding.append(ban[0])
+        elif kind == "link_farm_in_window":
+            ban = self._ban(account_id, "rule", "link_farm@1", in_window,
+                            {"outbound_domains": rng.randint(0, 2)})
+            actions.append(ban)
+            hiding.append(ban[0])
         elif kind == "harassment_only":
             ban = self._ban(account_id, "rule", "harassment@4", in_window - timedelta(days=40),
                             {"reports_24h": rng.randint(10, 80), "reporter_overlap": 0.1})
@@ -414,12 +482,21 @@ class _Generator:
     def _finish(self, account_id: int, username: str, locale: str, status: str,
                 updated: datetime, actions: list[tuple[Any, ...]],
                 pin_rows: list[tuple[Any, ...]]) -> _Rows:
+        if self.mixed and actions:
+            actions = self._reversed_history(account_id, min(a[8] for a in actions)) + actions
         account = (account_id, username, self._display_name(account_id),
                    self._email(username, account_id), locale, status, updated)
         return _Rows(account, actions, pin_rows)
 
 
 EXPECTED_OUTCOME: dict[str, str | None] = {kind: outcome for kind, _, outcome in KINDS}
+MIXED_EXPECTED_OUTCOME: dict[str, str | None] = {
+    kind: outcome for kind, _, outcome in MIXED_KINDS}
+
+
+def expected_outcome(kind: str, shape: str = "standard") -> str | None:
+    """The outcome the seeded incident of a shape must give an account of this kind."""
+    return (MIXED_EXPECTED_OUTCOME if shape == "mixed" else EXPECTED_OUTCOME)[kind]
 
 
 def rule_version_rows() -> list[dict[str, Any]]:
@@ -553,7 +630,7 @@ def seed(engine: Engine, options: SeedOptions,
             summary.enforcement_actions += len(rows.actions)
             summary.pins += len(rows.pins)
             summary.kinds[kind] += 1
-            expected = EXPECTED_OUTCOME[kind]
+            expected = expected_outcome(kind, options.shape)
             if expected is not None:
                 summary.expected_outcomes[expected] += 1
             if progress is not None and summary.accounts % 10_000 == 0:

@@ -816,7 +816,41 @@ def test_the_command_seed_prints_reinstates_the_seeded_incident(
     assert {k: v for k, v in report["preview_outcomes"].items() if v} == expected
 
 
-def generate_expected(accounts: int, seed_number: int) -> dict[str, int]:
-    return dict(Counter(EXPECTED_OUTCOME[kind] for kind, _ in
-                        generate(SeedOptions(accounts=accounts, seed=seed_number))
-                        if EXPECTED_OUTCOME[kind]))
+def generate_expected(accounts: int, seed_number: int, shape: str = "standard"
+                      ) -> dict[str, int]:
+    from reinstatement.seed import expected_outcome
+
+    return dict(Counter(expected_outcome(kind, shape) for kind, _ in
+                        generate(SeedOptions(accounts=accounts, seed=seed_number, shape=shape))
+                        if expected_outcome(kind, shape)))
+
+
+@pytest.mark.prefect
+def test_the_mixed_shape_judges_as_the_seed_expects(
+    prefect_api: None, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    """The benchmark's second shape: a faulty version with no correction named beside the
+    two (its cases go to review), evidence padded with twenty signals, reversed older bans;
+    its printed command previews exactly the outcomes the seed meant."""
+    import shlex
+
+    seeded_output = invoke("seed", "--accounts", "400", "--seed", "7", "--shape", "mixed")
+    assert_ok(seeded_output)
+    text = seeded_output.stdout
+    assert "faulty link_farm@1, with no corrected version: its cases go to review" in text
+    with engine.connect() as conn:
+        reversed_bans = conn.execute(select(func.count()).select_from(enforcement_actions)
+                                     .where(enforcement_actions.c.reversed_at.is_not(None))
+                                     ).scalar_one()
+    assert reversed_bans > 300
+    (line,) = [line for line in text.splitlines() if "reinstate it: reinstate run" in line]
+    command = shlex.split(line.split("reinstate it: reinstate ", 1)[1].split(" [", 1)[0])
+    assert_ok(invoke(*command, "--dry-run"))
+    expected = generate_expected(400, 7, "mixed")
+    assert expected["needs_review"] > 20
+    report = json.loads(invoke("report", INCIDENT_KEY, "--json").stdout)
+    assert {k: v for k, v in report["preview_outcomes"].items() if v} == expected
+
+
+def test_seed_refuses_an_unknown_shape(engine: Engine, cli_env: dict[str, str]) -> None:
+    assert_refused(invoke("seed", "--accounts", "10", "--shape", "odd"), "--shape", "'odd'")
