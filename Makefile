@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench bench-workers check-bare-clone check-local-runs browser ui-screenshots
+.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench bench-detect bench-workers check-bare-clone check-local-runs browser ui-screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ bench: $(STAMP)
 	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
 	$(BIN)/python -m bench.pipeline_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000) --shape mixed --skip-notify
+
+# Fault detection: a million bans on both databases, then where it stops finding faults
+# (bench/detect_bench.py).
+bench-detect: $(STAMP)
+	$(BIN)/python -m bench.detect_bench speed --bans $(or $(BANS),1000000)
+	$(BIN)/python -m bench.detect_bench sweep --seeds $(or $(SEEDS),10)
+	$(BIN)/python -m bench.detect_bench healthy --seeds $(or $(HEALTHY),100)
 
 # One process against two workers on the same incident (bench/workers_bench.py).
 bench-workers: $(STAMP)

@@ -8,16 +8,21 @@ Step 3, incidents left mid-way by a crashed or cancelled run: resumed.
 Step 4, notices whose retry time has come, or stuck in 'sending' after a crash: sent.
 Step 5, invariants: checked, repaired where safe; anything left fails the run so that
         someone looks.
+Step 6, fault detection over the last days (reinstatement/detection.py): suspect rule
+        versions published as a table artifact; each new one emits the Prefect event
+        `reinstatement.fault.suspected`, for the operators' automations. A suspect
+        restores nothing.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
@@ -28,7 +33,7 @@ from flows.reinstate_incident import (
     resume_incident,
     run_batches,
 )
-from reinstatement import account_lists, reconcile, runs
+from reinstatement import account_lists, detection, reconcile, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
 from reinstatement.markdown import md
@@ -95,6 +100,43 @@ def check_invariants(repair: bool) -> dict[str, Any]:
     return {**vars(report), "unrepaired": report.unrepaired}
 
 
+SUSPECT_EVENT = "reinstatement.fault.suspected"
+
+
+@task(name="detect-faults", cache_policy=NO_CACHE)
+def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str, Any]:
+    """Suspect rule versions of the last `days`; each not yet alerted emits an event."""
+    now = datetime.now(UTC)
+    end = until or now
+    suspects = detection.detect(_engine(), end - timedelta(days=days), end)
+    found = [s.as_json() for s in suspects]
+    if dry_run:
+        return {"suspects": found, "alerted": []}
+    pending = detection.record(_engine(), suspects, now)
+    alerted = []
+    for suspect in pending:
+        event = emit_event(
+            event=SUSPECT_EVENT,
+            resource={"prefect.resource.id": f"reinstatement.rule-version.{suspect['version']}",
+                      "prefect.resource.name": suspect["version"],
+                      "reinstatement.version": suspect["version"]},
+            payload=suspect)
+        if event is not None:
+            alerted.append(suspect["version"])
+    detection.mark_alerted(_engine(), alerted, now)
+    if len(alerted) < len(pending):
+        get_run_logger().warning("%d suspect alert(s) could not be emitted; the next run "
+                                 "tries again", len(pending) - len(alerted))
+    return {"suspects": found, "alerted": alerted}
+
+
+def _suspect_rows(suspects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"version": s["version"], "since": s["since"], "until": s["until"],
+             "bans": s["bans"], "rate per hour": s["rate"],
+             "baseline per hour": s["baseline_rate"], "score (nats)": s["score"],
+             "why": "; ".join(s["reasons"]), "preview": s["preview"]} for s in suspects]
+
+
 def _markdown(findings: dict[str, Any]) -> str:
     lines = [f"# Nightly reconciliation, {md(findings['started_at'])}", ""]
     if findings["dry_run"]:
@@ -121,9 +163,22 @@ def _markdown(findings: dict[str, Any]) -> str:
                  f"repaired {inv['pins_repaired']} |")
     lines.append(f"| notices sent without a reinstatement | "
                  f"{len(inv['notices_without_reinstatement'])} | reported |")
+    faults = findings.get("faults")
+    if faults is not None:
+        lines.append(f"| suspect rule versions (fault detection) | {len(faults['suspects'])} "
+                     f"| {len(faults['alerted'])} new alert(s) |")
     if findings["awaiting_operator"]:
         lines += ["", "Waiting for an operator's approval (not resumed): "
                   + ", ".join(md(key) for key in findings["awaiting_operator"])]
+    if faults and faults["suspects"]:
+        lines += ["", "Suspect rule versions (a suspect restores nothing: preview its draft, "
+                  "have the rules team mark the version faulty, approve its plan):", "",
+                  "| version | since | until | bans | rate/h | baseline/h | score | why |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for s in faults["suspects"]:
+            lines.append(f"| {md(s['version'])} | {md(s['since'])} | {md(s['until'])} | "
+                         f"{s['bans']:,} | {s['rate']:.1f} | {s['baseline_rate']:.1f} | "
+                         f"{s['score']:.0f} | {md('; '.join(s['reasons']))} |")
     if findings["uncovered"]:
         lines += ["", "Standing bans by versions marked faulty that no incident covers (an "
                   "incident covers a ban once it has had a real run, its window holds the "
@@ -153,6 +208,8 @@ def nightly_reconciliation(
     auto_reinstate: bool = False,
     dry_run: bool = False,
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000,
+    detect_days: Annotated[int, Field(ge=0, le=90)] = 7,
+    detect_until: datetime | None = None,
 ) -> dict[str, Any]:
     """Find and repair drift; fail when an invariant is broken beyond a safe repair.
 
@@ -162,6 +219,9 @@ def nightly_reconciliation(
             once, as an incident of their own. Leave off to have them reported only.
         dry_run: Report what drifted and change nothing: no repair, no resume, no notice.
         batch_size: Cases or notices per batch task, 1 to 50,000.
+        detect_days: Look for faulty rule versions over this many days before
+            detect_until (0: not at all).
+        detect_until: The end of fault detection's window (default: now).
     """
     logger = get_run_logger()
     findings: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -196,6 +256,14 @@ def nightly_reconciliation(
         send_notices, None, batch_size, "notify", "notify")
 
     findings["invariants"] = check_invariants(repair=not dry_run)
+    findings["faults"] = (None if not detect_days
+                          else detect_faults(detect_days, detect_until, dry_run))
+    if findings["faults"] is not None:
+        create_table_artifact(
+            key="fault-suspects", table=_suspect_rows(findings["faults"]["suspects"]) or [
+                {"version": "none", "why": f"no suspect in the last {detect_days} days"}],
+            description="Rule versions whose bans look like a fault (a suspect restores "
+                        "nothing)")
     create_markdown_artifact(key="nightly-reconciliation", markdown=_markdown(findings),
                              description="What the nightly reconciliation found and did")
     create_table_artifact(

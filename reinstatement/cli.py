@@ -146,18 +146,30 @@ def seed(
     shape: str = typer.Option("standard", help="standard, or mixed: the incident also names "
                               "a version with no correction, evidence carries many signals, "
                               "banned accounts carry reversed older bans."),
+    scenario: str = typer.Option(
+        "incident", help="incident: a mass ban to reinstate; detection: a ban history of "
+        "healthy rules and version changes with planted faults, for `reinstate detect`."),
+    plant_fault: list[str] | None = typer.Option(
+        None, "--plant-fault", help="RULE@V:FACTOR:HOURS: version V of RULE bans FACTOR "
+        "times its predecessor's rate for HOURS (implies --scenario detection; default: "
+        "spam_links@3:8:96 and fake_engagement@4:3:48)."),
+    days: int = typer.Option(30, help="Days of ban history (--scenario detection)."),
 ) -> None:
-    """Write a realistic synthetic incident into an empty platform database."""
-    from reinstatement.seed import PlatformNotEmptyError, SeedOptions
+    """Write a realistic synthetic incident (or ban history) into an empty platform
+    database."""
+    from reinstatement.seed import SHAPES, PlatformNotEmptyError, SeedOptions
     from reinstatement.seed import seed as write_seed
 
+    if scenario not in ("incident", "detection"):
+        raise BadInput(f"--scenario: {scenario!r} is not one of incident, detection")
+    if shape not in SHAPES:
+        raise BadInput(f"--shape: {shape!r} is not one of {', '.join(SHAPES)}")
+    if scenario == "detection" or plant_fault:
+        _seed_history(seed, days, plant_fault)
+        return
     settings = _settings()
     engine = _engine(settings)
     _require_platform_tables(engine)
-    from reinstatement.seed import SHAPES
-
-    if shape not in SHAPES:
-        raise BadInput(f"--shape: {shape!r} is not one of {', '.join(SHAPES)}")
     options = SeedOptions(accounts=accounts, seed=seed, pins_per_account=pins_per_account,
                           shape=shape)
     try:
@@ -175,6 +187,75 @@ def seed(
 
     for line in incident_description(shape):
         typer.echo(line)
+
+
+def _seed_history(seed_number: int, days: int, faults: list[str] | None) -> None:
+    from reinstatement.seed import PlatformNotEmptyError
+    from reinstatement.seed_history import (
+        DEFAULT_FAULTS,
+        HistoryOptions,
+        history_description,
+        seed_history,
+    )
+
+    options = HistoryOptions(days=days, seed=seed_number,
+                             faults=tuple(faults) if faults else DEFAULT_FAULTS)
+    options.planted()  # bad input is refused before anything is written
+    engine = _engine(_settings())
+    _require_platform_tables(engine)
+    try:
+        summary = seed_history(engine, options)
+    except PlatformNotEmptyError as exc:
+        raise BadInput(str(exc)) from None
+    for line in history_description(summary, options):
+        typer.echo(line)
+
+
+@app.command()
+@handles_errors
+def detect(
+    since: str | None = typer.Option(None, help="From (ISO 8601; default: 30 days before "
+                                     "--until)."),
+    until: str | None = typer.Option(None, help="Before (ISO 8601; default: now)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per suspect."),
+) -> None:
+    """Rule versions whose bans look like a fault, and why; each with a draft incident to
+    preview. Changes nothing."""
+    from datetime import UTC, timedelta
+
+    from reinstatement.detection import detect as find_suspects
+
+    end = _parse_moment(until, "--until") or datetime.now(UTC)
+    start = _parse_moment(since, "--since") or end - timedelta(days=30)
+    if start >= end:
+        raise BadInput(f"--since ({start.isoformat()}) must be before --until "
+                       f"({end.isoformat()})")
+    if end - start > timedelta(days=400):
+        raise BadInput("--since and --until: at most 400 days at a time")
+    engine = _engine(_settings())
+    _require_platform_tables(engine)
+    suspects = find_suspects(engine, start, end)
+    if as_json:
+        for suspect in suspects:
+            typer.echo(json.dumps(suspect.as_json(), sort_keys=True))
+        return
+    typer.echo(f"{len(suspects)} suspect rule version(s) from {start.isoformat()} to "
+               f"{end.isoformat()}" + (":" if suspects else ""))
+    if not suspects:
+        return
+    header = (f"  {'version':<28} {'since (UTC)':<17} {'until (UTC)':<17} {'bans':>9} "
+              f"{'rate/h':>8} {'baseline/h':>10} {'score':>9}")
+    typer.echo(header)
+    for suspect in suspects:
+        typer.echo(f"  {suspect.version:<28} {suspect.since:%Y-%m-%d %H:%M} "
+                   f"{suspect.until:%Y-%m-%d %H:%M} {suspect.bans:>9,} {suspect.rate:>8.1f} "
+                   f"{suspect.baseline_rate:>10.1f} {suspect.score:>9.0f}")
+    for suspect in suspects:
+        typer.echo(f"{suspect.version} ({suspect.status}, baseline {suspect.baseline}): "
+                   + "; ".join(suspect.reasons))
+        typer.echo(f"  preview: reinstate run {suspect.key} {suspect.declaration} --dry-run")
+    typer.echo("a suspect restores nothing: preview it, have the rules team mark the "
+               "version 'faulty', then approve its plan as for any incident")
 
 
 def _require_platform_tables(engine: Engine) -> None:

@@ -17,8 +17,11 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 _engines: dict[str, Engine] = {}
@@ -52,6 +55,28 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class epoch_hour(FunctionElement[int]):  # noqa: N801 - named as the SQL it stands for
+    """The whole hours from 1970-01-01 UTC to a UTCDateTime column's moment (an hour's
+    bucket), as each database computes it."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_hour"
+
+
+@compiles(epoch_hour, "postgresql")
+def _epoch_hour_postgresql(element: epoch_hour, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(floor(extract(epoch FROM {compiler.process(element.clauses, **kw)}) / 3600) "\
+           "AS BIGINT)"
+
+
+@compiles(epoch_hour, "sqlite")
+def _epoch_hour_sqlite(element: epoch_hour, compiler: SQLCompiler, **kw: Any) -> str:
+    # UTCDateTime stores 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC on SQLite.
+    return f"(CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER) "\
+           "/ 3600)"
 
 
 def utcnow() -> datetime:

@@ -382,8 +382,13 @@ def _faulty_version(row: _RuleVersionRow, corrected: _RuleVersionRow | None) -> 
     )
 
 
-def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersion]:
-    """Check each faulty version and find its corrected version; BadInput if any is wrong."""
+def resolve_versions(conn: Connection, specs: Sequence[str], *, previewing: bool = False
+                     ) -> list[FaultyVersion]:
+    """Check each faulty version and find its corrected version; BadInput if any is wrong.
+
+    A real run names only versions the platform marks 'faulty'; a dry run (`previewing`)
+    may name any version, so that an operator can preview a suspect of `reinstate detect`
+    before the rules team marks it (a preview changes nothing)."""
     known = _rule_versions(conn)
     faulty_names = {spec.split("=")[0] for spec in specs}
     resolved = []
@@ -392,10 +397,8 @@ def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersi
         faulty = known.get(faulty_name)
         if faulty is None:
             raise BadInput(f"unknown rule version {faulty_name}")
-        if faulty.status != "faulty":
-            raise BadInput(f"{faulty_name} is not marked faulty by the platform (its status "
-                           f"is {faulty.status!r}): an incident names only versions the "
-                           "rules team marked 'faulty' in rule_versions")
+        if faulty.status != "faulty" and not previewing:
+            raise BadInput(_not_marked(faulty))
         if corrected_name:
             corrected = known.get(corrected_name)
             if corrected is None:
@@ -419,6 +422,21 @@ def resolve_versions(conn: Connection, specs: Sequence[str]) -> list[FaultyVersi
             raise BadInput(f"{faulty_name} cannot correct itself")
         resolved.append(_faulty_version(faulty, corrected))
     return resolved
+
+
+def _not_marked(row: _RuleVersionRow) -> str:
+    return (f"{row.name} is not marked faulty by the platform (its status is "
+            f"{row.status!r}): a real run restores only from versions the rules team "
+            "marked 'faulty' in rule_versions (a --dry-run may preview any version)")
+
+
+def require_marked_faulty(conn: Connection, specs: Sequence[str]) -> None:
+    """BadInput unless the platform marks every named faulty version 'faulty'."""
+    known = _rule_versions(conn)
+    for spec in specs:
+        row = known.get(spec.split("=")[0])
+        if row is not None and row.status != "faulty":
+            raise BadInput(_not_marked(row))
 
 
 def _differences(registered: dict[str, Any], requested: dict[str, Any]) -> list[str]:
@@ -449,7 +467,7 @@ def register_incident(conn: Connection, request: IncidentRequest,
     check_request(conn, request)
     if registered is not None:
         return load_incident(conn, request.incident_key)
-    versions = resolve_versions(conn, request.faulty_versions)
+    versions = resolve_versions(conn, request.faulty_versions, previewing=request.dry_run)
     now = utcnow()
     incident_id = conn.execute(
         insert(Incident)
@@ -529,8 +547,10 @@ def check_request(conn: Connection, request: IncidentRequest) -> None:
                 f"incident {request.incident_key} is already registered with other "
                 f"parameters ({'; '.join(differences)}): use a new key for a new incident"
             )
+        if not request.dry_run:
+            require_marked_faulty(conn, request.faulty_versions)
         return
-    resolve_versions(conn, request.faulty_versions)
+    resolve_versions(conn, request.faulty_versions, previewing=request.dry_run)
 
 
 def registered_parameters(conn: Connection, key: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -120,6 +121,27 @@ class AccountListMember(Base):
         ForeignKey("reinstatement_account_lists.id",
                    name="fk_reinstatement_account_list_members_list_id"), primary_key=True)
     account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class Suspect(Base):
+    """A rule version the nightly reconciliation's fault detection found suspect
+    (reinstatement/detection.py): one row per version, first seen once, its newest window
+    kept; `alerted_at` is set once its Prefect event went out (until then each nightly
+    sends it again)."""
+
+    __tablename__ = "reinstatement_suspects"
+
+    id: Mapped[int] = mapped_column(PipelineId, primary_key=True)
+    rule_version_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    version: Mapped[str] = mapped_column(String(120))
+    since: Mapped[datetime]
+    until: Mapped[datetime]
+    bans: Mapped[int] = mapped_column(BigInteger)
+    score: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    alerted_at: Mapped[datetime | None]
 
 
 class Case(Base):

@@ -57,6 +57,8 @@ GRANT SELECT, INSERT ON reinstatement_audit TO reinstatement_pipeline;
 -- Where each batch ran: written once, never changed.
 GRANT SELECT, INSERT ON reinstatement_batches TO reinstatement_pipeline;
 GRANT SELECT ON reinstatement_alembic_version TO reinstatement_pipeline;
+-- Suspect rule versions the nightly's fault detection found (they restore nothing).
+GRANT SELECT, INSERT, UPDATE ON reinstatement_suspects TO reinstatement_pipeline;
 -- Lists of account ids staged for incidents: written once, never changed.
 GRANT SELECT, INSERT ON reinstatement_account_lists, reinstatement_account_list_members
     TO reinstatement_pipeline;

@@ -252,9 +252,11 @@ def test_a_reviewer_restores_only_a_case_the_approved_plan_holds_for_review(
 def test_an_incident_names_only_versions_the_platform_marks_faulty(
     engine: Engine, cli_env: dict[str, str], faulty: str, why: str
 ) -> None:
+    """A real run restores only from versions the platform marks 'faulty' (a dry run may
+    preview any version: tests/test_detection.py previews a suspect)."""
     build_scenario(engine)
     before = snapshot(engine)
-    result = invoke("run", KEY, "--faulty", faulty, "--dry-run")
+    result = invoke("run", KEY, "--faulty", faulty)
     assert result.exit_code == 2, describe(result)
     assert result.stderr.startswith(f"error: {why}"), describe(result)
     assert len(result.stderr.strip().splitlines()) == 1
