@@ -38,6 +38,7 @@ from pydantic import Field
 from sqlalchemy import Engine, func, select
 
 from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches
+from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import batches, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
@@ -311,8 +312,6 @@ def incident_step(
         parent_run_id: The incident run (reinstatement_runs.id) this child works for.
         batch_size: Cases or notices per batch task, 1 to 50,000.
     """
-    from flows.reinstate_incident import failed_plainly, tag_run_with_incident
-
     try:
         engine = _engine()
         with engine.connect() as conn:

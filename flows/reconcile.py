@@ -27,12 +27,8 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.reinstate_incident import (
-    MAX_PARALLEL_TASKS,
-    reinstate_incident,
-    resume_incident,
-    run_batches,
-)
+from flows.batches import MAX_PARALLEL_TASKS, run_batches
+from flows.reinstate_incident import reinstate_incident, resume_incident
 from reinstatement import account_lists, detection, reconcile, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request

@@ -22,19 +22,20 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from prefect import flow
-from prefect.exceptions import Abort, Pause
+from prefect.exceptions import Pause
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment
-from prefect.states import Cancelled, Failed, State
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from sqlalchemy import Engine, update
 
 # run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
 # and tests that take them from this module.
-from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches  # noqa: F401
+from flows.batches import MAX_PARALLEL_TASKS, pending
 from flows.incident_step import StepRunner, require_step_deployment
+from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import approval, lifecycle, plans, runner, runs
 from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
@@ -132,25 +133,6 @@ def _resume_run_name() -> str:
     return f"{_parameter('incident_key') or 'incident'}: resume"
 
 
-def tag_run_with_incident(key: str) -> None:
-    """Tag this flow run with the incident key, so the UI's run list filters by incident."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    flow_run_id = flow_run.get_id()
-    if flow_run_id is None:
-        return
-    run_id = UUID(str(flow_run_id))
-    try:
-        with get_client(sync_client=True) as client:
-            tags = set(client.read_flow_run(run_id).tags) | {"reinstatement", key}
-            client.update_flow_run(run_id, tags=sorted(tags))
-    except Exception as exc:  # noqa: BLE001 - a missing tag must not stop a reinstatement
-        get_run_logger().warning("could not tag the run with %s: %s", key, exc)
-
-
 @flow(
     name="reinstate-incident",
     description="Find, verify and restore the accounts an incident banned by mistake, "
@@ -184,24 +166,6 @@ def _as_request(request: object) -> IncidentRequest:
         raise BadInput("request: give the incident's parameters (its key, faulty versions, "
                        "window and options)")
     return build_request(**request)
-
-
-class RefusedRun(BadInput, Abort):
-    """Bad input that ended a run Failed, carried as the state's data.
-
-    A caller in this process (the CLI) gets it back as a `BadInput`: exit status 2.
-    In a deployment run, Prefect's engine raises a failed state's data after the run ends
-    and logs any `Exception` it raises with its traceback into the run's logs; an `Abort`
-    it lets through quietly, and the run's process ends. So bad input shows in the UI as
-    the one plain line below, not as a traceback (tests/test_deployments.py checks it).
-    """
-
-
-def failed_plainly(exc: BadInput) -> State[Any]:
-    """The run's end for bad input: one error line in the log, the same text as the
-    state's message, and the error itself for a caller in this process (the CLI)."""
-    get_run_logger().error("%s", exc)
-    return Failed(message=str(exc), data=RefusedRun(str(exc)))
 
 
 def _reinstate_incident(request: IncidentRequest) -> Any:

@@ -13,10 +13,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows.reinstate_incident import failed_plainly, tag_run_with_incident
+from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement.approval import VIA_PREFECT_UI
 from reinstatement.errors import BadInput
 from reinstatement.review import apply_review
+from tasks.notify import send_case_notices
 from tasks.reporting import publish_report
 
 
@@ -29,7 +30,8 @@ def apply_review_decision(case_id: int, decision: Literal["reinstate", "uphold"]
     {"refused": why}: bad input, for the flow to fail plainly, not a task traceback.
     """
     try:
-        return apply_review(case_id, decision, reviewer, note, VIA_PREFECT_UI)
+        return apply_review(case_id, decision, reviewer, note, VIA_PREFECT_UI,
+                            send_notices=send_case_notices)
     except BadInput as exc:
         return {"refused": str(exc)}
 

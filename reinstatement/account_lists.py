@@ -128,12 +128,3 @@ def copy_to_incident(conn: Connection, reference: ListReference, incident_id: in
         ["incident_id", "account_id"],
         select(bindparam(None, incident_id, type_=BigInteger), AccountListMember.account_id)
         .where(AccountListMember.list_id == list_id)))
-
-
-def read_ids_file(path_text: str) -> list[int]:
-    """Account ids from a file (see `incidents.read_account_ids`)."""
-    from pathlib import Path
-
-    from reinstatement.incidents import read_account_ids
-
-    return read_account_ids(Path(path_text))

@@ -191,7 +191,10 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         if reinstate == uphold:
             raise BadInput("give exactly one of --reinstate or --uphold")
         check_database()
-        result = apply_review(case_id, "reinstate" if reinstate else "uphold", reviewer, note)
+        from tasks.notify import send_case_notices
+
+        result = apply_review(case_id, "reinstate" if reinstate else "uphold", reviewer, note,
+                              send_notices=send_case_notices)
         typer.echo(f"case {case_id} of {result['incident']}: {result['outcome']} "
                    f"({result['state']})")
         if "notice" in result:

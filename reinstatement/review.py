@@ -7,8 +7,8 @@ decision to uphold closes it. Every decision is audited with the reviewer and th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select, update
 
@@ -20,6 +20,9 @@ from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, Review
 from reinstatement.steps import CaseState
 from reinstatement.verdicts import Outcome
+
+if TYPE_CHECKING:
+    from reinstatement.outbox import SendResult
 
 Decision = Literal["reinstate", "uphold"]
 
@@ -123,18 +126,18 @@ def _ready_to_restore(conn: Connection, incident_id: int, actor: str, case_id: i
 
 
 def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
-                 via: str = VIA_CLI) -> dict[str, Any]:
+                 via: str = VIA_CLI, *,
+                 send_notices: Callable[[int, list[int]], SendResult]) -> dict[str, Any]:
     """Record the decision and, for a reinstatement, restore the case and send its notice.
 
     One implementation for the CLI and the Prefect UI's review flow (`via` 'prefect-ui').
+    `send_notices(incident_id, case_ids)` sends with the process's own backend, secret and
+    limits (`tasks.notify.send_case_notices`): a review builds none of its own.
     """
-    from datetime import timedelta
-
-    from reinstatement import outbox, runner
+    from reinstatement import runner
     from reinstatement.db import get_engine
     from reinstatement.incidents import load_incident
-    from reinstatement.notices.backends import backend_from_settings
-    from reinstatement.notices.render import NoticeRenderer, sender_domain
+    from reinstatement.notices.render import sender_domain
     from reinstatement.retrying import in_transaction
     from reinstatement.settings import load_settings
 
@@ -153,11 +156,7 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
         result["reinstated"] = restored.outcomes.get(str(Outcome.REINSTATED), 0)
         result["pins_restored"] = restored.pins_restored
         if incident.notify:
-            sent = outbox.send_batch(
-                engine, backend_from_settings(settings), NoticeRenderer(), 100,
-                sender=settings.email_from,
-                lease=timedelta(seconds=settings.notice_lease_seconds),
-                incident_id=incident.id, case_ids=[case_id])
+            sent = send_notices(incident.id, [case_id])
             result["notice"] = {"sent": sent.sent, "retry": sent.retry, "failed": sent.failed}
         runner.complete_if_done(engine, incident, actor)
     with engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -46,6 +47,36 @@ def smtp_password(settings: Settings) -> SecretStr | None:
     return SecretStr(str(block.get()))
 
 
+def notice_backend(settings: Settings) -> Any:
+    """The email backend the settings ask for, with its secret: the one place it is built
+    for this process's own sending (sender processes build theirs from the same
+    settings and the password handed to them)."""
+    return backend_from_settings(settings, smtp_password=smtp_password(settings))
+
+
+def _on_a_server() -> bool:
+    """The global limits live on a Prefect server: one is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def send_case_notices(incident_id: int, case_ids: list[int]) -> outbox.SendResult:
+    """Send the notices of these cases now (a reviewer's reinstatement, from the command
+    line or the review flow) with the notify step's backend, secret and limits: a slot of
+    reinstatement-smtp-connections and the mail rate, where a Prefect server holds them."""
+    settings = load_settings()
+    engine = get_engine(settings.database_url)
+    on_server = _on_a_server()
+    with limits.smtp_connection() if on_server else nullcontext():
+        return outbox.send_batch(
+            engine, notice_backend(settings), renderer(), max(len(case_ids), 1),
+            sender=settings.email_from,
+            lease=timedelta(seconds=settings.notice_lease_seconds),
+            incident_id=incident_id, case_ids=case_ids,
+            limiter=rate_limiter(settings) if on_server else None)
+
+
 @task(name="send-notices-batch", **BATCH_TASK_OPTIONS)
 def send_notices(incident: RegisteredIncident | None, batch_size: int,
                  run_id: int | None = None) -> dict[str, Any]:
@@ -65,8 +96,8 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int,
                                         limiter_args=(limits.mail_rate_limit(),))
         else:
             result = outbox.send_batch(
-                engine, backend_from_settings(settings, smtp_password=smtp_password(settings)),
-                renderer(), batch_size, sender=settings.email_from,
+                engine, notice_backend(settings), renderer(), batch_size,
+                sender=settings.email_from,
                 lease=timedelta(seconds=settings.notice_lease_seconds),
                 incident_id=incident_id, limiter=rate_limiter(settings),
             )

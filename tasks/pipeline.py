@@ -8,6 +8,7 @@ failed batch; caching is off because N identical calls must each claim their own
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -18,7 +19,12 @@ from prefect.states import State
 
 from reinstatement import account_lists, approval, planner_statistics, runner
 from reinstatement.db import get_engine, pipeline_engine
-from reinstatement.incidents import IncidentRequest, RegisteredIncident, registered_parameters
+from reinstatement.incidents import (
+    IncidentRequest,
+    RegisteredIncident,
+    read_account_ids,
+    registered_parameters,
+)
 from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
@@ -77,7 +83,7 @@ def register_incident(request: IncidentRequest) -> RegisteredIncident:
     engine = pipeline_engine()
     if request.accounts_file is not None:
         # Read where the run runs, staged in the database; the run then names the list.
-        ids = account_lists.read_ids_file(request.accounts_file)
+        ids = read_account_ids(Path(request.accounts_file))
         reference = account_lists.stage(engine, ids)
         request = request.model_copy(update={"accounts_file": None,
                                               "account_list": str(reference)})

@@ -444,7 +444,8 @@ def test_a_failed_batch_fails_the_whole_flow_run(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.reinstate_incident import BatchesFailed, reinstate_incident
+    from flows.batches import BatchesFailed
+    from flows.reinstate_incident import reinstate_incident
     from reinstatement.seed import (
         INCIDENT_FAULTY,
         INCIDENT_KEY,
