@@ -49,7 +49,7 @@ from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import Case
 from reinstatement.plans import PlanRef
 from reinstatement.retrying import in_transaction
-from reinstatement.steps import CaseState
+from reinstatement.states import CaseState
 from tasks.pipeline import (
     make_plan,
     plan_candidates,

@@ -50,7 +50,7 @@ from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeContext, NoticeRenderer
 from reinstatement.platform_schema import accounts
 from reinstatement.retrying import in_transaction, is_transient
-from reinstatement.steps import NoticeState
+from reinstatement.states import NoticeState
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from reinstatement.db import utcnow
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
-from reinstatement.steps import PIPELINE_ACTOR, CaseState, NoticeState, pending_work
+from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
+from reinstatement.steps import pending_work
 from reinstatement.verdicts import Outcome
 
 SAMPLE = 20

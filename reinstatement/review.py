@@ -18,7 +18,7 @@ from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, Review
-from reinstatement.steps import CaseState
+from reinstatement.states import CaseState
 from reinstatement.verdicts import Outcome
 
 if TYPE_CHECKING:

@@ -28,6 +28,7 @@ from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Incident
 from reinstatement.plans import PlanMade, PlanRef
 from reinstatement.retrying import in_transaction
+from reinstatement.states import PIPELINE_ACTOR
 
 S = IncidentStatus
 
@@ -37,7 +38,7 @@ class StepContext:
     engine: Engine
     incident: RegisteredIncident
     batch_size: int
-    actor: str = steps.PIPELINE_ACTOR
+    actor: str = PIPELINE_ACTOR
     sender_domain: str = "example.com"
     # The run (reinstatement_runs.id) whose batches these are: each committed batch is
     # recorded with where it ran (reinstatement/batches.py). None: not recorded.
@@ -326,7 +327,7 @@ def pending(ctx: StepContext) -> dict[str, int]:
 # -- the whole job without Prefect ----------------------------------------------------
 
 def run_without_prefect(engine: Engine, request: IncidentRequest,
-                        actor: str = steps.PIPELINE_ACTOR, *,
+                        actor: str = PIPELINE_ACTOR, *,
                         restore: bool = True) -> IncidentState:
     """Register, plan, verify and (when the lifecycle allows) restore, as the flow does.
 

@@ -60,6 +60,7 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice, PlanCase
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
+from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
 from reinstatement.verdict_sql import (
     ArrayText,
     array_literal,
@@ -78,27 +79,7 @@ from reinstatement.verdicts import (
     decide,
 )
 
-PIPELINE_ACTOR = "reinstatement-pipeline"
 IN_CHUNK = 5000  # ids per IN (...) list: well under SQLite's limit on bound variables
-
-
-class CaseState:
-    PLANNED = "planned"
-    PREVIEWED = "previewed"
-    VERIFIED = "verified"
-    REVIEW = "review"
-    RESTORED = "restored"
-    CLOSED = "closed"
-
-
-class NoticeState:
-    PENDING = "pending"
-    SENDING = "sending"
-    SENT = "sent"
-    RETRY = "retry"
-    FAILED = "failed"
-    NO_ADDRESS = "no_address"
-    SUPPRESSED = "suppressed"  # the incident was run with notify off
 
 
 class _StatementCache:

@@ -29,7 +29,7 @@ from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
 from reinstatement.retrying import is_transient
 from reinstatement.settings import load_settings
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tasks import limits
 
 

@@ -22,7 +22,7 @@ from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOMES, incident_report
 from reinstatement.review import cases_awaiting_review
-from reinstatement.steps import CaseState
+from reinstatement.states import CaseState
 
 SAMPLES_PER_OUTCOME = 5
 

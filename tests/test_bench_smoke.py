@@ -19,7 +19,7 @@ from reinstatement import runner, seed
 from reinstatement.db import make_engine
 from reinstatement.incidents import build_request
 from reinstatement.models import Case
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.factories import snapshot
 
 ACCOUNTS = 600

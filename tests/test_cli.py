@@ -43,7 +43,7 @@ from reinstatement.seed import (
     generate,
     seed,
 )
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.factories import Platform, snapshot
 from tests.factories import seeded_incident_request as incident_request
 

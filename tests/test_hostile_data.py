@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, text
 from reinstatement import runner
 from reinstatement.conditions import decode_evidence, evaluate, parse_condition
 from reinstatement.models import Case
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.factories import T0, Platform, snapshot
 from tests.test_steps import KEY, request
 

@@ -24,7 +24,7 @@ from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentStatus, TransitionRefused
 from reinstatement.models import AuditEntry, Case, Incident, Notice
 from reinstatement.platform_schema import accounts, rule_versions
-from reinstatement.steps import PIPELINE_ACTOR, CaseState
+from reinstatement.states import PIPELINE_ACTOR, CaseState
 from tests.factories import T0, WRONGFUL, Platform, approve, snapshot
 from tests.test_cli import describe, invoke
 from tests.test_steps import KEY, build_scenario, request, run_all

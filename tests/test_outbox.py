@@ -39,7 +39,7 @@ from reinstatement.notices.backends import (
 )
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.platform_schema import accounts
-from reinstatement.steps import NoticeState
+from reinstatement.states import NoticeState
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 from tests.test_steps import run_all

@@ -26,7 +26,7 @@ from reinstatement.incidents import load_incident
 from reinstatement.lifecycle import IncidentStatus, state_by_key
 from reinstatement.models import Case, Decision, Incident, Plan, PlanCase
 from reinstatement.platform_schema import accounts, enforcement_actions
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.factories import T0, UNCERTAIN, WRONGFUL, Platform, approve, snapshot
 from tests.test_cli import describe, invoke
 from tests.test_steps import KEY, build_scenario, request, run_all

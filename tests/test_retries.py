@@ -32,7 +32,7 @@ from reinstatement.db import make_engine, utcnow
 from reinstatement.incidents import build_request
 from reinstatement.models import AuditEntry, Case, Incident, Notice, Run
 from reinstatement.platform_schema import accounts, enforcement_actions
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import build_scenario, run_all
 from tests.test_steps import request as steps_request

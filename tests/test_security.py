@@ -39,7 +39,7 @@ from reinstatement.models import (
 from reinstatement.notices.backends import FileBackend
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
-from reinstatement.steps import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR
 from tests.conftest import PROJECT_ROOT
 from tests.factories import T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import KEY, build_scenario, request, run_all

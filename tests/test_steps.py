@@ -19,7 +19,7 @@ from reinstatement import runner, steps
 from reinstatement.incidents import IncidentRequest, build_request, load_incident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.platform_schema import enforcement_actions
-from reinstatement.steps import PIPELINE_ACTOR, CaseState
+from reinstatement.states import PIPELINE_ACTOR, CaseState
 from tests.factories import (
     CONFIRMED,
     SPAM_CORRECTED,
