@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import approval, batches, lifecycle, planner_statistics, plans, steps
+from reinstatement import approval, batches, lifecycle, planner_statistics, plans, restore, steps
 from reinstatement.approval import Identity
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
@@ -274,7 +274,7 @@ def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
 def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     def work(conn: Connection) -> steps.BatchResult:
         permit = approval.restore_permit(conn, ctx.incident.id)
-        return _recorded(conn, ctx, "restore", steps.restore_batch(
+        return _recorded(conn, ctx, "restore", restore.restore_batch(
             conn, ctx.incident, ctx.batch_size, permit, sender_domain=ctx.sender_domain,
             actor=ctx.actor))
 
@@ -285,13 +285,13 @@ def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
     """Verify a batch and restore its reinstatements in one transaction, when the incident
     may restore now and needs no approval; only verify it otherwise (an incident that
     requires approval restores only what its approved plan holds: verified first, then
-    compared with the plan, then restored). See `steps.settle_batch`."""
+    compared with the plan, then restored). See `restore.settle_batch`."""
     def work(conn: Connection) -> steps.BatchResult:
         try:
             restoring = approval.restore_permit(conn, ctx.incident.id).plan is None
         except approval.RestoreNotAllowed:
             restoring = False
-        return _recorded(conn, ctx, "settle", steps.settle_batch(
+        return _recorded(conn, ctx, "settle", restore.settle_batch(
             conn, ctx.incident, ctx.batch_size, restoring=restoring,
             sender_domain=ctx.sender_domain, actor=ctx.actor))
 
@@ -302,7 +302,7 @@ def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
     """Restore these verified cases only (a reviewer's decision), in one transaction."""
     def work(conn: Connection) -> steps.BatchResult:
         permit = approval.restore_permit(conn, ctx.incident.id)
-        return steps.restore_batch(conn, ctx.incident, len(case_ids), permit,
+        return restore.restore_batch(conn, ctx.incident, len(case_ids), permit,
                                    case_ids=case_ids, sender_domain=ctx.sender_domain,
                                    actor=ctx.actor)
 

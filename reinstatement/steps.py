@@ -50,17 +50,14 @@ from sqlalchemy import (
 )
 from sqlalchemy import case as sql_case
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 
 from reinstatement import verdict_sql
-from reinstatement.approval import Permit
 from reinstatement.conditions import decode_evidence
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.models import AuditEntry, Case, IncidentAccount, Notice, PlanCase
-from reinstatement.notices.render import message_id_for
-from reinstatement.platform_schema import accounts, enforcement_actions, pins
-from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
+from reinstatement.models import AuditEntry, Case, IncidentAccount, PlanCase
+from reinstatement.platform_schema import accounts, enforcement_actions
+from reinstatement.states import PIPELINE_ACTOR, CaseState
 from reinstatement.verdict_sql import (
     ArrayText,
     array_literal,
@@ -69,7 +66,6 @@ from reinstatement.verdict_sql import (
     standing_bans_query,
 )
 from reinstatement.verdict_sql import array as _array
-from reinstatement.verdict_sql import array_rows as _array_rows
 from reinstatement.verdicts import (
     AccountFacts,
     CaseDecision,
@@ -107,7 +103,7 @@ class _StatementCache:
         return statement
 
 
-def _id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
+def id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
     """`column IN ids`; on PostgreSQL as `= ANY(:array)`, one parameter.
 
     An IN list of thousands of placeholders makes a statement psycopg parses again on
@@ -119,13 +115,13 @@ def _id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
     return column.in_(ids)
 
 
-def _chunks(ids: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:
+def chunks(ids: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
 
 
-def _audit(conn: Connection, incident_id: int, rows: Iterable[tuple[int | None, str | None, str,
-                                                                      str]], actor: str) -> None:
+def write_audit(conn: Connection, incident_id: int,
+                rows: Iterable[tuple[int | None, str | None, str, str]], actor: str) -> None:
     """Append one audit row per (case_id, from_state, to_state, reason)."""
     now = utcnow()
     entries = [
@@ -135,14 +131,14 @@ def _audit(conn: Connection, incident_id: int, rows: Iterable[tuple[int | None, 
     ]
     # As one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL: as an executemany the
     # audit rows (one per case and step) were a seventh of the scale benchmark's time.
-    _insert_many(conn, AuditEntry, entries, {
+    insert_many(conn, AuditEntry, entries, {
         "incident_id": BigInteger, "case_id": BigInteger, "from_state": Text,
         "to_state": Text, "actor": Text, "reason": Text, "at": DateTime(timezone=True)})
 
 
 def audit_incident(conn: Connection, incident_id: int, before: str | None, after: str,
                    actor: str, reason: str) -> None:
-    _audit(conn, incident_id, [(None, before, after, reason)], actor)
+    write_audit(conn, incident_id, [(None, before, after, reason)], actor)
 
 
 # -- plan -------------------------------------------------------------------------------
@@ -165,7 +161,7 @@ def _candidate_filter(conn: Connection, incident: RegisteredIncident, after_acco
             # The faulty versions' ids as values, not a subquery: the planner then sees
             # how many bans they cover, walks the account index from `after_account_id`
             # and stops at the page's end, where it read and sorted every ban for each page.
-            _id_in(conn, ea.c.rule_version_id, sorted(incident.rules.faulty)),
+            id_in(conn, ea.c.rule_version_id, sorted(incident.rules.faulty)),
         ]
         if incident.rules.since is not None:
             conditions.append(ea.c.created_at >= incident.rules.since)
@@ -204,10 +200,10 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
     if not account_ids:
         return 0, None
     existing: set[int] = set()
-    for chunk in _chunks(account_ids):
+    for chunk in chunks(account_ids):
         existing.update(conn.execute(
             select(Case.account_id).where(Case.incident_id == incident.id,
-                                          _id_in(conn, Case.account_id, chunk))
+                                          id_in(conn, Case.account_id, chunk))
         ).scalars())
     now = utcnow()
     new = [
@@ -220,7 +216,7 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
         # Another run of the incident may be planning the same page right now: a case it
         # created first is kept, and only the cases created here are audited here.
         case_ids = _insert_cases(conn, new)
-        _audit(conn, incident.id, ((case_id, None, CaseState.PLANNED, "candidate account")
+        write_audit(conn, incident.id, ((case_id, None, CaseState.PLANNED, "candidate account")
                                    for case_id in case_ids), PIPELINE_ACTOR)
         created = len(case_ids)
     return created, account_ids[-1]
@@ -264,7 +260,7 @@ def _insert_cases(conn: Connection, new: list[dict[str, Any]]) -> Sequence[int]:
     ).scalars().all()
 
 
-def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
+def insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
                  element_types: dict[str, Any]) -> None:
     """INSERT rows; on PostgreSQL as one INSERT ... SELECT FROM unnest(arrays).
 
@@ -304,11 +300,11 @@ class AccountRecord:
 def load_accounts(conn: Connection, account_ids: Sequence[int], *,
                   lock: bool = False) -> dict[int, AccountRecord]:
     found: dict[int, AccountRecord] = {}
-    for chunk in _chunks(sorted(account_ids)):
+    for chunk in chunks(sorted(account_ids)):
         query = (
             select(accounts.c.id, accounts.c.status, accounts.c.username,
                    accounts.c.display_name, accounts.c.email, accounts.c.locale)
-            .where(_id_in(conn, accounts.c.id, chunk))
+            .where(id_in(conn, accounts.c.id, chunk))
             .order_by(accounts.c.id)
         )
         if lock and conn.dialect.name == "postgresql":
@@ -342,7 +338,7 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
     """
     bans: dict[int, list[StandingBan]] = defaultdict(list)
     postgresql_ = conn.dialect.name == "postgresql"
-    for chunk in _chunks(sorted(account_ids)):
+    for chunk in chunks(sorted(account_ids)):
         if postgresql_:  # one statement for every batch, the accounts as a parameter
             judged = _STANDING_BANS.get(("postgresql", repr(rules)), lambda: judged_bans(
                 "postgresql", standing_bans_query(
@@ -461,7 +457,7 @@ def _held_by_plan(query: Any, plan_id: int) -> Any:
 
 # -- verify -----------------------------------------------------------------------------
 
-_STATE_AFTER_VERIFY = {
+STATE_AFTER_VERIFY = {
     Outcome.REINSTATED: CaseState.VERIFIED,
     Outcome.NEEDS_REVIEW: CaseState.REVIEW,
     Outcome.SKIPPED: CaseState.CLOSED,
@@ -481,7 +477,7 @@ class BatchResult:
 
 
 
-def _case_update(case_id: int, decision: CaseDecision, state: str, now: datetime
+def case_update(case_id: int, decision: CaseDecision, state: str, now: datetime
                  ) -> dict[str, Any]:
     return {
         "id": case_id, "state": state, "outcome": str(decision.outcome),
@@ -512,7 +508,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _update_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
+def update_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
                  types: dict[str, Any], *, where: Sequence[Any] = (),
                  fixed: dict[str, Any] | None = None) -> int:
     """UPDATE each row (by its "id") with its own values; returns the rows changed.
@@ -546,9 +542,9 @@ _CASE_DECISION_COLUMNS = {
 }
 
 
-def _update_cases(conn: Connection, updates: list[dict[str, Any]]) -> None:
-    """Record each case's state, outcome and reasons (rows as `_case_update` makes them)."""
-    _update_many(conn, Case.__table__, updates, _CASE_DECISION_COLUMNS)
+def update_cases(conn: Connection, updates: list[dict[str, Any]]) -> None:
+    """Record each case's state, outcome and reasons (rows as `case_update` makes them)."""
+    update_many(conn, Case.__table__, updates, _CASE_DECISION_COLUMNS)
 
 
 def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
@@ -566,7 +562,7 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     if not claimed:
         return result
     if conn.dialect.name == "postgresql":
-        decided = _verify_in_the_database(conn, incident, claimed, preview, actor)
+        decided = verify_in_the_database(conn, incident, claimed, preview, actor)
         for outcome, count in decided.items():
             result.outcomes[outcome] += count
         claimed_by_id = {case.id: case for case in claimed}
@@ -574,12 +570,12 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     else:
         rest = claimed
     if rest:
-        _verify_in_python(conn, incident, rest, preview, actor, result)
+        verify_in_python(conn, incident, rest, preview, actor, result)
     result.cases = len(claimed)
     return result
 
 
-def _within(first_case: int, last_case: int) -> Any:
+def within_cases(first_case: int, last_case: int) -> Any:
     """`Case.id BETWEEN` the lowest and highest id of the batch.
 
     Said beside the join on the ids, it lets the planner read just the batch's stretch of
@@ -602,7 +598,7 @@ def _state_after(outcome: Any, preview: bool, restoring: bool) -> Any:
     """
     if preview:
         return bindparam(None, CaseState.PREVIEWED, type_=Text)
-    after = dict(_STATE_AFTER_VERIFY)
+    after = dict(STATE_AFTER_VERIFY)
     if restoring:
         after[Outcome.REINSTATED] = CaseState.RESTORED
     return sql_case(*[(outcome == bindparam(None, str(o), type_=Text),
@@ -617,7 +613,7 @@ class _Decided(Counter[str]):
     restore: RestoreBatch | None  # with `restoring`: the reinstatements to restore
 
 
-def _verify_in_the_database(conn: Connection, incident: RegisteredIncident,
+def verify_in_the_database(conn: Connection, incident: RegisteredIncident,
                             claimed: Sequence[ClaimedCase], preview: bool, actor: str, *,
                             restoring: bool = False) -> _Decided:
     """One statement: the batch's verdicts, the cases updated from them, and their audit.
@@ -670,7 +666,7 @@ _VERIFY_STATEMENTS = _StatementCache()
 
 
 def _verify_statement(incident: RegisteredIncident, preview: bool, restoring: bool) -> Any:
-    """`_verify_in_the_database`'s statement for this incident, built once: the same for
+    """`verify_in_the_database`'s statement for this incident, built once: the same for
     each of its batches, which come as named parameters."""
     return _VERIFY_STATEMENTS.get(
         (incident.id, incident.key, repr(incident.rules), preview, restoring),
@@ -759,13 +755,13 @@ def _restore_arrays(incident: RegisteredIncident, verdicts: Any) -> Any:
             .where(to_restore).having(func.count() > 0))
 
 
-def _verify_in_python(conn: Connection, incident: RegisteredIncident,
+def verify_in_python(conn: Connection, incident: RegisteredIncident,
                       claimed: Sequence[ClaimedCase], preview: bool, actor: str,
                       result: BatchResult, *, restoring: bool = False
                       ) -> list[tuple[ClaimedCase, Verdict, RestoreTarget, str]]:
     """Decide these cases in Python and record them.
 
-    `restoring`: as for `_verify_in_the_database`; returns the reinstatements to restore
+    `restoring`: as for `verify_in_the_database`; returns the reinstatements to restore
     in this transaction, each with the verdict's summary, and leaves their audit row to the
     restore.
     """
@@ -775,8 +771,8 @@ def _verify_in_python(conn: Connection, incident: RegisteredIncident,
     to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget, str]] = []
     for case in claimed:
         decision = decisions[case.id]
-        state = CaseState.PREVIEWED if preview else _STATE_AFTER_VERIFY[decision.outcome]
-        updates.append(_case_update(case.id, decision, state, now))
+        state = CaseState.PREVIEWED if preview else STATE_AFTER_VERIFY[decision.outcome]
+        updates.append(case_update(case.id, decision, state, now))
         summary = str(decision.reasons.get("summary", ""))
         result.outcomes[str(decision.outcome)] += 1
         record = found.get(case.account_id)
@@ -786,68 +782,12 @@ def _verify_in_python(conn: Connection, incident: RegisteredIncident,
                                RestoreTarget(record.id, record.email, record.locale), summary))
             continue
         audit_rows.append((case.id, case.state, state, f"{decision.outcome}: {summary}"))
-    _update_cases(conn, updates)
-    _audit(conn, incident.id, audit_rows, actor)
+    update_cases(conn, updates)
+    write_audit(conn, incident.id, audit_rows, actor)
     return to_restore
 
 
-# -- settle: verify and restore in one pass --------------------------------------------
-
-def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
-                 restoring: bool, sender_domain: str, actor: str = PIPELINE_ACTOR
-                 ) -> BatchResult:
-    """Verify the next batch of planned cases and restore its reinstatements at once.
-
-    For a real run of an incident that may restore now (`restoring`, which the caller read
-    under the incident's share lock): no approval stands between verification and restore,
-    so each account is judged once, under the locks the restore needs, and restored in the
-    same transaction. The cases come out as verify and restore would leave them (the same
-    outcome, reasons, unban and pins); a reinstated case's audit row is one transition,
-    from the state it was claimed in to restored, naming the verdict and the restore, as
-    no other transaction ever saw it verified. What is saved is the second claim, lock and
-    verdict, and an audit row for each reinstatement. Without `restoring` it is
-    `verify_batch`.
-    """
-    if not restoring:
-        return verify_batch(conn, incident, limit, preview=False, actor=actor)
-    claimed = claim_cases(conn, incident.id, [CaseState.PLANNED, CaseState.PREVIEWED], limit)
-    result = BatchResult()
-    if not claimed:
-        return result
-    result.cases = len(claimed)
-    restored = BatchResult()
-    now = utcnow()
-    rest: Sequence[ClaimedCase] = claimed
-    if conn.dialect.name == "postgresql":
-        # Judged under the restore's locks: nothing can change between verdict and restore.
-        lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
-        decided = _verify_in_the_database(conn, incident, claimed, False, actor,
-                                          restoring=True)
-        result.outcomes.update(decided)
-        by_id = {case.id: case for case in claimed}
-        rest = [by_id[case_id] for case_id in decided.python]
-        if decided.restore is not None:
-            _restore_on_postgresql(conn, incident, decided.restore, now, sender_domain,
-                                   restored, actor)
-    # The cases whose reasons name unknown signals (all of them on SQLite, where the
-    # transaction holds the database's write lock from its start).
-    if rest:
-        to_restore = _verify_in_python(conn, incident, rest, False, actor, result,
-                                       restoring=True)
-        if to_restore:
-            to_restore.sort(key=lambda item: item[2].id)
-            audit_rows: list[tuple[int | None, str | None, str, str]] = []
-            _apply_restores(conn, incident, [(c, v, t) for c, v, t, _ in to_restore], now,
-                            sender_domain, restored, audit_rows, actor,
-                            summaries={c.id: summary for c, _, _, summary in to_restore})
-            _audit(conn, incident.id, audit_rows, actor)
-    result.restored = restored.outcomes[str(Outcome.REINSTATED)]
-    result.pins_restored = restored.pins_restored
-    result.notices_queued = restored.notices_queued
-    return result
-
-
-# -- restore ----------------------------------------------------------------------------
+# -- what verification hands the restore (reinstatement/restore.py) --------------
 
 @dataclass(frozen=True)
 class Verdict:
@@ -872,227 +812,6 @@ class RestoreTarget:
     id: int
     email: str | None
     locale: str
-
-
-# The unban's reason, in Python's % and PostgreSQL's format() alike (the owner's restore
-# function writes it in SQL): the incident's key, the faulty versions' names.
-UNBAN_REASON = "Reinstated by incident %s: the ban by %s was a mistake"
-ANY_FAULTY = "a faulty rule version"
-
-
-def _unban_reason(incident: RegisteredIncident, verdict: Verdict) -> str:
-    """The unban's reason: the incident, and the verdict's faulty versions."""
-    return UNBAN_REASON % (incident.key, ", ".join(verdict.faulty_names) or ANY_FAULTY)
-
-
-def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
-                       claimed: Sequence[ClaimedCase]
-                       ) -> dict[int, tuple[Verdict, RestoreTarget | None]]:
-    """Each claimed case judged again, its platform rows locked first.
-
-    On PostgreSQL the database judges the batch (verdict_sql.py) and Python only the cases
-    whose bans are unknown on their evidence; elsewhere Python judges them all.
-    """
-    judged: dict[int, tuple[Verdict, RestoreTarget | None]] = {}
-    rest = list(claimed)
-    if conn.dialect.name == "postgresql":
-        lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
-        rest = []
-        by_id = {case.id: case for case in claimed}
-        for row in verdict_sql.fetch(conn, incident.rules, claimed, reasons=False):
-            if row.python:
-                rest.append(by_id[row.case_id])
-                continue
-            target = None if row.locale is None else RestoreTarget(row.account_id, row.email,
-                                                                   row.locale)
-            names = tuple(row.faulty_names.split(", ")) if row.faulty_names else ()
-            judged[row.case_id] = (Verdict(row.outcome, tuple(row.standing_ids), names),
-                                   target)
-    if rest:
-        decisions, found = decide_accounts(conn, incident, rest, lock=True)
-        for case in rest:
-            record = found.get(case.account_id)
-            judged[case.id] = (Verdict.of(decisions[case.id]), None if record is None else
-                               RestoreTarget(record.id, record.email, record.locale))
-    return judged
-
-
-def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, permit: Permit,
-                  *, sender_domain: str, actor: str = PIPELINE_ACTOR,
-                  case_ids: Sequence[int] | None = None) -> BatchResult:
-    """Restore the next batch of verified cases whose outcome is reinstated, and that
-    `permit` (read in this transaction) allows: for an incident that requires approval,
-    only cases its approved plan holds.
-
-    In this one transaction, per account: status 'active', one 'unban' action, each
-    standing ban reversed by it, exactly the pins those bans hid made visible, the
-    case's checkpoint and its outbox notice. Each account is first judged again under
-    lock: one whose bans changed since verification, or since the plan, is not touched,
-    and its case records what it is now (which a new plan then shows).
-    """
-    claimed = claim_cases(conn, incident.id, [CaseState.VERIFIED], limit,
-                          outcome=str(Outcome.REINSTATED), case_ids=case_ids,
-                          plan_id=permit.plan_id)
-    result = BatchResult()
-    if not claimed:
-        return result
-    judged = _judge_for_restore(conn, incident, claimed)
-    now = utcnow()
-    to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]] = []
-    changed: list[ClaimedCase] = []
-    audit_rows: list[tuple[int | None, str | None, str, str]] = []
-    for case in claimed:
-        verdict, target = judged[case.id]
-        same_bans = sorted(case.standing_ban_ids or []) == list(verdict.standing_ban_ids)
-        # A reviewer may decide an uncertain case: reinstated, as long as nothing about its
-        # bans changed since they looked.
-        reviewed = (case.review_decision == "reinstate"
-                    and verdict.outcome == Outcome.NEEDS_REVIEW)
-        planned = permit.allows(case.plan_verdict, case.plan_ban_ids, case.review_decision,
-                                verdict.standing_ban_ids)
-        if (verdict.outcome == Outcome.REINSTATED or reviewed) and same_bans and planned \
-                and target is not None:
-            to_restore.append((case, verdict, target))
-        else:
-            changed.append(case)
-    if changed:
-        _record_changed(conn, incident, changed, now, result, audit_rows)
-    if to_restore:
-        _apply_restores(conn, incident, to_restore, now, sender_domain, result, audit_rows,
-                        actor)
-    _audit(conn, incident.id, audit_rows, actor)
-    result.cases = len(claimed)
-    return result
-
-
-def _record_changed(conn: Connection, incident: RegisteredIncident,
-                    changed: Sequence[ClaimedCase], now: datetime, result: BatchResult,
-                    audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
-    """The platform moved since verification (a moderator acted, a ban was lifted or
-    added): never overwrite that. Record each account's outcome as it is now, with its
-    reasons; if it would still be reinstated but by other bans, a person looks first."""
-    decisions, _ = decide_accounts(conn, incident, changed)  # the rows are locked already
-    updates = []
-    for case in changed:
-        decision = decisions[case.id]
-        if decision.outcome == Outcome.REINSTATED:
-            reasons = dict(decision.reasons)
-            reasons["summary"] = ("needs review: the account's bans changed between "
-                                  "verification (or the approved plan) and restore")
-            decision = CaseDecision(Outcome.NEEDS_REVIEW, decision.faulty_ban_ids,
-                                    decision.standing_ban_ids, reasons)
-        state = _STATE_AFTER_VERIFY[decision.outcome]
-        updates.append(_case_update(case.id, decision, state, now))
-        audit_rows.append((case.id, case.state, state,
-                           f"changed since verification: now {decision.outcome}"))
-        result.outcomes[str(decision.outcome)] += 1
-        result.changed_since_verification += 1
-    _update_cases(conn, updates)
-
-
-def _insert_unbans(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert the unban actions; their ids, in the order of `rows` (SQLite)."""
-    ea = enforcement_actions
-    return list(conn.execute(
-        insert(ea).returning(ea.c.id, sort_by_parameter_order=True), rows
-    ).scalars().all())
-
-
-class RestoreConflict(RuntimeError):
-    """A platform row changed under the restore although it was locked: roll back."""
-
-
-def _apply_restores(conn: Connection, incident: RegisteredIncident,
-                    to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
-                    now: datetime, sender_domain: str, result: BatchResult,
-                    audit_rows: list[tuple[int | None, str | None, str, str]],
-                    actor: str, *, summaries: dict[int, str] | None = None) -> None:
-    """Restore these cases; `summaries` (verified in this same transaction): each case's
-    verdict summary, for its one audit row from the state it was claimed in."""
-    if conn.dialect.name == "postgresql":
-        batch = RestoreBatch.of(incident, to_restore)
-        batch.one_audit_row = summaries is not None
-        _restore_on_postgresql(conn, incident, batch, now, sender_domain, result, actor)
-        return
-    unban_ids, pins_by_account = _restore_with_statements(conn, incident, to_restore, now)
-
-    case_updates, notices = [], []
-    for (case, _, record), unban_id in zip(to_restore, unban_ids, strict=True):
-        restored = pins_by_account.get(record.id, 0)
-        case_updates.append({"id": case.id, "unban_action_id": unban_id,
-                             "pins_restored": restored})
-        notice_state = (NoticeState.SUPPRESSED if not incident.notify
-                        else NoticeState.PENDING if record.email else NoticeState.NO_ADDRESS)
-        notices.append({
-            "case_id": case.id, "incident_id": incident.id, "account_id": record.id,
-            "message_id": message_id_for(notice_key(incident.key, case.round), record.id,
-                                         sender_domain),
-            "recipient": record.email, "locale": record.locale, "state": notice_state,
-            "attempts": 0, "next_attempt_at": now if notice_state == NoticeState.PENDING
-            else None, "created_at": now, "updated_at": now,
-        })
-        restored_words = f"unban action {unban_id}, {restored} pins restored"
-        audit_rows.append((case.id, case.state, CaseState.RESTORED, (
-            f"reinstated: {restored_words}" if summaries is None
-            else f"reinstated: {summaries[case.id]}; {restored_words}")))
-        result.outcomes[str(Outcome.REINSTATED)] += 1
-        result.pins_restored += restored
-        result.notices_queued += notice_state == NoticeState.PENDING
-    _update_many(conn, Case.__table__, case_updates,
-                 {"unban_action_id": BigInteger, "pins_restored": Integer},
-                 fixed={"state": CaseState.RESTORED, "updated_at": now})
-    _insert_many(conn, Notice, notices, {
-        "case_id": BigInteger, "incident_id": BigInteger, "account_id": BigInteger,
-        "message_id": Text, "recipient": Text, "locale": Text, "state": Text,
-        "attempts": Integer, "next_attempt_at": DateTime(timezone=True),
-        "created_at": DateTime(timezone=True), "updated_at": DateTime(timezone=True)})
-
-
-def _restore_with_statements(conn: Connection, incident: RegisteredIncident,
-                             to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
-                             now: datetime) -> tuple[list[int], Counter[int]]:
-    """The platform writes of a restore as plain statements (SQLite)."""
-    ea = enforcement_actions
-    activated = sum(
-        conn.execute(
-            update(accounts)
-            .where(_id_in(conn, accounts.c.id, chunk), accounts.c.status == "banned")
-            .values(status="active", updated_at=now)
-        ).rowcount
-        for chunk in _chunks([record.id for _, _, record in to_restore])
-    )
-    if activated != len(to_restore):
-        raise RestoreConflict("an account left 'banned' during the restore; nothing was kept")
-    unban_ids = _insert_unbans(conn, [
-        {"account_id": record.id, "kind": "unban", "source": "reinstatement",
-         "rule_version_id": None, "actor": PIPELINE_ACTOR,
-         "reason": _unban_reason(incident, decision), "evidence": None,
-         "created_at": now, "reversed_at": None, "reversed_by_action_id": None}
-        for _, decision, record in to_restore
-    ])
-    reversals = [
-        {"id": ban_id, "reversed_by_action_id": unban_id}
-        for (_, decision, _), unban_id in zip(to_restore, unban_ids, strict=True)
-        for ban_id in decision.standing_ban_ids
-    ]
-    reversed_count = _update_many(conn, ea, reversals, {"reversed_by_action_id": BigInteger},
-                                  where=[ea.c.reversed_at.is_(None)],
-                                  fixed={"reversed_at": now})
-    if reversed_count != len(reversals):
-        raise RestoreConflict("a ban was lifted by someone else during the restore")
-    return unban_ids, _restore_pins(conn, [r["id"] for r in reversals], now)
-
-
-def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str) -> Any:
-    """`message_id_for` in SQL: the same sha256 of the same bytes, the same text around it."""
-    message_id_for(incident_key, 0, domain)  # refuses a domain no Message-ID may carry
-    key = sql_case((round_ <= 1, bindparam(None, incident_key, type_=Text)),
-                   else_=bindparam(None, incident_key + "#", type_=Text) + cast(round_, Text))
-    nul = bindparam(None, b"\x00", type_=postgresql.BYTEA)
-    digest = func.sha256(func.convert_to(key, "UTF8").op("||")(nul)
-                         .op("||")(func.convert_to(cast(account_id, Text), "UTF8")))
-    return ("<reinstatement." + func.left(func.encode(digest, "hex"), 32) + "@"
-            + bindparam(None, domain.lower(), type_=Text) + ">")
 
 
 @dataclass
@@ -1138,139 +857,6 @@ class RestoreBatch:
             first_case=min(case_ids), last_case=max(case_ids),
             first_account=min(account_ids), last_account=max(account_ids),
         )
-
-
-def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
-                           batch: RestoreBatch, now: datetime, sender_domain: str,
-                           result: BatchResult, actor: str) -> None:
-    """The restore of a batch as two statements.
-
-    The platform writes go through `reinstatement_restore_accounts`: the owner's function
-    (sql/functions/reinstatement_restore_accounts.sql) checks the incident, its approved
-    plan and every account and ban against the contract before it writes, names the unban
-    and its time itself, so the pipeline's role needs no write privilege on the platform's
-    tables, and a platform row that changed under the batch rolls it back. From its result a second
-    statement records each case's unban and pins, queues each notice and audits each case.
-
-    Two statements, not one: joined to the function's result inside one statement, the
-    cases were estimated at five times the batch and read whole into a hash table (260 ms
-    a batch at 1M accounts); from arrays the planner sees the batch's size and looks each
-    case up by its key.
-    """
-    restored = func.reinstatement_restore_accounts(
-        _array(BigInteger, batch.case_ids),
-        _array(BigInteger, batch.account_ids),
-        _array(BigInteger, batch.ban_ids),
-        _array(BigInteger, batch.ban_accounts),
-    ).table_valued("restored_account_id", "unban_action_id", "pins_restored",
-                   with_ordinality="n").render_derived("restored")
-    r = restored.c
-    # Its rows come back as arrays in text form, passed on as they are to the next statement.
-    restore = select(listed_text(r.restored_account_id, r.n).label("account_ids"),
-                     listed_text(r.unban_action_id, r.n).label("unban_action_ids"),
-                     listed_text(r.pins_restored, r.n).label("pins_restored"),
-                     func.coalesce(func.sum(r.pins_restored), 0).label("pins"),
-                     func.count().label("accounts")).select_from(restored)
-    try:
-        row = conn.execute(restore).one()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "RS001":
-            raise RestoreConflict(str(exc.orig).splitlines()[0]) from exc
-        raise
-    if row.accounts != batch.size or row.account_ids != batch.account_ids:
-        raise RestoreConflict("the restore function did not restore the batch it was given")
-
-    done = _array_rows(case_id=(BigInteger, batch.case_ids),
-                       account_id=(BigInteger, batch.account_ids),
-                       round=(Integer, batch.rounds),
-                       prior_state=(Text, batch.prior_states),
-                       unban_action_id=(BigInteger, ArrayText(row.unban_action_ids)),
-                       pins_restored=(Integer, ArrayText(row.pins_restored)))
-    d = done.c
-    at = bindparam(None, now, type_=DateTime(timezone=True))
-    cases_written = (
-        update(Case).where(Case.id == d.case_id, _within(batch.first_case, batch.last_case))
-        .values(unban_action_id=d.unban_action_id, pins_restored=d.pins_restored,
-                state=CaseState.RESTORED, updated_at=at)
-        .returning(Case.id, Case.reasons["summary"].as_string().label("summary"))
-        .cte("cases_written")
-    )
-    state: Any
-    next_attempt: Any
-    if incident.notify:
-        state = sql_case((accounts.c.email.is_not(None), NoticeState.PENDING),
-                         else_=NoticeState.NO_ADDRESS)
-        next_attempt = sql_case((accounts.c.email.is_not(None), at), else_=null())
-    else:
-        state, next_attempt = bindparam(None, NoticeState.SUPPRESSED, type_=Text), null()
-    notices_queued = insert(Notice).from_select(
-        ["case_id", "incident_id", "account_id", "message_id", "recipient", "locale", "state",
-         "attempts", "next_attempt_at", "created_at", "updated_at"],
-        select(d.case_id, bindparam(None, incident.id, type_=BigInteger), d.account_id,
-               _message_id_sql(incident.key, d.round, d.account_id, sender_domain),
-               accounts.c.email, accounts.c.locale, state,
-               bindparam(None, 0, type_=Integer), next_attempt, at, at)
-        .join_from(done, accounts, and_(
-            accounts.c.id == d.account_id,
-            # True of every account of the batch: the account index is then read from
-            # the batch's first account, not from the table's first (a merge join).
-            accounts.c.id.between(bindparam(None, batch.first_account, type_=BigInteger),
-                                  bindparam(None, batch.last_account, type_=BigInteger))))
-    ).returning(Notice.state).cte("notices_queued")
-    restored_words = ("unban action " + cast(d.unban_action_id, Text) + ", "
-                      + cast(d.pins_restored, Text) + " pins restored")
-    if batch.one_audit_row:
-        # The verdict's summary, which the case row holds since the verification above.
-        w = cases_written.c
-        reason = ("reinstated: " + w.summary + "; " + restored_words)
-        audit_source = select(bindparam(None, incident.id, type_=BigInteger), d.case_id,
-                              d.prior_state, bindparam(None, CaseState.RESTORED, type_=Text),
-                              bindparam(None, actor, type_=Text), reason, at
-                              ).join_from(done, cases_written, w.id == d.case_id)
-    else:
-        audit_source = select(bindparam(None, incident.id, type_=BigInteger), d.case_id,
-                              d.prior_state, bindparam(None, CaseState.RESTORED, type_=Text),
-                              bindparam(None, actor, type_=Text),
-                              "reinstated: " + restored_words, at).select_from(done)
-    audited = insert(AuditEntry).from_select(
-        ["incident_id", "case_id", "from_state", "to_state", "actor", "reason", "at"],
-        audit_source).cte("audited")
-    q = notices_queued.c
-    written, queued = conn.execute(select(
-        select(func.count()).select_from(cases_written).scalar_subquery(),
-        select(func.count()).select_from(notices_queued)
-        .where(q.state == NoticeState.PENDING).scalar_subquery(),
-    ).add_cte(audited)).one()
-    if written != batch.size:
-        raise RestoreConflict(f"{batch.size - written} case(s) of the batch were not found")
-    result.outcomes[str(Outcome.REINSTATED)] += batch.size
-    result.pins_restored += row.pins
-    result.notices_queued += queued
-
-
-def notice_key(incident_key: str, round_: int) -> str:
-    """What a notice's Message-ID is derived from: the incident, and the round after the first."""
-    return incident_key if round_ <= 1 else f"{incident_key}#{round_}"
-
-
-def _restore_pins(conn: Connection, ban_ids: Sequence[int], now: datetime) -> Counter[int]:
-    """Make visible exactly the hidden pins that these bans hid on their own accounts."""
-    owner = (
-        select(enforcement_actions.c.account_id)
-        .where(enforcement_actions.c.id == pins.c.hidden_by_action_id)
-        .scalar_subquery()
-    )
-    restored: Counter[int] = Counter()
-    for chunk in _chunks(sorted(ban_ids)):
-        rows = conn.execute(
-            update(pins)
-            .where(pins.c.status == "hidden", _id_in(conn, pins.c.hidden_by_action_id, chunk),
-                   pins.c.account_id == owner)
-            .values(status="visible", hidden_by_action_id=None, updated_at=now)
-            .returning(pins.c.account_id)
-        ).scalars()
-        restored.update(rows)
-    return restored
 
 
 # -- counts -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, event, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying, wait_none
 
-from reinstatement import retrying, runner, steps
+from reinstatement import restore, retrying, runner, steps
 from reinstatement.db import make_engine, utcnow
 from reinstatement.incidents import build_request
 from reinstatement.models import AuditEntry, Case, Incident, Notice, Run
@@ -333,9 +333,9 @@ def test_a_restore_batch_failing_midway_ends_as_a_clean_run(
             return written
         return platform_writes_then_failing_once
 
-    monkeypatch.setattr(steps, "_restore_pins", failing_once(steps._restore_pins))
-    monkeypatch.setattr(steps, "_restore_on_postgresql",
-                        failing_once(steps._restore_on_postgresql))
+    monkeypatch.setattr(restore, "_restore_pins", failing_once(restore._restore_pins))
+    monkeypatch.setattr(restore, "_restore_on_postgresql",
+                        failing_once(restore._restore_on_postgresql))
     run_all(engine, steps_request(batch_size=10))
 
     reinstated = {a for a, o in scenario.expected.items() if o == "reinstated"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 
-from reinstatement import runner, steps
+from reinstatement import restore, runner
 from reinstatement.incidents import IncidentRequest, build_request, load_incident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.platform_schema import enforcement_actions
@@ -365,14 +365,14 @@ def test_a_moderators_ban_during_a_restore_is_never_overwritten(
     locks the restore would set the account active over the moderator's ban."""
     import threading
 
-    from reinstatement import steps
+    from reinstatement import restore
     from reinstatement.platform_schema import accounts
 
     scenario = build_scenario(engine)
     run_all(engine, request(), restore=False)
     target = min(a for a, o in scenario.expected.items() if o == "reinstated")
     read_done, moderator_done = threading.Event(), threading.Event()
-    real_apply = steps._apply_restores
+    real_apply = restore._apply_restores
 
     def apply_after_the_moderator_tried(*args: Any, **kwargs: Any) -> Any:
         read_done.set()
@@ -387,7 +387,7 @@ def test_a_moderators_ban_during_a_restore_is_never_overwritten(
                          .values(status="banned"))
         moderator_done.set()
 
-    monkeypatch.setattr(steps, "_apply_restores", apply_after_the_moderator_tried)
+    monkeypatch.setattr(restore, "_apply_restores", apply_after_the_moderator_tried)
     other = threading.Thread(target=moderator)
     other.start()
     with engine.connect() as conn:
@@ -473,8 +473,8 @@ def test_a_settle_batch_restores_its_cases_in_place(engine: Engine, backend: str
     ctx = step_context(engine, KEY, 100)                      # running incident only
     runner.plan_all(ctx)
     with engine.begin() as conn:
-        result = steps.settle_batch(conn, ctx.incident, 100, restoring=True,
-                                    sender_domain="example.org")
+        result = restore.settle_batch(conn, ctx.incident, 100, restoring=True,
+                                      sender_domain="example.org")
         updates, in_place = conn.execute(text(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
             "WHERE relname = 'reinstatement_cases'")).one()
@@ -510,7 +510,6 @@ def test_a_moderators_ban_during_a_settle_batch_is_never_overwritten(
     who bans the account while the batch runs waits for it, and the moderator's ban wins."""
     import threading
 
-    from reinstatement import steps
     from reinstatement.platform_schema import accounts
 
     scenario = build_scenario(engine)
@@ -523,7 +522,7 @@ def test_a_moderators_ban_during_a_settle_batch_is_never_overwritten(
     judged, moderator_done = threading.Event(), threading.Event()
     postgresql = engine.dialect.name == "postgresql"
     name = "_restore_on_postgresql" if postgresql else "_apply_restores"
-    real = getattr(steps, name)
+    real = getattr(restore, name)
 
     def restore_after_the_moderator_tried(*args: Any, **kwargs: Any) -> Any:
         judged.set()
@@ -538,7 +537,7 @@ def test_a_moderators_ban_during_a_settle_batch_is_never_overwritten(
                          .values(status="banned"))
         moderator_done.set()
 
-    monkeypatch.setattr(steps, name, restore_after_the_moderator_tried)
+    monkeypatch.setattr(restore, name, restore_after_the_moderator_tried)
     other = threading.Thread(target=moderator)
     other.start()
     result = runner.settle_one_batch(ctx)

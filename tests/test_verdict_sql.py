@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from reinstatement import steps, verdict_sql
+from reinstatement import restore, steps, verdict_sql
 from reinstatement.conditions import parse_condition
 from reinstatement.db import make_engine
 from reinstatement.verdicts import FaultyVersion, IncidentRules, Outcome
@@ -215,13 +215,13 @@ def test_message_ids_made_in_the_database_are_pythons(pg_engine: Engine, key: st
 
     inputs = [(1, 1), (2, 1), (10**15, 1), (7, 2), (7, 3), (123456, 12)]
     with pg_engine.connect() as conn:
-        made = [conn.execute(select(steps._message_id_sql(
+        made = [conn.execute(select(restore._message_id_sql(
             key, literal(round_, Integer), literal(account_id, BigInteger), "Mail.Example.COM"
         ))).scalar_one() for account_id, round_ in inputs]
-    assert made == [message_id_for(steps.notice_key(key, round_), account_id,
+    assert made == [message_id_for(restore.notice_key(key, round_), account_id,
                                    "Mail.Example.COM") for account_id, round_ in inputs]
     with pytest.raises(ValueError):
-        steps._message_id_sql(key, literal(1), literal(1), "bad domain")
+        restore._message_id_sql(key, literal(1), literal(1), "bad domain")
 
 
 def test_verdicts_run_in_one_process_until_the_transaction_ends(pg_engine: Engine) -> None:
