@@ -13,9 +13,10 @@ The method (docs/detection.md says more, with the figures it was tuned on):
    proportional fitting, the rhythm shrunk towards flat where counts are few). Each
    version has its own level, so a faulty version's excess does not leak into the rhythm.
 3. **A baseline for each version:** the level of the versions of the same rule before
-   it (the nearest ones, pooled up to `baseline_hours` of exposure), leaving out any
-   found or marked faulty; a rule's first version (or one with no predecessor in the
-   range) is measured against its own first `own_baseline_hours` hours instead.
+   it (the nearest ones, pooled up to `baseline_hours` of exposure and `baseline_bans`),
+   leaving out any found or marked faulty; a rule's first version (or one with no such
+   predecessor in the range) is measured against its own first hours instead (at least
+   `own_baseline_hours`, more until they hold `baseline_bans`).
 4. **A Poisson CUSUM** over the version's hours, for the change from `tolerance` times
    the baseline (a healthy version may ban somewhat more: up to 1.2 times is common) to
    `alternative` times it. It raises an alarm when the log-likelihood ratio passes
