@@ -228,6 +228,7 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
 ) -> None:
     from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
 
@@ -244,7 +245,16 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
 
     def open_custom_run(page: Page, deployment: str) -> None:
         page.goto(f"{ui}/deployments")
-        page.get_by_role("link", name=deployment, exact=True).first.click()
+        # The list re-renders as its activity refreshes; a click that lands in one is lost
+        # (seen on a busy machine): click until the deployment's own page opens.
+        for attempt in range(3):
+            page.get_by_role("link", name=deployment, exact=True).first.click()
+            try:
+                page.wait_for_url(re.compile(r"/deployments/deployment/"), timeout=15_000)
+                break
+            except PlaywrightTimeoutError:
+                if attempt == 2:
+                    raise
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Custom run").click()
         expect(page.get_by_role("button", name="Submit")).to_be_visible()
