@@ -400,7 +400,9 @@ def test_a_worker_killed_mid_step_loses_and_repeats_nothing_but_notices_in_fligh
     pool: Pool, engine: Engine, mailbox: Mailbox, templates: Any, tmp_path: Path
 ) -> None:
     seed(engine, SeedOptions(accounts=ACCOUNTS, seed=SEED))
-    mailbox.handler.slow_data_seconds = 0.01  # so that notify lasts long enough to kill in
+    # So that notify lasts long enough to kill in: at 0.01 s a message, a busy machine once
+    # saw w2's child run finish between being found sending and being killed.
+    mailbox.handler.slow_data_seconds = 0.03
     pool.deploy("--database-batches", "4", "--smtp-connections", "2", "--mail-rate", "100000")
     pool.start_worker("w1")
     pool.start_worker("w2")
