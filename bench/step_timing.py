@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import event, text
 
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
-from reinstatement import restore, runner, steps, verdict_sql
+from reinstatement import facts, planning, restore, runner, verdict_sql, verify
 from reinstatement import seed as seeding
 from reinstatement.db import make_engine
 from reinstatement.incidents import build_request
@@ -35,8 +35,10 @@ from reinstatement.schema_admin import create_platform, upgrade_pipeline
 
 # Where a name is imported into the restore module too, it is timed there as well (a call
 # from the restore reads the restore module's name).
-TIMED = {steps: ["claim_cases", "verify_in_the_database", "verify_in_python",
-                 "_plan_in_the_database", "lock_platform_rows", "write_audit"],
+TIMED = {verify: ["claim_cases", "verify_in_the_database", "verify_in_python",
+                  "write_audit"],
+         planning: ["_plan_in_the_database", "write_audit"],
+         facts: ["lock_platform_rows"],
          restore: ["claim_cases", "verify_in_the_database", "verify_in_python",
                    "_judge_for_restore", "_restore_on_postgresql", "_record_changed",
                    "lock_platform_rows", "write_audit"],

@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy import Connection, and_, exists, false, func, insert, or_, select, update
 
 from reinstatement import lifecycle
+from reinstatement.claims import pending_work
 from reinstatement.db import utcnow
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
-from reinstatement.steps import pending_work
 from reinstatement.verdicts import Outcome
 
 SAMPLE = 20

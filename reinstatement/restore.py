@@ -4,7 +4,7 @@ Each account is judged again under lock before anything is written; on PostgreSQ
 platform writes go through the owner's function `reinstatement_restore_accounts`
 (sql/functions/), and a second statement records the cases, notices and audit rows from
 its result; on SQLite they are plain statements. The steps before it (plan, verify, the
-claims and the facts) are in `reinstatement/steps.py`.
+claims and the facts) are in `claims.py`, `facts.py` and `verify.py`.
 """
 
 from __future__ import annotations
@@ -35,34 +35,17 @@ from sqlalchemy.exc import DBAPIError
 
 from reinstatement import verdict_sql
 from reinstatement.approval import Permit
+from reinstatement.audit import write_audit
+from reinstatement.batches import StepResult
+from reinstatement.claims import ClaimedCase, claim_cases
 from reinstatement.db import utcnow
+from reinstatement.facts import decide_accounts, lock_platform_rows
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
-from reinstatement.steps import (
-    STATE_AFTER_VERIFY,
-    BatchResult,
-    ClaimedCase,
-    RestoreBatch,
-    RestoreTarget,
-    Verdict,
-    case_update,
-    chunks,
-    claim_cases,
-    decide_accounts,
-    id_in,
-    insert_many,
-    lock_platform_rows,
-    update_cases,
-    update_many,
-    verify_batch,
-    verify_in_python,
-    verify_in_the_database,
-    within_cases,
-    write_audit,
-)
+from reinstatement.store.bulk import chunks, id_in, insert_many, update_many
 from reinstatement.verdict_sql import (
     ArrayText,
     listed_text,
@@ -73,12 +56,24 @@ from reinstatement.verdicts import (
     CaseDecision,
     Outcome,
 )
+from reinstatement.verify import (
+    STATE_AFTER_VERIFY,
+    RestoreBatch,
+    RestoreTarget,
+    Verdict,
+    case_update,
+    update_cases,
+    verify_batch,
+    verify_in_python,
+    verify_in_the_database,
+    within_cases,
+)
 
 # -- settle: verify and restore in one pass --------------------------------------------
 
 def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
                  restoring: bool, sender_domain: str, actor: str = PIPELINE_ACTOR
-                 ) -> BatchResult:
+                 ) -> StepResult:
     """Verify the next batch of planned cases and restore its reinstatements at once.
 
     For a real run of an incident that may restore now (`restoring`, which the caller read
@@ -94,11 +89,11 @@ def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     if not restoring:
         return verify_batch(conn, incident, limit, preview=False, actor=actor)
     claimed = claim_cases(conn, incident.id, [CaseState.PLANNED, CaseState.PREVIEWED], limit)
-    result = BatchResult()
+    result = StepResult()
     if not claimed:
         return result
     result.cases = len(claimed)
-    restored = BatchResult()
+    restored = StepResult()
     now = utcnow()
     rest: Sequence[ClaimedCase] = claimed
     if conn.dialect.name == "postgresql":
@@ -177,7 +172,7 @@ def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
 
 def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, permit: Permit,
                   *, sender_domain: str, actor: str = PIPELINE_ACTOR,
-                  case_ids: Sequence[int] | None = None) -> BatchResult:
+                  case_ids: Sequence[int] | None = None) -> StepResult:
     """Restore the next batch of verified cases whose outcome is reinstated, and that
     `permit` (read in this transaction) allows: for an incident that requires approval,
     only cases its approved plan holds.
@@ -191,7 +186,7 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, pe
     claimed = claim_cases(conn, incident.id, [CaseState.VERIFIED], limit,
                           outcome=str(Outcome.REINSTATED), case_ids=case_ids,
                           plan_id=permit.plan_id)
-    result = BatchResult()
+    result = StepResult()
     if not claimed:
         return result
     judged = _judge_for_restore(conn, incident, claimed)
@@ -224,7 +219,7 @@ def restore_batch(conn: Connection, incident: RegisteredIncident, limit: int, pe
 
 
 def _record_changed(conn: Connection, incident: RegisteredIncident,
-                    changed: Sequence[ClaimedCase], now: datetime, result: BatchResult,
+                    changed: Sequence[ClaimedCase], now: datetime, result: StepResult,
                     audit_rows: list[tuple[int | None, str | None, str, str]]) -> None:
     """The platform moved since verification (a moderator acted, a ban was lifted or
     added): never overwrite that. Record each account's outcome as it is now, with its
@@ -262,7 +257,7 @@ class RestoreConflict(RuntimeError):
 
 def _apply_restores(conn: Connection, incident: RegisteredIncident,
                     to_restore: list[tuple[ClaimedCase, Verdict, RestoreTarget]],
-                    now: datetime, sender_domain: str, result: BatchResult,
+                    now: datetime, sender_domain: str, result: StepResult,
                     audit_rows: list[tuple[int | None, str | None, str, str]],
                     actor: str, *, summaries: dict[int, str] | None = None) -> None:
     """Restore these cases; `summaries` (verified in this same transaction): each case's
@@ -355,7 +350,7 @@ def _message_id_sql(incident_key: str, round_: Any, account_id: Any, domain: str
 
 def _restore_on_postgresql(conn: Connection, incident: RegisteredIncident,
                            batch: RestoreBatch, now: datetime, sender_domain: str,
-                           result: BatchResult, actor: str) -> None:
+                           result: StepResult, actor: str) -> None:
     """The restore of a batch as two statements.
 
     The platform writes go through `reinstatement_restore_accounts`: the owner's function

@@ -12,16 +12,26 @@ loaded once by the run; its status is read and changed only through
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from reinstatement import approval, batches, lifecycle, planner_statistics, plans, restore, steps
+from reinstatement import (
+    approval,
+    audit,
+    batches,
+    claims,
+    lifecycle,
+    planner_statistics,
+    planning,
+    plans,
+    restore,
+    verify,
+)
 from reinstatement.approval import Identity
 from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
@@ -45,18 +55,13 @@ class StepContext:
     run_id: int | None = None
 
 
-def batch_detail(result: steps.BatchResult) -> dict[str, Any]:
-    """A batch's result as the flow sums it (and as reinstatement_batches.detail holds it):
-    `batches.StepResult`'s shape."""
-    return batches.StepResult(
-        cases=result.cases, batches=1, outcomes=Counter(result.outcomes),
-        pins_restored=result.pins_restored, notices_queued=result.notices_queued,
-        changed_since_verification=result.changed_since_verification,
-        restored=result.restored).as_dict()
+def batch_detail(result: batches.StepResult) -> dict[str, Any]:
+    """One batch's result as the flow sums it and reinstatement_batches.detail holds it."""
+    return replace(result, batches=1).as_dict()
 
 
 def _recorded(conn: Connection, ctx: StepContext, step: str,
-              result: steps.BatchResult) -> steps.BatchResult:
+              result: batches.StepResult) -> batches.StepResult:
     """Record the batch in its own transaction (nothing for an empty claim)."""
     if ctx.run_id is not None and result.cases:
         batches.record_batch(conn, ctx.run_id, ctx.incident.id, step, result.cases,
@@ -82,7 +87,7 @@ def register(engine: Engine, request: IncidentRequest, actor: str,
             return register_incident(conn, request)
         who = declarer or approval.process_identity(conn)
         incident = register_incident(conn, request, who.name, who.via)
-        steps.audit_incident(conn, incident.id, None, S.REGISTERED, actor,
+        audit.audit_incident(conn, incident.id, None, S.REGISTERED, actor,
                              f"declared by {who.describe()} with {request.parameters()}")
         return incident
 
@@ -152,7 +157,7 @@ def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> 
         ready = {S.APPROVED} if s.require_approval else {S.REGISTERED, S.PREVIEWED,
                                                          S.APPROVED}
         if s.status == S.COMPLETED:
-            pending = steps.pending_work(conn, incident.id)
+            pending = claims.pending_work(conn, incident.id)
             if not (pending.get("verify") or pending.get("restore")):
                 return s
         elif s.status not in ready:
@@ -200,7 +205,7 @@ def complete_if_done(engine: Engine, incident: RegisteredIncident, actor: str) -
 
     def work(conn: Connection) -> bool:
         now = lifecycle.current_state(conn, incident.id, lock=True)
-        if now.status not in (S.RUNNING, S.COMPLETED) or steps.pending_work(conn, incident.id):
+        if now.status not in (S.RUNNING, S.COMPLETED) or claims.pending_work(conn, incident.id):
             return False
         if unsettled_count(conn, incident.id):
             return False
@@ -230,7 +235,7 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None, *,
     """
     if parallel > 1 and ctx.engine.dialect.name == "postgresql":
         with ctx.engine.connect() as conn:
-            bounds = steps.candidate_id_range(conn, ctx.incident)
+            bounds = planning.candidate_id_range(conn, ctx.incident)
         if bounds is not None and bounds[1] - bounds[0] >= parallel:
             first, last = bounds
             width = (last - first + 1) / parallel
@@ -252,7 +257,7 @@ def _plan_range(ctx: StepContext, after: int, before: int | None,
     created_total = 0
     while True:
         def work(conn: Connection, after: int = after) -> tuple[int, int | None]:
-            return steps.plan_batch(conn, ctx.incident, after, ctx.batch_size, before)
+            return planning.plan_batch(conn, ctx.incident, after, ctx.batch_size, before)
 
         created, last = in_transaction(ctx.engine, work)
         if last is None:
@@ -263,16 +268,16 @@ def _plan_range(ctx: StepContext, after: int, before: int | None,
             on_batch(created)
 
 
-def verify_one_batch(ctx: StepContext, preview: bool) -> steps.BatchResult:
-    def work(conn: Connection) -> steps.BatchResult:
-        return _recorded(conn, ctx, "preview" if preview else "verify", steps.verify_batch(
+def verify_one_batch(ctx: StepContext, preview: bool) -> batches.StepResult:
+    def work(conn: Connection) -> batches.StepResult:
+        return _recorded(conn, ctx, "preview" if preview else "verify", verify.verify_batch(
             conn, ctx.incident, ctx.batch_size, preview=preview, actor=ctx.actor))
 
     return in_transaction(ctx.engine, work)
 
 
-def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
-    def work(conn: Connection) -> steps.BatchResult:
+def restore_one_batch(ctx: StepContext) -> batches.StepResult:
+    def work(conn: Connection) -> batches.StepResult:
         permit = approval.restore_permit(conn, ctx.incident.id)
         return _recorded(conn, ctx, "restore", restore.restore_batch(
             conn, ctx.incident, ctx.batch_size, permit, sender_domain=ctx.sender_domain,
@@ -281,12 +286,12 @@ def restore_one_batch(ctx: StepContext) -> steps.BatchResult:
     return in_transaction(ctx.engine, work)
 
 
-def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
+def settle_one_batch(ctx: StepContext) -> batches.StepResult:
     """Verify a batch and restore its reinstatements in one transaction, when the incident
     may restore now and needs no approval; only verify it otherwise (an incident that
     requires approval restores only what its approved plan holds: verified first, then
     compared with the plan, then restored). See `restore.settle_batch`."""
-    def work(conn: Connection) -> steps.BatchResult:
+    def work(conn: Connection) -> batches.StepResult:
         try:
             restoring = approval.restore_permit(conn, ctx.incident.id).plan is None
         except approval.RestoreNotAllowed:
@@ -298,9 +303,9 @@ def settle_one_batch(ctx: StepContext) -> steps.BatchResult:
     return in_transaction(ctx.engine, work)
 
 
-def restore_cases(ctx: StepContext, case_ids: list[int]) -> steps.BatchResult:
+def restore_cases(ctx: StepContext, case_ids: list[int]) -> batches.StepResult:
     """Restore these verified cases only (a reviewer's decision), in one transaction."""
-    def work(conn: Connection) -> steps.BatchResult:
+    def work(conn: Connection) -> batches.StepResult:
         permit = approval.restore_permit(conn, ctx.incident.id)
         return restore.restore_batch(conn, ctx.incident, len(case_ids), permit,
                                    case_ids=case_ids, sender_domain=ctx.sender_domain,
@@ -317,7 +322,7 @@ def pending(ctx: StepContext) -> dict[str, int]:
         now = lifecycle.current_state(conn, ctx.incident.id)
         restore_plan = now.plan.id if now.require_approval and now.approved and now.plan \
             else None
-        work = steps.pending_work(conn, ctx.incident.id, restore_plan)
+        work = claims.pending_work(conn, ctx.incident.id, restore_plan)
         if now.require_approval and restore_plan is None:
             work.pop("restore", None)  # nothing restores before an approval
         work["notify"] = due_count(conn, ctx.incident.id)

@@ -1,7 +1,7 @@
 """The states of a case and of a notice, and the pipeline's own name as an actor.
 
 Plain values, read by every layer (steps, outbox, review, reports, flows): the diagram of
-a case's states is in `reinstatement/steps.py`, a notice's in `reinstatement/outbox.py`.
+a case's states is in `reinstatement/claims.py`, a notice's in `reinstatement/outbox.py`.
 """
 
 from __future__ import annotations

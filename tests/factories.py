@@ -124,7 +124,7 @@ def planned_seeded_incident(engine: Engine, accounts: int = 1500, seed_number: i
                             ) -> tuple[Any, list[Any]]:
     """The seed's incident on `accounts` seeded accounts, registered and planned: the
     incident and its cases as the steps claim them."""
-    from reinstatement import runner, steps
+    from reinstatement import claims, runner
     from reinstatement.models import Case
     from reinstatement.seed import SeedOptions, seed
 
@@ -135,7 +135,7 @@ def planned_seeded_incident(engine: Engine, accounts: int = 1500, seed_number: i
     incident = runner.register(engine, request, "test")
     runner.plan_all(runner.StepContext(engine, incident, 500))
     with engine.connect() as conn:
-        cases = [steps.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
+        cases = [claims.ClaimedCase(row.id, row.account_id, row.state, row.outcome, None,
                                    row.round)
                  for row in conn.execute(select(Case).order_by(Case.id))]
     return incident, cases

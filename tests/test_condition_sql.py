@@ -305,21 +305,21 @@ def test_a_seeded_incident_is_decided_alike_in_the_database_and_in_python(
     """Every case of the seeded incident (all five outcomes, uncertain evidence, other
     bans) gets the same decision, reasons included, whether the database judges the
     corrected conditions or Python does."""
-    from reinstatement import steps
+    from reinstatement import facts
     from tests.factories import planned_seeded_incident
 
     incident, cases = planned_seeded_incident(engine)
     with engine.connect() as conn:
-        in_the_database, _ = steps.decide_accounts(conn, incident, cases)
-        judged = [ban for bans in steps.load_standing_bans(
+        in_the_database, _ = facts.decide_accounts(conn, incident, cases)
+        judged = [ban for bans in facts.load_standing_bans(
                       conn, [c.account_id for c in cases], incident.rules).values()
                   for ban in bans if ban.corrected_truth is not None]
-        real_load = steps.load_standing_bans
-        steps.load_standing_bans = lambda c, ids, rules=None: real_load(c, ids)  # type: ignore[assignment]
+        real_load = facts.load_standing_bans
+        facts.load_standing_bans = lambda c, ids, rules=None: real_load(c, ids)  # type: ignore[assignment]
         try:
-            in_python, _ = steps.decide_accounts(conn, incident, cases)
+            in_python, _ = facts.decide_accounts(conn, incident, cases)
         finally:
-            steps.load_standing_bans = real_load  # type: ignore[assignment]
+            facts.load_standing_bans = real_load  # type: ignore[assignment]
     assert len(cases) > 1000
     assert len(judged) > 1000  # the database did judge them
     outcomes = {d.outcome for d in in_python.values()}

@@ -175,7 +175,7 @@ def test_broken_invariants_fail_the_run(prefect_api: str, engine: Engine,
 
 
 def test_window_start_is_kept_for_later_rounds() -> None:
-    from reinstatement.steps import rules_for_round
+    from reinstatement.facts import rules_for_round
     from reinstatement.verdicts import IncidentRules
 
     class _Incident:

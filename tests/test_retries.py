@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, event, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying, wait_none
 
-from reinstatement import restore, retrying, runner, steps
+from reinstatement import batches, restore, retrying, runner
 from reinstatement.db import make_engine, utcnow
 from reinstatement.incidents import build_request
 from reinstatement.models import AuditEntry, Case, Incident, Notice, Run
@@ -391,7 +391,7 @@ def failing_first(monkeypatch: pytest.MonkeyPatch, error: Callable[[], Exception
     real = runner.verify_one_batch
     calls: list[int] = []
 
-    def verify_one_batch(ctx: runner.StepContext, preview: bool) -> steps.BatchResult:
+    def verify_one_batch(ctx: runner.StepContext, preview: bool) -> batches.StepResult:
         calls.append(1)
         if len(calls) <= failures:
             raise error()
@@ -460,7 +460,7 @@ def test_a_failed_batch_fails_the_whole_flow_run(
     flow_runs: set[str] = set()
     calls: list[int] = []
 
-    def settle_one_batch(ctx: runner.StepContext) -> steps.BatchResult:
+    def settle_one_batch(ctx: runner.StepContext) -> batches.StepResult:
         calls.append(1)
         flow_runs.add(ctx.actor.removeprefix("flow-run:"))
         raise RuntimeError("a bug in the restore, not bad luck")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from reinstatement import restore, steps, verdict_sql
+from reinstatement import claims, facts, restore, verdict_sql, verdicts
 from reinstatement.conditions import parse_condition
 from reinstatement.db import make_engine
 from reinstatement.verdicts import FaultyVersion, IncidentRules, Outcome
@@ -63,22 +63,23 @@ def english_pg_engine(templates: Any) -> Iterator[Engine]:
     templates.drop(url)
 
 
-def python_decisions(conn: Any, rules: IncidentRules, cases: list[steps.ClaimedCase]
+def python_decisions(conn: Any, rules: IncidentRules, cases: list[claims.ClaimedCase]
                      ) -> dict[int, Any]:
     """`decide` on evidence judged in Python alone (no rules given to the bans' query)."""
-    found = steps.load_accounts(conn, [c.account_id for c in cases])
-    bans = steps.load_standing_bans(conn, [c.account_id for c in cases])
+    found = facts.load_accounts(conn, [c.account_id for c in cases])
+    bans = facts.load_standing_bans(conn, [c.account_id for c in cases])
     out = {}
     for case in cases:
         record = found.get(case.account_id)
-        facts = steps.AccountFacts(case.account_id, None if record is None else record.status)
+        account = verdicts.AccountFacts(case.account_id,
+                                        None if record is None else record.status)
         round_rules = rules if case.round <= 1 else IncidentRules(rules.faulty, rules.since,
                                                                   None)
-        out[case.id] = steps.decide(facts, bans.get(case.account_id, []), round_rules)
+        out[case.id] = verdicts.decide(account, bans.get(case.account_id, []), round_rules)
     return out
 
 
-def assert_alike(conn: Any, rules: IncidentRules, cases: list[steps.ClaimedCase]
+def assert_alike(conn: Any, rules: IncidentRules, cases: list[claims.ClaimedCase]
                  ) -> tuple[dict[str, int], int]:
     """Every case the database decides is decided as Python does; returns the outcomes
     the database decided and how many it left to Python."""
@@ -195,9 +196,9 @@ def test_edge_cases_are_decided_as_python_decides(english_pg_engine: Engine) -> 
         p.ban(a, zeta, None)
         a = account("evidence not an object")
         p.ban(a, alpha, [1, 2, 3])
-    cases = [steps.ClaimedCase(900_000 + i, account_id, "planned", None, None, round_)
+    cases = [claims.ClaimedCase(900_000 + i, account_id, "planned", None, None, round_)
              for i, (account_id, round_) in enumerate(accounts.values())]
-    cases.append(steps.ClaimedCase(999_999, 10**12, "previewed", None, None, 1))  # no account
+    cases.append(claims.ClaimedCase(999_999, 10**12, "previewed", None, None, 1))  # no account
     with pg_engine.connect() as conn:
         decided, left = assert_alike(conn, rules, cases)
     assert left >= 1

@@ -1,0 +1,38 @@
+"""The audit trail: one row per case and transition, and per incident transition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Text,
+)
+
+from reinstatement.db import utcnow
+from reinstatement.models import AuditEntry
+from reinstatement.store.bulk import insert_many
+
+
+def write_audit(conn: Connection, incident_id: int,
+                rows: Iterable[tuple[int | None, str | None, str, str]], actor: str) -> None:
+    """Append one audit row per (case_id, from_state, to_state, reason)."""
+    now = utcnow()
+    entries = [
+        {"incident_id": incident_id, "case_id": case_id, "from_state": before,
+         "to_state": after, "actor": actor, "reason": reason, "at": now}
+        for case_id, before, after, reason in rows
+    ]
+    # As one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL: as an executemany the
+    # audit rows (one per case and step) were a seventh of the scale benchmark's time.
+    insert_many(conn, AuditEntry, entries, {
+        "incident_id": BigInteger, "case_id": BigInteger, "from_state": Text,
+        "to_state": Text, "actor": Text, "reason": Text, "at": DateTime(timezone=True)})
+
+
+def audit_incident(conn: Connection, incident_id: int, before: str | None, after: str,
+                   actor: str, reason: str) -> None:
+    write_audit(conn, incident_id, [(None, before, after, reason)], actor)
+
