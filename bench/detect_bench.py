@@ -37,7 +37,6 @@ from pathlib import Path
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
 from reinstatement import detection
 from reinstatement.db import make_engine
-from reinstatement.schema_admin import create_platform
 from reinstatement.seed_history import (
     HISTORY_END,
     HISTORY_RULES,
@@ -45,6 +44,7 @@ from reinstatement.seed_history import (
     history_in_memory,
     seed_history,
 )
+from reinstatement.store.schema import create_platform
 
 BANS_AT_SCALE_1 = 101_000  # the scenario's six rules over 30 days at scale 1 (measured)
 

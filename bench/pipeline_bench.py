@@ -215,8 +215,8 @@ def seeded_database(pg_url: str, name: str, accounts: int, seed_number: int,
     incident on `accounts` accounts; its URL and the seed's summary. `statistics=False`:
     the platform's tables are left never analyzed, as after a restore or a bulk load, and
     autovacuum is kept off them so that it stays so during the runs."""
-    from reinstatement.schema_admin import create_platform, upgrade_pipeline
     from reinstatement.seed import SeedOptions, seed
+    from reinstatement.store.schema import create_platform, upgrade_pipeline
 
     url = recreate_database(pg_url, name)
     engine = make_engine(url)

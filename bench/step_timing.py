@@ -31,7 +31,7 @@ from reinstatement import facts, planning, restore, runner, verdict_sql, verify
 from reinstatement import seed as seeding
 from reinstatement.db import make_engine
 from reinstatement.incidents import build_request
-from reinstatement.schema_admin import create_platform, upgrade_pipeline
+from reinstatement.store.schema import create_platform, upgrade_pipeline
 
 # Where a name is imported into the restore module too, it is timed there as well (a call
 # from the restore reads the restore module's name).

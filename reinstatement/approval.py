@@ -36,6 +36,7 @@ from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
 from reinstatement.models import Decision, PlanCase
 from reinstatement.plans import PlanRef
+from reinstatement.store import store_for
 
 PIPELINE_ROLE = "reinstatement_pipeline"  # the role sql/least_privilege_role.sql creates
 VIA_CLI = "cli"
@@ -62,7 +63,7 @@ class Identity:
 
 def process_identity(conn: Connection) -> Identity:
     """Who runs this command: their own database role, or else their OS login name."""
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).database_roles:
         role, superuser = conn.execute(text(
             "SELECT session_user::text, coalesce((SELECT r.rolsuper FROM pg_roles r "
             "WHERE r.rolname = session_user), false)")).one()
@@ -138,7 +139,7 @@ def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity:
         raise TransitionRefused(f"plan {plan.short} of incident {key} no longer matches its "
                                 "digest: nothing can be approved until it is made again")
     display = (operator or "").strip()[:NAME_LENGTH] or None
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         conn.execute(select(func.reinstatement_record_decision(
             bindparam(None, plan.id, type_=BigInteger),
             bindparam(None, plan.digest, type_=Text), bindparam(None, decision, type_=Text),

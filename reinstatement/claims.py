@@ -33,6 +33,7 @@ from sqlalchemy import (
 
 from reinstatement.models import Case, PlanCase
 from reinstatement.states import CaseState
+from reinstatement.store import store_for
 from reinstatement.verdicts import (
     Outcome,
 )
@@ -83,8 +84,7 @@ def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit
         if plan_id is not None:
             query = _held_by_plan(query, plan_id).add_columns(PlanCase.verdict,
                                                               PlanCase.ban_ids)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(of=Case, skip_locked=True)
+        query = store_for(conn).locked(query, of=Case, skip_locked=True)
         claimed.extend(ClaimedCase(*row) for row in conn.execute(query).all())
     return claimed
 

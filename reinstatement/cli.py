@@ -118,7 +118,7 @@ def _engine(settings: Settings, *, create: bool = False) -> Engine:
 @handles_errors
 def db_create_platform() -> None:
     """Create the platform's four tables, for local runs and tests (idempotent)."""
-    from reinstatement.schema_admin import create_platform
+    from reinstatement.store.schema import create_platform
 
     created = create_platform(_engine(_settings(), create=True))
     typer.echo(f"created: {', '.join(created)}" if created else "platform tables already exist")
@@ -128,7 +128,7 @@ def db_create_platform() -> None:
 @handles_errors
 def db_upgrade() -> None:
     """Apply the pipeline's own migrations (idempotent; never touches platform tables)."""
-    from reinstatement.schema_admin import upgrade_pipeline
+    from reinstatement.store.schema import upgrade_pipeline
 
     before, after = upgrade_pipeline(_engine(_settings(), create=True))
     if before == after:
@@ -270,7 +270,7 @@ def _require_platform_tables(engine: Engine) -> None:
 
 
 def _require_pipeline_schema(engine: Engine) -> None:
-    from reinstatement.schema_admin import current_revision, head_revision
+    from reinstatement.store.schema import current_revision, head_revision
 
     _require_platform_tables(engine)
     if current_revision(engine) != head_revision():
@@ -542,7 +542,7 @@ def demo(
     os.environ["REINSTATE_EMAIL_DIR"] = str(outbox.resolve())
     settings = _settings()
     engine = _engine(settings, create=True)
-    from reinstatement.schema_admin import create_platform, upgrade_pipeline
+    from reinstatement.store.schema import create_platform, upgrade_pipeline
 
     create_platform(engine)
     upgrade_pipeline(engine)

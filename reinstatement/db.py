@@ -17,7 +17,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -77,6 +77,25 @@ def _epoch_hour_sqlite(element: epoch_hour, compiler: SQLCompiler, **kw: Any) ->
     # UTCDateTime stores 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC on SQLite.
     return f"(CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER) "\
            "/ 3600)"
+
+
+class utc_day(FunctionElement[str]):  # noqa: N801 - named as the SQL it stands for
+    """The UTC day of a UTCDateTime column's moment, as YYYY-MM-DD text."""
+
+    type = Text()
+    inherit_cache = True
+    name = "utc_day"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char(timezone('UTC', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD')"
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    # UTCDateTime stores 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC on SQLite.
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
 
 
 def utcnow() -> datetime:

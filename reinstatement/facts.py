@@ -20,6 +20,7 @@ from reinstatement.claims import ClaimedCase
 from reinstatement.conditions import decode_evidence
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.platform_schema import accounts, enforcement_actions
+from reinstatement.store import store_for
 from reinstatement.store.bulk import StatementCache, chunks, id_in
 from reinstatement.verdict_sql import array as _array
 from reinstatement.verdict_sql import (
@@ -56,7 +57,7 @@ def load_accounts(conn: Connection, account_ids: Sequence[int], *,
             .where(id_in(conn, accounts.c.id, chunk))
             .order_by(accounts.c.id)
         )
-        if lock and conn.dialect.name == "postgresql":
+        if lock and store_for(conn).row_locks:
             lock_platform_rows(conn, chunk)
         for row in conn.execute(query):
             found[row.id] = AccountRecord(*row)
@@ -86,16 +87,16 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
     decoded here (decode_evidence) so the case's reasons can name the signals.
     """
     bans: dict[int, list[StandingBan]] = defaultdict(list)
-    postgresql_ = conn.dialect.name == "postgresql"
+    set_based = store_for(conn).set_based_batches
     for chunk in chunks(sorted(account_ids)):
-        if postgresql_:  # one statement for every batch, the accounts as a parameter
+        if set_based:  # one statement for every batch, the accounts as a parameter
             judged = _STANDING_BANS.get(("postgresql", repr(rules)), lambda: judged_bans(
                 "postgresql", standing_bans_query(
                     enforcement_actions.c.account_id == any_(verdict_sql.array_param(
                         "ban_accounts", BigInteger))), rules))
             rows = conn.execute(judged, {"ban_accounts": array_literal(BigInteger, chunk)})
         else:
-            rows = conn.execute(judged_bans(conn.dialect.name, standing_bans_query(
+            rows = conn.execute(judged_bans(store_for(conn).name, standing_bans_query(
                 enforcement_actions.c.account_id.in_(chunk)), rules))
         for row in rows:
             name = None if row.rule_name is None else f"{row.rule_name}@{row.version}"

@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, cast, func, text
 from sqlalchemy.dialects.postgresql import BIT
 
+from reinstatement.store import store_for
+
 # One 64-bit key per claim, computed by PostgreSQL itself from the claim's text, so the
 # holder and the askers can never disagree on it.
 KEY_SQL = "('x' || substr(md5({}), 1, 16))::bit(64)::bigint"
@@ -51,7 +53,7 @@ class SessionHold:
 
     @property
     def held_by_database(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
+        return store_for(self.engine).session_locks
 
     def open(self) -> SessionHold:
         if self.held_by_database and self.connection is None:

@@ -41,6 +41,7 @@ from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.models import AuditEntry, Decision, Incident
 from reinstatement.plans import PlanRef, newest_plan
+from reinstatement.store import store_for
 
 
 class IncidentStatus(StrEnum):
@@ -133,8 +134,8 @@ def current_state(conn: Connection, incident_id: int, *,
     """
     query = select(Incident.id, Incident.key, Incident.status, Incident.params,
                    Incident.declared_by, Incident.declared_via).where(Incident.id == incident_id)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=lock == "share")
+    if lock:
+        query = store_for(conn).locked(query, read=lock == "share")
     row = conn.execute(query).one()
     decided = conn.execute(
         select(Decision.decision, Decision.decided_by, Decision.decided_via, Decision.operator,

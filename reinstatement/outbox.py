@@ -51,6 +51,7 @@ from reinstatement.notices.render import NoticeContext, NoticeRenderer
 from reinstatement.platform_schema import accounts
 from reinstatement.retrying import in_transaction, is_transient
 from reinstatement.states import NoticeState
+from reinstatement.store import Store, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def retry_delay(attempts: int) -> timedelta:
     return min(RETRY_MAX, RETRY_BASE * (2 ** max(0, attempts - 1)))
 
 
-def _due(now: datetime, dialect: str) -> Any:
+def _due(now: datetime, store: Store) -> Any:
     """Notices to send now: pending or retrying ones whose time has come, and claimed ones
     whose holder is gone (see reinstatement/holders.py).
 
@@ -79,7 +80,7 @@ def _due(now: datetime, dialect: str) -> Any:
     waiting = (Notice.state.in_([NoticeState.PENDING, NoticeState.RETRY])
                & (Notice.next_attempt_at <= now))
     lease_out = (Notice.state == NoticeState.SENDING) & (Notice.next_attempt_at <= now)
-    if dialect != "postgresql":
+    if not store.session_locks:
         return or_(waiting, lease_out)
     return or_(
         waiting,
@@ -104,7 +105,7 @@ class ClaimedNotice:
 def due_count(conn: Connection, incident_id: int | None = None,
               now: datetime | None = None) -> int:
     query = select(func.count()).select_from(Notice).where(
-        _due(now or utcnow(), conn.dialect.name))
+        _due(now or utcnow(), store_for(conn)))
     if incident_id is not None:
         query = query.where(Notice.incident_id == incident_id)
     return int(conn.execute(query).scalar_one())
@@ -171,14 +172,13 @@ def claim_notices(conn: Connection, limit: int, sender: str, lease: timedelta,
     now, claimed_at = utcnow(), time.monotonic()
     token = token or new_claim_token()
     query = (
-        select(Notice.id).where(_due(now, conn.dialect.name)).order_by(Notice.id).limit(limit)
+        select(Notice.id).where(_due(now, store_for(conn))).order_by(Notice.id).limit(limit)
     )
     if incident_id is not None:
         query = query.where(Notice.incident_id == incident_id)
     if case_ids is not None:
         query = query.where(Notice.case_id.in_(case_ids))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    query = store_for(conn).locked(query, skip_locked=True)
     # The due notices are chosen inside the UPDATE and read back by their new token: a
     # list of 5,000 ids bound into two statements cost a sender 100 us of CPU a notice
     # (SQLAlchemy and the driver build a statement with 5,000 parameters, twice).
@@ -319,7 +319,7 @@ class _NoticeRecorder:
 
     def __init__(self, engine: Engine, claim_token: str) -> None:
         self.engine = engine
-        self.postgresql = engine.dialect.name == "postgresql"
+        self.postgresql = store_for(engine).session_locks
         # On PostgreSQL the recording connection also holds the claim (an advisory lock):
         # while it lives no other sender takes these notices; when it dies, they are free.
         self._hold = SessionHold(engine, claim_token)

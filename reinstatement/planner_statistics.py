@@ -17,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from reinstatement.errors import BadInput
+from reinstatement.store import store_for
 
 PLATFORM_TABLES = ("accounts", "enforcement_actions", "pins", "rule_versions")
 
@@ -24,7 +25,7 @@ PLATFORM_TABLES = ("accounts", "enforcement_actions", "pins", "rule_versions")
 def refresh(engine: Engine) -> list[str]:
     """ANALYZE what needs it; the tables analyzed. BadInput when a platform table has no
     statistics and may not be analyzed here."""
-    if engine.dialect.name != "postgresql":
+    if not store_for(engine).planner_statistics:
         return []
     with engine.begin() as conn:
         rows = conn.execute(text(

@@ -30,6 +30,7 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount
 from reinstatement.platform_schema import enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR, CaseState
+from reinstatement.store import store_for
 from reinstatement.store.bulk import chunks, id_in
 
 
@@ -84,7 +85,7 @@ def plan_batch(conn: Connection, incident: RegisteredIncident, after_account_id:
     source = select(column).where(*conditions).order_by(column).limit(limit)
     if not incident.has_account_list:
         source = source.distinct()
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).set_based_batches:
         return _plan_in_the_database(conn, incident, source)
     account_ids = list(conn.execute(source).scalars())
     if not account_ids:

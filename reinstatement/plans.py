@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, Decision, Incident, Plan, PlanCase
+from reinstatement.store import store_for
 
 DIGEST_HEADER = "reinstatement-plan/1 {key}\n"
 # The verdicts whose bans a plan lists: a restore may reverse them (a reinstatement, or an
@@ -170,7 +171,7 @@ def plan_entries(conn: Connection, plan_id: int, page: int = 5000) -> Iterator[P
 
 def stored_digest(conn: Connection, plan_id: int, incident_key: str) -> str:
     """The digest of the entries the plan holds, computed where they are."""
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         return str(conn.execute(select(func.reinstatement_plan_digest(
             bindparam(None, plan_id, type_=BigInteger)))).scalar_one())
     return plan_digest(incident_key, plan_entries(conn, plan_id))
@@ -202,15 +203,14 @@ def make_plan(conn: Connection, incident: RegisteredIncident, actor: str, *,
     Raises `_Unchanged` only to `make_plan_in_transaction`, which rolls the new plan back.
     """
     lock = select(Incident.id).where(Incident.id == incident.id)
-    if conn.dialect.name == "postgresql":  # SQLite: the transaction holds the write lock
-        lock = lock.with_for_update()
+    lock = store_for(conn).locked(lock)  # SQLite: the transaction holds the write lock
     conn.execute(lock).one()
     previous = newest_plan(conn, incident.id)
     now = utcnow()
     plan_id = int(conn.execute(insert(Plan).values(
         incident_id=incident.id, digest=None, cases=0, dry_run=dry_run,
         created_by=actor[:200], created_at=now).returning(Plan.id)).scalar_one())
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).set_based_batches:
         conn.execute(_entries_from_cases(incident.id, plan_id))
         cases = int(conn.execute(select(func.count()).select_from(PlanCase).where(
             PlanCase.plan_id == plan_id)).scalar_one())

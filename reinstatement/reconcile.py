@@ -24,7 +24,7 @@ from sqlalchemy import Connection, and_, exists, false, func, insert, or_, selec
 
 from reinstatement import lifecycle
 from reinstatement.claims import pending_work
-from reinstatement.db import utcnow
+from reinstatement.db import utc_day, utcnow
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
@@ -98,18 +98,11 @@ def _uncovered_bans(conn: Connection) -> Any:
     ).subquery()
 
 
-def _day(column: Any, dialect: str) -> Any:
-    """The UTC day of a timestamp, as YYYY-MM-DD text."""
-    if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
-    return func.substr(column, 1, 10)  # stored as UTC text on SQLite (db.UTCDateTime)
-
-
 def uncovered_faulty_bans(conn: Connection) -> list[UncoveredVersion]:
     """Standing bans by versions marked 'faulty' that no incident covers, per version and
     per day, each with sample accounts."""
     base = _uncovered_bans(conn)
-    day = _day(base.c.created_at, conn.dialect.name).label("day")
+    day = utc_day(base.c.created_at).label("day")
     result = []
     for row in conn.execute(
         select(base.c.version_id, base.c.rule_name, base.c.version, func.count())
@@ -127,8 +120,7 @@ def uncovered_faulty_bans(conn: Connection) -> list[UncoveredVersion]:
         ):
             accounts = list(conn.execute(
                 select(base.c.account_id).where(base.c.version_id == version_id,
-                                                _day(base.c.created_at,
-                                                     conn.dialect.name) == when)
+                                                utc_day(base.c.created_at) == when)
                 .order_by(base.c.account_id).limit(5)).scalars())
             days.append({"day": str(when), "bans": int(count), "sample_accounts": accounts})
         result.append(UncoveredVersion(f"{row.rule_name}@{row.version}", version_id,

@@ -45,6 +45,7 @@ from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
+from reinstatement.store import store_for
 from reinstatement.store.bulk import chunks, id_in, insert_many, update_many
 from reinstatement.verdict_sql import (
     ArrayText,
@@ -96,7 +97,7 @@ def settle_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     restored = StepResult()
     now = utcnow()
     rest: Sequence[ClaimedCase] = claimed
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         # Judged under the restore's locks: nothing can change between verdict and restore.
         lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
         decided = verify_in_the_database(conn, incident, claimed, False, actor,
@@ -148,7 +149,7 @@ def _judge_for_restore(conn: Connection, incident: RegisteredIncident,
     """
     judged: dict[int, tuple[Verdict, RestoreTarget | None]] = {}
     rest = list(claimed)
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         lock_platform_rows(conn, sorted({c.account_id for c in claimed}))
         rest = []
         by_id = {case.id: case for case in claimed}
@@ -262,7 +263,7 @@ def _apply_restores(conn: Connection, incident: RegisteredIncident,
                     actor: str, *, summaries: dict[int, str] | None = None) -> None:
     """Restore these cases; `summaries` (verified in this same transaction): each case's
     verdict summary, for its one audit row from the state it was claimed in."""
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         batch = RestoreBatch.of(incident, to_restore)
         batch.one_audit_row = summaries is not None
         _restore_on_postgresql(conn, incident, batch, now, sender_domain, result, actor)

@@ -19,6 +19,7 @@ from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, Review
 from reinstatement.states import CaseState
+from reinstatement.store import store_for
 from reinstatement.verdicts import Outcome
 
 if TYPE_CHECKING:
@@ -71,8 +72,7 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
         raise BadInput(f"decision must be reinstate or uphold, not {decision!r}")
     query = select(Case.id, Case.state, Case.incident_id, Incident.key, Incident.status
                    ).join(Incident, Incident.id == Case.incident_id).where(Case.id == case_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=Case)
+    query = store_for(conn).locked(query, of=Case)
     case = conn.execute(query).one_or_none()
     if case is None:
         raise BadInput(f"no case {case_id}")
@@ -84,7 +84,7 @@ def decide_case(conn: Connection, case_id: int, decision: Decision, reviewer: st
     now = utcnow()
     # The review itself, where the restore reads it (on PostgreSQL the owner's function is
     # the only way to write one); then the case shows it.
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).owner_functions:
         conn.execute(select(func.reinstatement_record_review(
             bindparam(None, case_id, type_=BigInteger), bindparam(None, decision, type_=Text),
             bindparam(None, reviewer, type_=Text), bindparam(None, via, type_=Text),

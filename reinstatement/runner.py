@@ -39,6 +39,7 @@ from reinstatement.models import Incident
 from reinstatement.plans import PlanMade, PlanRef
 from reinstatement.retrying import in_transaction
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store import store_for
 
 S = IncidentStatus
 
@@ -233,7 +234,7 @@ def plan_all(ctx: StepContext, on_batch: Callable[[int], None] | None = None, *,
     cases are the same as one walk makes; an account that becomes a candidate below a
     part's current page while it walks is planned by the next run, as with one walk.
     """
-    if parallel > 1 and ctx.engine.dialect.name == "postgresql":
+    if parallel > 1 and store_for(ctx.engine).concurrent_writers:
         with ctx.engine.connect() as conn:
             bounds = planning.candidate_id_range(conn, ctx.incident)
         if bounds is not None and bounds[1] - bounds[0] >= parallel:

@@ -24,6 +24,7 @@ from reinstatement.holders import (
 )
 from reinstatement.models import Run
 from reinstatement.retrying import in_transaction
+from reinstatement.store import store_for
 
 _holds_lock = threading.Lock()
 _holds: dict[int, SessionHold] = {}
@@ -44,7 +45,7 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     values = {"incident_id": incident_id, "flow_run_id": flow_run_id, "dry_run": dry_run,
               "status": "running", "started_at": utcnow(), "host": host, "pid": pid,
               "parent_run_id": parent_run_id, "step": step}
-    if engine.dialect.name != "postgresql":
+    if not store_for(engine).session_locks:
         return int(in_transaction(engine, lambda conn: conn.execute(
             insert(Run).values(**values).returning(Run.id)).scalar_one()))
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -87,7 +88,7 @@ def is_dead(conn: Connection, run_id: int, host: str | None, pid: int | None) ->
 
 
 def _is_dead(conn: Connection, run_id: int, host: str | None, pid: int | None) -> bool:
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).session_locks:
         return bool(conn.execute(select(holder_is_gone(literal(run_claim(run_id))))).scalar())
     return process_is_gone(host, pid)
 

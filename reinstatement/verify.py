@@ -43,6 +43,7 @@ from reinstatement.facts import decide_accounts
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case
 from reinstatement.states import PIPELINE_ACTOR, CaseState
+from reinstatement.store import store_for
 from reinstatement.store.bulk import StatementCache, update_many
 from reinstatement.verdict_sql import (
     ArrayText,
@@ -97,7 +98,7 @@ def verify_batch(conn: Connection, incident: RegisteredIncident, limit: int, *,
     result = StepResult()
     if not claimed:
         return result
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).set_based_batches:
         decided = verify_in_the_database(conn, incident, claimed, preview, actor)
         for outcome, count in decided.items():
             result.outcomes[outcome] += count

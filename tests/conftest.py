@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from reinstatement.db import make_engine
-from reinstatement.schema_admin import create_platform, upgrade_pipeline
+from reinstatement.store.schema import create_platform, upgrade_pipeline
 from tests.prefect_server import prefect_server, real_prefect_api  # noqa: F401 - fixtures
 from tests.smtp_server import smtp_server  # noqa: F401 - a fixture shared by several modules
 

@@ -31,7 +31,6 @@ from reinstatement.models import Case, Notice
 from reinstatement.platform_schema import PLATFORM_TABLES, accounts, enforcement_actions, pins
 from reinstatement.platform_schema import rule_versions as rule_versions_table
 from reinstatement.reports import OUTCOMES, incident_report
-from reinstatement.schema_admin import head_revision
 from reinstatement.seed import (
     EXPECTED_OUTCOME,
     INCIDENT_FAULTY,
@@ -44,6 +43,7 @@ from reinstatement.seed import (
     seed,
 )
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store.schema import head_revision
 from tests.factories import Platform, snapshot
 from tests.factories import seeded_incident_request as incident_request
 

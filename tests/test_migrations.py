@@ -11,7 +11,8 @@ from sqlalchemy import inspect
 
 from reinstatement.db import make_engine
 from reinstatement.models import pipeline_metadata
-from reinstatement.schema_admin import (
+from reinstatement.seed import SeedOptions, seed
+from reinstatement.store.schema import (
     VERSION_TABLE,
     create_platform,
     current_revision,
@@ -19,7 +20,6 @@ from reinstatement.schema_admin import (
     include_object,
     upgrade_pipeline,
 )
-from reinstatement.seed import SeedOptions, seed
 from tests.factories import snapshot
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Inspector
 
 from reinstatement.db import make_engine
-from reinstatement.schema_admin import create_platform
+from reinstatement.store.schema import create_platform
 from tests.conftest import CONTRACT
 
 # The platform team's own copy of the contract, named by whoever has one: the one test that

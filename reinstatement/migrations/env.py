@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from reinstatement.db import make_engine
 from reinstatement.models import pipeline_metadata
-from reinstatement.schema_admin import include_object
+from reinstatement.store.schema import include_object
 
 VERSION_TABLE = "reinstatement_alembic_version"
 config = context.config

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 
 from reinstatement.platform_schema import create_platform_tables
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 VERSION_TABLE = "reinstatement_alembic_version"
 
 
