@@ -225,37 +225,3 @@ def test_a_delete_waits_for_the_rows_being_written_for_its_incident(db_url: str)
     finally:
         engine.dispose()
 
-
-def test_each_database_function_is_the_sql_file_of_its_name(empty_db_url: str,
-                                                           backend: str) -> None:
-    """`sql/functions/NAME.sql` is the source of the function NAME: a freshly migrated
-    database holds exactly its body, and the newest migration's pinned copy is the file."""
-    import re
-    from pathlib import Path
-
-    from sqlalchemy import text
-
-    if backend != "postgresql":
-        pytest.skip("the owner's functions are PostgreSQL's")
-    root = Path(__file__).resolve().parent.parent
-    versions = root / "reinstatement" / "migrations" / "versions"
-    sources = sorted((root / "sql" / "functions").glob("*.sql"))
-    assert len(sources) >= 5
-    engine = make_engine(empty_db_url)
-    try:
-        upgrade_pipeline(engine)
-        with engine.connect() as conn:
-            for source in sources:
-                content = source.read_text(encoding="utf-8")
-                match = re.search(r"CREATE OR REPLACE FUNCTION (\w+)\(", content)
-                assert match and match.group(1) == source.stem, source
-                body = content.split("$fn$")[1]
-                in_database = conn.execute(text(
-                    "SELECT prosrc FROM pg_proc WHERE proname = :name"),
-                    {"name": source.stem}).scalars().all()
-                assert in_database == [body], source.name
-                pinned = sorted(versions.glob(f"sql_*/{source.name}"))
-                assert pinned and pinned[-1].read_text(encoding="utf-8") == content, (
-                    f"{source.name}: change it through a new migration with a pinned copy")
-    finally:
-        engine.dispose()

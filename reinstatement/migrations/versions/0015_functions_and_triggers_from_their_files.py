@@ -64,6 +64,7 @@ def upgrade() -> None:
     # Through the driver's own connection (same transaction), as migration 0012 does: the
     # bodies' % signs are PL/pgSQL's, not parameter markers.
     driver = bind.connection.driver_connection
+    assert driver is not None
     if bind.dialect.name == "postgresql":
         schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
         driver.execute(f"SET LOCAL search_path = {schema}, pg_temp")
