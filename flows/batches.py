@@ -17,13 +17,11 @@ from typing import Any
 from prefect import Task
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
-from sqlalchemy import Engine
 
 from reinstatement import runner
 from reinstatement.batches import StepResult
-from reinstatement.db import pipeline_engine
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.settings import load_settings
+from reinstatement.resources import resources
 from tasks.pipeline import step_context
 from tasks.reporting import Progress
 
@@ -36,16 +34,13 @@ class BatchesFailed(RuntimeError):
     """Some batch tasks failed after their retries; the rest of their step is left undone."""
 
 
-def _engine() -> Engine:
-    return pipeline_engine()
-
 
 def pending(incident: RegisteredIncident | None, batch_size: int, pending_key: str) -> int:
     """How much work of the step waits: cases to verify or restore, notices due."""
     if incident is None:  # notices of every incident (the nightly reconciliation)
         from reinstatement.outbox import due_count
 
-        with _engine().connect() as conn:
+        with resources().engine.connect() as conn:
             return due_count(conn)
     return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
 
@@ -118,7 +113,7 @@ def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | 
     """
     logger = get_run_logger()
     if parallel is None:
-        settings = load_settings()
+        settings = resources().settings
         parallel = settings.smtp_connections if pending_key == "notify" else settings.workers
     totals = StepResult()
     remaining = pending(incident, batch_size, pending_key)

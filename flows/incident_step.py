@@ -40,10 +40,10 @@ from sqlalchemy import Engine, func, select
 from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches
 from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import batches, runs
-from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
 from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.models import Batch, Run
+from reinstatement.resources import resources
 from tasks.notify import send_notices
 from tasks.pipeline import restore_cases, settle_cases, verify_cases
 from tasks.reporting import Progress
@@ -85,9 +85,6 @@ def _step(name: str) -> Step:
         return Step(send_notices, "notify", "notify", {})
     raise BadInput(f"step: {name!r} is not one of preview, verify, settle, restore, notify")
 
-
-def _engine() -> Engine:
-    return pipeline_engine()
 
 
 # -- the parent's side ----------------------------------------------------------------------
@@ -233,7 +230,7 @@ def fan_out(incident: RegisteredIncident, step: str, batch_size: int, children: 
     of the step is left; returns the step's totals, summed from the children's batches."""
     logger = get_run_logger()
     spec = _step(step)
-    engine = _engine()
+    engine = resources().engine
     remaining = pending(incident, batch_size, spec.pending_key)
     progress = Progress(incident.key, spec.progress_name, remaining)
     crashed_total = 0
@@ -313,7 +310,7 @@ def incident_step(
         batch_size: Cases or notices per batch task, 1 to 50,000.
     """
     try:
-        engine = _engine()
+        engine = resources().engine
         with engine.connect() as conn:
             incident = load_incident(conn, incident_key)
             parent = conn.execute(select(Run.incident_id, Run.parent_run_id)

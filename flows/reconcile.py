@@ -30,9 +30,9 @@ from pydantic import Field
 from flows.batches import MAX_PARALLEL_TASKS, run_batches
 from flows.reinstate_incident import reinstate_incident, resume_incident
 from reinstatement import account_lists, detection, reconcile, runs
-from reinstatement.db import pipeline_engine
 from reinstatement.incidents import build_request
 from reinstatement.markdown import md
+from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
 from tasks.notify import send_notices
 from tasks.pipeline import run_actor
@@ -41,9 +41,6 @@ from tasks.pipeline import run_actor
 class InvariantsBroken(RuntimeError):
     """The reconciliation found something it must not repair by itself."""
 
-
-def _engine() -> Any:
-    return pipeline_engine()
 
 
 @task(name="reopen-rebanned-accounts", cache_policy=NO_CACHE)
@@ -58,26 +55,26 @@ def reopen_rebanned(dry_run: bool) -> list[dict[str, Any]]:
                           "new_case": new_case})
         return found
 
-    return in_transaction(_engine(), work)
+    return in_transaction(resources().engine, work)
 
 
 @task(name="find-uncovered-faulty-bans", cache_policy=NO_CACHE)
 def find_uncovered() -> list[dict[str, Any]]:
     """Standing bans by versions marked 'faulty' that no incident covers."""
-    with _engine().connect() as conn:
+    with resources().engine.connect() as conn:
         return [vars(v) for v in reconcile.uncovered_faulty_bans(conn)]
 
 
 @task(name="uncovered-accounts", cache_policy=NO_CACHE)
 def uncovered_accounts(rule_version_ids: list[int]) -> list[int]:
     """Every account with an uncovered standing ban by these versions."""
-    with _engine().connect() as conn:
+    with resources().engine.connect() as conn:
         return reconcile.uncovered_account_ids(conn, rule_version_ids)
 
 
 @task(name="find-incidents-to-resume", cache_policy=NO_CACHE)
 def find_incidents_to_resume() -> dict[str, list[str]]:
-    with _engine().connect() as conn:
+    with resources().engine.connect() as conn:
         return {"resume": reconcile.incidents_to_resume(conn),
                 "awaiting_operator": reconcile.incidents_awaiting_operator(conn)}
 
@@ -85,13 +82,13 @@ def find_incidents_to_resume() -> dict[str, list[str]]:
 @task(name="name-dead-runs", cache_policy=NO_CACHE)
 def name_dead_runs() -> list[int]:
     """Mark 'crashed' the run rows left 'running' by runs whose process is gone."""
-    return runs.name_dead_runs(_engine())
+    return runs.name_dead_runs(resources().engine)
 
 
 @task(name="check-invariants", cache_policy=NO_CACHE)
 def check_invariants(repair: bool) -> dict[str, Any]:
     """Check the pipeline's invariants and repair what is safe to repair."""
-    report = in_transaction(_engine(), lambda conn: reconcile.check_invariants(
+    report = in_transaction(resources().engine, lambda conn: reconcile.check_invariants(
         conn, repair=repair))
     return {**vars(report), "unrepaired": report.unrepaired}
 
@@ -104,11 +101,11 @@ def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str,
     """Suspect rule versions of the last `days`; each not yet alerted emits an event."""
     now = datetime.now(UTC)
     end = until or now
-    suspects = detection.detect(_engine(), end - timedelta(days=days), end)
+    suspects = detection.detect(resources().engine, end - timedelta(days=days), end)
     found = [s.as_json() for s in suspects]
     if dry_run:
         return {"suspects": found, "alerted": []}
-    pending = detection.record(_engine(), suspects, now)
+    pending = detection.record(resources().engine, suspects, now)
     alerted = []
     for suspect in pending:
         event = emit_event(
@@ -119,7 +116,7 @@ def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str,
             payload=suspect)
         if event is not None:
             alerted.append(suspect["version"])
-    detection.mark_alerted(_engine(), alerted, now)
+    detection.mark_alerted(resources().engine, alerted, now)
     if len(alerted) < len(pending):
         get_run_logger().warning("%d suspect alert(s) could not be emitted; the next run "
                                  "tries again", len(pending) - len(alerted))
@@ -233,7 +230,7 @@ def nightly_reconciliation(
         key = "AUTO-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + "-".join(
             v.replace("@", ".") for v in versions)
         key = key[:200]
-        staged = account_lists.stage(_engine(), ids)  # not as a parameter: 5,000,000 ids
+        staged = account_lists.stage(resources().engine, ids)  # not as a parameter: 5,000,000 ids
         reinstate_incident(build_request(
             incident_key=key, faulty_versions=versions, account_list=str(staged),
             batch_size=batch_size, require_approval=False, notify=True,

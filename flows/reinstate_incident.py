@@ -37,7 +37,6 @@ from flows.batches import MAX_PARALLEL_TASKS, pending
 from flows.incident_step import StepRunner, require_step_deployment
 from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import approval, lifecycle, plans, runner, runs
-from reinstatement.db import pipeline_engine
 from reinstatement.errors import BadInput
 from reinstatement.incidents import (
     IncidentRequest,
@@ -48,6 +47,7 @@ from reinstatement.incidents import (
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import Case
 from reinstatement.plans import PlanRef
+from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
 from reinstatement.states import CaseState
 from tasks.pipeline import (
@@ -89,24 +89,21 @@ class ApprovalDecision(RunInput):
     )
 
 
-def _engine() -> Engine:
-    return pipeline_engine()
-
 
 def _start_run(incident_id: int, dry_run: bool) -> int:
     """This run's row, held while the run lives; runs found dead are named 'crashed'."""
     actor = run_actor()
     flow_run_id = actor.removeprefix("flow-run:") if actor.startswith("flow-run:") else None
-    return runs.start_run(_engine(), incident_id, flow_run_id, dry_run)
+    return runs.start_run(resources().engine, incident_id, flow_run_id, dry_run)
 
 
 def _finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None:
-    runs.finish_run(_engine(), run_id, status, step_seconds)
+    runs.finish_run(resources().engine, run_id, status, step_seconds)
 
 
 def _reset_previews(incident_id: int) -> None:
     """A new dry run previews every unverified case again, against the data as it is now."""
-    in_transaction(_engine(), lambda conn: conn.execute(
+    in_transaction(resources().engine, lambda conn: conn.execute(
         update(Case)
         .where(Case.incident_id == incident_id, Case.state == CaseState.PREVIEWED)
         .values(state=CaseState.PLANNED)
@@ -173,7 +170,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
     tag_run_with_incident(request.incident_key)
     refresh_statistics()  # the platform's, before anything is written or read at scale
     incident = register_incident(request)
-    lifecycle.refuse_if_rejected(runner.state(_engine(), incident))
+    lifecycle.refuse_if_rejected(runner.state(resources().engine, incident))
     run_id = _start_run(incident.id, request.dry_run)
     steps = StepRunner(run_id, request.batch_size, request.child_runs)
     timings: dict[str, float] = {}
@@ -183,7 +180,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
             _plan_and_verify(incident, steps, timings, preview=True)
             make_plan(incident, dry_run=True)
             publish_preview(incident.key, dry_run=True)
-            runner.record_preview(_engine(), incident, run_actor())
+            runner.record_preview(resources().engine, incident, run_actor())
             final_status = "previewed"
             return publish_report(incident.key)
         final_status, result = _carry_on(incident, steps, timings, wait=True)
@@ -209,7 +206,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     state for a rejection).
     """
     logger = get_run_logger()
-    engine, actor = _engine(), run_actor()
+    engine, actor = resources().engine, run_actor()
     runner.begin_real_run(engine, incident, actor)
     started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
@@ -268,13 +265,13 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
     refresh_statistics()  # the cases planning just wrote
     timings["plan"] = time.perf_counter() - started
     if not preview:  # a completed incident runs again only if planning found it work
-        runner.begin_real_run(_engine(), incident, run_actor())
+        runner.begin_real_run(resources().engine, incident, run_actor())
 
     started = time.perf_counter()
     if preview:
         _reset_previews(incident.id)
     settle = (not preview and not incident.require_approval
-              and runner.state(_engine(), incident).may_restore())
+              and runner.state(resources().engine, incident).may_restore())
     step = "settle" if settle else ("preview" if preview else "verify")
     verified = steps.run(incident, step)
     timings["settle" if step == "settle" else "verify"] = time.perf_counter() - started
@@ -321,10 +318,10 @@ def notify_batch_size(incident: RegisteredIncident, size: int) -> int:
     """The notify step's batch size: the notices due, in equal shares for the SMTP
     connections (`outbox.even_batch_size`)."""
     from reinstatement.outbox import even_batch_size
-    from reinstatement.settings import load_settings
+    from reinstatement.resources import resources
 
     return even_batch_size(pending(incident, size, "notify"), size,
-                           load_settings().smtp_connections)
+                           resources().settings.smtp_connections)
 
 
 def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> None:
@@ -333,12 +330,12 @@ def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> N
     connection. Later ones are left to the next run or the nightly reconciliation."""
     from reinstatement.db import utcnow
     from reinstatement.outbox import next_deferred_due
-    from reinstatement.settings import load_settings
+    from reinstatement.resources import resources
 
     logger = get_run_logger()
-    deadline = time.monotonic() + load_settings().notify_retry_wait_seconds
+    deadline = time.monotonic() + resources().settings.notify_retry_wait_seconds
     while True:
-        with _engine().connect() as conn:
+        with resources().engine.connect() as conn:
             due = next_deferred_due(conn, incident.id)
         if due is None:
             return
@@ -368,7 +365,7 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     resume. The form shows the plan's digest and counts, and names the plan."""
     from prefect.flow_runs import suspend_flow_run
 
-    with _engine().connect() as conn:
+    with resources().engine.connect() as conn:
         counts = plans.verdict_counts(conn, plan.id)
     described = (f"**Plan {plan.short}** of incident {incident.key} "
                  f"(digest `{plan.digest}`): {plans.describe_counts(counts)}. Read the "
@@ -424,7 +421,7 @@ def resume_incident(
 def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) -> Any:
     require_step_deployment(child_runs)
     tag_run_with_incident(incident_key)
-    engine = _engine()
+    engine = resources().engine
     with engine.connect() as conn:
         incident = load_incident(conn, incident_key)
     state = runner.state(engine, incident)

@@ -16,6 +16,7 @@ from pydantic import Field
 from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement.approval import VIA_PREFECT_UI
 from reinstatement.errors import BadInput
+from reinstatement.resources import resources
 from reinstatement.review import apply_review
 from tasks.notify import send_case_notices
 from tasks.reporting import publish_report
@@ -41,12 +42,11 @@ def _review_run_name() -> str:
     from prefect.runtime import flow_run
     from sqlalchemy import select
 
-    from reinstatement.db import pipeline_engine
     from reinstatement.models import Case, Incident
 
     case_id = flow_run.parameters.get("case_id")
     try:
-        with pipeline_engine().connect() as conn:
+        with resources().engine.connect() as conn:
             key = conn.execute(select(Incident.key).join(Case, Case.incident_id == Incident.id)
                                .where(Case.id == case_id)).scalar_one_or_none()
     except Exception:  # noqa: BLE001 - a name must never stop the decision

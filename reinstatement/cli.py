@@ -19,14 +19,14 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from reinstatement import cli_operations
+from reinstatement import cli_operations, resources
 from reinstatement.errors import BadInput, DatabaseUnavailable
 from reinstatement.local_prefect import (
     SERVER_DID_NOT_START,
     is_startup_failure,
     prepare_local_prefect,
 )
-from reinstatement.settings import Settings, SettingsError, load_settings
+from reinstatement.settings import Settings, SettingsError
 
 app = typer.Typer(
     help="Find wrongly banned accounts, verify them, restore them and tell their owners.",
@@ -50,6 +50,8 @@ def handles_errors(command: F) -> F:
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # A command is its process's entry point: it reads the settings once, on first use.
+        resources.forget()
         try:
             return command(*args, **kwargs)
         except (BadInput, SettingsError) as exc:
@@ -77,7 +79,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _settings() -> Settings:
-    return load_settings()
+    return resources.resources().settings
 
 
 def _redacted_url(settings: Settings) -> str:

@@ -151,17 +151,6 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
-def pipeline_engine() -> Engine:
-    """The engine of the database the settings name: the one place flows and tasks get it.
-
-    Settings are read from the environment (cheap, and what a test or an operator changed
-    is seen); the engine and its pool are made once per process per database.
-    """
-    from reinstatement.settings import load_settings
-
-    return get_engine(load_settings().database_url)
-
-
 def dispose_engines() -> None:
     with _engines_lock:
         for engine in _engines.values():

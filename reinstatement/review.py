@@ -135,14 +135,13 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
     limits (`tasks.notify.send_case_notices`): a review builds none of its own.
     """
     from reinstatement import runner
-    from reinstatement.db import get_engine
     from reinstatement.incidents import load_incident
     from reinstatement.notices.render import sender_domain
+    from reinstatement.resources import resources
     from reinstatement.retrying import in_transaction
-    from reinstatement.settings import load_settings
 
-    settings = load_settings()
-    engine = get_engine(settings.database_url)
+    settings = resources().settings
+    engine = resources().engine
     key, _ = in_transaction(engine, lambda conn: decide_case(conn, case_id, decision,
                                                              reviewer, note, via))
     result: dict[str, Any] = {"case_id": case_id, "incident": key, "decision": decision}

@@ -38,7 +38,7 @@ from types import EllipsisType
 from typing import Any
 
 from reinstatement.notices.ratelimit import RateLimiter
-from reinstatement.settings import load_settings
+from reinstatement.resources import resources
 
 DATABASE_BATCHES = "reinstatement-database-batches"
 SMTP_CONNECTIONS = "reinstatement-smtp-connections"
@@ -142,7 +142,7 @@ def slot(name: str) -> Iterator[None]:
     # the batch. A failed lease renewal (the server unreachable for a while) is logged,
     # and the batch goes on: stopping it halfway would only redo its work.
     with concurrency(name, occupy=1, strict=False,
-                     lease_duration=load_settings().limit_lease_seconds,
+                     lease_duration=resources().settings.limit_lease_seconds,
                      holder=_holder(), raise_on_lease_renewal_failure=False):
         yield
 
@@ -215,7 +215,7 @@ def mail_rate(limit: Limit | None | EllipsisType = ...) -> MailRate | None:
     batch, so where there is none it neither asks the server nor imports Prefect's client
     (1.0 to 1.4 s of CPU for each sender process as it starts, measured by import alone).
     """
-    local = load_settings().notify_rate_per_second
+    local = resources().settings.notify_rate_per_second
     if limit is ...:
         limit = mail_rate_limit()
     if not local and limit is None:

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 
 from prefect import task
 from prefect.logging import get_run_logger
-from pydantic import SecretStr
 
 from reinstatement import batches, outbox
-from reinstatement.db import get_engine
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.notices import senders
-from reinstatement.notices.backends import backend_from_settings
 from reinstatement.notices.ratelimit import RateLimiter
-from reinstatement.notices.render import NoticeRenderer
+from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
-from reinstatement.settings import Settings, load_settings
+from reinstatement.settings import Settings
 from tasks import limits
 from tasks.pipeline import BATCH_TASK_OPTIONS
-
-
-@lru_cache(maxsize=1)
-def renderer() -> NoticeRenderer:
-    """One renderer per process: its templates are compiled once."""
-    return NoticeRenderer()
 
 
 def rate_limiter(settings: Settings) -> RateLimiter | None:
@@ -35,23 +25,6 @@ def rate_limiter(settings: Settings) -> RateLimiter | None:
     (when it exists) and REINSTATE_NOTIFY_RATE_PER_SECOND (when set), shared by every
     sending thread."""
     return limits.mail_rate()
-
-
-def smtp_password(settings: Settings) -> SecretStr | None:
-    """The SMTP password: from the Prefect Secret block named in settings, if one is."""
-    if not settings.smtp_password_block:
-        return settings.smtp_password
-    from prefect.blocks.system import Secret
-
-    block: Any = Secret.load(settings.smtp_password_block)  # sync in a sync context
-    return SecretStr(str(block.get()))
-
-
-def notice_backend(settings: Settings) -> Any:
-    """The email backend the settings ask for, with its secret: the one place it is built
-    for this process's own sending (sender processes build theirs from the same
-    settings and the password handed to them)."""
-    return backend_from_settings(settings, smtp_password=smtp_password(settings))
 
 
 def _on_a_server() -> bool:
@@ -65,12 +38,12 @@ def send_case_notices(incident_id: int, case_ids: list[int]) -> outbox.SendResul
     """Send the notices of these cases now (a reviewer's reinstatement, from the command
     line or the review flow) with the notify step's backend, secret and limits: a slot of
     reinstatement-smtp-connections and the mail rate, where a Prefect server holds them."""
-    settings = load_settings()
-    engine = get_engine(settings.database_url)
+    process = resources()
+    settings, engine = process.settings, process.engine
     on_server = _on_a_server()
     with limits.smtp_connection() if on_server else nullcontext():
         return outbox.send_batch(
-            engine, notice_backend(settings), renderer(), max(len(case_ids), 1),
+            engine, process.email_backend(), process.renderer, max(len(case_ids), 1),
             sender=settings.email_from,
             lease=timedelta(seconds=settings.notice_lease_seconds),
             incident_id=incident_id, case_ids=case_ids,
@@ -85,18 +58,18 @@ def send_notices(incident: RegisteredIncident | None, batch_size: int,
     The batch holds a slot of the global limit reinstatement-smtp-connections for as long
     as its connection is open, and each notice takes one of reinstatement-mail-rate.
     """
-    settings = load_settings()
-    engine = get_engine(settings.database_url)
+    process = resources()
+    settings, engine = process.settings, process.engine
     incident_id = None if incident is None else incident.id
     with limits.smtp_connection():
         if settings.sender_processes:
-            result = senders.send_batch(settings.smtp_connections, smtp_password(settings),
+            result = senders.send_batch(settings.smtp_connections, process.smtp_password,
                                         batch_size, incident_id,
                                         limiter_factory=limits.mail_rate,
                                         limiter_args=(limits.mail_rate_limit(),))
         else:
             result = outbox.send_batch(
-                engine, notice_backend(settings), renderer(), batch_size,
+                engine, process.email_backend(), process.renderer, batch_size,
                 sender=settings.email_from,
                 lease=timedelta(seconds=settings.notice_lease_seconds),
                 incident_id=incident_id, limiter=rate_limiter(settings),

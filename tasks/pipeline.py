@@ -18,7 +18,6 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
 from reinstatement import account_lists, approval, planner_statistics, runner
-from reinstatement.db import get_engine, pipeline_engine
 from reinstatement.incidents import (
     IncidentRequest,
     RegisteredIncident,
@@ -27,8 +26,8 @@ from reinstatement.incidents import (
 )
 from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
+from reinstatement.resources import resources
 from reinstatement.retrying import is_transient
-from reinstatement.settings import load_settings
 from reinstatement.states import PIPELINE_ACTOR
 from tasks import limits
 
@@ -43,9 +42,9 @@ def step_context(incident: RegisteredIncident, batch_size: int,
                  run_id: int | None = None) -> runner.StepContext:
     """The steps' context for one batch: the incident as the run loaded it, this run's actor,
     and the run (reinstatement_runs.id) its batches are recorded under, if any."""
-    settings = load_settings()
+    settings = resources().settings
     return runner.StepContext(
-        engine=get_engine(settings.database_url),
+        engine=resources().engine,
         incident=incident,
         batch_size=batch_size,
         actor=run_actor(),
@@ -80,7 +79,7 @@ def register_incident(request: IncidentRequest) -> RegisteredIncident:
     Who declares a new incident: in a deployment run (the Prefect UI, or the API), the
     name its form gives; otherwise whoever runs this process (`approval.process_identity`).
     """
-    engine = pipeline_engine()
+    engine = resources().engine
     if request.accounts_file is not None:
         # Read where the run runs, staged in the database; the run then names the list.
         ids = read_account_ids(Path(request.accounts_file))
@@ -105,7 +104,7 @@ def make_plan(incident: RegisteredIncident, dry_run: bool) -> IncidentState:
     """The plan of the incident's cases as judged now (the newest plan when nothing
     changed), and the incident's status after it: an incident that requires approval and
     whose newest plan nobody approved waits for an operator."""
-    state, made = runner.settle_plan(pipeline_engine(), incident, run_actor(),
+    state, made = runner.settle_plan(resources().engine, incident, run_actor(),
                                      dry_run=dry_run)
     plan = made.plan
     get_run_logger().info(
@@ -120,7 +119,7 @@ def make_plan(incident: RegisteredIncident, dry_run: bool) -> IncidentState:
 def refresh_statistics() -> list[str]:
     """ANALYZE the tables whose planner statistics are missing or stale (PostgreSQL); stop
     the run in one line when a platform table has none and may not be analyzed here."""
-    analyzed = planner_statistics.refresh(pipeline_engine())
+    analyzed = planner_statistics.refresh(resources().engine)
     if analyzed:
         get_run_logger().info("analyzed %s: their statistics were missing or stale",
                               ", ".join(analyzed))
@@ -132,7 +131,7 @@ def plan_candidates(incident: RegisteredIncident, batch_size: int) -> int:
     """Create a case for each candidate account, page by page (keyset on account id), in
     as many parts of the account ids at once as batches run at once (REINSTATE_WORKERS)."""
     created = runner.plan_all(step_context(incident, batch_size),
-                              parallel=load_settings().workers)
+                              parallel=resources().settings.workers)
     get_run_logger().info("planned %d new case(s)", created)
     return created
 

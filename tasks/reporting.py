@@ -17,10 +17,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
-from reinstatement.db import pipeline_engine
 from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOMES, incident_report
+from reinstatement.resources import resources
 from reinstatement.review import cases_awaiting_review
 from reinstatement.states import CaseState
 
@@ -41,7 +41,7 @@ def _artifact_key(incident_key: str, what: str) -> str:
 
 def _samples(incident_key: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with pipeline_engine().connect() as conn:
+    with resources().engine.connect() as conn:
         incident_id = conn.execute(select(Incident.id).where(Incident.key == incident_key)
                                    ).scalar_one()
         for outcome in OUTCOMES:
@@ -59,7 +59,7 @@ def _samples(incident_key: str) -> list[dict[str, Any]]:
 
 
 def _report(incident_key: str) -> dict[str, Any]:
-    with pipeline_engine().connect() as conn:
+    with resources().engine.connect() as conn:
         return incident_report(conn, incident_key)
 
 
@@ -172,7 +172,7 @@ def review_queue_rows(incident_key: str, limit: int = REVIEW_ROWS) -> tuple[list
                                                                           int]:
     """The cases of the incident waiting for review (oldest first, up to `limit`), and how
     many wait in all."""
-    with pipeline_engine().connect() as conn:
+    with resources().engine.connect() as conn:
         waiting = conn.execute(
             select(func.count()).select_from(Case).join(Incident, Incident.id == Case.incident_id)
             .where(Incident.key == incident_key, Case.state == CaseState.REVIEW)

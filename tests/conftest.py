@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from reinstatement.db import make_engine
+from reinstatement.resources import forget as forget_resources
 from reinstatement.store.schema import create_platform, upgrade_pipeline
 from tests.prefect_server import prefect_server, real_prefect_api  # noqa: F401 - fixtures
 from tests.smtp_server import smtp_server  # noqa: F401 - a fixture shared by several modules
@@ -201,6 +202,7 @@ def cli_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     monkeypatch.setenv("REINSTATE_EMAIL_DIR", str(tmp_path / "outbox"))
     monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "file")
     monkeypatch.chdir(tmp_path)
+    forget_resources()
     return {"REINSTATE_DATABASE_URL": db_url, "REINSTATE_EMAIL_DIR": str(tmp_path / "outbox")}
 
 
@@ -219,8 +221,11 @@ def prefect_api() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _dispose_cached_engines() -> Iterator[None]:
-    """Engines cached by the CLI and tasks belong to one test's database."""
+    """Engines cached by the CLI and tasks belong to one test's database, and the settings
+    a process reads once belong to one test's environment."""
+    forget_resources()
     yield
     from reinstatement.db import dispose_engines
 
+    forget_resources()
     dispose_engines()

@@ -97,16 +97,16 @@ def test_smtp_password_can_come_from_a_prefect_secret_block(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    from reinstatement.settings import load_settings
-    from tasks.notify import smtp_password
+    import tasks  # noqa: F401 - installs the Secret-block resolver, as any flow process does
+    from reinstatement import resources
 
     Secret(value="from-the-block").save("reinstatement-smtp-test", overwrite=True)
     monkeypatch.setenv("REINSTATE_SMTP_PASSWORD", "from-the-environment")
-    settings = load_settings()
-    assert smtp_password(settings).get_secret_value() == "from-the-environment"  # type: ignore[union-attr]
+    resources.forget()
+    assert resources.resources().smtp_password.get_secret_value() == "from-the-environment"  # type: ignore[union-attr]
     monkeypatch.setenv("REINSTATE_SMTP_PASSWORD_BLOCK", "reinstatement-smtp-test")
-    settings = load_settings()
-    password = smtp_password(settings)
+    resources.forget()
+    password = resources.resources().smtp_password
     assert password is not None and password.get_secret_value() == "from-the-block"
     assert "from-the-block" not in repr(password)
 
@@ -166,12 +166,12 @@ def test_progress_moves_per_batch_and_says_done_of_total(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An approved incident's restore step: its total is known from the start."""
-    from reinstatement.db import pipeline_engine
+    from reinstatement.resources import resources
 
     seed(engine, SeedOptions(accounts=300, seed=6))
     request = incident_request(batch_size=20, require_approval=True)
     assert reinstate_incident(request)["status"] == "awaiting_approval"
-    approve(pipeline_engine(), request.incident_key)
+    approve(resources().engine, request.incident_key)
     updates = _recorded_progress(monkeypatch)
     report = reinstate_incident(request)
     restore = [(p, d) for p, d in updates if d and d.startswith("restore:")]
@@ -287,3 +287,25 @@ def test_notices_can_be_sent_from_sender_processes(
         modules == [] for modules in imported.values()), imported
     eml = list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     assert len(eml) == sent
+
+
+def test_a_run_reads_its_settings_once(prefect_api: str, engine: Engine,
+                                        cli_env: dict[str, str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows, tasks, notices and reports take the process's one resources object: a whole
+    run, planning to notices and its report, parses the settings once."""
+    from reinstatement import resources, settings
+
+    seed(engine, SeedOptions(accounts=200, seed=5))
+    parsed: list[int] = []
+    real = settings.Settings.__init__
+
+    def counting(self: settings.Settings, *args: Any, **kwargs: Any) -> None:
+        parsed.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(settings.Settings, "__init__", counting)
+    resources.forget()
+    report = reinstate_incident(incident_request())
+    assert report["status"] == "completed" and report["notices"].get("sent", 0) > 0
+    assert len(parsed) == 1

@@ -38,9 +38,9 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from reinstatement.settings import load_settings
+        from reinstatement.resources import resources
 
-        url = load_settings().database_url
+        url = resources().settings.database_url
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -119,16 +119,15 @@ def _start_child(parent: int, password: SecretStr | None, processes: int,
         os.environ["PREFECT_API_URL"] = api_url
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="watch-parent").start()
-    from reinstatement.db import get_engine
     from reinstatement.notices.backends import backend_from_settings
     from reinstatement.notices.ratelimit import RateLimiter
     from reinstatement.notices.render import NoticeRenderer
-    from reinstatement.settings import load_settings
+    from reinstatement.resources import resources
 
-    settings = load_settings()
+    settings = resources().settings
     rate = settings.notify_rate_per_second  # per process, as for a flow's own process
     _child.update(
-        settings=settings, engine=get_engine(settings.database_url),
+        settings=settings, engine=resources().engine,
         backend=lambda: backend_from_settings(settings, smtp_password=password),
         renderer=NoticeRenderer(),
         limiter=RateLimiter(rate, burst=max(1, int(rate // 10))) if rate else None,
