@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed the platform without planner statistics (never analyzed, "
                         "as after a restore or a bulk load): the pipeline refreshes them")
     parser.add_argument("--shape", choices=("standard", "mixed"), default="standard",
-                        help="the seeded incident's shape (reinstatement/seed.py): mixed "
+                        help="the seeded incident's shape (reinstatement/seed/shapes.py): mixed "
                         "names a version with no correction beside the two, pads evidence "
                         "with twenty signals and gives banned accounts reversed older bans")
     parser.add_argument("--threads", action="store_true",

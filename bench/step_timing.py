@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--shape", choices=seeding.SHAPES, default="standard",
-                        help="the seeded incident's shape (reinstatement/seed.py)")
+                        help="the seeded incident's shape (reinstatement/seed/shapes.py)")
     parser.add_argument("--settle", action="store_true",
                         help="verify and restore in one pass, as a run without approval")
     parser.add_argument("--pg-url", default=os.environ.get("REINSTATE_BENCH_PG_URL",

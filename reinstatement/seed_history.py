@@ -32,12 +32,12 @@ from sqlalchemy import Connection, Engine, insert, text
 
 from reinstatement.errors import BadInput
 from reinstatement.platform_schema import accounts, enforcement_actions, rule_versions
-from reinstatement.seed import (
+from reinstatement.seed.platform_rows import MODERATORS
+from reinstatement.seed.writing import (
     ACCOUNT_COLUMNS,
     ACTION_COLUMNS,
-    MODERATORS,
-    _assert_platform_empty,
-    _copy_line,
+    assert_platform_empty,
+    copy_line,
 )
 
 HISTORY_END = datetime(2025, 5, 2, tzinfo=UTC)  # fixed: the same options write the same rows
@@ -366,7 +366,7 @@ def seed_history(engine: Engine, options: HistoryOptions) -> HistorySummary:
     rng, plans, planted, ids = _plan(options)
     summary = HistorySummary(faults=planted, rule_versions=len(plans))
     with engine.begin() as conn:
-        _assert_platform_empty(conn)
+        assert_platform_empty(conn)
         conn.execute(insert(rule_versions), version_rows(plans, ids))
         writer = _Writer(conn, options.batch_rows)
         for written in _rows(options, rng, plans, ids):
@@ -412,7 +412,7 @@ class _Writer:
                 if rows:
                     with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
                                      ) as copy:
-                        copy.write("".join(map(_copy_line, rows)))
+                        copy.write("".join(map(copy_line, rows)))
         else:
             for table, columns, rows in batches:
                 if rows:

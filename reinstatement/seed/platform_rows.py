@@ -1,138 +1,24 @@
-"""Synthetic incidents: a realistic mass-ban written into an empty platform database.
+"""One account's platform rows (the account, its enforcement actions, its pins), drawn
+for its kind of account.
 
-The story: `spam_burst@7` went out on 2025-04-01 with a condition far too broad and
-banned tens of thousands of ordinary accounts until `spam_burst@8` replaced it on
-2025-04-15; `image_hash@2` matched near-duplicate images too loosely in the same two
-weeks. Around the wrongly banned accounts the seed puts every kind of account the
-contract tells apart, so a run of the incident below exercises every outcome:
-
-    reinstate run INC-2025-04-spam --faulty spam_burst@7 --faulty image_hash@2 \\
-        --since 2025-04-01T00:00:00Z --until 2025-04-15T00:00:00Z
-
-The "mixed" shape (`SeedOptions(shape="mixed")`, `reinstate seed --shape mixed`) is the
-same story as a real platform's incident holds it: the incident also names `link_farm@1`,
-which has no corrected version (its cases go to review), some accounts were banned by it
-inside the window, every rules-engine ban's evidence carries twenty more signals than the
-rules read, and most banned accounts carry older bans that moderators reversed.
-
-Accounts, bans and pins are drawn from `random.Random(seed)`, so the same seed and
-size write the same rows. PostgreSQL is loaded with COPY (a million accounts with five
-million pins in a couple of minutes); SQLite, meant for small local incidents, with
-batched inserts.
+Accounts, bans and pins are drawn from `random.Random(seed)`, so the same seed and size
+write the same rows, on either database. Display names and emails include hostile ones
+(header injection, markup, right-to-left overrides) that every later step must carry
+safely.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import time
 import unicodedata
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from reinstatement.seed.incident import INCIDENT_SINCE, INCIDENT_UNTIL, RULE_ID
+from reinstatement.seed.shapes import KINDS, MIXED_KINDS, SHAPES
 
-from reinstatement.platform_schema import (
-    accounts,
-    enforcement_actions,
-    pins,
-    rule_versions,
-)
-
-INCIDENT_KEY = "INC-2025-04-spam"
-INCIDENT_FAULTY = ("spam_burst@7", "image_hash@2")
-SHAPES = ("standard", "mixed")
-# The mixed shape's incident also names a faulty version with no corrected version.
-MIXED_FAULTY = (*INCIDENT_FAULTY, "link_farm@1")
-INCIDENT_SINCE = datetime(2025, 4, 1, tzinfo=UTC)
-INCIDENT_UNTIL = datetime(2025, 4, 15, tzinfo=UTC)
-SEED_NOW = datetime(2025, 5, 2, 9, 30, tzinfo=UTC)  # fixed: the same seed writes the same rows
-
-# Rule versions: (id, rule_name, version, status, deployed_at, condition)
-RULE_VERSIONS: tuple[tuple[int, str, int, str, datetime, dict[str, Any]], ...] = (
-    (1, "spam_burst", 6, "retired", datetime(2024, 11, 4, tzinfo=UTC),
-     {"signal": "links_per_hour", "op": ">=", "value": 100}),
-    (2, "spam_burst", 7, "faulty", INCIDENT_SINCE,
-     {"any": [{"signal": "links_per_hour", "op": ">=", "value": 5},
-              {"signal": "repeat_text_ratio", "op": ">", "value": 0.3}]}),
-    (3, "spam_burst", 8, "active", INCIDENT_UNTIL,
-     {"all": [{"signal": "links_per_hour", "op": ">=", "value": 40},
-              {"signal": "repeat_text_ratio", "op": ">", "value": 0.8},
-              {"signal": "verified_email", "op": "==", "value": False}]}),
-    (4, "image_hash", 2, "faulty", datetime(2025, 3, 28, tzinfo=UTC),
-     {"signal": "hash_distance", "op": "<=", "value": 12}),
-    (5, "image_hash", 3, "active", INCIDENT_UNTIL,
-     {"all": [{"signal": "hash_distance", "op": "<=", "value": 2},
-              {"signal": "hash_list", "op": "in",
-               "value": ["counterfeit_catalog", "known_spam_kit"]}]}),
-    (6, "harassment", 4, "active", datetime(2024, 9, 12, tzinfo=UTC),
-     {"all": [{"signal": "reports_24h", "op": ">=", "value": 10},
-              {"not": {"signal": "reporter_overlap", "op": ">", "value": 0.9}}]}),
-    (7, "link_farm", 1, "faulty", datetime(2025, 2, 1, tzinfo=UTC),
-     {"signal": "outbound_domains", "op": "<", "value": 3}),
-)
-RULE_ID = {f"{name}@{version}": rid for rid, name, version, *_ in RULE_VERSIONS}
-
-
-def incident_faulty(shape: str = "standard") -> tuple[str, ...]:
-    """The faulty versions the seeded incident of a shape names."""
-    return MIXED_FAULTY if shape == "mixed" else INCIDENT_FAULTY
-
-
-def incident_description(shape: str = "standard") -> list[str]:
-    """The seeded incident in words: what an operator types to reinstate it."""
-    active = {name: f"{name}@{version}" for _, name, version, status, *_ in RULE_VERSIONS
-              if status == "active"}
-    faulty_versions = incident_faulty(shape)
-    lines = [f"the seeded incident: {INCIDENT_KEY}"]
-    for faulty in faulty_versions:
-        rule = faulty.split("@")[0]
-        lines.append(f"  faulty {faulty}, corrected by {active[rule]} (the newest active "
-                     "version of the rule)" if rule in active else
-                     f"  faulty {faulty}, with no corrected version: its cases go to review")
-    since, until = INCIDENT_SINCE.isoformat(), INCIDENT_UNTIL.isoformat()
-    lines.append(f"  window: bans created from {since} to before {until}")
-    faulty_args = " ".join(f"--faulty {v}" for v in faulty_versions)
-    lines.append(f"  reinstate it: reinstate run {INCIDENT_KEY} {faulty_args} "
-                 f"--since {since} --until {until} [--dry-run] [--require-approval]")
-    lines.append(f"  or in the Prefect UI's reinstate-incident form: Incident key "
-                 f"{INCIDENT_KEY}; Faulty rule versions {', '.join(faulty_versions)}; "
-                 f"Bans created from {since}; Bans created before {until}")
-    return lines
-
-# Kinds of account, with their share of the population and the outcome the incident
-# above must give them (None: not a candidate of that incident).
-KINDS: tuple[tuple[str, float, str | None], ...] = (
-    ("bystander", 0.22, None),                      # never banned
-    ("wrongful_spam", 0.36, "reinstated"),          # spam_burst@7, corrected version false
-    ("wrongful_hash", 0.06, "reinstated"),          # image_hash@2, corrected version false
-    ("wrongful_both", 0.04, "reinstated"),          # both faulty versions, both wrongful
-    ("wrongful_old_ban", 0.03, "reinstated"),       # plus an old, reversed moderator ban
-    ("confirmed", 0.06, "upheld"),                  # corrected version true
-    ("confirmed_and_moderator", 0.01, "upheld"),    # upheld comes before kept_other_ban
-    ("uncertain_absent", 0.02, "needs_review"),     # a signal the corrected rule needs is absent
-    ("uncertain_null", 0.01, "needs_review"),       # ... or null, or the whole evidence NULL
-    ("uncertain_mistyped", 0.01, "needs_review"),   # ... or of the wrong type
-    ("moderator_too", 0.03, "kept_other_ban"),      # wrongful, but a moderator banned it too
-    ("other_rule_too", 0.02, "kept_other_ban"),     # wrongful, but harassment@4 banned it too
-    ("unnamed_faulty_too", 0.01, "kept_other_ban"),  # wrongful, plus link_farm@1 (not named)
-    ("outside_window_too", 0.01, "kept_other_ban"),  # wrongful, plus a @7 ban after the window
-    ("outside_window_only", 0.01, None),            # only a @7 ban after the window
-    ("deleted", 0.01, "skipped"),                   # standing faulty ban, account deleted
-    ("deactivated", 0.01, "skipped"),               # standing faulty ban, closed by its owner
-    ("appealed", 0.03, None),                       # faulty ban already reversed on appeal
-    ("moderator_only", 0.02, None),                 # banned by a moderator alone
-    ("harassment_only", 0.03, None),                # banned by an active, correct rule
-)
-# The mixed shape: a share of bystanders was banned inside the window by link_farm@1,
-# which the mixed incident names and which has no corrected version.
-MIXED_KINDS: tuple[tuple[str, float, str | None], ...] = tuple(
-    (kind, weight - 0.05 if kind == "bystander" else weight, outcome)
-    for kind, weight, outcome in KINDS
-) + (("link_farm_in_window", 0.05, "needs_review"),)
 # Signals no rule reads, padding the mixed shape's evidence as a real rules engine's does.
 PADDING_SIGNALS = tuple(f"signal_{n:02d}" for n in range(20))
 
@@ -171,7 +57,7 @@ class SeedOptions:
     seed: int = 20250401
     pins_per_account: float = 5.0
     batch_rows: int = 50_000
-    shape: str = "standard"  # or "mixed": see the module's docstring
+    shape: str = "standard"  # or "mixed": see reinstatement/seed/shapes.py
     # Leave the platform's tables without statistics, as a fresh restore or bulk load does
     # before autovacuum's first ANALYZE (the benchmark's `--no-statistics`).
     analyze: bool = True
@@ -187,22 +73,7 @@ class SeedOptions:
 
 
 @dataclass
-class SeedSummary:
-    accounts: int = 0
-    enforcement_actions: int = 0
-    pins: int = 0
-    rule_versions: int = 0
-    kinds: Counter[str] = field(default_factory=Counter)
-    expected_outcomes: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-
-
-class PlatformNotEmptyError(ValueError):
-    """The seed only writes into an empty platform, so it can never mix with real rows."""
-
-
-@dataclass
-class _Rows:
+class AccountRows:
     """Rows of one account, in an order that satisfies every foreign key."""
 
     account: tuple[Any, ...]
@@ -357,7 +228,7 @@ class _Generator:
         return rows
 
     # -- one account ---------------------------------------------------------------
-    def account(self, account_id: int) -> tuple[str, _Rows]:
+    def account(self, account_id: int) -> tuple[str, AccountRows]:
         rng = self.rng
         kind = rng.choices(self.kind_names, self.kind_weights)[0]
         username = f"{rng.choice(USERNAME_STEMS)}_{rng.choice(CRAFTS)}_{account_id}"
@@ -481,174 +352,16 @@ class _Generator:
 
     def _finish(self, account_id: int, username: str, locale: str, status: str,
                 updated: datetime, actions: list[tuple[Any, ...]],
-                pin_rows: list[tuple[Any, ...]]) -> _Rows:
+                pin_rows: list[tuple[Any, ...]]) -> AccountRows:
         if self.mixed and actions:
             actions = self._reversed_history(account_id, min(a[8] for a in actions)) + actions
         account = (account_id, username, self._display_name(account_id),
                    self._email(username, account_id), locale, status, updated)
-        return _Rows(account, actions, pin_rows)
+        return AccountRows(account, actions, pin_rows)
 
 
-EXPECTED_OUTCOME: dict[str, str | None] = {kind: outcome for kind, _, outcome in KINDS}
-MIXED_EXPECTED_OUTCOME: dict[str, str | None] = {
-    kind: outcome for kind, _, outcome in MIXED_KINDS}
-
-
-def expected_outcome(kind: str, shape: str = "standard") -> str | None:
-    """The outcome the seeded incident of a shape must give an account of this kind."""
-    return (MIXED_EXPECTED_OUTCOME if shape == "mixed" else EXPECTED_OUTCOME)[kind]
-
-
-def rule_version_rows() -> list[dict[str, Any]]:
-    return [
-        {"id": rid, "rule_name": name, "version": version, "status": status,
-         "deployed_at": deployed_at, "condition": condition}
-        for rid, name, version, status, deployed_at, condition in RULE_VERSIONS
-    ]
-
-
-def generate(options: SeedOptions) -> Iterator[tuple[str, _Rows]]:
+def generate(options: SeedOptions) -> Iterator[tuple[str, AccountRows]]:
     """Yield (kind, rows) for each account, in id order."""
     generator = _Generator(options)
     for account_id in range(1, options.accounts + 1):
         yield generator.account(account_id)
-
-
-# -- writing ----------------------------------------------------------------------------
-
-ACCOUNT_COLUMNS = ("id", "username", "display_name", "email", "locale", "status", "updated_at")
-ACTION_COLUMNS = ("id", "account_id", "kind", "source", "rule_version_id", "actor", "reason",
-                  "evidence", "created_at", "reversed_at", "reversed_by_action_id")
-PIN_COLUMNS = ("id", "account_id", "title", "status", "hidden_by_action_id", "updated_at")
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_field(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":")).translate(_COPY_ESCAPES)
-    return str(value)
-
-
-def _copy_line(row: Iterable[Any]) -> str:
-    return "\t".join(map(_copy_field, row)) + "\n"
-
-
-def _assert_platform_empty(conn: Connection) -> None:
-    for table in (accounts, enforcement_actions, pins, rule_versions):
-        if conn.execute(select(func.count()).select_from(table)).scalar_one():
-            raise PlatformNotEmptyError(
-                f"the platform table {table.name!r} already holds rows: the seed writes only "
-                "into an empty platform database (create a new one, then `reinstate db "
-                "create-platform`)"
-            )
-
-
-class _PostgresCopyWriter:
-    """Streams rows to three COPY statements at once through three connections' buffers.
-
-    COPY needs one statement per table at a time on a connection; rather than holding
-    all rows in memory, the writer keeps text buffers per table and flushes each when it
-    grows, COPYing into that table with the foreign keys already satisfied by earlier
-    flushes (accounts before actions before pins).
-    """
-
-    def __init__(self, conn: Connection, batch_rows: int) -> None:
-        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        self.batch_rows = batch_rows
-        self.buffers: dict[str, list[str]] = {"accounts": [], "enforcement_actions": [],
-                                              "pins": []}
-        self.columns = {"accounts": ACCOUNT_COLUMNS, "enforcement_actions": ACTION_COLUMNS,
-                        "pins": PIN_COLUMNS}
-
-    def add(self, rows: _Rows) -> None:
-        self.buffers["accounts"].append(_copy_line(rows.account))
-        self.buffers["enforcement_actions"].extend(map(_copy_line, rows.actions))
-        self.buffers["pins"].extend(map(_copy_line, rows.pins))
-        if len(self.buffers["pins"]) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        for table in ("accounts", "enforcement_actions", "pins"):
-            lines = self.buffers[table]
-            if not lines:
-                continue
-            columns = ", ".join(self.columns[table])
-            with self.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                copy.write("".join(lines))
-            lines.clear()
-
-
-class _InsertWriter:
-    """Batched INSERTs, for SQLite (and any database without COPY)."""
-
-    def __init__(self, conn: Connection, batch_rows: int) -> None:
-        self.conn = conn
-        self.batch_rows = batch_rows
-        self.accounts: list[dict[str, Any]] = []
-        self.actions: list[dict[str, Any]] = []
-        self.pins: list[dict[str, Any]] = []
-
-    def add(self, rows: _Rows) -> None:
-        self.accounts.append(dict(zip(ACCOUNT_COLUMNS, rows.account, strict=True)))
-        self.actions.extend(dict(zip(ACTION_COLUMNS, a, strict=True)) for a in rows.actions)
-        self.pins.extend(dict(zip(PIN_COLUMNS, p, strict=True)) for p in rows.pins)
-        if len(self.pins) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        for table, batch in ((accounts, self.accounts), (enforcement_actions, self.actions),
-                             (pins, self.pins)):
-            if batch:
-                self.conn.execute(insert(table), batch)
-                batch.clear()
-
-
-def seed(engine: Engine, options: SeedOptions,
-         progress: Callable[[int], None] | None = None) -> SeedSummary:
-    """Write one synthetic incident into an empty platform database, in one transaction."""
-    summary = SeedSummary()
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        _assert_platform_empty(conn)
-        conn.execute(insert(rule_versions), rule_version_rows())
-        summary.rule_versions = len(RULE_VERSIONS)
-        writer: _PostgresCopyWriter | _InsertWriter
-        if conn.dialect.name == "postgresql":
-            writer = _PostgresCopyWriter(conn, options.batch_rows)
-        else:
-            writer = _InsertWriter(conn, max(1000, options.batch_rows // 10))
-        for kind, rows in generate(options):
-            writer.add(rows)
-            summary.accounts += 1
-            summary.enforcement_actions += len(rows.actions)
-            summary.pins += len(rows.pins)
-            summary.kinds[kind] += 1
-            expected = expected_outcome(kind, options.shape)
-            if expected is not None:
-                summary.expected_outcomes[expected] += 1
-            if progress is not None and summary.accounts % 10_000 == 0:
-                progress(10_000)
-        writer.flush()
-        if conn.dialect.name == "postgresql":
-            # Ids were given explicitly; move each identity past them so the platform's
-            # next row (the pipeline's unban actions, say) gets a fresh id.
-            for table in ("accounts", "rule_versions", "enforcement_actions", "pins"):
-                conn.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
-                ))
-    if engine.dialect.name == "postgresql" and options.analyze:
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE accounts, enforcement_actions, pins, rule_versions"))
-            conn.commit()
-    if progress is not None:
-        progress(summary.accounts % 10_000)
-    summary.seconds = time.perf_counter() - started
-    return summary
