@@ -37,6 +37,8 @@ from pathlib import Path
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
 from reinstatement import detection
 from reinstatement.db import make_engine
+from reinstatement.detection_model import VersionRow
+from reinstatement.detection_suspects import DetectionSettings, Suspect, analyse
 from reinstatement.seed_history import (
     HISTORY_END,
     HISTORY_RULES,
@@ -75,7 +77,7 @@ def speed(args: argparse.Namespace) -> None:
         log(f"seeding about {args.bans:,} bans over {args.days} days into {name}")
         summary = seed_history(engine, options)
         times = []
-        suspects: list[detection.Suspect] = []
+        suspects: list[Suspect] = []
         for _ in range(2):
             started = time.perf_counter()
             suspects = detection.detect(engine, options.start, HISTORY_END)
@@ -96,8 +98,8 @@ def speed(args: argparse.Namespace) -> None:
 def sweep(args: argparse.Namespace) -> None:
     factors = [float(f) for f in args.factors.split(",")]
     durations = [int(h) for h in args.hours.split(",")]
-    methods = {"the rate alone": replace(detection.DetectionSettings(), reversal_ratio=1e9),
-               "the rate and the reversals": detection.DetectionSettings()}
+    methods = {"the rate alone": replace(DetectionSettings(), reversal_ratio=1e9),
+               "the rate and the reversals": DetectionSettings()}
     rules = {rule.name: rule for rule in HISTORY_RULES}
     false_alarms = dict.fromkeys(methods, 0)
     histories = 0
@@ -118,15 +120,15 @@ def sweep(args: argparse.Namespace) -> None:
                                              faults=(f"{rule_name}@3:{factor:g}:{hours}",))
                     rows, counts, planted = history_in_memory(options)
                     histories += 1
-                    versions = [detection.VersionRow(r["id"], r["rule_name"], r["version"],
-                                                     r["status"], r["deployed_at"])
+                    versions = [VersionRow(r["id"], r["rule_name"], r["version"],
+                                           r["status"], r["deployed_at"])
                                 for r in rows]
                     (fault,) = planted
                     assert fault.since is not None and fault.until is not None
                     for method, settings in methods.items():
                         lo = options.start - timedelta(days=settings.history_days)
-                        suspects = detection.analyse(versions, counts, lo, HISTORY_END,
-                                                     options.start, HISTORY_END, settings)
+                        suspects = analyse(versions, counts, lo, HISTORY_END,
+                                           options.start, HISTORY_END, settings)
                         for suspect in suspects:
                             if suspect.version != fault.name:
                                 false_alarms[method] += 1
@@ -155,16 +157,16 @@ def sweep(args: argparse.Namespace) -> None:
 def healthy(args: argparse.Namespace) -> None:
     """The margin below the alarm: every healthy version's highest CUSUM, and every
     reversal score, over histories with no fault at all, at the method's own settings."""
-    settings = detection.DetectionSettings()
+    settings = DetectionSettings()
     peaks: list[tuple[float, str]] = []
     suspects: list[str] = []
     for seed in range(1, args.seeds + 1):
         options = HistoryOptions(days=args.days, seed=seed, scale=args.scale, faults=())
         rows, counts, _ = history_in_memory(options)
-        versions = [detection.VersionRow(r["id"], r["rule_name"], r["version"], r["status"],
-                                         r["deployed_at"]) for r in rows]
+        versions = [VersionRow(r["id"], r["rule_name"], r["version"], r["status"],
+                               r["deployed_at"]) for r in rows]
         lo = options.start - timedelta(days=settings.history_days)
-        found = detection.analyse(
+        found = analyse(
             versions, counts, lo, HISTORY_END, options.start, HISTORY_END, settings,
             observe=lambda version, peak, seed=seed: peaks.append((peak, f"{version} "
                                                                       f"(seed {seed})")))

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from reinstatement import detection
+from reinstatement.detection_suspects import DetectionSettings, Suspect
 from reinstatement.models import Suspect as SuspectRow
 from reinstatement.platform_schema import enforcement_actions, rule_versions
 from reinstatement.seed_history import (
@@ -43,8 +44,7 @@ def seeded(engine: Engine, seed: int, faults: tuple[str, ...] | None = None,
     return options, seed_history(engine, options).faults
 
 
-def assert_found_exactly(suspects: list[detection.Suspect], planted: list[PlantedFault]
-                         ) -> None:
+def assert_found_exactly(suspects: list[Suspect], planted: list[PlantedFault]) -> None:
     assert sorted(s.version for s in suspects) == sorted(f.name for f in planted), [
         (s.version, round(s.score), s.reasons) for s in suspects]
     truth = {f.name: f for f in planted}
@@ -84,7 +84,7 @@ def test_the_database_counts_what_the_reference_counts(engine: Engine) -> None:
     """One set-based statement per database gives exactly the hourly counts (bans, bans
     reversed by a moderator, first enforcements) the generator's own rows give."""
     options, _ = seeded(engine, 4)
-    lo = options.start - timedelta(days=detection.DetectionSettings().history_days)
+    lo = options.start - timedelta(days=DetectionSettings().history_days)
     with engine.connect() as conn:
         counted = detection.load_counts(conn, lo, HISTORY_END)
     _, reference, _ = history_in_memory(options)
