@@ -40,6 +40,7 @@ from reinstatement.notices.backends import (
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.platform_schema import accounts
 from reinstatement.states import NoticeState
+from reinstatement.store import prepared_records
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 from tests.test_steps import run_all
@@ -683,9 +684,9 @@ def test_a_record_statement_s_name_stands_for_that_statement_only(
     alone, never on the order in which they were built."""
     retry = ("last_error_code", "last_error_text", "next_attempt_at", "state")
     sent = ("last_error_code", "last_error_text", "next_attempt_at", "sent_at", "state")
-    monkeypatch.setattr(outbox, "_RAW_RECORD_SQL", {})
-    first = {columns: outbox._raw_record_sql(columns) for columns in (retry, sent)}
-    monkeypatch.setattr(outbox, "_RAW_RECORD_SQL", {})
-    second = {columns: outbox._raw_record_sql(columns) for columns in (sent, retry)}
+    monkeypatch.setattr(prepared_records, "_RAW_RECORD_SQL", {})
+    first = {columns: prepared_records._raw_record_sql(columns) for columns in (retry, sent)}
+    monkeypatch.setattr(prepared_records, "_RAW_RECORD_SQL", {})
+    second = {columns: prepared_records._raw_record_sql(columns) for columns in (sent, retry)}
     assert first == second
     assert first[retry][0] != first[sent][0] and first[retry][1] != first[sent][1]
