@@ -36,7 +36,6 @@ from pathlib import Path
 
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
 from reinstatement import detection
-from reinstatement.db import make_engine
 from reinstatement.detection_model import VersionRow
 from reinstatement.detection_suspects import DetectionSettings, Suspect, analyse
 from reinstatement.seed_history import (
@@ -46,6 +45,7 @@ from reinstatement.seed_history import (
     history_in_memory,
     seed_history,
 )
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform
 
 BANS_AT_SCALE_1 = 101_000  # the scenario's six rules over 30 days at scale 1 (measured)

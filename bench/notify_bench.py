@@ -45,9 +45,9 @@ PROFILE_ENV = "REINSTATE_NOTIFY_BENCH_PROFILE"
 def _sender(url: str, backend: str, target: str, limit: int) -> int:
     """One sender process's part: claim `limit` due notices and send them; prints its CPU."""
     from reinstatement import outbox
-    from reinstatement.db import make_engine
     from reinstatement.notices.backends import FileBackend, SmtpBackend
     from reinstatement.notices.render import NoticeRenderer
+    from reinstatement.store.engine import make_engine
 
     engine = make_engine(url)
     chosen = (SmtpBackend("127.0.0.1", int(target), sender=SENDER) if backend == "smtp"
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(SMTP_SINK_HINT + "\n")
         return 2
     from reinstatement import outbox, runner
-    from reinstatement.db import make_engine
     from reinstatement.incidents import build_request
     from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
+    from reinstatement.store.engine import make_engine
 
     url, _ = seeded_database(args.pg_url, NAME, args.accounts, 20250401)
     engine = make_engine(url)

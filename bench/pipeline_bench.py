@@ -55,7 +55,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from bench.machine import cpu_mark, other_work_since, wait_for_backends
-from reinstatement.db import make_engine
+from reinstatement.store.engine import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR_SQL = ROOT / "sql" / "raw_floor_restore.sql"

@@ -27,10 +27,11 @@ from typing import Any
 from sqlalchemy import event, text
 
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
-from reinstatement import facts, planning, restore, runner, verdict_sql, verify
+from reinstatement import facts, planning, restore, runner, verify
 from reinstatement import seed as seeding
-from reinstatement.db import make_engine
 from reinstatement.incidents import build_request
+from reinstatement.store import verdict_sql
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform, upgrade_pipeline
 
 # Where a name is imported into the restore module too, it is timed there as well (a call

@@ -50,7 +50,7 @@ from bench.pipeline_bench import (
     smtp_sink,
     smtp_sink_path,
 )
-from reinstatement.db import make_engine
+from reinstatement.store.engine import make_engine
 
 BIN = Path(sys.executable).parent
 STEPS = ("plan", "verify", "restore", "notify")

@@ -328,9 +328,9 @@ def send_deferred_when_due(incident: RegisteredIncident, steps: StepRunner) -> N
     """Notices a mail server deferred (greylisting) are sent again in this run once they
     come due, within REINSTATE_NOTIFY_RETRY_WAIT_SECONDS in all; the wait holds no
     connection. Later ones are left to the next run or the nightly reconciliation."""
-    from reinstatement.db import utcnow
     from reinstatement.outbox import next_deferred_due
     from reinstatement.resources import resources
+    from reinstatement.store.engine import utcnow
 
     logger = get_run_logger()
     deadline = time.monotonic() + resources().settings.notify_retry_wait_seconds

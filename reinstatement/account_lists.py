@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, insert, select
 
-from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.models import AccountList, AccountListMember, IncidentAccount
 from reinstatement.retrying import in_transaction
 from reinstatement.store import store_for
+from reinstatement.store.engine import utcnow
 
 MAX_IDS = 5_000_000
 REFERENCE_PATTERN = r"^[0-9]{1,7}:[0-9a-f]{64}$"

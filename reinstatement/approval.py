@@ -31,12 +31,12 @@ from typing import Literal
 from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select, text
 
 from reinstatement import lifecycle, plans
-from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
 from reinstatement.models import Decision, PlanCase
 from reinstatement.plans import PlanRef
 from reinstatement.store import store_for
+from reinstatement.store.engine import utcnow
 
 PIPELINE_ROLE = "reinstatement_pipeline"  # the role sql/least_privilege_role.sql creates
 VIA_CLI = "cli"

@@ -11,9 +11,9 @@ from sqlalchemy import (
     Text,
 )
 
-from reinstatement.db import utcnow
 from reinstatement.models import AuditEntry
 from reinstatement.store.bulk import insert_many
+from reinstatement.store.engine import utcnow
 
 
 def write_audit(conn: Connection, incident_id: int,

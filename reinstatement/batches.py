@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, select
 
-from reinstatement.db import utcnow
 from reinstatement.holders import this_process
 from reinstatement.models import Batch, Run
+from reinstatement.store.engine import utcnow
 
 # Set by a Prefect worker in the environment of each flow run it starts.
 WORKER_NAME_VARIABLE = "PREFECT__WORKER_NAME"

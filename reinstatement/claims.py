@@ -11,7 +11,7 @@ tables so the next step (or a rerun after a crash) reads exactly where this one 
 
 Work is claimed with SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL, so two runs of one
 incident, or several workers, never take the same case; on SQLite every transaction
-holds the database's write lock from its start (see db.py), which serialises claims.
+holds the database's write lock from its start (see store/engine.py), which serialises claims.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def _redacted_url(settings: Settings) -> str:
 
 def _engine(settings: Settings, *, create: bool = False) -> Engine:
     """The engine, once the database answers; a missing SQLite file is only made if `create`."""
-    from reinstatement.db import get_engine
+    from reinstatement.store.engine import get_engine
 
     parsed = make_url(settings.database_url)
     database = parsed.database or ""
@@ -531,7 +531,7 @@ def demo(
     from reinstatement import seed as seeding
 
     folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "reinstatement.db"
+    database = folder / "reinstatement.store.engine"
     outbox = folder / "outbox"
     for stale in (database, database.with_name(database.name + "-wal"),
                   database.with_name(database.name + "-shm")):

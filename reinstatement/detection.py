@@ -25,12 +25,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, exists, func, insert, select, update
 
-from reinstatement.db import epoch_hour
 from reinstatement.detection_model import Counts, VersionRow
 from reinstatement.detection_suspects import DetectionSettings, Suspect, analyse
 from reinstatement.models import Suspect as SuspectRow
 from reinstatement.platform_schema import enforcement_actions, rule_versions
 from reinstatement.retrying import in_transaction
+from reinstatement.store.engine import epoch_hour
 
 # -- 1. counts -----------------------------------------------------------------------------
 

@@ -15,15 +15,14 @@ from sqlalchemy import (
     select,
 )
 
-from reinstatement import verdict_sql
 from reinstatement.claims import ClaimedCase
 from reinstatement.conditions import decode_evidence
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.platform_schema import accounts, enforcement_actions
-from reinstatement.store import store_for
+from reinstatement.store import store_for, verdict_sql
 from reinstatement.store.bulk import StatementCache, chunks, id_in
-from reinstatement.verdict_sql import array as _array
-from reinstatement.verdict_sql import (
+from reinstatement.store.verdict_sql import array as _array
+from reinstatement.store.verdict_sql import (
     array_literal,
     judged_bans,
     standing_bans_query,

@@ -30,10 +30,10 @@ from sqlalchemy import Connection, Text, cast, insert, select
 
 from reinstatement import account_lists
 from reinstatement.conditions import ConditionError, parse_condition_json
-from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.models import Incident, IncidentAccount, IncidentVersion
 from reinstatement.platform_schema import rule_versions
+from reinstatement.store.engine import utcnow
 from reinstatement.verdicts import FaultyVersion, IncidentRules
 
 BIGINT_MAX = 2**63 - 1

@@ -37,11 +37,11 @@ from typing import Literal
 
 from sqlalchemy import Connection, insert, select, update
 
-from reinstatement.db import utcnow
 from reinstatement.errors import BadInput
 from reinstatement.models import AuditEntry, Decision, Incident
 from reinstatement.plans import PlanRef, newest_plan
 from reinstatement.store import store_for
+from reinstatement.store.engine import utcnow
 
 
 class IncidentStatus(StrEnum):

@@ -34,7 +34,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from reinstatement.db import utcnow
 from reinstatement.holders import SessionHold, holder_is_gone
 from reinstatement.models import Case, Incident, Notice
 from reinstatement.notices.backends import (
@@ -49,6 +48,7 @@ from reinstatement.platform_schema import accounts
 from reinstatement.retrying import in_transaction, is_transient
 from reinstatement.states import NoticeState
 from reinstatement.store import Store, store_for
+from reinstatement.store.engine import utcnow
 from reinstatement.store.prepared_records import record_prepared
 
 logger = logging.getLogger(__name__)

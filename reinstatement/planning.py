@@ -25,13 +25,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from reinstatement.audit import write_audit
-from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, IncidentAccount
 from reinstatement.platform_schema import enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR, CaseState
 from reinstatement.store import store_for
 from reinstatement.store.bulk import chunks, id_in
+from reinstatement.store.engine import utcnow
 
 
 def _candidate_filter(conn: Connection, incident: RegisteredIncident, after_account_id: int,

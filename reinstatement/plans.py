@@ -36,10 +36,10 @@ from sqlalchemy import (
 from sqlalchemy import case as sql_case
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from reinstatement.db import utcnow
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, Decision, Incident, Plan, PlanCase
 from reinstatement.store import store_for
+from reinstatement.store.engine import utcnow
 
 DIGEST_HEADER = "reinstatement-plan/1 {key}\n"
 # The verdicts whose bans a plan lists: a restore may reverse them (a reinstatement, or an

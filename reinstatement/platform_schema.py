@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 
-from reinstatement.db import UTCDateTime
+from reinstatement.store.engine import UTCDateTime
 
 platform_metadata = MetaData()
 

@@ -24,11 +24,11 @@ from sqlalchemy import Connection, and_, exists, false, func, insert, or_, selec
 
 from reinstatement import lifecycle
 from reinstatement.claims import pending_work
-from reinstatement.db import utc_day, utcnow
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
+from reinstatement.store.engine import utc_day, utcnow
 from reinstatement.verdicts import Outcome
 
 SAMPLE = 20

@@ -18,10 +18,10 @@ from functools import cached_property
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from reinstatement.db import get_engine
 from reinstatement.notices.backends import EmailBackend, backend_from_settings
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.settings import Settings, load_settings
+from reinstatement.store.engine import get_engine
 
 SecretResolver = Callable[[str], str]
 

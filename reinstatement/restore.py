@@ -33,26 +33,25 @@ from sqlalchemy import case as sql_case
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
-from reinstatement import verdict_sql
 from reinstatement.approval import Permit
 from reinstatement.audit import write_audit
 from reinstatement.batches import StepResult
 from reinstatement.claims import ClaimedCase, claim_cases
-from reinstatement.db import utcnow
 from reinstatement.facts import decide_accounts, lock_platform_rows
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.notices.render import message_id_for
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
-from reinstatement.store import store_for
+from reinstatement.store import store_for, verdict_sql
 from reinstatement.store.bulk import chunks, id_in, insert_many, update_many
-from reinstatement.verdict_sql import (
+from reinstatement.store.engine import utcnow
+from reinstatement.store.verdict_sql import (
     ArrayText,
     listed_text,
 )
-from reinstatement.verdict_sql import array as _array
-from reinstatement.verdict_sql import array_rows as _array_rows
+from reinstatement.store.verdict_sql import array as _array
+from reinstatement.store.verdict_sql import array_rows as _array_rows
 from reinstatement.verdicts import (
     CaseDecision,
     Outcome,

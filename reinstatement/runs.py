@@ -14,7 +14,6 @@ import threading
 
 from sqlalchemy import Connection, Engine, insert, literal, select, text, update
 
-from reinstatement.db import utcnow
 from reinstatement.holders import (
     KEY_SQL,
     SessionHold,
@@ -25,6 +24,7 @@ from reinstatement.holders import (
 from reinstatement.models import Run
 from reinstatement.retrying import in_transaction
 from reinstatement.store import store_for
+from reinstatement.store.engine import utcnow
 
 _holds_lock = threading.Lock()
 _holds: dict[int, SessionHold] = {}

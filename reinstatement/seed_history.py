@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, insert
 
 from reinstatement.errors import BadInput
 from reinstatement.platform_schema import accounts, enforcement_actions, rule_versions
@@ -39,6 +39,8 @@ from reinstatement.seed.writing import (
     assert_platform_empty,
     copy_line,
 )
+from reinstatement.store import store_for
+from reinstatement.store.bulk import analyze_tables, move_identities_past_ids
 
 HISTORY_END = datetime(2025, 5, 2, tzinfo=UTC)  # fixed: the same options write the same rows
 
@@ -377,15 +379,8 @@ def seed_history(engine: Engine, options: HistoryOptions) -> HistorySummary:
             writer.maybe_flush()
         writer.flush()
         summary.accounts = summary.bans
-        if conn.dialect.name == "postgresql":
-            for table in ("accounts", "rule_versions", "enforcement_actions"):
-                conn.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"))
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE accounts, enforcement_actions, rule_versions"))
-            conn.commit()
+        move_identities_past_ids(conn, ("accounts", "rule_versions", "enforcement_actions"))
+    analyze_tables(engine, ("accounts", "enforcement_actions", "rule_versions"))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -406,7 +401,7 @@ class _Writer:
     def flush(self) -> None:
         batches = ((accounts, ACCOUNT_COLUMNS, self.accounts),
                    (enforcement_actions, ACTION_COLUMNS, self.actions))
-        if self.conn.dialect.name == "postgresql":
+        if store_for(self.conn).bulk_copy:
             cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             for table, columns, rows in batches:
                 if rows:

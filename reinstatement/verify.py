@@ -34,18 +34,17 @@ from sqlalchemy import (
 )
 from sqlalchemy import case as sql_case
 
-from reinstatement import verdict_sql
 from reinstatement.audit import write_audit
 from reinstatement.batches import StepResult
 from reinstatement.claims import ClaimedCase, claim_cases
-from reinstatement.db import utcnow
 from reinstatement.facts import decide_accounts
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.models import AuditEntry, Case
 from reinstatement.states import PIPELINE_ACTOR, CaseState
-from reinstatement.store import store_for
+from reinstatement.store import store_for, verdict_sql
 from reinstatement.store.bulk import StatementCache, update_many
-from reinstatement.verdict_sql import (
+from reinstatement.store.engine import utcnow
+from reinstatement.store.verdict_sql import (
     ArrayText,
     array_literal,
     listed_text,

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from reinstatement.db import make_engine
 from reinstatement.resources import forget as forget_resources
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform, upgrade_pipeline
 from tests.prefect_server import prefect_server, real_prefect_api  # noqa: F401 - fixtures
 from tests.smtp_server import smtp_server  # noqa: F401 - a fixture shared by several modules
@@ -225,7 +225,7 @@ def _dispose_cached_engines() -> Iterator[None]:
     a process reads once belong to one test's environment."""
     forget_resources()
     yield
-    from reinstatement.db import dispose_engines
+    from reinstatement.store.engine import dispose_engines
 
     forget_resources()
     dispose_engines()

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, select
 
 from bench.pipeline_bench import run_floor
 from reinstatement import runner, seed
-from reinstatement.db import make_engine
 from reinstatement.incidents import build_request
 from reinstatement.models import Case
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store.engine import make_engine
 from tests.factories import snapshot
 
 ACCOUNTS = 600

@@ -25,7 +25,6 @@ from typer.testing import CliRunner, Result
 
 from reinstatement import cli, runner
 from reinstatement.cli import app
-from reinstatement.db import make_engine
 from reinstatement.incidents import IncidentRequest
 from reinstatement.models import Case, Notice
 from reinstatement.platform_schema import PLATFORM_TABLES, accounts, enforcement_actions, pins
@@ -43,6 +42,7 @@ from reinstatement.seed import (
     seed,
 )
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import head_revision
 from tests.factories import Platform, snapshot
 from tests.factories import seeded_incident_request as incident_request

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import JSON, BigInteger, Column, Engine, MetaData, Table, Text, cast, select, text
 
-from reinstatement.condition_sql import compile_condition, readable_evidence
 from reinstatement.conditions import ConditionError, decode_evidence, evaluate, parse_condition
+from reinstatement.store.condition_sql import compile_condition, readable_evidence
 
 EXAMPLES = int(os.environ.get("REINSTATE_DIFFERENTIAL_EXAMPLES", "2000"))
 

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from reinstatement.db import make_engine
 from reinstatement.models import AuditEntry, Case, Notice, Run
 from reinstatement.seed import (
     INCIDENT_FAULTY,
@@ -35,6 +34,7 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
+from reinstatement.store.engine import make_engine
 from tests.factories import snapshot
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer
 

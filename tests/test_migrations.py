@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from reinstatement.db import make_engine
 from reinstatement.models import pipeline_metadata
 from reinstatement.seed import SeedOptions, seed
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import (
     VERSION_TABLE,
     create_platform,

@@ -29,7 +29,6 @@ from sqlalchemy import Engine, select, update
 from tenacity import wait_none
 
 from reinstatement import outbox
-from reinstatement.db import utcnow
 from reinstatement.incidents import IncidentRequest, build_request
 from reinstatement.models import Notice
 from reinstatement.notices.backends import (
@@ -41,6 +40,7 @@ from reinstatement.notices.render import NoticeRenderer
 from reinstatement.platform_schema import accounts
 from reinstatement.states import NoticeState
 from reinstatement.store import prepared_records
+from reinstatement.store.engine import utcnow
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 from tests.test_steps import run_all

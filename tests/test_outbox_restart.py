@@ -28,8 +28,8 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from reinstatement import outbox
-from reinstatement.db import make_engine
 from reinstatement.models import Notice
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform, upgrade_pipeline
 from tests.smtp_server import RecordingHandler, ServerFactory
 from tests.test_outbox import RENDERER, SENDER, restored, smtp_backend

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Inspector
 
-from reinstatement.db import make_engine
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform
 from tests.conftest import CONTRACT
 

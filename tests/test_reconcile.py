@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from flows.reconcile import InvariantsBroken, nightly_reconciliation
-from reinstatement.db import utcnow
 from reinstatement.models import Case, Incident, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.states import CaseState, NoticeState
+from reinstatement.store.engine import utcnow
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import KEY, build_scenario, request, run_all
 

@@ -28,11 +28,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying, wait_none
 
 from reinstatement import batches, restore, retrying, runner
-from reinstatement.db import make_engine, utcnow
 from reinstatement.incidents import build_request
 from reinstatement.models import AuditEntry, Case, Incident, Notice, Run
 from reinstatement.platform_schema import accounts, enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store.engine import make_engine, utcnow
 from tests.factories import SPAM_CORRECTED, SPAM_FAULTY, T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import build_scenario, run_all
 from tests.test_steps import request as steps_request
@@ -375,9 +375,9 @@ def planned_incident(engine: Engine, accounts_count: int = 4) -> None:
 
 @flow(name="verify-one-batch-under-test")
 def verify_flow(incident_key: str, batch_size: int) -> dict[str, Any]:
-    from reinstatement.db import get_engine
     from reinstatement.incidents import load_incident
     from reinstatement.settings import load_settings
+    from reinstatement.store.engine import get_engine
     from tasks.pipeline import verify_cases
 
     with get_engine(load_settings().database_url).connect() as conn:

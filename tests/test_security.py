@@ -23,7 +23,6 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from reinstatement import approval, lifecycle, outbox, plans, runner
 from reinstatement.approval import Identity
-from reinstatement.db import make_engine, utcnow
 from reinstatement.lifecycle import ALLOWED, IncidentStatus
 from reinstatement.models import (
     AuditEntry,
@@ -40,6 +39,7 @@ from reinstatement.notices.backends import FileBackend
 from reinstatement.notices.render import NoticeRenderer
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.store.engine import make_engine, utcnow
 from tests.conftest import PROJECT_ROOT
 from tests.factories import T0, WRONGFUL, Platform, snapshot
 from tests.test_steps import KEY, build_scenario, request, run_all

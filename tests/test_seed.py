@@ -7,7 +7,6 @@ from collections import Counter
 import pytest
 from sqlalchemy import Engine, select
 
-from reinstatement.db import make_engine
 from reinstatement.platform_schema import accounts, enforcement_actions, pins
 from reinstatement.seed import (
     HOSTILE_DISPLAY_NAMES,
@@ -16,6 +15,7 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
+from reinstatement.store.engine import make_engine
 from tests.conftest import BACKENDS, require_backend
 from tests.factories import snapshot
 

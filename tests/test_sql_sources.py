@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from reinstatement.db import make_engine
 from reinstatement.platform_schema import PLATFORM_TABLES
+from reinstatement.store.engine import make_engine
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SQL = PROJECT_ROOT / "sql"

@@ -431,7 +431,7 @@ def test_settle_leaves_what_verify_then_restore_leaves(
 ) -> None:
     """One pass or two, the cases, notices and platform rows come out the same; only the
     audit trail is shorter: a reinstated case's one row goes from planned to restored."""
-    from reinstatement.db import make_engine
+    from reinstatement.store.engine import make_engine
 
     build_scenario(engine)
     run_all(engine, request())  # the incident needs no approval: settle
@@ -573,7 +573,7 @@ def test_planning_in_parts_makes_the_cases_one_walk_makes(
     """Planning cuts the candidates' account ids into parts walked at once (PostgreSQL;
     SQLite walks them in one): every candidate gets exactly one case and one audit row,
     whatever the cut and the page size, and a second planning makes none."""
-    from reinstatement.db import make_engine
+    from reinstatement.store.engine import make_engine
 
     scenario = build_scenario(engine)
     overrides: dict[str, object] = (

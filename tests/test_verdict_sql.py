@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from reinstatement import claims, facts, restore, verdict_sql, verdicts
+from reinstatement import claims, facts, restore, verdicts
 from reinstatement.conditions import parse_condition
-from reinstatement.db import make_engine
+from reinstatement.store import verdict_sql
+from reinstatement.store.engine import make_engine
 from reinstatement.verdicts import FaultyVersion, IncidentRules, Outcome
 from tests.conftest import _pg_admin, _pg_url, require_backend
 from tests.factories import (

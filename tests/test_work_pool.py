@@ -36,7 +36,6 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import Engine, func, select
 
 from reinstatement import runner
-from reinstatement.db import make_engine
 from reinstatement.models import AuditEntry, Batch, Case, Incident, Notice, Run
 from reinstatement.seed import (
     INCIDENT_FAULTY,
@@ -46,6 +45,7 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
+from reinstatement.store.engine import make_engine
 from tests.factories import seeded_incident_request
 from tests.prefect_server import running_prefect_server, stop_process
 from tests.smtp_server import RecordingHandler, free_port

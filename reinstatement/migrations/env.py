@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from reinstatement.db import make_engine
 from reinstatement.models import pipeline_metadata
+from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import include_object
 
 VERSION_TABLE = "reinstatement_alembic_version"

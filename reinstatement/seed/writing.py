@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, select
 
 from reinstatement.platform_schema import (
     accounts,
@@ -23,6 +23,8 @@ from reinstatement.platform_schema import (
 from reinstatement.seed.incident import RULE_VERSIONS, rule_version_rows
 from reinstatement.seed.platform_rows import AccountRows, SeedOptions, generate
 from reinstatement.seed.shapes import expected_outcome
+from reinstatement.store import store_for
+from reinstatement.store.bulk import analyze_tables, move_identities_past_ids
 
 
 @dataclass
@@ -146,7 +148,7 @@ def seed(engine: Engine, options: SeedOptions,
         conn.execute(insert(rule_versions), rule_version_rows())
         summary.rule_versions = len(RULE_VERSIONS)
         writer: _PostgresCopyWriter | _InsertWriter
-        if conn.dialect.name == "postgresql":
+        if store_for(conn).bulk_copy:
             writer = _PostgresCopyWriter(conn, options.batch_rows)
         else:
             writer = _InsertWriter(conn, max(1000, options.batch_rows // 10))
@@ -162,18 +164,12 @@ def seed(engine: Engine, options: SeedOptions,
             if progress is not None and summary.accounts % 10_000 == 0:
                 progress(10_000)
         writer.flush()
-        if conn.dialect.name == "postgresql":
-            # Ids were given explicitly; move each identity past them so the platform's
-            # next row (the pipeline's unban actions, say) gets a fresh id.
-            for table in ("accounts", "rule_versions", "enforcement_actions", "pins"):
-                conn.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
-                ))
-    if engine.dialect.name == "postgresql" and options.analyze:
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE accounts, enforcement_actions, pins, rule_versions"))
-            conn.commit()
+        # Ids were given explicitly: the platform's next row (the pipeline's unban actions,
+        # say) gets a fresh one.
+        move_identities_past_ids(conn, ("accounts", "rule_versions", "enforcement_actions",
+                                        "pins"))
+    if options.analyze:
+        analyze_tables(engine, ("accounts", "enforcement_actions", "pins", "rule_versions"))
     if progress is not None:
         progress(summary.accounts % 10_000)
     summary.seconds = time.perf_counter() - started

@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Connection,
+    Engine,
     Text,
     any_,
     bindparam,
@@ -27,10 +28,12 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 
-from reinstatement.verdict_sql import array as _array
+from reinstatement.store.dialects import store_for
+from reinstatement.store.verdict_sql import array as _array
 
 IN_CHUNK = 5000  # ids per IN (...) list: well under SQLite's limit on bound variables
 
@@ -67,7 +70,7 @@ def id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
     every execution (it caches only short ones): the scale benchmark found that parsing
     among the largest costs of verify and restore. An array keeps the statement short.
     """
-    if conn.dialect.name == "postgresql":
+    if store_for(conn).set_based_batches:
         return column == any_(_array(BigInteger, ids))
     return column.in_(ids)
 
@@ -86,7 +89,7 @@ def insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
     """
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
+    if not store_for(conn).set_based_batches:
         conn.execute(insert(table), [{name: row[name] for name in element_types}
                                      for row in rows])
         return
@@ -128,7 +131,7 @@ def update_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
     if not rows:
         return 0
     fixed = fixed or {}
-    if conn.dialect.name != "postgresql":
+    if not store_for(conn).set_based_batches:
         statement = (
             update(table).where(table.c.id == bindparam("row_id"), *where)
             .values(**{name: bindparam(f"row_{name}") for name in types}, **fixed)
@@ -144,3 +147,23 @@ def update_many(conn: Connection, table: Any, rows: list[dict[str, Any]],
     ).rowcount
 
 
+
+
+def move_identities_past_ids(conn: Connection, tables: Sequence[str]) -> None:
+    """After rows were written with explicit ids, make each table's next generated id
+    come after them (PostgreSQL's identity sequences; SQLite takes the largest id + 1)."""
+    if not store_for(conn).bulk_copy:
+        return
+    for table in tables:
+        conn.execute(text(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"))
+
+
+def analyze_tables(engine: Engine, tables: Sequence[str]) -> None:
+    """Give the planner statistics of freshly loaded tables (where it keeps them)."""
+    if not store_for(engine).planner_statistics:
+        return
+    with engine.connect() as conn:
+        conn.execute(text(f"ANALYZE {', '.join(tables)}"))
+        conn.commit()

@@ -17,9 +17,9 @@ from psycopg.pq import ExecStatus
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from reinstatement.db import UTCDateTime, utcnow
 from reinstatement.models import Notice
 from reinstatement.states import NoticeState
+from reinstatement.store.engine import UTCDateTime, utcnow
 
 _RAW_RECORD_SQL: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 _NOTICE_TIMESTAMP = UTCDateTime()

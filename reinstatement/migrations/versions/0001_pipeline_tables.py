@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import reinstatement.db
+from reinstatement.store.engine import UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -35,10 +35,10 @@ def upgrade() -> None:
         sa.Column("approved_by", sa.String(length=100), nullable=True),
         sa.Column("approval_note", sa.Text(), nullable=True),
         sa.Column(
-            "approval_decided_at", reinstatement.db.UTCDateTime(timezone=True), nullable=True
+            "approval_decided_at", UTCDateTime(timezone=True), nullable=True
         ),
-        sa.Column("created_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reinstatement_incidents")),
         sa.UniqueConstraint("key", name=op.f("uq_reinstatement_incidents_key")),
     )
@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("to_state", sa.String(length=24), nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["incident_id"],
             ["reinstatement_incidents.id"],
@@ -84,11 +84,11 @@ def upgrade() -> None:
         sa.Column("unban_action_id", sa.BigInteger(), nullable=True),
         sa.Column("pins_restored", sa.Integer(), nullable=True),
         sa.Column("claimed_by", sa.String(length=100), nullable=True),
-        sa.Column("claimed_until", reinstatement.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("claimed_until", UTCDateTime(timezone=True), nullable=True),
         sa.Column("reviewed_by", sa.String(length=100), nullable=True),
         sa.Column("review_note", sa.Text(), nullable=True),
-        sa.Column("created_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["incident_id"],
             ["reinstatement_incidents.id"],
@@ -149,8 +149,8 @@ def upgrade() -> None:
         sa.Column("dry_run", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("step_seconds", sa.JSON(none_as_null=True), nullable=True),
-        sa.Column("started_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", reinstatement.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["incident_id"],
             ["reinstatement_incidents.id"],
@@ -176,12 +176,12 @@ def upgrade() -> None:
         sa.Column("locale", sa.String(length=35), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("next_attempt_at", reinstatement.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error_code", sa.Integer(), nullable=True),
         sa.Column("last_error_text", sa.Text(), nullable=True),
-        sa.Column("sent_at", reinstatement.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["case_id"],
             ["reinstatement_cases.id"],

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import reinstatement.db
+from reinstatement.store.engine import UTCDateTime
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(length=255), nullable=True),
         sa.Column("host", sa.String(length=255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
-        sa.Column("finished_at", reinstatement.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["run_id"], ["reinstatement_runs.id"],
             name=op.f("fk_reinstatement_batches_run_id_reinstatement_runs"),

@@ -115,7 +115,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
         # The functions compiled conditions call (exact decimals, evidence depth).
-        from reinstatement.condition_sql import register_sqlite_functions
+        from reinstatement.store.condition_sql import register_sqlite_functions
 
         register_sqlite_functions(dbapi_connection)
 

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy import case as sql_case
 from sqlalchemy.dialects import postgresql
 
-from reinstatement.condition_sql import compile_condition, object_evidence, parsed_evidence
 from reinstatement.platform_schema import accounts, enforcement_actions, rule_versions
+from reinstatement.store.condition_sql import compile_condition, object_evidence, parsed_evidence
 from reinstatement.verdicts import (
     MODERATOR_BAN,
     NOT_A_RULE_BAN,
