@@ -93,13 +93,9 @@ def _redacted_url(settings: Settings) -> str:
 
 def _engine(settings: Settings, *, create: bool = False) -> Engine:
     """The engine, once the database answers; a missing SQLite file is only made if `create`."""
-    from reinstatement.store.engine import get_engine
+    from reinstatement.store.engine import get_engine, missing_database_file
 
-    parsed = make_url(settings.database_url)
-    database = parsed.database or ""
-    if (not create and parsed.get_backend_name() == "sqlite" and database
-            and database != ":memory:" and not database.startswith("file:")
-            and not Path(database).exists()):
+    if not create and missing_database_file(settings.database_url):
         raise DatabaseUnavailable(
             f"cannot reach the database at {_redacted_url(settings)}: no such file (create "
             "it with `reinstate db create-platform`)"

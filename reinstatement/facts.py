@@ -89,7 +89,7 @@ def load_standing_bans(conn: Connection, account_ids: Sequence[int],
     set_based = store_for(conn).set_based_batches
     for chunk in chunks(sorted(account_ids)):
         if set_based:  # one statement for every batch, the accounts as a parameter
-            judged = _STANDING_BANS.get(("postgresql", repr(rules)), lambda: judged_bans(
+            judged = _STANDING_BANS.get((store_for(conn).name, repr(rules)), lambda: judged_bans(
                 "postgresql", standing_bans_query(
                     enforcement_actions.c.account_id == any_(verdict_sql.array_param(
                         "ban_accounts", BigInteger))), rules))

@@ -91,3 +91,44 @@ def test_no_import_cycle_among_the_projects_modules() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The store layer: the one place that knows which database it talks to. Settings may check
+# that a URL names a database the pipeline supports; nothing else above the store asks.
+STORE_LAYER = ("reinstatement/store/", "reinstatement/migrations/")
+URL_CHECKS = ("reinstatement/settings.py",)
+DIALECT_NAMES = {"postgresql", "sqlite"}
+
+
+def dialect_questions(path: Path) -> list[str]:
+    """Where a module reads a dialect's name (`x.dialect.name`) or compares with one."""
+    found = []
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Attribute) and node.attr == "name"
+                and isinstance(node.value, ast.Attribute) and node.value.attr == "dialect"):
+            found.append(f"{where}:{node.lineno} reads dialect.name")
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Constant) and o.value in DIALECT_NAMES for o in operands):
+                found.append(f"{where}:{node.lineno} compares with a "
+                             "dialect's name")
+    return found
+
+
+def test_only_the_store_layer_knows_the_database_dialect() -> None:
+    outside = [
+        question
+        for path in _modules().values()
+        if not str(path.relative_to(ROOT)).startswith(STORE_LAYER)
+        and str(path.relative_to(ROOT)) not in URL_CHECKS
+        for question in dialect_questions(path)
+    ]
+    assert outside == []
+
+
+def test_the_dialect_check_finds_a_question(tmp_path: Path) -> None:
+    module = tmp_path / "probe.py"
+    module.write_text('def f(conn):\n    return conn.dialect.name == "postgresql"\n'
+                      'def g(name):\n    return name == "sqlite"\n')
+    assert len(dialect_questions(module)) == 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, event
@@ -140,6 +141,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 10, "application_name": "reinstatement"})
     return create_engine(url, **kwargs)
+
+
+def missing_database_file(url: str) -> bool:
+    """The URL names an embedded database file that does not exist (connecting would
+    make an empty one)."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    return (parsed.get_backend_name() == "sqlite" and bool(database)
+            and database != ":memory:" and not database.startswith("file:")
+            and not Path(database).exists())
 
 
 def get_engine(url: str) -> Engine:
