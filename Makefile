@@ -82,4 +82,4 @@ check-local-runs: $(STAMP)
 	$(BIN)/python -m checks.local_runs_under_load --runs $(or $(RUNS),10)
 
 clean:
-	rm -rf $(VENV) reinstatement.store.engine* outbox build *.egg-info .prefect
+	rm -rf $(VENV) reinstatement.db* outbox build *.egg-info .prefect

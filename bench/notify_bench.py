@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(SMTP_SINK_HINT + "\n")
         return 2
     from reinstatement import outbox, runner
-    from reinstatement.incidents import build_request
+    from reinstatement.incident_request import build_request
     from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
     from reinstatement.store.engine import make_engine
 

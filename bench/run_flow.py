@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.reinstate_incident import reinstate_incident
     from reinstatement import seed
-    from reinstatement.incidents import build_request
+    from reinstatement.incident_request import build_request
 
     request = build_request(
         incident_key=seed.INCIDENT_KEY,

@@ -29,7 +29,7 @@ from sqlalchemy import event, text
 from bench.pipeline_bench import DEFAULT_PG_URL, drop_database, recreate_database
 from reinstatement import facts, planning, restore, runner, verify
 from reinstatement import seed as seeding
-from reinstatement.incidents import build_request
+from reinstatement.incident_request import build_request
 from reinstatement.store import verdict_sql
 from reinstatement.store.engine import make_engine
 from reinstatement.store.schema import create_platform, upgrade_pipeline

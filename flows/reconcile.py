@@ -30,7 +30,7 @@ from pydantic import Field
 from flows.batches import MAX_PARALLEL_TASKS, run_batches
 from flows.reinstate_incident import reinstate_incident, resume_incident
 from reinstatement import account_lists, detection, reconcile, runs
-from reinstatement.incidents import build_request
+from reinstatement.incident_request import build_request
 from reinstatement.markdown import md
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction

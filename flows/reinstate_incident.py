@@ -38,12 +38,8 @@ from flows.incident_step import StepRunner, require_step_deployment
 from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import approval, lifecycle, plans, runner, runs
 from reinstatement.errors import BadInput
-from reinstatement.incidents import (
-    IncidentRequest,
-    RegisteredIncident,
-    build_request,
-    load_incident,
-)
+from reinstatement.incident_request import IncidentRequest, build_request
+from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import Case
 from reinstatement.plans import PlanRef

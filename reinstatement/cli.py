@@ -93,7 +93,7 @@ def _redacted_url(settings: Settings) -> str:
 
 def _engine(settings: Settings, *, create: bool = False) -> Engine:
     """The engine, once the database answers; a missing SQLite file is only made if `create`."""
-    from reinstatement.store.engine import get_engine, missing_database_file
+    from reinstatement.db import get_engine, missing_database_file
 
     if not create and missing_database_file(settings.database_url):
         raise DatabaseUnavailable(
@@ -318,13 +318,8 @@ def run(
 ) -> None:
     """Run (or continue) the reinstatement of one incident."""
     from reinstatement import account_lists, planner_statistics
-    from reinstatement.incidents import (
-        build_request,
-        check_request,
-        read_account_ids,
-        registered_parameters,
-        registered_request,
-    )
+    from reinstatement.incident_request import build_request, read_account_ids
+    from reinstatement.incidents import check_request, registered_parameters, registered_request
 
     settings = _settings()
     engine = _engine(settings)
@@ -527,7 +522,7 @@ def demo(
     from reinstatement import seed as seeding
 
     folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "reinstatement.store.engine"
+    database = folder / "reinstatement.db"
     outbox = folder / "outbox"
     for stale in (database, database.with_name(database.name + "-wal"),
                   database.with_name(database.name + "-shm")):
@@ -547,7 +542,7 @@ def demo(
     summary = seeding.seed(engine, seeding.SeedOptions(accounts=accounts))
     typer.echo(f"seeded {summary.accounts:,} accounts and {summary.pins:,} pins into "
                f"{database}")
-    from reinstatement.incidents import build_request
+    from reinstatement.incident_request import build_request
 
     request = build_request(
         incident_key=seeding.INCIDENT_KEY,

@@ -6,7 +6,7 @@ migrates the database in Prefect's home folder and is given 20 s to answer; on a
 engineer's first run dies with a timeout. So, before Prefect is imported, the `reinstate`
 command:
 
-- keeps Prefect's home in `./.prefect` (beside the default `./reinstatement.store.engine` and
+- keeps Prefect's home in `./.prefect` (beside the default `./reinstatement.db` and
   `./outbox/`) unless `PREFECT_HOME` is set, so its database is migrated once, on the first
   run, and later runs only open it; the user's own Prefect profiles still apply;
 - gives the temporary server `STARTUP_TIMEOUT_SECONDS` to answer unless

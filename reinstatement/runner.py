@@ -33,7 +33,8 @@ from reinstatement import (
     verify,
 )
 from reinstatement.approval import Identity
-from reinstatement.incidents import IncidentRequest, RegisteredIncident, register_incident
+from reinstatement.incident_request import IncidentRequest
+from reinstatement.incidents import RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Incident
 from reinstatement.plans import PlanMade, PlanRef

@@ -26,7 +26,7 @@ class SettingsError(ValueError):
     """Settings that cannot be used; the message names each variable and what is wrong."""
 
 
-DEFAULT_DATABASE_URL = "sqlite:///reinstatement.store.engine"
+DEFAULT_DATABASE_URL = "sqlite:///reinstatement.db"
 
 
 def normalise_database_url(url: str) -> str:

@@ -18,12 +18,8 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
 from reinstatement import account_lists, approval, planner_statistics, runner
-from reinstatement.incidents import (
-    IncidentRequest,
-    RegisteredIncident,
-    read_account_ids,
-    registered_parameters,
-)
+from reinstatement.incident_request import IncidentRequest, read_account_ids
+from reinstatement.incidents import RegisteredIncident, registered_parameters
 from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
 from reinstatement.resources import resources

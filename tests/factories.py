@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Engine, Table, Text, cast, insert, select
 
 from reinstatement.conditions import decode_evidence
-from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.incident_request import IncidentRequest, build_request
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
 

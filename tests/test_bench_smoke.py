@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from bench.pipeline_bench import run_floor
 from reinstatement import runner, seed
-from reinstatement.incidents import build_request
+from reinstatement.incident_request import build_request
 from reinstatement.models import Case
 from reinstatement.states import PIPELINE_ACTOR
 from reinstatement.store.engine import make_engine

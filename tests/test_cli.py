@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 
 from reinstatement import cli, runner
 from reinstatement.cli import app
-from reinstatement.incidents import IncidentRequest
+from reinstatement.incident_request import IncidentRequest
 from reinstatement.models import Case, Notice
 from reinstatement.platform_schema import PLATFORM_TABLES, accounts, enforcement_actions, pins
 from reinstatement.platform_schema import rule_versions as rule_versions_table

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select, update
 from tenacity import wait_none
 
 from reinstatement import outbox
-from reinstatement.incidents import IncidentRequest, build_request
+from reinstatement.incident_request import IncidentRequest, build_request
 from reinstatement.models import Notice
 from reinstatement.notices.backends import (
     DeliveryConfigurationError,

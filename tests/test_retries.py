@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying, wait_none
 
 from reinstatement import batches, restore, retrying, runner
-from reinstatement.incidents import build_request
+from reinstatement.incident_request import build_request
 from reinstatement.models import AuditEntry, Case, Incident, Notice, Run
 from reinstatement.platform_schema import accounts, enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR

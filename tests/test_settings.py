@@ -18,7 +18,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_are_the_embedded_ones() -> None:
     settings = load_settings()
-    assert settings.database_url == "sqlite:///reinstatement.store.engine"
+    assert settings.database_url == "sqlite:///reinstatement.db"
     assert settings.email_backend is EmailBackendName.FILE
     assert str(settings.email_dir) == "outbox"
     assert settings.is_postgresql is False

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import Engine, func, select, text, update
 
 from reinstatement import restore, runner
-from reinstatement.incidents import IncidentRequest, build_request, load_incident
+from reinstatement.incident_request import IncidentRequest, build_request
+from reinstatement.incidents import load_incident
 from reinstatement.models import AuditEntry, Case, Notice
 from reinstatement.platform_schema import enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR, CaseState
