@@ -93,7 +93,7 @@ def _redacted_url(settings: Settings) -> str:
 
 def _engine(settings: Settings, *, create: bool = False) -> Engine:
     """The engine, once the database answers; a missing SQLite file is only made if `create`."""
-    from reinstatement.db import get_engine, missing_database_file
+    from reinstatement.store.engine import get_engine, missing_database_file
 
     if not create and missing_database_file(settings.database_url):
         raise DatabaseUnavailable(
