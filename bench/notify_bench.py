@@ -45,12 +45,12 @@ PROFILE_ENV = "REINSTATE_NOTIFY_BENCH_PROFILE"
 def _sender(url: str, backend: str, target: str, limit: int) -> int:
     """One sender process's part: claim `limit` due notices and send them; prints its CPU."""
     from reinstatement import outbox
-    from reinstatement.notices.backends import FileBackend, SmtpBackend
+    from reinstatement.notices.backends import FileBackend, PipeliningSmtpBackend
     from reinstatement.notices.render import NoticeRenderer
     from reinstatement.store.engine import make_engine
 
     engine = make_engine(url)
-    chosen = (SmtpBackend("127.0.0.1", int(target), sender=SENDER) if backend == "smtp"
+    chosen = (PipeliningSmtpBackend("127.0.0.1", int(target), sender=SENDER) if backend == "smtp"
               else FileBackend(Path(target) / str(os.getpid())))
     profile_to = os.environ.get(PROFILE_ENV)
     profiler = None

@@ -41,13 +41,14 @@ from reinstatement.notices.backends import (
     EmailBackend,
     FileBackend,
     PermanentDeliveryError,
+    PipeliningSmtpBackend,
     SmtpBackend,
     TransientDeliveryError,
-    _dot_stuffed,
     backend_from_settings,
     mask_email,
     smtp_path,
 )
+from reinstatement.notices.backends.smtp import dot_stuffed
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import (
     _DOMAIN_RE,
@@ -138,10 +139,19 @@ def notice(account_id: int, recipient: str | None = None) -> Notice:
     return Notice(recipient, message_id, _renderer.render_bytes(ctx))
 
 
-def smtp_backend(server: SmtpServer, **overrides: Any) -> SmtpBackend:
+def smtp_backend(server: SmtpServer, *, pipelining: bool = True, **overrides: Any
+                 ) -> SmtpBackend:
+    """The fast path (`PipeliningSmtpBackend`, the default), or with `pipelining=False`
+    the plain one."""
     options: dict[str, Any] = {"sender": SENDER, "timeout": 5.0, "retry_wait": wait_none()}
     options.update(overrides)
-    return SmtpBackend("127.0.0.1", server.port, **options)
+    backend = PipeliningSmtpBackend if pipelining else SmtpBackend
+    return backend("127.0.0.1", server.port, **options)
+
+
+# The tests of the SMTP conversation and of how its failures map run on both paths: the
+# switch must change how commands are written, never what a failure means.
+both_paths = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
 
 
 def send(backend: EmailBackend, item: Notice) -> None:
@@ -164,12 +174,13 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> None:
 # -- SMTP -----------------------------------------------------------------------------------
 
 
+@both_paths
 def test_batch_reuses_one_connection(
-    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture, pipelining: bool
 ) -> None:
     server = smtp_server()
     batch = [notice(i) for i in range(1, 6)]
-    with smtp_backend(server) as backend:
+    with smtp_backend(server, pipelining=pipelining) as backend:
         for item in batch:
             send(backend, item)
         assert backend.connections_opened == 1
@@ -185,7 +196,10 @@ def test_batch_reuses_one_connection(
     assert_logs_are_clean(caplog, *(item.recipient for item in batch))
 
 
-def test_lines_beginning_with_a_dot_arrive_as_written(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_lines_beginning_with_a_dot_arrive_as_written(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     """Dot-stuffing (RFC 5321 4.5.2): a line that is only a dot must not end the message
     early, and a leading dot must not be lost, at the start or anywhere else."""
     server = smtp_server()
@@ -197,7 +211,7 @@ def test_lines_beginning_with_a_dot_arrive_as_written(smtp_server: ServerFactory
     items = [Notice(f"user{i}@example.com", ids[i],
                     b"Message-ID: " + ids[i].encode() + b"\r\n\r\n" + body)
              for i, body in enumerate(bodies)]
-    with smtp_backend(server) as backend:
+    with smtp_backend(server, pipelining=pipelining) as backend:
         for item in items:
             send(backend, item)
     received = {m.message_id: m.content for m in server.handler.delivered}
@@ -213,15 +227,16 @@ def test_lines_beginning_with_a_dot_arrive_as_written(smtp_server: ServerFactory
 def test_dot_stuffing_doubles_every_leading_dot(message: bytes) -> None:
     import re
 
-    stuffed = _dot_stuffed(message)
+    stuffed = dot_stuffed(message)
     expected = re.sub(rb"(?m)^\.", b"..", message)
     expected += b"" if expected.endswith(b"\r\n") else b"\r\n"
     assert stuffed == expected + b".\r\n"
 
 
-def test_send_without_open_connects_lazily(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_send_without_open_connects_lazily(smtp_server: ServerFactory, pipelining: bool) -> None:
     server = smtp_server()
-    backend = smtp_backend(server)
+    backend = smtp_backend(server, pipelining=pipelining)
     send(backend, notice(1))
     send(backend, notice(2))
     backend.close()
@@ -229,8 +244,9 @@ def test_send_without_open_connects_lazily(smtp_server: ServerFactory) -> None:
     assert server.handler.connections_used == 1
 
 
+@both_paths
 def test_a_deferral_is_not_retried_in_line_and_the_connection_moves_on(
-    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture, pipelining: bool
 ) -> None:
     """Greylisting (451 on the first try) must not stall the connection with sleeps: each
     notice is handed back deferred at once (the outbox reschedules it), the session stays
@@ -238,7 +254,7 @@ def test_a_deferral_is_not_retried_in_line_and_the_connection_moves_on(
     server = smtp_server(RecordingHandler(defer_first_attempt=True))
     batch = [notice(i) for i in range(1, 4)]
     # The backend's own backoff (not the tests' wait_none): a retry would sleep.
-    with smtp_backend(server, retry_wait=None) as backend:
+    with smtp_backend(server, pipelining=pipelining, retry_wait=None) as backend:
         for item in batch:
             with pytest.raises(DeferredDelivery) as raised:
                 send(backend, item)
@@ -256,10 +272,13 @@ def test_a_deferral_is_not_retried_in_line_and_the_connection_moves_on(
     assert_logs_are_clean(caplog, *(item.recipient for item in batch))
 
 
-def test_a_deferral_that_never_ends_stays_transient(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_a_deferral_that_never_ends_stays_transient(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     server = smtp_server(RecordingHandler(defer_always=True))
     item = notice(1)
-    with smtp_backend(server, max_attempts=2) as backend:
+    with smtp_backend(server, pipelining=pipelining, max_attempts=2) as backend:
         with pytest.raises(TransientDeliveryError) as raised:
             send(backend, item)
     assert raised.value.code == 451
@@ -269,12 +288,13 @@ def test_a_deferral_that_never_ends_stays_transient(smtp_server: ServerFactory) 
     assert server.handler.delivered == []
 
 
+@both_paths
 def test_refused_recipient_is_permanent_and_not_retried(
-    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    smtp_server: ServerFactory, caplog: pytest.LogCaptureFixture, pipelining: bool
 ) -> None:
     server = smtp_server(RecordingHandler(reject_recipients={"nobody@example.com"}))
     refused, fine = notice(1, "nobody@example.com"), notice(2)
-    with smtp_backend(server) as backend:
+    with smtp_backend(server, pipelining=pipelining) as backend:
         with pytest.raises(PermanentDeliveryError) as raised:
             send(backend, refused)
         send(backend, fine)
@@ -287,23 +307,28 @@ def test_refused_recipient_is_permanent_and_not_retried(
     assert_logs_are_clean(caplog, refused.recipient, fine.recipient)
 
 
+@both_paths
 def test_refused_sender_is_a_configuration_error_not_the_recipients_fault(
     smtp_server: ServerFactory,
+    pipelining: bool,
 ) -> None:
     server = smtp_server(RecordingHandler(reject_sender=True))
-    with smtp_backend(server) as backend, pytest.raises(DeliveryConfigurationError) as raised:
+    with (smtp_backend(server, pipelining=pipelining) as backend,
+          pytest.raises(DeliveryConfigurationError) as raised):
         send(backend, notice(1))
     assert raised.value.code == 550
     assert not raised.value.permanent
     assert server.handler.mail_count == 1  # not retried
 
 
+@both_paths
 def test_connection_dropped_before_a_message_reconnects_without_duplicates(
     smtp_server: ServerFactory,
+    pipelining: bool,
 ) -> None:
     server = smtp_server(RecordingHandler(drop_at_mail_number=3))
     batch = [notice(i) for i in range(1, 6)]
-    with smtp_backend(server) as backend:
+    with smtp_backend(server, pipelining=pipelining) as backend:
         for item in batch:
             send(backend, item)
     handler = server.handler
@@ -311,11 +336,14 @@ def test_connection_dropped_before_a_message_reconnects_without_duplicates(
     assert handler.connections_used == 2
 
 
-def test_connection_dropped_after_acceptance_is_never_resent(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_connection_dropped_after_acceptance_is_never_resent(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     server = smtp_server(RecordingHandler(drop_after_data_number=2))
     batch = [notice(i) for i in range(1, 5)]
     outcomes: dict[str, str] = {}
-    with smtp_backend(server) as backend:
+    with smtp_backend(server, pipelining=pipelining) as backend:
         for item in batch:
             try:
                 send(backend, item)
@@ -331,9 +359,12 @@ def test_connection_dropped_after_acceptance_is_never_resent(smtp_server: Server
     assert [outcomes[item.message_id] for item in (batch[0], batch[2], batch[3])] == ["sent"] * 3
 
 
-def test_server_closing_an_idle_connection_is_not_an_error(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_server_closing_an_idle_connection_is_not_an_error(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     server = smtp_server()
-    with smtp_backend(server, max_attempts=1) as backend:
+    with smtp_backend(server, pipelining=pipelining, max_attempts=1) as backend:
         send(backend, notice(1))
         server.abort_connections()
         time.sleep(0.05)  # let the close reach the client's socket
@@ -344,9 +375,10 @@ def test_server_closing_an_idle_connection_is_not_an_error(smtp_server: ServerFa
     )
 
 
-def test_slow_server_times_out_quickly(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_slow_server_times_out_quickly(smtp_server: ServerFactory, pipelining: bool) -> None:
     server = smtp_server(RecordingHandler(slow_rcpt_seconds=3.0))
-    backend = smtp_backend(server, timeout=0.5, max_attempts=1)
+    backend = smtp_backend(server, pipelining=pipelining, timeout=0.5, max_attempts=1)
     started = time.monotonic()
     with pytest.raises(TransientDeliveryError) as raised:
         send(backend, notice(1))
@@ -357,18 +389,24 @@ def test_slow_server_times_out_quickly(smtp_server: ServerFactory) -> None:
     backend.close()
 
 
-def test_slow_server_is_retried_up_to_the_limit(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_slow_server_is_retried_up_to_the_limit(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     server = smtp_server(RecordingHandler(slow_rcpt_seconds=3.0))
-    backend = smtp_backend(server, timeout=0.3, max_attempts=2)
+    backend = smtp_backend(server, pipelining=pipelining, timeout=0.3, max_attempts=2)
     with pytest.raises(TransientDeliveryError):
         send(backend, notice(1))
     assert server.handler.rcpt_attempts["user1@example.com"] == 2
     backend.close()
 
 
-def test_timeout_waiting_for_acceptance_is_an_unknown_outcome(smtp_server: ServerFactory) -> None:
+@both_paths
+def test_timeout_waiting_for_acceptance_is_an_unknown_outcome(
+    smtp_server: ServerFactory, pipelining: bool,
+) -> None:
     server = smtp_server(RecordingHandler(slow_data_seconds=1.5))
-    backend = smtp_backend(server, timeout=0.5)
+    backend = smtp_backend(server, pipelining=pipelining, timeout=0.5)
     with pytest.raises(DeliveryOutcomeUnknown):
         send(backend, notice(1))
     backend.close()
@@ -399,10 +437,12 @@ def test_starttls_required_but_not_offered_refuses_to_send(
     assert handler.ehlo_count == 1  # not retried: a missing STARTTLS will not appear
 
 
+@both_paths
 def test_starttls_and_login(
     smtp_server: ServerFactory,
     certificate: tuple[Path, Path],
     caplog: pytest.LogCaptureFixture,
+    pipelining: bool,
 ) -> None:
     server = smtp_server(
         tls_context=server_tls_context(certificate),
@@ -411,6 +451,7 @@ def test_starttls_and_login(
     )
     backend = smtp_backend(
         server,
+        pipelining=pipelining,
         starttls=True,
         username="mailer",
         password=SecretStr(PASSWORD),
@@ -467,11 +508,13 @@ def test_implicit_tls(smtp_server: ServerFactory, certificate: tuple[Path, Path]
     assert [d.tls for d in server.handler.delivered] == [True]
 
 
+@both_paths
 def test_invalid_recipient_is_permanent_without_contacting_the_server(
     smtp_server: ServerFactory,
+    pipelining: bool,
 ) -> None:
     server = smtp_server()
-    backend = smtp_backend(server)
+    backend = smtp_backend(server, pipelining=pipelining)
     good = notice(1)
     for bad in ("user@example.com\r\nRCPT TO:<x@example.com>", "not an address", ""):
         with pytest.raises(PermanentDeliveryError):
@@ -530,7 +573,7 @@ def test_file_backend_write_is_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
     def crash(*args: object) -> None:
         raise OSError("disk gone at the worst moment")
 
-    monkeypatch.setattr("reinstatement.notices.backends.os.replace", crash)
+    monkeypatch.setattr("reinstatement.notices.backends.files.os.replace", crash)
     with pytest.raises(TransientDeliveryError):
         backend.send(item.recipient, item.message_id, b"half")
     with pytest.raises(TransientDeliveryError):
@@ -547,7 +590,7 @@ def test_file_backend_writes_beside_a_temporary_file_left_by_another_process(
     by an earlier process with the same id) is neither reused nor touched."""
     import itertools
 
-    import reinstatement.notices.backends as backends
+    import reinstatement.notices.backends.files as backends
 
     monkeypatch.setattr(backends, "_TEMPORARY_NUMBERS", itertools.count(7))
     left = tmp_path / f".tmp-{os.getpid()}-7.part"
@@ -625,7 +668,7 @@ def test_backend_from_settings_picks_each_backend(tmp_path: Path) -> None:
         smtp_timeout_seconds=12.5,
     )
     smtp = backend_from_settings(settings)
-    assert isinstance(smtp, SmtpBackend)
+    assert type(smtp) is PipeliningSmtpBackend
     assert (smtp.host, smtp.port, smtp.username, smtp.starttls, smtp.ssl, smtp.timeout) == (
         "mail.example.com", 587, "mailer", True, False, 12.5,
     )  # fmt: skip
@@ -729,7 +772,7 @@ def test_rate_limiter_rejects_nonsense() -> None:
 def test_file_notices_are_made_durable_per_batch_or_per_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str, fsyncs: int, syncfs: int
 ) -> None:
-    import reinstatement.notices.backends as backends
+    import reinstatement.notices.backends.files as backends
 
     calls = Counter[str]()
     real_fsync = os.fsync
@@ -746,7 +789,7 @@ def test_file_notices_are_made_durable_per_batch_or_per_file(
 
 
 def test_syncing_the_filesystem_works_here(tmp_path: Path) -> None:
-    from reinstatement.notices.backends import _sync_filesystem
+    from reinstatement.notices.backends.files import _sync_filesystem
 
     _sync_filesystem(tmp_path)  # no error: syncfs(2), or sync(2) where there is none
 

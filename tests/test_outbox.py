@@ -33,6 +33,7 @@ from reinstatement.incident_request import IncidentRequest, build_request
 from reinstatement.models import Notice
 from reinstatement.notices.backends import (
     DeliveryConfigurationError,
+    PipeliningSmtpBackend,
     SmtpBackend,
     TransientDeliveryError,
 )
@@ -102,7 +103,8 @@ def restored(engine: Engine, **kwargs: int) -> OutboxScenario:
 
 def smtp_backend(server: SmtpServer, *, timeout: float = 5.0, starttls: bool = False
                  ) -> SmtpBackend:
-    return SmtpBackend(host="127.0.0.1", port=server.port, sender=SENDER, timeout=timeout,
+    # The backend the settings build by default (REINSTATE_SMTP_PIPELINING on).
+    return PipeliningSmtpBackend(host="127.0.0.1", port=server.port, sender=SENDER, timeout=timeout,
                        starttls=starttls, retry_wait=wait_none())
 
 
