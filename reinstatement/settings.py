@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
         30.0, description="Connect and send timeout."
     )
+    smtp_pipelining: bool = Field(
+        True, description="Pipeline SMTP commands (RFC 2920) where the server offers it: "
+        "one or two round trips a notice instead of four. false: one command at a time, "
+        "for a server or proxy that mishandles pipelining."
+    )
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = Field(
         5000, description="Default number of cases per batch task."
     )

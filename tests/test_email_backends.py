@@ -58,7 +58,7 @@ from reinstatement.notices.render import (
     message_id_for,
     normalise_recipient,
 )
-from reinstatement.settings import EmailBackendName, Settings
+from reinstatement.settings import EmailBackendName, Settings, load_settings
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 
 SENDER = "Trust & Safety <trust-and-safety@example.com>"
@@ -142,7 +142,7 @@ def notice(account_id: int, recipient: str | None = None) -> Notice:
 def smtp_backend(server: SmtpServer, *, pipelining: bool = True, **overrides: Any
                  ) -> SmtpBackend:
     """The fast path (`PipeliningSmtpBackend`, the default), or with `pipelining=False`
-    the plain one."""
+    the plain one, as `REINSTATE_SMTP_PIPELINING=false` makes it."""
     options: dict[str, Any] = {"sender": SENDER, "timeout": 5.0, "retry_wait": wait_none()}
     options.update(overrides)
     backend = PipeliningSmtpBackend if pipelining else SmtpBackend
@@ -668,7 +668,7 @@ def test_backend_from_settings_picks_each_backend(tmp_path: Path) -> None:
         smtp_timeout_seconds=12.5,
     )
     smtp = backend_from_settings(settings)
-    assert type(smtp) is PipeliningSmtpBackend
+    assert type(smtp) is PipeliningSmtpBackend  # REINSTATE_SMTP_PIPELINING is on by default
     assert (smtp.host, smtp.port, smtp.username, smtp.starttls, smtp.ssl, smtp.timeout) == (
         "mail.example.com", 587, "mailer", True, False, 12.5,
     )  # fmt: skip
@@ -915,6 +915,91 @@ def test_a_notice_never_goes_under_the_envelope_opened_for_another(
     assert announced.message_id not in server.handler.data_attempts
     assert last.message_id not in server.handler.data_attempts
     assert_each_went_to_its_own_recipient(server.handler)
+
+
+# -- the switch: REINSTATE_SMTP_PIPELINING ------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "chosen"), [
+    (None, PipeliningSmtpBackend), ("true", PipeliningSmtpBackend),
+    ("false", SmtpBackend), ("0", SmtpBackend),
+])
+def test_the_environment_switches_smtp_pipelining(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, chosen: type[SmtpBackend],
+) -> None:
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
+    if value is None:
+        monkeypatch.delenv("REINSTATE_SMTP_PIPELINING", raising=False)
+    else:
+        monkeypatch.setenv("REINSTATE_SMTP_PIPELINING", value)
+    assert type(backend_from_settings(load_settings())) is chosen
+
+
+def _recording_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write smtplib makes from now on, as bytes."""
+    import smtplib
+
+    writes: list[bytes] = []
+    real_send = smtplib.SMTP.send
+
+    def send(self: smtplib.SMTP, data: bytes | str) -> None:
+        writes.append(data.encode("ascii") if isinstance(data, str) else data)
+        real_send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", send)
+    return writes
+
+
+def _send_through_the_settings(server: SmtpServer, batch: list[Notice],
+                               writes: list[bytes]) -> list[bytes]:
+    """Send `batch` as the notify step does: a backend built from the environment's
+    settings, each notice told which comes next. The writes it made, greeting aside."""
+    settings = load_settings().model_copy(update={
+        "email_backend": EmailBackendName.SMTP, "email_from": SENDER,
+        "smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_timeout_seconds": 5.0})
+    with backend_from_settings(settings) as backend:
+        writes.clear()
+        for item, upcoming in zip(batch, [*batch[1:], None], strict=True):
+            send_then(backend, item, upcoming)
+        return list(writes)
+
+
+def test_with_pipelining_off_each_command_waits_for_its_reply(
+    smtp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REINSTATE_SMTP_PIPELINING=false: against a server that offers PIPELINING, every
+    write holds one command or one notice's content (four writes, each awaiting its reply,
+    a notice), and the server receives exactly what the pipelined path delivers."""
+    batch = [notice(i) for i in range(1, 5)] + [Notice(
+        "dots@example.com", message_id_for("INC-TEST", 99, "example.com"),
+        b"To: dots@example.com\r\nMessage-ID: "
+        + message_id_for("INC-TEST", 99, "example.com").encode()
+        + b"\r\n\r\n.leading dot\r\n.\r\nend\r\n")]
+    contents = {dot_stuffed(item.data) for item in batch}
+
+    recorded = _recording_writes(monkeypatch)
+    monkeypatch.setenv("REINSTATE_SMTP_PIPELINING", "false")
+    plain = smtp_server()
+    writes = _send_through_the_settings(plain, batch, recorded)
+    assert len(writes) == 4 * len(batch)
+    for write in writes:
+        assert write in contents or (write.count(b"\r\n") == 1 and write.endswith(b"\r\n")), write
+
+    monkeypatch.setenv("REINSTATE_SMTP_PIPELINING", "true")
+    pipelined = smtp_server()
+    writes = _send_through_the_settings(pipelined, batch, recorded)
+    # The control: switched on, envelopes go several commands to a write.
+    assert len(writes) == len(batch) + 1
+    assert any(write.count(b"\r\n") > 1 and write not in contents for write in writes)
+
+    def received(server: SmtpServer) -> list[tuple[str, list[str], str, bytes]]:
+        return [(d.mail_from, d.rcpt_tos, d.message_id, d.content)
+                for d in server.handler.delivered]
+
+    assert received(plain) == received(pipelined)
+    assert [d.message_id for d in plain.handler.delivered] == [n.message_id for n in batch]
+    assert plain.handler.connections_used == pipelined.handler.connections_used == 1
+    assert_each_went_to_its_own_recipient(plain.handler)
 
 
 _ADDRESSES = st.one_of(

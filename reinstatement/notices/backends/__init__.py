@@ -2,7 +2,7 @@
 
 The way Django's email backends are laid out: `base` (the interface and the
 `DeliveryError` family every backend raises), `smtp` (production: one reused connection,
-one command at a time), `smtp_pipelining` (its fast path), `files` (an outbox
+one command at a time), `smtp_pipelining` (its fast path, the default), `files` (an outbox
 of .eml files) and `console`, the last two for local runs, the demo and tests.
 `backend_from_settings`, here, is the one place the settings pick a backend.
 """
@@ -52,12 +52,16 @@ def backend_from_settings(
     settings: Settings, *, smtp_password: SecretStr | None = None
 ) -> EmailBackend:
     """The backend the settings ask for. `smtp_password` overrides the settings' password
-    (a caller may have it from a Prefect Secret block rather than the environment)."""
+    (a caller may have it from a Prefect Secret block rather than the environment).
+
+    SMTP pipelining is on unless `REINSTATE_SMTP_PIPELINING` turns it off; off, every
+    notice goes one command at a time (`SmtpBackend`)."""
     if settings.email_backend == EmailBackendName.FILE:
         return FileBackend(settings.email_dir, sync=settings.email_file_sync)
     if settings.email_backend == EmailBackendName.CONSOLE:
         return ConsoleBackend()
-    return PipeliningSmtpBackend(
+    smtp = PipeliningSmtpBackend if settings.smtp_pipelining else SmtpBackend
+    return smtp(
         settings.smtp_host,
         settings.smtp_port,
         username=settings.smtp_username,

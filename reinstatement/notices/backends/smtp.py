@@ -7,7 +7,9 @@ retried on transient failures with tenacity, and every failure is mapped to a
 
 `PipeliningSmtpBackend` (smtp_pipelining.py) is the fast path beside it: the same
 connection handling, retries and mapping, with a notice's commands written together
-where the server allows it.
+where the server allows it. The settings choose between them
+(`REINSTATE_SMTP_PIPELINING`), so that a server or proxy that mishandles pipelining can
+still be used.
 """
 
 from __future__ import annotations
