@@ -32,6 +32,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from tenacity import wait_none
 
+from reinstatement.notices.addresses import (
+    _DOMAIN_RE,
+    _LOCAL_PART_RE,
+    message_id_for,
+    normalise_recipient,
+)
 from reinstatement.notices.backends import (
     ConsoleBackend,
     DeferredDelivery,
@@ -50,14 +56,7 @@ from reinstatement.notices.backends import (
 )
 from reinstatement.notices.backends.smtp import dot_stuffed
 from reinstatement.notices.ratelimit import RateLimiter
-from reinstatement.notices.render import (
-    _DOMAIN_RE,
-    _LOCAL_PART_RE,
-    NoticeContext,
-    NoticeRenderer,
-    message_id_for,
-    normalise_recipient,
-)
+from reinstatement.notices.render import NoticeContext, NoticeRenderer
 from reinstatement.settings import EmailBackendName, Settings, load_settings
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 

@@ -688,11 +688,45 @@ _UNFRAMED: list[NoticeRenderer] = []
 def _unframed() -> NoticeRenderer:
     """A renderer that renders every body with Jinja and encodes it whole: the reference."""
     if not _UNFRAMED:
-        plain = NoticeRenderer()
-        plain._templates = {language: replace(templates, framed=False)
-                            for language, templates in plain._templates.items()}
-        _UNFRAMED.append(plain)
+        _UNFRAMED.append(NoticeRenderer(frames=False))
     return _UNFRAMED[0]
+
+
+# Names a notice may carry: markup, Jinja's syntax, the frames' stand-ins, line breaks
+# and bidi overrides (cleaned away), emoji, other scripts, an encoded word, long ones.
+_ODD_NAMES = (None, "", "Zoë Martin", "<b>Eve</b> & co", "{{ username }} {% endif %}",
+              "\ue000&a0\ue001", "Eve\r\nBcc: x@example.com", "\u202eevil\u202c",
+              "🌸 Hana 🌸", "山田 太郎", "Αλέξης", "=?utf-8?q?Zo=C3=AB?=", "x" * 300,
+              "Jean.-Luc =3D . \t tab", "  spaced   out  ")
+_GRID_LOCALES = (*SUPPORTED_LOCALES, "en-GB", "pt-BR", "fr-CA", "de-AT", "zh-Hans-CN", "ko",
+                 "", None)
+
+
+@pytest.mark.parametrize("locale", _GRID_LOCALES)
+def test_the_fast_path_and_the_plain_path_give_the_same_bytes(locale: str | None) -> None:
+    """Frames (render_frames.py) against Jinja for every notice (`frames=False`): the same
+    message, byte for byte, across languages, plural forms, one rule or several, and
+    names with odd characters; and the fast path did fill these notices from frames."""
+    fast, plain = NoticeRenderer(), _unframed()
+    assert not any(templates.framed for templates in plain._templates.values())
+    cases = 0
+    for display_name in _ODD_NAMES:
+        for username in ("zoe_m", "<i>&amp;</i>", "Eve\u2028Mallory"):
+            for pins, rules, ban_date in ((0, ("spam_burst",), BAN_DATE),
+                                          (1, ("spam_burst", "image_hash"), BAN_DATE),
+                                          (7, ("<rule>", "a & b", "c"),
+                                           datetime(2025, 4, 1, 23, 59, tzinfo=UTC)),
+                                          (1234, ("spam_burst",), datetime(2025, 1, 1))):
+                ctx = make_context(locale=locale, display_name=display_name,
+                                   username=username, pins_restored=pins, rule_names=rules,
+                                   ban_date=ban_date, account_id=1000 + cases)
+                data = fast.render_bytes(ctx, now=NOW)
+                assert data == plain.render_bytes(ctx, now=NOW), ctx
+                parse(data)
+                cases += 1
+    assert plain._frame_cache == {}
+    assert fast._frame_cache and all(frames is not None
+                                     for frames in fast._frame_cache.values())
 
 
 # Text a template could produce around the words: line ends of every kind, spaces and tabs
@@ -718,15 +752,16 @@ _WORD = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\ue000\ue00
 def test_a_frame_encodes_a_line_at_a_time_as_the_whole_body_encodes(
     parts: list[str], words: list[str], escaped: bool
 ) -> None:
-    from reinstatement.notices.render import _encode_body, _Frame, _normalise_newlines
+    from reinstatement.notices.mime import encode_body, normalise_newlines
+    from reinstatement.notices.render_frames import Frame
 
     slots = [index % 6 for index in range(len(parts) - 1)]
     amp = "&amp;" if escaped else "&"
     rendered = parts[0] + "".join(f"\ue000{amp}a{slot}\ue001{part}"
                                   for slot, part in zip(slots, parts[1:], strict=True))
-    frame = _Frame.parse(rendered, escaped)
+    frame = Frame.parse(rendered, escaped)
     assert frame is not None
-    assert frame.encode(words) == _encode_body(_normalise_newlines(frame.fill(words)))
+    assert frame.encode(words) == encode_body(normalise_newlines(frame.fill(words)))
 
 
 def test_the_shipped_bodies_are_filled_from_frames(renderer: NoticeRenderer) -> None:

@@ -1,12 +1,19 @@
 """Notices: the one email each reinstated user gets, and the backends that deliver it.
 
-`render` turns a `NoticeContext` into the bytes of a localised multipart message,
+`render` turns a `NoticeContext` into the bytes of a localised multipart message (its
+fast path, `render_frames`, fills each shape of a body rendered once; `mime` encodes the
+text for the wire; `addresses` says what a valid recipient and Message-ID are),
 `backends` sends those bytes (SMTP, a folder of .eml files, or the console) as chosen by
 settings, and `ratelimit` paces sending to what the mail provider allows.
 """
 
 from __future__ import annotations
 
+from reinstatement.notices.addresses import (
+    message_id_for,
+    normalise_recipient,
+    sender_domain,
+)
 from reinstatement.notices.backends import (
     ConsoleBackend,
     DeliveryConfigurationError,
@@ -27,10 +34,7 @@ from reinstatement.notices.render import (
     NoticeContent,
     NoticeContext,
     NoticeRenderer,
-    message_id_for,
-    normalise_recipient,
     resolve_locale,
-    sender_domain,
 )
 
 __all__ = [

@@ -3,11 +3,14 @@
 A notice is a multipart/alternative message (plain text first, then HTML), UTF-8, with a
 localised subject. At a million notices the cost is rendering, not the network, so the
 MIME bytes are assembled here from a fixed skeleton instead of through
-`email.message.EmailMessage` (about ten times slower); the tests parse every shape of
-output back with the standard library's strict policy to prove the skeleton is sound.
-Likewise each shape of a body (language, plural form, one rule or several, a display
-name or none) is rendered by Jinja once and each notice's words are dropped into it
-(`_Frame`); the tests compare that with Jinja's own render of random notices.
+`email.message.EmailMessage`, which costs several times as much (bench/RESULTS.md); the
+tests parse every shape of output back with the standard library's strict policy to
+prove the skeleton is sound. Header values and bodies are encoded by mime.py.
+
+The bodies come from Jinja: here, plainly, `template.render` for each notice. The fast
+path beside it (render_frames.py) renders each shape of a body once and drops each
+notice's words into it; `NoticeRenderer(frames=False)` renders every notice the plain
+way, and the tests compare the two byte for byte.
 
 Safety is by construction rather than by escaping: every header is built from values the
 pipeline controls (settings, the incident key, the message id, a validated address), the
@@ -18,30 +21,44 @@ characters, and HTML-escaped in the HTML part by Jinja2's autoescape.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email
 import email.policy
 import hashlib
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from email.header import Header
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import formataddr, parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import markupsafe
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.lists import format_list
 from babel.numbers import format_decimal
-from jinja2 import meta, nodes
+
+from reinstatement.notices.addresses import (
+    MESSAGE_ID_RE,
+    message_id_for,
+    normalise_recipient,
+    sender_domain,
+)
+from reinstatement.notices.mime import (
+    date_header,
+    encode_body,
+    encode_header_text,
+    normalise_newlines,
+)
+from reinstatement.notices.render_frames import (
+    Frames,
+    encode_frames,
+    fill_frames,
+    frameable,
+    frames_for,
+)
 
 SUPPORTED_LOCALES: tuple[str, ...] = ("en", "es", "fr", "de", "pt", "ja")
 DEFAULT_LOCALE = "en"
@@ -60,33 +77,25 @@ NOTICE_HEADERS: tuple[str, ...] = (
     "X-Reinstatement-Reference",
     "Content-Type",
 )
+# The address rules live in addresses.py; these names are imported from here as well.
+__all__ = [
+    "DEFAULT_LOCALE",
+    "NOTICE_HEADERS",
+    "SUPPORTED_LOCALES",
+    "NoticeContent",
+    "NoticeContext",
+    "NoticeRenderer",
+    "babel_locale_for",
+    "clean_user_text",
+    "message_id_for",
+    "normalise_recipient",
+    "resolve_locale",
+    "sender_domain",
+]
 
-# RFC 5322 dot-atom for the local part. Quoted local parts and SMTPUTF8 (non-ASCII local
-# parts) are refused: the headers here are 7-bit, and an address that needs either is
-# better reported as undeliverable than sent half-right.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_LOCAL_PART_RE = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_MESSAGE_ID_RE = re.compile(rf"<{_ATEXT}+(?:\.{_ATEXT}+)*@{_LABEL}(?:\.{_LABEL})*>")
 _SCRIPT_SUBTAG_RE = re.compile(r"[a-z]{4}")
 _REGION_SUBTAG_RE = re.compile(r"[a-z]{2}|[0-9]{3}")
 _SPACE_RUN_RE = re.compile(" {2,}")
-
-# The body variables that are a notice's own words (names, the formatted date and count,
-# the reference): the templates print them and decide nothing by them. Every other
-# variable decides the notice's shape, and so does whether each of these is empty.
-_PRINTED: tuple[str, ...] = (
-    "username", "display_name", "rules", "ban_date", "pins_text", "reference")
-# Stand-ins for those words while a shape is rendered (see `_Frame`). The "&" shows
-# whether the template escaped a word, and private-use characters cannot come from Babel
-# or pass into a template's own text unnoticed. The first set numbers the words with
-# digits and the second with letters, so that a template that turns one stand-in of the
-# first set into another does not do the same to the second.
-_STAND_INS = (tuple(f"\ue000&a{index}\ue001" for index in range(len(_PRINTED))),
-              tuple(f"\ue000&b{letter}\ue001" for letter in "klmnop"[:len(_PRINTED)]))
-_STAND_IN_RE = re.compile("\ue000(&|&amp;)a([0-9])\ue001")
-_FRAMES_PER_RENDERER = 4096
 
 
 def _unsafe_user_characters() -> dict[int, str | None]:
@@ -174,58 +183,6 @@ def babel_locale_for(tag: str | None) -> tuple[str, Locale]:
     return language, Locale.parse(language)
 
 
-def message_id_for(incident_key: str, account_id: int, domain: str) -> str:
-    """The notice's Message-ID: the same incident and account always give the same id.
-
-    Deterministic so that a notice re-sent after a crash carries the same id, which lets
-    receiving systems and support see it as one message.
-    """
-    if not _DOMAIN_RE.fullmatch(domain):
-        raise ValueError("message id domain must be an ASCII host name")
-    digest = hashlib.sha256(f"{incident_key}\0{account_id}".encode()).hexdigest()[:32]
-    return f"<reinstatement.{digest}@{domain.lower()}>"
-
-
-def _ascii_domain(domain: str) -> str:
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError("domain is not a valid internationalised host name") from None
-    if len(domain) > 253 or not _DOMAIN_RE.fullmatch(domain):
-        raise ValueError("domain is not a valid host name")
-    return domain.lower()
-
-
-def normalise_recipient(address: str) -> str:
-    """The recipient as one bare addr-spec (ASCII domain), or ValueError.
-
-    The value becomes the To header and the SMTP envelope recipient, so anything that could
-    add a header or a command (a line break) or smuggle a second address is refused.
-    """
-    if not isinstance(address, str):
-        raise ValueError("recipient address must be a string")
-    if "\r" in address or "\n" in address:
-        raise ValueError("recipient address contains a line break")
-    candidate = address.strip(" \t")
-    local, at, domain = candidate.rpartition("@")
-    if not at or not local or len(local) > 64 or not _LOCAL_PART_RE.fullmatch(local):
-        raise ValueError("recipient is not a single valid email address")
-    normalised = f"{local}@{_ascii_domain(domain)}"
-    if len(normalised) > 254:
-        raise ValueError("recipient address is too long")
-    return normalised
-
-
-def sender_domain(email_from: str) -> str:
-    """The domain of the From address: "Trust & Safety <t@example.com>" -> "example.com"."""
-    _, address = parseaddr(email_from)
-    local, at, domain = address.rpartition("@")
-    if not at or not local:
-        raise ValueError("the sender has no email address")
-    return _ascii_domain(domain)
-
-
 @lru_cache(maxsize=16)
 def _from_header(email_from: str) -> bytes:
     if "\r" in email_from or "\n" in email_from:
@@ -234,34 +191,6 @@ def _from_header(email_from: str) -> bytes:
     address = normalise_recipient(address)
     # formataddr quotes specials and RFC 2047-encodes a non-ASCII display name.
     return formataddr((name, address), charset="utf-8").encode("ascii")
-
-
-def _encode_header_text(value: str, header_name: str) -> bytes:
-    """An unstructured header value, RFC 2047-encoded and folded only when it must be."""
-    if value.isascii() and value.isprintable() and len(value) + len(header_name) < 76:
-        return value.encode("ascii")
-    return Header(value, "utf-8", header_name=header_name).encode(linesep="\r\n").encode("ascii")
-
-
-def _encode_body(text: str) -> tuple[bytes, bytes]:
-    """(Content-Transfer-Encoding, encoded body) for UTF-8 text, 7-bit safe, CRLF lines.
-
-    Like the standard library, pick whichever of quoted-printable and base64 is shorter:
-    quoted-printable keeps Latin-script notices readable in the file backend's .eml files,
-    base64 keeps Japanese ones a third of the size.
-    """
-    raw = text.encode("utf-8", "replace")
-    return _shorter_encoding(raw, binascii.b2a_qp(raw, istext=True))
-
-
-def _shorter_encoding(raw: bytes, qp: bytes) -> tuple[bytes, bytes]:
-    """`_encode_body`'s choice, given the text's UTF-8 and its quoted-printable form."""
-    base64_size = (len(raw) + 2) // 3 * 4 * 77 // 76 + 2
-    if len(qp) <= base64_size:
-        return b"quoted-printable", qp.replace(b"\n", b"\r\n")
-    # RFC 2045: base64 text is encoded in canonical form, that is with CRLF line breaks.
-    canonical = raw.replace(b"\n", b"\r\n")
-    return b"base64", base64.encodebytes(canonical).replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,162 +232,24 @@ class _LocaleTemplates:
     subject_header: bytes
     text: jinja2.Template
     html: jinja2.Template
-    framed: bool  # both bodies only print the words in _PRINTED (see `_prints_only`)
-    # The other variables the bodies read: with which words are empty, they decide a
-    # body's shape. Those the templates never read (the exact pin count, say) do not, so
-    # a long tail of pin counts does not make a frame each.
+    # Both bodies are filled from frames (frameable), and the variables
+    # besides the words that decide a frame's shape.
+    framed: bool
     shape: tuple[str, ...]
-
-
-_Line = tuple[str | int, ...]  # one line of a body with a word in it: text and slots
-
-
-@dataclass(frozen=True, slots=True)
-class _Lines:
-    """Whole lines of a frame with no word in them, in UTF-8 and in quoted-printable."""
-
-    raw: bytes
-    qp: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Frame:
-    """One shape of a rendered body: its fixed text, and which word goes between each part.
-
-    Jinja took 23 to 29 us a body (measured alone); filling a frame takes 5 to 8, most of
-    it escaping the words for HTML (a join: str.format took three times as long). A frame
-    is made by rendering the template itself (`NoticeRenderer._frames`), so what a notice
-    reads is Jinja's output, character for character.
-
-    `lines` is the same body for the wire, a line at a time: quoted-printable encodes
-    each line on its own (its soft breaks and escapes depend on that line only), so the
-    lines without a word are encoded once, here, and only the few with one per notice.
-    """
-
-    parts: tuple[str, ...]  # one more than slots
-    slots: tuple[int, ...]  # indexes into _PRINTED
-    # The body with its line ends made LF and a last LF added (`_normalise_newlines`):
-    # runs of whole lines without a word, and single lines with one (text and slots).
-    lines: tuple[_Lines | _Line, ...]
-
-    @classmethod
-    def parse(cls, rendered: str, escaped: bool) -> _Frame | None:
-        """The frame of a body rendered with the first set of stand-ins; None if one of
-        them did not come out whole, escaped exactly where the template escapes."""
-        pieces = _STAND_IN_RE.split(rendered)
-        parts, slots = pieces[0::3], [int(slot) for slot in pieces[2::3]]
-        if any(amp != ("&amp;" if escaped else "&") for amp in pieces[1::3]):
-            return None
-        if any("\ue000" in part or "\ue001" in part for part in parts):
-            return None
-        return cls(tuple(parts), tuple(slots), _lines(parts, slots))
-
-    def fill(self, words: Sequence[str]) -> str:
-        parts = self.parts
-        out = [parts[0]]
-        for slot, part in zip(self.slots, parts[1:], strict=True):
-            out.append(words[slot])
-            out.append(part)
-        return "".join(out)
-
-    def encode(self, words: Sequence[str]) -> tuple[bytes, bytes]:
-        """`_encode_body(_normalise_newlines(self.fill(words)))`, for words that hold no
-        CR or LF (so that every line end is the frame's own)."""
-        raw: list[bytes] = []
-        qp: list[bytes] = []
-        for line in self.lines:
-            if isinstance(line, _Lines):
-                raw.append(line.raw)
-                qp.append(line.qp)
-            else:
-                text = "".join([piece if isinstance(piece, str) else words[piece]
-                                for piece in line]).encode("utf-8", "replace")
-                raw.append(text)
-                qp.append(binascii.b2a_qp(text, istext=True))
-        return _shorter_encoding(b"".join(raw), b"".join(qp))
-
-
-def _lines(parts: Sequence[str], slots: Sequence[int]) -> tuple[_Lines | _Line, ...]:
-    """A frame's body a line at a time (see `_Frame.lines`). A word holds no line end, so
-    line ends made LF part by part are those of the whole body."""
-    parts = [part.replace("\r\n", "\n").replace("\r", "\n") for part in parts]
-    if not parts[-1].endswith("\n"):
-        parts[-1] += "\n"  # a body that ends with a word ends with that word's line
-    lines: list[list[str | int]] = []
-    line: list[str | int] = []
-    for index, part in enumerate(parts):
-        *ended, rest = part.split("\n")
-        for piece in ended:
-            line.append(piece + "\n")
-            lines.append(line)
-            line = []
-        if rest:
-            line.append(rest)
-        if index < len(slots):
-            line.append(slots[index])
-    assert not line  # the body ends with a line end
-    out: list[_Lines | _Line] = []
-    for pieces in lines:
-        if any(isinstance(piece, int) for piece in pieces):
-            out.append(tuple(pieces))
-            continue
-        text = "".join(pieces).encode("utf-8", "replace")  # type: ignore[arg-type]
-        if out and isinstance(out[-1], _Lines):  # one run of fixed lines, encoded at once
-            text = out.pop().raw + text  # type: ignore[union-attr]
-        out.append(_Lines(text, binascii.b2a_qp(text, istext=True)))
-    return tuple(out)
-
-
-def _words(variables: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """A notice's words in _PRINTED's order, as they are and HTML-escaped as Jinja's
-    autoescape writes them."""
-    words = [variables[name] or "" for name in _PRINTED]
-    return words, [str(markupsafe.escape(word)) for word in words]
-
-
-def _prints_only(environment: jinja2.Environment, name: str, seen: set[str],
-                 reads: set[str]) -> bool:
-    """Whether template `name`, and every template it extends or includes, uses the words
-    in _PRINTED only to print them: `{{ word }}` or `{{ word or other_word }}`, nothing
-    that tests, filters or changes one. Only then is a frame the template's output.
-
-    Adds to `reads` every variable those templates read from what they are given."""
-    if name in seen:
-        return True
-    seen.add(name)
-    assert environment.loader is not None
-    source = environment.loader.get_source(environment, name)[0]
-    tree = environment.parse(source)
-    reads |= meta.find_undeclared_variables(tree)
-    printed: set[int] = set()
-
-    def printed_words(expr: nodes.Node) -> None:
-        if isinstance(expr, nodes.Name):
-            printed.add(id(expr))
-        elif isinstance(expr, nodes.Or):
-            printed_words(expr.left)
-            printed_words(expr.right)
-
-    for output in tree.find_all(nodes.Output):
-        for expr in output.nodes:
-            printed_words(expr)
-    if any(node.name in _PRINTED and id(node) not in printed
-           for node in tree.find_all(nodes.Name)):
-        return False
-    referenced = list(meta.find_referenced_templates(tree))
-    return all(ref is not None and _prints_only(environment, ref, seen, reads)
-               for ref in referenced)
 
 
 class NoticeRenderer:
     """Renders notices; build one per process and reuse it (templates compile once).
 
-    `render_bytes` is the fast path and the wire form the backends send. `render` returns
-    the same bytes parsed into an `EmailMessage`, for callers that want to inspect one.
+    `render_bytes` is the wire form the backends send. `render` returns the same bytes
+    parsed into an `EmailMessage`, for callers that want to inspect one. `frames=False`:
+    every body rendered by Jinja (`template.render`), none filled from a frame; the same
+    bytes, more slowly.
     """
 
-    def __init__(self, templates_dir: Path | None = None) -> None:
+    def __init__(self, templates_dir: Path | None = None, *, frames: bool = True) -> None:
         self.templates_dir = templates_dir or DEFAULT_TEMPLATES_DIR
+        self.frames = frames
         self._environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(self.templates_dir)),
             autoescape=jinja2.select_autoescape(
@@ -474,7 +265,7 @@ class NoticeRenderer:
         # Load every language up front so a missing or broken template stops the run
         # before the first notice, not at the first Japanese account.
         self._templates = {language: self._load(language) for language in SUPPORTED_LOCALES}
-        self._frame_cache: dict[tuple[Any, ...], tuple[_Frame, _Frame] | None] = {}
+        self._frame_cache: dict[tuple[Any, ...], Frames | None] = {}
 
     def _load(self, language: str) -> _LocaleTemplates:
         # The subject is rendered once and with no variables: nothing per notice, and above
@@ -484,16 +275,15 @@ class NoticeRenderer:
         )
         if not subject:
             raise ValueError(f"empty subject template for {language!r}")
-        reads: set[str] = set()
-        framed = all(_prints_only(self._environment, f"{language}/body.{kind}", set(), reads)
-                     for kind in ("txt", "html"))
+        framed, shape = (frameable(self._environment, language)
+                         if self.frames else (False, ()))
         return _LocaleTemplates(
             subject=subject,
-            subject_header=_encode_header_text(subject, "Subject"),
+            subject_header=encode_header_text(subject, "Subject"),
             text=self._environment.get_template(f"{language}/body.txt"),
             html=self._environment.get_template(f"{language}/body.html"),
             framed=framed,
-            shape=tuple(sorted(reads - set(_PRINTED))),
+            shape=shape,
         )
 
     def _variables(self, ctx: NoticeContext, language: str, locale: Locale) -> dict[str, Any]:
@@ -526,72 +316,37 @@ class NoticeRenderer:
         return self._content(language, templates, variables, frames)
 
     def _prepare(self, ctx: NoticeContext) -> tuple[
-            str, _LocaleTemplates, dict[str, Any], tuple[_Frame, _Frame] | None]:
+            str, _LocaleTemplates, dict[str, Any], Frames | None]:
+        """The notice's language, its templates and variables, and its shape's frames
+        (None: its bodies are rendered the plain way)."""
         language, locale = babel_locale_for(ctx.locale)
         templates = self._templates[language]
         variables = self._variables(ctx, language, locale)
-        frames = self._frames(language, templates, variables) if templates.framed else None
+        frames = frames_for(
+            self._frame_cache, language, templates.text, templates.html, templates.shape,
+            variables) if templates.framed else None
         return language, templates, variables, frames
 
     def _content(self, language: str, templates: _LocaleTemplates, variables: dict[str, Any],
-                 frames: tuple[_Frame, _Frame] | None) -> NoticeContent:
+                 frames: Frames | None) -> NoticeContent:
         if frames is None:
+            # The plain path: Jinja renders both bodies of this notice.
             text, html = templates.text.render(variables), templates.html.render(variables)
         else:
-            words, escaped = _words(variables)
-            text, html = frames[0].fill(words), frames[1].fill(escaped)
+            text, html = fill_frames(frames, variables)
         return NoticeContent(language=language, subject=templates.subject,
-                             text=_normalise_newlines(text), html=_normalise_newlines(html))
+                             text=normalise_newlines(text), html=normalise_newlines(html))
 
     def _encoded_bodies(self, ctx: NoticeContext) -> tuple[
             str, tuple[bytes, bytes], tuple[bytes, bytes]]:
         """The language, and each body's (Content-Transfer-Encoding, encoded body)."""
         language, templates, variables, frames = self._prepare(ctx)
         if frames is not None:
-            words, escaped = _words(variables)
-            if not any("\r" in word or "\n" in word for word in words):
-                return language, frames[0].encode(words), frames[1].encode(escaped)
+            bodies = encode_frames(frames, variables)
+            if bodies is not None:
+                return language, *bodies
         content = self._content(language, templates, variables, frames)
-        return language, _encode_body(content.text), _encode_body(content.html)
-
-    def _frames(self, language: str, templates: _LocaleTemplates,
-                variables: dict[str, Any]) -> tuple[_Frame, _Frame] | None:
-        """The text and HTML frames of this notice's shape, rendered once per shape.
-
-        The shape is every variable the bodies read but the words (`_LocaleTemplates.shape`),
-        and which words are empty (and how: None or ""). The frame is Jinja's own output
-        for stand-in words, checked twice: every stand-in must come out whole, escaped
-        exactly where Jinja escapes, and a second set of stand-ins dropped into the frame
-        must give what Jinja renders for it. A shape that fails either check is rendered
-        by Jinja every time (None).
-        """
-        key = (language, *[variables[name] for name in templates.shape],
-               *[True if variables[name] else variables[name] for name in _PRINTED])
-        try:
-            return self._frame_cache[key]
-        except KeyError:
-            pass
-        except TypeError:  # a variable the templates read that is not hashable
-            return None
-        if len(self._frame_cache) >= _FRAMES_PER_RENDERER:
-            self._frame_cache.clear()
-        frames: list[_Frame] = []
-        for template, escaped in ((templates.text, False), (templates.html, True)):
-            rendered = {}
-            for tag, stand_ins in zip("ab", _STAND_INS, strict=True):
-                trial = dict(variables)
-                trial.update({name: stand_ins[index]
-                              for index, name in enumerate(_PRINTED) if variables[name]})
-                rendered[tag] = template.render(trial)
-            frame = _Frame.parse(rendered["a"], escaped)
-            amp = "&amp;" if escaped else "&"
-            if frame is None or rendered["b"] != frame.fill(
-                    [stand_in.replace("&", amp) for stand_in in _STAND_INS[1]]):
-                self._frame_cache[key] = None
-                return None
-            frames.append(frame)
-        self._frame_cache[key] = (frames[0], frames[1])
-        return self._frame_cache[key]
+        return language, encode_body(content.text), encode_body(content.html)
 
     def render_bytes(self, ctx: NoticeContext, *, now: datetime | None = None) -> bytes:
         """The notice on the wire: RFC 5322, 7-bit, CRLF line endings, ready for SMTP DATA.
@@ -600,7 +355,7 @@ class NoticeRenderer:
         address, a malformed message id or a sender without an address.
         """
         recipient = normalise_recipient(ctx.recipient)
-        if not _MESSAGE_ID_RE.fullmatch(ctx.message_id) or len(ctx.message_id) > 250:
+        if not MESSAGE_ID_RE.fullmatch(ctx.message_id) or len(ctx.message_id) > 250:
             raise ValueError("message id must look like <local@domain> in safe characters")
         reference = ctx.support_reference
         if not reference.isprintable():
@@ -622,12 +377,12 @@ class NoticeRenderer:
                 b"From: ", from_header, b"\r\n",
                 b"To: ", recipient.encode("ascii"), b"\r\n",
                 b"Subject: ", self._templates[language].subject_header, b"\r\n",
-                b"Date: ", _date_header(math.floor(sent_at.timestamp())), b"\r\n",
+                b"Date: ", date_header(math.floor(sent_at.timestamp())), b"\r\n",
                 b"Message-ID: ", ctx.message_id.encode("ascii"), b"\r\n",
                 b"MIME-Version: 1.0\r\n",
                 b"Auto-Submitted: auto-generated\r\n",
                 b"X-Reinstatement-Reference: ",
-                _encode_header_text(reference, "X-Reinstatement-Reference"), b"\r\n",
+                encode_header_text(reference, "X-Reinstatement-Reference"), b"\r\n",
                 # Folded so that every header line stays within RFC 5322's 78 characters.
                 b'Content-Type: multipart/alternative;\r\n boundary="', boundary, b'"\r\n',
                 b"\r\n",
@@ -654,11 +409,6 @@ class NoticeRenderer:
         return message
 
 
-def _normalise_newlines(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text if text.endswith("\n") else text + "\n"
-
-
 def _utc_date(moment: datetime) -> date:
     # The user's time zone is unknown, so the ban's date is its UTC date, the same date
     # support sees in the database. SQLite hands timestamps back naive: they are UTC.
@@ -670,18 +420,11 @@ def _utc_date(moment: datetime) -> date:
 @lru_cache(maxsize=4096)
 def _pin_words(pins: int, locale: Locale) -> tuple[str, str]:
     """The count as the locale writes it, and its plural form. Cached: counts repeat, and
-    Babel's number formatting was two fifths of the variables' cost per notice."""
+    Babel's number formatting is a large part of the variables' cost."""
     # 'zero' is ours, not CLDR's: "no pins were hidden" is a different sentence, not a
     # plural form. Otherwise CLDR's category ('one', 'other', 'many').
     return (format_decimal(pins, locale=locale),
             "zero" if pins == 0 else locale.plural_form(pins))
-
-
-@lru_cache(maxsize=8)
-def _date_header(second: int) -> bytes:
-    """The Date header's value for a moment, to the second (RFC 5322 has no fractions).
-    Cached: a sender writes hundreds of notices a second, and formatting it was 7 us."""
-    return format_datetime(datetime.fromtimestamp(second, UTC)).encode("ascii")
 
 
 @lru_cache(maxsize=4096)

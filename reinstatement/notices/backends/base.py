@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar, Self
 
-from reinstatement.notices.render import normalise_recipient
+from reinstatement.notices.addresses import normalise_recipient
 
 # One logger for every backend, named after the package (as when the backends were one
 # module), so that a log configuration naming it still sees each of them.

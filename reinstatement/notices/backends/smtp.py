@@ -32,6 +32,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from reinstatement.notices.addresses import normalise_recipient
 from reinstatement.notices.backends.base import (
     DeferredDelivery,
     DeliveryConfigurationError,
@@ -45,7 +46,6 @@ from reinstatement.notices.backends.base import (
     mask_email,
     recipient_or_permanent,
 )
-from reinstatement.notices.render import normalise_recipient
 
 
 def reply_text(reply: bytes | str) -> str:

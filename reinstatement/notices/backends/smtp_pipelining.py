@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import smtplib
 
+from reinstatement.notices.addresses import normalise_recipient
 from reinstatement.notices.backends.base import DeliveryError, Upcoming
 from reinstatement.notices.backends.smtp import SmtpBackend, dot_stuffed
-from reinstatement.notices.render import normalise_recipient
 
 
 def smtp_path(address: str) -> str:
