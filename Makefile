@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench bench-detect bench-workers check-bare-clone check-local-runs browser ui-screenshots
+.PHONY: demo test test-fast lint typecheck pytest pytest-fast install clean bench bench-detect bench-workers bench-smtp-ab check-bare-clone check-local-runs browser ui-screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,15 @@ bench-detect: $(STAMP)
 bench-workers: $(STAMP)
 	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
 	$(BIN)/python -m bench.workers_bench --accounts $(or $(ACCOUNTS),100000) --batch-size $(or $(BATCH),5000)
+
+# SMTP pipelining on and off through a proxy adding latency (bench/smtp_pipelining_ab.py);
+# into smtp-sink where Postfix is installed, else aiosmtpd. AB_DELAYS: one-way, in ms.
+AB_NOTICES ?= 2000
+AB_DELAYS ?= 0,1,5
+AB_ROUNDS ?= 3
+bench-smtp-ab: $(STAMP)
+	bash checks/debian_package.sh smtp-sink postfix "the benchmark's notices"
+	$(BIN)/python -m bench.smtp_pipelining_ab --notices $(AB_NOTICES) --delays $(AB_DELAYS) --rounds $(AB_ROUNDS)
 
 # A new user's first steps in an empty folder: clone, `make test`, `make demo`.
 check-bare-clone:
