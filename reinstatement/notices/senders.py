@@ -1,14 +1,13 @@
 """Sending notices from child processes, one SMTP connection (or outbox folder) each.
 
-One process sends at most ~1,200 notices per second: each notice is rendered, handed over
-in four SMTP round trips, and its state committed before the next one, all under one GIL,
-so a second thread adds little (the scale benchmark measured 1,741/s with two). With
-`REINSTATE_SENDER_PROCESSES` on, every sending slot of the notify step hands its batch to
-its own child process instead, which claims, renders, sends and records exactly as
-`outbox.send_batch` does in-process: the same claim under a session-held advisory lock,
-the same commit per notice before the next send. So the exactly-once guarantee is the
-same: a kill leaves at most the one notice in flight per child (per connection), resent
-later with the same Message-ID.
+One process's sending is bound by its CPU: each notice is rendered, handed over and its
+state committed before the next one, all under one GIL, so a second thread adds little
+(bench/RESULTS.md has the figures). With `REINSTATE_SENDER_PROCESSES` on, every sending
+slot of the notify step hands its batch to its own child process instead, which claims,
+renders, sends and records exactly as `outbox.send_batch` does in-process: the same
+claim under a session-held advisory lock, the same commit per notice before the next
+send. So the exactly-once guarantee is the same: a kill leaves at most the one notice
+in flight per child (per connection), resent later with the same Message-ID.
 
 The children are started with `spawn` (a forked copy of a threaded flow process could
 inherit a held lock) and watch their parent: when it dies (SIGKILL included) they stop
