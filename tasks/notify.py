@@ -11,12 +11,11 @@ from prefect.logging import get_run_logger
 
 from reinstatement import batches, outbox
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.notices import senders
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
 from reinstatement.settings import Settings
-from tasks import limits
+from tasks import limits, senders
 from tasks.pipeline import BATCH_TASK_OPTIONS
 
 

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("reinstatement", "flows", "tasks", "deployments")
+PACKAGES = ("reinstatement", "flows", "tasks", "deployments", "commands")
 
 
 def _modules() -> dict[str, Path]:
@@ -132,3 +132,45 @@ def test_the_dialect_check_finds_a_question(tmp_path: Path) -> None:
     module.write_text('def f(conn):\n    return conn.dialect.name == "postgresql"\n'
                       'def g(name):\n    return name == "sqlite"\n')
     assert len(dialect_questions(module)) == 3
+
+
+# The layers, top first: a module imports its own layer and those below it, never above.
+LAYERS = ("commands", "deployments", "flows", "tasks", "reinstatement")
+ORCHESTRATION = ("commands", "deployments", "flows", "tasks")
+
+
+def _layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[0])
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} imports {target}" for name, targets in graph.items()
+                  for target in targets if _layer(target) < _layer(name))
+
+
+def prefect_imports() -> list[str]:
+    """Modules outside the orchestration layer that import Prefect (anywhere in them)."""
+    found = []
+    for name, path in _modules().items():
+        if name.split(".")[0] in ORCHESTRATION:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                        and not node.level else [])
+            if any(target.split(".")[0] == "prefect" for target in imported):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_nothing_imports_a_layer_above_its_own() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    graph = {"reinstatement.x": {"flows.y"}, "flows.y": {"reinstatement.x"}}
+    assert upward_imports(graph) == ["reinstatement.x imports flows.y"]
+
+
+def test_only_the_orchestration_layer_imports_prefect() -> None:
+    assert prefect_imports() == []

@@ -23,8 +23,9 @@ from sqlalchemy import Engine, func, inspect, literal_column, select, table, tex
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner, Result
 
-from reinstatement import cli, runner
-from reinstatement.cli import app
+from commands import reinstate as cli
+from commands.reinstate import app
+from reinstatement import runner
 from reinstatement.incident_request import IncidentRequest
 from reinstatement.models import Case, Notice
 from reinstatement.platform_schema import PLATFORM_TABLES, accounts, enforcement_actions, pins

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner, Result
 
-from reinstatement.cli import app
+from commands.reinstate import app
 from reinstatement.models import Case
 from tests.factories import snapshot
 from tests.test_steps import KEY, build_scenario, request, run_all

@@ -9,7 +9,7 @@ from prefect.exceptions import ObjectNotFound
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner, Result
 
-from reinstatement.cli import app
+from commands.reinstate import app
 from reinstatement.models import Incident
 from reinstatement.seed import (
     INCIDENT_FAULTY,

@@ -131,7 +131,7 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "reinstatement.cli", "serve"],
+            self.process = subprocess.Popen([sys.executable, "-m", "commands.reinstate", "serve"],
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
         self._wait_until_serving()

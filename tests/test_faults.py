@@ -63,7 +63,7 @@ def child_env(db_url: str, api_url: str, smtp: SmtpServer) -> dict[str, str]:
 
 def start_run(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "reinstatement.cli", "run", INCIDENT_KEY,
+        sys.executable, "-m", "commands.reinstate", "run", INCIDENT_KEY,
         *[arg for name in INCIDENT_FAULTY for arg in ("--faulty", name)],
         "--since", INCIDENT_SINCE.isoformat(), "--until", INCIDENT_UNTIL.isoformat(),
         "--batch-size", str(BATCH),

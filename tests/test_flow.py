@@ -237,8 +237,7 @@ def test_sender_processes_pace_by_the_prefect_api_of_their_run(
     server of its own, which on a busy machine does not come up in time."""
     import os
 
-    from reinstatement.notices import senders
-    from tasks import limits
+    from tasks import limits, senders
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("REINSTATE_DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
@@ -259,7 +258,7 @@ def test_notices_can_be_sent_from_sender_processes(
     import os
 
     import reinstatement.outbox as outbox
-    from reinstatement.notices import senders
+    from tasks import senders
 
     seed(engine, SeedOptions(accounts=300, seed=9))
     monkeypatch.setenv("REINSTATE_SENDER_PROCESSES", "true")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reinstatement.local_prefect import (
+from commands.local_prefect import (
     LOCAL_HOME,
     SERVER_DID_NOT_START,
     STARTUP_TIMEOUT_SECONDS,
@@ -21,7 +21,7 @@ from reinstatement.local_prefect import (
 )
 from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_KEY, INCIDENT_SINCE, INCIDENT_UNTIL
 
-REINSTATE = [sys.executable, "-m", "reinstatement.cli"]
+REINSTATE = [sys.executable, "-m", "commands.reinstate"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

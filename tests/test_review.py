@@ -131,7 +131,7 @@ def test_a_reviewers_notice_logs_in_with_the_secret_block_as_the_notify_step_doe
     from prefect.blocks.system import Secret
     from typer.testing import CliRunner
 
-    from reinstatement.cli import app
+    from commands.reinstate import app
     from tests.test_email_backends import PASSWORD, accept_password
 
     build_scenario(engine)

@@ -19,13 +19,14 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from reinstatement import cli_operations, resources
-from reinstatement.errors import BadInput, DatabaseUnavailable
-from reinstatement.local_prefect import (
+from commands import operations as cli_operations
+from commands.local_prefect import (
     SERVER_DID_NOT_START,
     is_startup_failure,
     prepare_local_prefect,
 )
+from reinstatement import resources
+from reinstatement.errors import BadInput, DatabaseUnavailable
 from reinstatement.settings import Settings, SettingsError
 
 app = typer.Typer(

@@ -1,7 +1,7 @@
 """The operators' commands: `reinstate serve`, `reinstate deploy`, `reinstate reconcile`,
 `reinstate review ...`.
 
-Registered on the main `reinstate` app by reinstatement/cli.py, with its error handling.
+Registered on the main `reinstate` app by commands/reinstate.py, with its error handling.
 """
 
 from __future__ import annotations
