@@ -29,29 +29,35 @@ from prefect.runtime import deployment
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from sqlalchemy import Engine, update
 
 # run_batches and BatchesFailed live in flows/batches.py; imported here for the flows
 # and tests that take them from this module.
 from flows.batches import MAX_PARALLEL_TASKS, pending
 from flows.incident_step import StepRunner, require_step_deployment
 from flows.run_state import failed_plainly, tag_run_with_incident
-from reinstatement import approval, lifecycle, plans, runner, runs
+from reinstatement import lifecycle, plans
 from reinstatement.errors import BadInput
 from reinstatement.incident_request import IncidentRequest, build_request
-from reinstatement.incidents import RegisteredIncident, load_incident
+from reinstatement.incidents import RegisteredIncident
 from reinstatement.lifecycle import IncidentStatus
-from reinstatement.models import Case
 from reinstatement.plans import PlanRef
 from reinstatement.resources import resources
-from reinstatement.retrying import in_transaction
-from reinstatement.states import CaseState
+from tasks.incident_state import (
+    begin_real_run,
+    complete_if_done,
+    finish_run,
+    incident_state,
+    load_registered,
+    record_decision,
+    record_preview,
+    reset_previews,
+    start_run,
+)
 from tasks.pipeline import (
     make_plan,
     plan_candidates,
     refresh_statistics,
     register_incident,
-    run_actor,
 )
 from tasks.reporting import publish_preview, publish_report
 
@@ -84,26 +90,6 @@ class ApprovalDecision(RunInput):
         min_length=8, max_length=64,
     )
 
-
-
-def _start_run(incident_id: int, dry_run: bool) -> int:
-    """This run's row, held while the run lives; runs found dead are named 'crashed'."""
-    actor = run_actor()
-    flow_run_id = actor.removeprefix("flow-run:") if actor.startswith("flow-run:") else None
-    return runs.start_run(resources().engine, incident_id, flow_run_id, dry_run)
-
-
-def _finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None:
-    runs.finish_run(resources().engine, run_id, status, step_seconds)
-
-
-def _reset_previews(incident_id: int) -> None:
-    """A new dry run previews every unverified case again, against the data as it is now."""
-    in_transaction(resources().engine, lambda conn: conn.execute(
-        update(Case)
-        .where(Case.incident_id == incident_id, Case.state == CaseState.PREVIEWED)
-        .values(state=CaseState.PLANNED)
-    ))
 
 
 def _parameter(name: str, field: str | None = None) -> Any:
@@ -166,8 +152,8 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
     tag_run_with_incident(request.incident_key)
     refresh_statistics()  # the platform's, before anything is written or read at scale
     incident = register_incident(request)
-    lifecycle.refuse_if_rejected(runner.state(resources().engine, incident))
-    run_id = _start_run(incident.id, request.dry_run)
+    lifecycle.refuse_if_rejected(incident_state(incident))
+    run_id = start_run(incident.id, request.dry_run)
     steps = StepRunner(run_id, request.batch_size, request.child_runs)
     timings: dict[str, float] = {}
     final_status = "failed"
@@ -176,7 +162,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
             _plan_and_verify(incident, steps, timings, preview=True)
             make_plan(incident, dry_run=True)
             publish_preview(incident.key, dry_run=True)
-            runner.record_preview(resources().engine, incident, run_actor())
+            record_preview(incident)
             final_status = "previewed"
             return publish_report(incident.key)
         final_status, result = _carry_on(incident, steps, timings, wait=True)
@@ -187,7 +173,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
         final_status = "needs approval"
         raise
     finally:
-        _finish_run(run_id, final_status, timings)
+        finish_run(run_id, final_status, timings)
 
 
 def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str, float], *,
@@ -202,11 +188,10 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     state for a rejection).
     """
     logger = get_run_logger()
-    engine, actor = resources().engine, run_actor()
-    runner.begin_real_run(engine, incident, actor)
+    begin_real_run(incident)
     started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
-    state = runner.state(engine, incident)
+    state = incident_state(incident)
     if incident.require_approval or state.status == IncidentStatus.AWAITING_APPROVAL:
         state = make_plan(incident, dry_run=False)
     if state.status == IncidentStatus.AWAITING_APPROVAL and state.plan is not None:
@@ -220,13 +205,14 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
                     "in the UI (Resume, in the run's menu); no process is held meanwhile",
                     state.plan.short, incident.key)
         decision = wait_for_decision(incident, state.plan)
-        state = record_decision(engine, incident, decision)
+        state = record_decision(incident, decision.decision, decision.operator,
+                                decision.plan, decision.note)
         if state.status == IncidentStatus.REJECTED:
             logger.warning("incident %s %s: nothing restored", incident.key,
                            state.describe())
             publish_report(incident.key)
             return "rejected", Cancelled(message=state.describe())
-        state = runner.begin_real_run(engine, incident, actor)
+        state = begin_real_run(incident)
         started = None  # the operator's decision came between: no one figure for the steps
     if not state.may_restore() and state.status != IncidentStatus.COMPLETED:
         raise lifecycle.TransitionRefused(
@@ -242,7 +228,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
             publish_preview(incident.key, dry_run=False)
             logger.info("incident %s %s", incident.key, state.describe())
             return "needs approval", publish_report(incident.key)
-    done = runner.complete_if_done(engine, incident, actor)
+    done = complete_if_done(incident)
     return ("completed" if done else "handed over"), publish_report(incident.key)
 
 
@@ -261,13 +247,13 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
     refresh_statistics()  # the cases planning just wrote
     timings["plan"] = time.perf_counter() - started
     if not preview:  # a completed incident runs again only if planning found it work
-        runner.begin_real_run(resources().engine, incident, run_actor())
+        begin_real_run(incident)
 
     started = time.perf_counter()
     if preview:
-        _reset_previews(incident.id)
+        reset_previews(incident.id)
     settle = (not preview and not incident.require_approval
-              and runner.state(resources().engine, incident).may_restore())
+              and incident_state(incident).may_restore())
     step = "settle" if settle else ("preview" if preview else "verify")
     verified = steps.run(incident, step)
     timings["settle" if step == "settle" else "verify"] = time.perf_counter() - started
@@ -373,22 +359,6 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     return decision
 
 
-def record_decision(engine: Engine, incident: RegisteredIncident,
-                    decision: ApprovalDecision) -> lifecycle.IncidentState:
-    """The operator's decision from the UI, on the plan its form names; a decision already
-    recorded (by `reinstate approve` or `reject` meanwhile) stands, and this one is not
-    applied. A refused decision (the declarer approving, a superseded plan) is bad input:
-    the run fails with that one line."""
-    now = runner.state(engine, incident)
-    if now.status != IncidentStatus.AWAITING_APPROVAL:
-        return now
-    identity = approval.ui_identity(decision.operator, "operator")
-    state, _ = runner.decide(engine, incident, decision.decision, identity,
-                             plan_digest=decision.plan, operator=decision.operator,
-                             note=decision.note)
-    return state
-
-
 @flow(
     name="resume-incident",
     description="Continue an incident that a crashed or cancelled run left mid-way.",
@@ -417,15 +387,13 @@ def resume_incident(
 def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) -> Any:
     require_step_deployment(child_runs)
     tag_run_with_incident(incident_key)
-    engine = resources().engine
-    with engine.connect() as conn:
-        incident = load_incident(conn, incident_key)
-    state = runner.state(engine, incident)
+    incident = load_registered(incident_key)
+    state = incident_state(incident)
     lifecycle.refuse_unapproved(state)
     if state.status not in (*lifecycle.RESUMABLE, IncidentStatus.COMPLETED):
         raise BadInput(f"incident {incident_key} is {state.describe()}: only a running or "
                        "approved incident is resumed without an operator")
-    run_id = _start_run(incident.id, dry_run=False)
+    run_id = start_run(incident.id, dry_run=False)
     timings: dict[str, float] = {}
     final_status = "failed"
     try:
@@ -433,5 +401,5 @@ def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) ->
                                          timings, wait=False)
         return result
     finally:
-        _finish_run(run_id, final_status, timings)
+        finish_run(run_id, final_status, timings)
 

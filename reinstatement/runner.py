@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from reinstatement import (
@@ -36,10 +36,10 @@ from reinstatement.approval import Identity
 from reinstatement.incident_request import IncidentRequest
 from reinstatement.incidents import RegisteredIncident, register_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
-from reinstatement.models import Incident
+from reinstatement.models import Case, Incident
 from reinstatement.plans import PlanMade, PlanRef
 from reinstatement.retrying import in_transaction
-from reinstatement.states import PIPELINE_ACTOR
+from reinstatement.states import PIPELINE_ACTOR, CaseState
 from reinstatement.store import store_for
 
 S = IncidentStatus
@@ -138,6 +138,14 @@ def record_preview(engine: Engine, incident: RegisteredIncident, actor: str) -> 
     """A dry run finished: 'previewed', unless the incident is further along already."""
     return _move_if(engine, incident, lambda s: s.status in (S.REGISTERED, S.PREVIEWED),
                     S.PREVIEWED, actor, "dry run: preview published")
+
+
+def reset_previews(engine: Engine, incident_id: int) -> None:
+    """A new dry run previews every unverified case again, against the data as it is now."""
+    in_transaction(engine, lambda conn: conn.execute(
+        update(Case)
+        .where(Case.incident_id == incident_id, Case.state == CaseState.PREVIEWED)
+        .values(state=CaseState.PLANNED)))
 
 
 def begin_real_run(engine: Engine, incident: RegisteredIncident, actor: str) -> IncidentState:

@@ -1,0 +1,88 @@
+"""The incident's lifecycle as tasks: each of a run's database steps that is not a batch
+shows in the UI under its own name (start-run, incident-state, begin-real-run, ...).
+
+Each is a thin wrapper over the plain-Python lifecycle (reinstatement/runner.py,
+runs.py), which owns its transactions and their retries; a failure fails the task and,
+through it, the flow.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from reinstatement import approval, runner, runs
+from reinstatement.incidents import RegisteredIncident, load_incident
+from reinstatement.lifecycle import IncidentState, IncidentStatus
+from reinstatement.resources import resources
+from tasks.pipeline import run_actor
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run(incident_id: int, dry_run: bool) -> int:
+    """This run's row, held while the run lives; runs found dead are named 'crashed'."""
+    actor = run_actor()
+    flow_run_id = actor.removeprefix("flow-run:") if actor.startswith("flow-run:") else None
+    return runs.start_run(resources().engine, incident_id, flow_run_id, dry_run)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None:
+    """This run's row: its final status and each step's seconds."""
+    runs.finish_run(resources().engine, run_id, status, step_seconds)
+
+
+@task(name="load-incident", cache_policy=NO_CACHE)
+def load_registered(incident_key: str) -> RegisteredIncident:
+    """The incident registered under `incident_key`."""
+    with resources().engine.connect() as conn:
+        return load_incident(conn, incident_key)
+
+
+@task(name="incident-state", cache_policy=NO_CACHE)
+def incident_state(incident: RegisteredIncident) -> IncidentState:
+    """The incident's status, newest plan and decision, as they are now."""
+    return runner.state(resources().engine, incident)
+
+
+@task(name="begin-real-run", cache_policy=NO_CACHE)
+def begin_real_run(incident: RegisteredIncident) -> IncidentState:
+    """Mark the incident running for a real run, where its status allows one."""
+    return runner.begin_real_run(resources().engine, incident, run_actor())
+
+
+@task(name="record-preview", cache_policy=NO_CACHE)
+def record_preview(incident: RegisteredIncident) -> IncidentState:
+    """Record that a dry run previewed the incident."""
+    return runner.record_preview(resources().engine, incident, run_actor())
+
+
+@task(name="reset-previews", cache_policy=NO_CACHE)
+def reset_previews(incident_id: int) -> None:
+    """A new dry run previews every unverified case again, against the data as it is now."""
+    runner.reset_previews(resources().engine, incident_id)
+
+
+@task(name="complete-if-done", cache_policy=NO_CACHE)
+def complete_if_done(incident: RegisteredIncident) -> bool:
+    """Mark the incident completed when nothing is left to do; whether it was."""
+    return runner.complete_if_done(resources().engine, incident, run_actor())
+
+
+@task(name="record-decision", cache_policy=NO_CACHE)
+def record_decision(incident: RegisteredIncident, decision: Literal["approve", "reject"],
+                    operator: str, plan_digest: str, note: str) -> IncidentState:
+    """The operator's decision from the UI, on the plan its form names; a decision already
+    recorded (by `reinstate approve` or `reject` meanwhile) stands, and this one is not
+    applied. A refused decision (the declarer approving, a superseded plan) is bad input:
+    the run fails with that one line."""
+    engine = resources().engine
+    now = runner.state(engine, incident)
+    if now.status != IncidentStatus.AWAITING_APPROVAL:
+        return now
+    identity = approval.ui_identity(operator, "operator")
+    state, _ = runner.decide(engine, incident, decision, identity, plan_digest=plan_digest,
+                             operator=operator, note=note)
+    return state
