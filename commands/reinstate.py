@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from commands import notices as notice_commands
 from commands import operations as cli_operations
 from commands import setup  # noqa: F401 - its commands register on the app
 from commands.common import (
@@ -268,6 +269,7 @@ def cases(
 
 
 cli_operations.register(app, handles_errors, checked_engine)
+notice_commands.register(app, handles_errors, checked_engine, parse_moment)
 
 
 def main() -> None:

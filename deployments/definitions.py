@@ -23,6 +23,7 @@ from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.incident_step import STEP_DEPLOYMENT, incident_step
+from flows.notices import resend_notices
 from flows.reconcile import nightly_reconciliation
 from flows.reinstate_incident import reinstate_incident, resume_incident
 from flows.review import review_case
@@ -31,6 +32,7 @@ INCIDENT_DEPLOYMENT = "reinstate-incident"
 RECONCILIATION_DEPLOYMENT = "nightly-reconciliation"
 RESUME_DEPLOYMENT = "resume-incident"
 REVIEW_DEPLOYMENT = "review-case"
+RESEND_DEPLOYMENT = "resend-notices"
 DEFAULT_RECONCILIATION_CRON = "0 2 * * *"
 
 
@@ -83,6 +85,16 @@ def review_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     )
 
 
+def resend_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
+    return resend_notices.to_deployment(
+        name=RESEND_DEPLOYMENT,
+        entrypoint_type=entrypoint_type,
+        description="Queue an incident's failed notices again, with their Message-IDs, "
+        "once the mail server takes them (as `reinstate notices resend`).",
+        tags=["reinstatement"],
+    )
+
+
 def step_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
     """The child runs of an incident run with child_runs > 1: one step, its batches."""
     return incident_step.to_deployment(
@@ -98,4 +110,4 @@ def step_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
 def all_deployments(entrypoint_type: EntrypointType = FILE) -> list[Any]:
     return [builder(entrypoint_type) for builder in (
         incident_deployment, reconciliation_deployment, resume_deployment, review_deployment,
-        step_deployment)]
+        resend_deployment, step_deployment)]

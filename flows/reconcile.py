@@ -35,6 +35,7 @@ from tasks.notify import send_notices
 from tasks.reconciliation import (
     check_invariants,
     detect_faults,
+    failed_notices_by_incident,
     find_incidents_to_resume,
     find_uncovered,
     name_dead_runs,
@@ -74,6 +75,10 @@ def _markdown(findings: dict[str, Any]) -> str:
                  f"sent {findings['notices'].get('sent', 0)}, retry "
                  f"{findings['notices'].get('retry', 0)}, failed "
                  f"{findings['notices'].get('failed', 0)} |")
+    failed = findings.get("failed_notices") or {}
+    lines.append(f"| notices failed for good | "
+                 f"{sum(sum(r.values()) for r in failed.values())} | "
+                 f"{'see below: resend once the mail server takes them' if failed else '-'} |")
     inv = findings["invariants"]
     lines.append(f"| reinstated accounts banned with no cause | "
                  f"{len(inv['banned_without_cause'])} | reported |")
@@ -97,6 +102,13 @@ def _markdown(findings: dict[str, Any]) -> str:
             lines.append(f"| {md(s['version'])} | {md(s['since'])} | {md(s['until'])} | "
                          f"{s['bans']:,} | {s['rate']:.1f} | {s['baseline_rate']:.1f} | "
                          f"{s['score']:.0f} | {md('; '.join(s['reasons']))} |")
+    if failed:
+        lines += ["", "Notices that failed for good, by reason (`reinstate notices resend "
+                  "KEY [--reason R]` queues them again with their Message-IDs):", "",
+                  "| incident | reason | notices |", "| --- | --- | ---: |"]
+        for key, reasons in failed.items():
+            for reason, count in reasons.items():
+                lines.append(f"| {md(key)} | {md(reason)} | {count:,} |")
     if findings["uncovered"]:
         lines += ["", "Standing bans by versions marked faulty that no incident covers (an "
                   "incident covers a ban once it has had a real run, its window holds the "
@@ -173,6 +185,7 @@ def nightly_reconciliation(
     findings["notices"] = {} if dry_run else run_batches(
         send_notices, None, batch_size, "notify", "notify")
 
+    findings["failed_notices"] = failed_notices_by_incident()
     findings["invariants"] = check_invariants(repair=not dry_run)
     findings["faults"] = (None if not detect_days
                           else detect_faults(detect_days, detect_until, dry_run))
@@ -191,6 +204,8 @@ def nightly_reconciliation(
                 "count": sum(v["standing_bans"] for v in findings["uncovered"])},
                {"duty": "incidents resumed", "count": len(findings["resumed"])},
                {"duty": "notices sent", "count": findings["notices"].get("sent", 0)},
+               {"duty": "notices failed for good",
+                "count": sum(sum(r.values()) for r in findings["failed_notices"].values())},
                {"duty": "pins repaired", "count": findings["invariants"]["pins_repaired"]},
                {"duty": "unrepaired invariant breaks",
                 "count": findings["invariants"]["unrepaired"]}],

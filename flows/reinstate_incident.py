@@ -34,9 +34,10 @@ from pydantic import Field
 # and tests that take them from this module.
 from flows.batches import MAX_PARALLEL_TASKS, pending
 from flows.incident_step import StepRunner, require_step_deployment
-from flows.run_state import failed_plainly, tag_run_with_incident
+from flows.run_state import failed_for_notices, failed_plainly, tag_run_with_incident
 from reinstatement import lifecycle, plans
 from reinstatement.errors import BadInput
+from reinstatement.failed_notices import describe as describe_failed
 from reinstatement.incident_request import IncidentRequest, build_request
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.lifecycle import IncidentStatus
@@ -45,6 +46,7 @@ from reinstatement.resources import resources
 from tasks.incident_state import (
     begin_real_run,
     complete_if_done,
+    failed_notices,
     finish_run,
     incident_state,
     load_registered,
@@ -229,7 +231,13 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
             logger.info("incident %s %s", incident.key, state.describe())
             return "needs approval", publish_report(incident.key)
     done = complete_if_done(incident)
-    return ("completed" if done else "handed over"), publish_report(incident.key)
+    report = publish_report(incident.key)
+    failed = failed_notices(incident)
+    if failed:
+        return "failed", failed_for_notices(
+            f"incident {incident.key}: {describe_failed(failed)}; once the mail server "
+            f"takes them, `reinstate notices resend {incident.key}` sends them again")
+    return ("completed" if done else "handed over"), report
 
 
 def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,

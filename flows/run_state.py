@@ -49,3 +49,14 @@ def failed_plainly(exc: BadInput) -> State[Any]:
     state's message, and the error itself for a caller in this process (the CLI)."""
     get_run_logger().error("%s", exc)
     return Failed(message=str(exc), data=RefusedRun(str(exc)))
+
+
+class NoticesFailed(RuntimeError):
+    """A run left notices failed for good: it ends Failed, never Completed."""
+
+
+def failed_for_notices(message: str) -> State[Any]:
+    """The run's end when notices failed for good: the count and reasons as one error
+    line and the state's message; the CLI exits 1 with it."""
+    get_run_logger().error("%s", message)
+    return Failed(message=message, data=NoticesFailed(message))

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from reinstatement import lifecycle, plans
+from reinstatement import failed_notices, lifecycle, plans
 from reinstatement.batches import where_batches_ran
 from reinstatement.incidents import load_incident
 from reinstatement.models import Case, Decision, Incident, Notice, Run
@@ -61,10 +61,16 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
         for r in all_runs if r.parent_run_id is None
     ]
     lifecycle_state = lifecycle.current_state(conn, incident.id)
+    failed = failed_notices.by_reason(conn, incident.id)
+    words = lifecycle_state.describe()
+    if failed:
+        words += (f"; {failed_notices.describe(failed)}: `reinstate notices resend {key}` "
+                  "sends them again once the mail server takes them")
     return {
         "incident": key,
         "status": row.status,
-        "status_words": lifecycle_state.describe(),
+        "status_words": words,
+        "failed_notices": failed,
         "require_approval": lifecycle_state.require_approval,
         "declared_by": _person(row.declared_by, row.declared_via),
         "plan": _plan(conn, lifecycle_state),

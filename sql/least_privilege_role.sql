@@ -255,6 +255,15 @@ BEGIN
         RAISE EXCEPTION 'refused: notice % keeps its recipient and Message-ID', OLD.id
             USING ERRCODE = '42501';
     END IF;
+    IF OLD.state = 'failed' AND NEW.state = 'pending' THEN
+        -- A failed notice queued again (`reinstate notices resend`), unclaimed and unsent,
+        -- with its Message-ID (checked above).
+        IF NEW.claim_token IS NOT NULL OR NEW.sent_at IS NOT NULL THEN
+            RAISE EXCEPTION 'refused: notice % is queued again unsent and unclaimed', OLD.id
+                USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END IF;
     IF OLD.state IN ('sent', 'failed', 'no_address', 'suppressed') THEN
         RAISE EXCEPTION 'refused: notice % is settled (%)', OLD.id, OLD.state
             USING ERRCODE = '42501';

@@ -8,15 +8,18 @@ through it, the flow.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from reinstatement import approval, runner, runs
+from reinstatement.failed_notices import by_reason as failed_notices_by_reason
 from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.resources import resources
+from reinstatement.retrying import in_transaction
 from tasks.pipeline import run_actor
 
 
@@ -86,3 +89,21 @@ def record_decision(incident: RegisteredIncident, decision: Literal["approve", "
     state, _ = runner.decide(engine, incident, decision, identity, plan_digest=plan_digest,
                              operator=operator, note=note)
     return state
+
+
+@task(name="count-failed-notices", cache_policy=NO_CACHE)
+def failed_notices(incident: RegisteredIncident) -> dict[str, int]:
+    """The incident's notices that failed for good, per reason."""
+    with resources().engine.connect() as conn:
+        return failed_notices_by_reason(conn, incident.id)
+
+
+@task(name="requeue-failed-notices", cache_policy=NO_CACHE)
+def requeue_failed_notices(incident: RegisteredIncident, reason: str | None,
+                           since: datetime | None) -> int:
+    """Queue the incident's failed notices (of `reason`, failed since `since`) again, with
+    their Message-IDs; how many."""
+    from reinstatement.failed_notices import requeue
+
+    return in_transaction(resources().engine, lambda conn: requeue(
+        conn, incident.id, run_actor(), reason=reason, since=since).notices)

@@ -41,6 +41,9 @@ class RecordingHandler:
     defer_always: bool = False
     reject_recipients: set[str] = field(default_factory=set)
     reject_sender: bool = False
+    # Refuse every message for good at its end of data (554), as a mail server that will
+    # not take this sender's mail does (a policy block); False again: it takes them.
+    refuse_every_message: bool = False
     drop_at_mail_number: int | None = None
     drop_after_data_number: int | None = None
     slow_rcpt_seconds: float = 0.0
@@ -98,6 +101,8 @@ class RecordingHandler:
             await asyncio.sleep(0.05)
         if self.slow_data_seconds:
             await asyncio.sleep(self.slow_data_seconds)
+        if self.refuse_every_message:
+            return "554 5.7.1 message refused by policy"
         first = self.data_attempts[message_id] == 1
         if self.defer_always or (self.defer_first_attempt and first):
             return "451 4.3.0 try later"

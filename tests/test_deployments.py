@@ -46,7 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def test_every_flow_and_deployment_loads() -> None:
     names = {d.name for d in all_deployments()}
     assert names == {"reinstate-incident", "nightly-reconciliation", "resume-incident",
-                     "review-case", "incident-step"}
+                     "review-case", "resend-notices", "incident-step"}
 
 
 def test_reconciliation_form_documents_warns_and_bounds(prefect_api: str) -> None:
