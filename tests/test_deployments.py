@@ -135,7 +135,7 @@ class Server:
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
         self._wait_until_serving()
-        _wait_for_deployments(5)
+        _wait_for_deployments(len(all_deployments()))
 
     def _wait_until_serving(self, timeout: float = 120) -> None:
         """Until it says it serves: its signal handlers are in place from then on. (The
