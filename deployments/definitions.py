@@ -33,6 +33,8 @@ RECONCILIATION_DEPLOYMENT = "nightly-reconciliation"
 RESUME_DEPLOYMENT = "resume-incident"
 REVIEW_DEPLOYMENT = "review-case"
 RESEND_DEPLOYMENT = "resend-notices"
+# The nightly schedule's slug: a redeploy updates this schedule in place.
+NIGHTLY_SCHEDULE = "nightly"
 DEFAULT_RECONCILIATION_CRON = "0 2 * * *"
 
 
@@ -61,7 +63,7 @@ def reconciliation_deployment(entrypoint_type: EntrypointType = FILE) -> Any:
         entrypoint_type=entrypoint_type,
         description="Every night: resume what crashed, send what is due, re-reinstate "
         "accounts banned again by a faulty version, check invariants.",
-        schedules=[Cron(reconciliation_cron(), timezone="UTC")],
+        schedules=[Cron(reconciliation_cron(), timezone="UTC", slug=NIGHTLY_SCHEDULE)],
         parameters={"auto_reinstate": False, "dry_run": False},
         tags=["reinstatement"],
     )
@@ -111,3 +113,26 @@ def all_deployments(entrypoint_type: EntrypointType = FILE) -> list[Any]:
     return [builder(entrypoint_type) for builder in (
         incident_deployment, reconciliation_deployment, resume_deployment, review_deployment,
         resend_deployment, step_deployment)]
+
+
+def as_the_operator_left_them(deployments: list[Any]) -> list[Any]:
+    """The deployments, each keeping what an operator set on the server: a paused
+    deployment stays paused, and a schedule an operator turned off (found by its slug)
+    stays off. Prefect's registration would otherwise send `paused=False` and every
+    schedule active, turning back on what was turned off (Prefect issue #19302)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            try:
+                found = client.read_deployment_by_name(
+                    f"{deployment.flow_name}/{deployment.name}")
+            except ObjectNotFound:
+                continue
+            deployment.paused = bool(found.paused)
+            inactive = {s.slug for s in found.schedules if s.slug and not s.active}
+            for schedule in deployment.schedules or []:
+                if getattr(schedule, "slug", None) in inactive:
+                    schedule.active = False
+    return deployments

@@ -11,7 +11,7 @@ Against the Prefect server at PREFECT_API_URL it:
 2. creates the global concurrency limits where missing, with the defaults of
    tasks/limits.py, and sets the values given on the command line (a value not given
    keeps what the server has, so a limit tuned in the UI survives a redeploy);
-3. registers the five deployments on the pool (Prefect's `RunnerDeployment.apply`, what
+3. registers the six deployments on the pool (Prefect's `RunnerDeployment.apply`, what
    `flow.deploy` does without building an image), with module-path entrypoints: a worker
    runs them wherever this package is installed.
 
@@ -79,7 +79,7 @@ def register_on_pool(pool: str = DEFAULT_POOL, *, image: str | None = None,
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    from deployments.definitions import all_deployments
+    from deployments.definitions import all_deployments, as_the_operator_left_them
 
     name = check_pool_name(pool)
     image = image.strip() if image is not None else None
@@ -109,7 +109,7 @@ def register_on_pool(pool: str = DEFAULT_POOL, *, image: str | None = None,
                     description="The reinstatement pipeline's runs, on process workers."))
             registration = Registration(name, pool_type, existing is None)
             registration.limits = ensure_limits(client, limits or LimitSettings())
-        for deployment in all_deployments(EntrypointType.MODULE_PATH):
+        for deployment in as_the_operator_left_them(all_deployments(EntrypointType.MODULE_PATH)):
             deployment.apply(work_pool_name=name, image=image)
             registration.deployments.append(f"{deployment.flow_name}/{deployment.name}")
     except httpx.HTTPError as exc:

@@ -75,11 +75,13 @@ def stop_on_ctrl_c() -> None:
 def main(limit: int | None = None) -> None:
     """Block, executing the deployments' runs as the Prefect server schedules them."""
     stop_on_ctrl_c()  # SIGTERM ends the process by default until the runner takes it over
-    from deployments.definitions import all_deployments
+    from deployments.definitions import all_deployments, as_the_operator_left_them
 
     polling = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
-    runner = _runner(limit=limit, query_seconds=polling)
-    deployments = all_deployments()
+    # Stopping `serve` leaves the schedules as they are (Prefect's runner pauses them by
+    # default, and the nightly would stay off after a restart): an operator pauses them.
+    runner = _runner(limit=limit, query_seconds=polling, pause_on_shutdown=False)
+    deployments = as_the_operator_left_them(all_deployments())
     for deployment in deployments:
         runner.add_deployment(deployment)
     print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console

@@ -533,3 +533,48 @@ def test_serve_stops_within_ten_seconds_even_when_the_prefect_server_is_gone(
     finally:
         for server in servers:
             server.kill()
+
+
+def _nightly(client: Any) -> Any:
+    return client.read_deployment_by_name("nightly-reconciliation/nightly-reconciliation")
+
+
+def test_the_nightly_schedule_stays_as_the_operator_left_it(
+    served: Server, tmp_path: Path,
+) -> None:
+    """Stopping `reinstate serve` (Ctrl-C) leaves the nightly on; a schedule an operator
+    turned off, or a deployment paused, stays so when `serve` registers them again."""
+    def stop() -> None:
+        assert served.process is not None
+        served.process.send_signal(signal.SIGINT)
+        served.process.wait(timeout=30)
+
+    def start(log: str) -> None:
+        again = Server(served.env, tmp_path / log)
+        again.start()
+        served.process = again.process
+
+    with get_client(sync_client=True) as client:
+        nightly = _nightly(client)
+        assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", True)]
+    stop()
+    with get_client(sync_client=True) as client:
+        nightly = _nightly(client)
+        assert not nightly.paused, (tmp_path / "serve.log").read_text()[-2000:]
+        assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", True)]
+        client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=False)
+    try:
+        start("serve-2.log")
+        with get_client(sync_client=True) as client:
+            nightly = _nightly(client)
+            assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", False)]
+            client.pause_deployment(nightly.id)
+        stop()
+        start("serve-3.log")
+        with get_client(sync_client=True) as client:
+            assert _nightly(client).paused
+    finally:
+        with get_client(sync_client=True) as client:
+            nightly = _nightly(client)
+            client.resume_deployment(nightly.id)
+            client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=True)
