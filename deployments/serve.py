@@ -72,6 +72,18 @@ def stop_on_ctrl_c() -> None:
         signal.signal(signal.SIGINT, _on_sigint)
 
 
+def _ensure_limits() -> None:
+    """The global limits the runs take slots of, created with their defaults where the
+    server has none (existing ones are kept as an operator set them): no run then warns
+    that a limit is missing."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.limits import LimitSettings, ensure_limits
+
+    with get_client(sync_client=True) as client:
+        ensure_limits(client, LimitSettings())
+
+
 def main(limit: int | None = None) -> None:
     """Block, executing the deployments' runs as the Prefect server schedules them."""
     stop_on_ctrl_c()  # SIGTERM ends the process by default until the runner takes it over
@@ -82,6 +94,7 @@ def main(limit: int | None = None) -> None:
     # default, and the nightly would stay off after a restart): an operator pauses them.
     runner = _runner(limit=limit, query_seconds=polling, pause_on_shutdown=False)
     deployments = as_the_operator_left_them(all_deployments())
+    _ensure_limits()
     for deployment in deployments:
         runner.add_deployment(deployment)
     print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console

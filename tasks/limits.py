@@ -107,8 +107,8 @@ def _warn_missing(name: str) -> None:
             return
         _warned.add(name)
     message = (f"global concurrency limit {name} does not exist on the Prefect server: not "
-               "limited across processes, only by this run's settings (`reinstate deploy` "
-               "creates it)")
+               "limited across processes, only by this run's settings (`reinstate serve` "
+               "and `reinstate deploy` create it)")
     try:
         from prefect.logging import get_run_logger
 

@@ -177,6 +177,22 @@ def served(prefect_api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterato
         yield server
     finally:
         server.stop()
+        _remove_global_limits()
+
+
+def _remove_global_limits() -> None:
+    """`serve` creates the global limits; the session's other tests run without them."""
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.limits import DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS, forget_known_limits
+
+    with get_client(sync_client=True) as client:
+        for name in (DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS):
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                pass
+    forget_known_limits()
 
 
 def _wait_for_deployments(count: int, timeout: float = 90) -> None:
@@ -578,3 +594,30 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
             nightly = _nightly(client)
             client.resume_deployment(nightly.id)
             client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=True)
+
+
+def test_serve_creates_the_global_limits_its_runs_take(served: Server, tmp_path: Path) -> None:
+    """Where no limit exists, `reinstate serve` creates each with its default, so no run
+    warns of a missing limit; a limit an operator set is kept as it is."""
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.limits import DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS
+
+    assert served.process is not None
+    served.process.send_signal(signal.SIGINT)
+    served.process.wait(timeout=30)
+    with get_client(sync_client=True) as client:
+        for name in (DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS):
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                pass
+        client.upsert_global_concurrency_limit_by_name(SMTP_CONNECTIONS, 7)
+    again = Server(served.env, tmp_path / "serve-2.log")
+    again.start()
+    served.process = again.process
+    with get_client(sync_client=True) as client:
+        found = {name: client.read_global_concurrency_limit_by_name(name)
+                 for name in (DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS)}
+    assert found[SMTP_CONNECTIONS].limit == 7
+    assert found[DATABASE_BATCHES].limit >= 1 and found[MAIL_RATE].slot_decay_per_second > 0
