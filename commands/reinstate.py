@@ -16,6 +16,7 @@ import typer
 
 from commands import notices as notice_commands
 from commands import operations as cli_operations
+from commands import records as record_commands
 from commands import setup  # noqa: F401 - its commands register on the app
 from commands.common import (
     app,
@@ -270,6 +271,7 @@ def cases(
 
 cli_operations.register(app, handles_errors, checked_engine)
 notice_commands.register(app, handles_errors, checked_engine, parse_moment)
+record_commands.register(app, handles_errors, checked_engine)
 
 
 def main() -> None:

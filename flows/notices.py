@@ -15,7 +15,12 @@ from flows.batches import MAX_PARALLEL_TASKS, run_batches
 from flows.run_state import failed_for_notices, failed_plainly, tag_run_with_incident
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe
-from tasks.incident_state import failed_notices, load_registered, requeue_failed_notices
+from tasks.incident_state import (
+    failed_notices,
+    load_registered,
+    plain,
+    requeue_failed_notices,
+)
 from tasks.notify import send_notices
 
 
@@ -47,8 +52,8 @@ def resend_notices(
     """
     try:
         tag_run_with_incident(incident_key)
-        incident = load_registered(incident_key)
-        queued = requeue_failed_notices(incident, reason, since)
+        incident = plain(load_registered(incident_key))
+        queued = plain(requeue_failed_notices(incident, reason, since))
         get_run_logger().info("incident %s: %d failed notice(s) queued again with their "
                               "Message-IDs", incident_key, queued)
         sent = run_batches(send_notices, incident, batch_size, "notify", "notify") \

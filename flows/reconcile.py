@@ -42,6 +42,7 @@ from tasks.reconciliation import (
     reopen_rebanned,
     uncovered_accounts,
 )
+from tasks.reporting import publish_incidents
 
 
 class InvariantsBroken(RuntimeError):
@@ -195,6 +196,7 @@ def nightly_reconciliation(
                 {"version": "none", "why": f"no suspect in the last {detect_days} days"}],
             description="Rule versions whose bans look like a fault (a suspect restores "
                         "nothing)")
+    publish_incidents()
     create_markdown_artifact(key="nightly-reconciliation", markdown=_markdown(findings),
                              description="What the nightly reconciliation found and did")
     create_table_artifact(

@@ -50,6 +50,7 @@ from tasks.incident_state import (
     finish_run,
     incident_state,
     load_registered,
+    plain,
     record_decision,
     record_preview,
     reset_previews,
@@ -164,7 +165,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
             _plan_and_verify(incident, steps, timings, preview=True)
             make_plan(incident, dry_run=True)
             publish_preview(incident.key, dry_run=True)
-            record_preview(incident)
+            plain(record_preview(incident))
             final_status = "previewed"
             return publish_report(incident.key)
         final_status, result = _carry_on(incident, steps, timings, wait=True)
@@ -190,7 +191,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     state for a rejection).
     """
     logger = get_run_logger()
-    begin_real_run(incident)
+    plain(begin_real_run(incident))
     started: float | None = time.perf_counter()
     _plan_and_verify(incident, steps, timings, preview=False)
     state = incident_state(incident)
@@ -207,14 +208,14 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
                     "in the UI (Resume, in the run's menu); no process is held meanwhile",
                     state.plan.short, incident.key)
         decision = wait_for_decision(incident, state.plan)
-        state = record_decision(incident, decision.decision, decision.operator,
-                                decision.plan, decision.note)
+        state = plain(record_decision(incident, decision.decision, decision.operator,
+                                      decision.plan, decision.note))
         if state.status == IncidentStatus.REJECTED:
             logger.warning("incident %s %s: nothing restored", incident.key,
                            state.describe())
             publish_report(incident.key)
             return "rejected", Cancelled(message=state.describe())
-        state = begin_real_run(incident)
+        state = plain(begin_real_run(incident))
         started = None  # the operator's decision came between: no one figure for the steps
     if not state.may_restore() and state.status != IncidentStatus.COMPLETED:
         raise lifecycle.TransitionRefused(
@@ -255,7 +256,7 @@ def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
     refresh_statistics()  # the cases planning just wrote
     timings["plan"] = time.perf_counter() - started
     if not preview:  # a completed incident runs again only if planning found it work
-        begin_real_run(incident)
+        plain(begin_real_run(incident))
 
     started = time.perf_counter()
     if preview:
@@ -395,7 +396,7 @@ def resume_incident(
 def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) -> Any:
     require_step_deployment(child_runs)
     tag_run_with_incident(incident_key)
-    incident = load_registered(incident_key)
+    incident = plain(load_registered(incident_key))
     state = incident_state(incident)
     lifecycle.refuse_unapproved(state)
     if state.status not in (*lifecycle.RESUMABLE, IncidentStatus.COMPLETED):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Connection,
     DateTime,
     Text,
+    select,
 )
 
 from reinstatement.models import AuditEntry
@@ -36,3 +38,26 @@ def audit_incident(conn: Connection, incident_id: int, before: str | None, after
                    actor: str, reason: str) -> None:
     write_audit(conn, incident_id, [(None, before, after, reason)], actor)
 
+
+
+def trail(conn: Connection, incident_id: int, *, cases: bool = False,
+          page: int = 5000) -> Iterator[dict[str, Any]]:
+    """The incident's audit trail in order: its own transitions (with `cases`, every
+    case's too), read page by page (keyset)."""
+    after = 0
+    while True:
+        query = (select(AuditEntry.id, AuditEntry.at, AuditEntry.case_id,
+                        AuditEntry.from_state, AuditEntry.to_state, AuditEntry.actor,
+                        AuditEntry.reason).where(AuditEntry.incident_id == incident_id,
+                                          AuditEntry.id > after)
+                 .order_by(AuditEntry.id).limit(page))
+        if not cases:
+            query = query.where(AuditEntry.case_id.is_(None))
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        for entry in rows:
+            yield {"at": entry.at.isoformat(), "case_id": entry.case_id,
+                   "from": entry.from_state, "to": entry.to_state, "actor": entry.actor,
+                   "reason": entry.reason}
+        after = rows[-1].id

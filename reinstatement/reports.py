@@ -93,6 +93,35 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
     }
 
 
+def incident_rows(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
+    """Every incident (of `status`), newest first: its status, plan, who declared and who
+    decided, its counts and its last run."""
+    query = select(Incident.key).order_by(Incident.id.desc())
+    if status is not None:
+        query = query.where(Incident.status == status)
+    rows = []
+    for key in conn.execute(query).scalars():
+        report = incident_report(conn, key)
+        last = report["runs"][-1] if report["runs"] else None
+        decision = report["decision"]
+        rows.append({
+            "incident": key, "status": report["status"],
+            "status_words": report["status_words"],
+            "plan": None if report["plan"] is None else report["plan"]["short"],
+            "declared_by": report["declared_by"],
+            "decided_by": None if decision is None else decision["by"],
+            "decision": None if decision is None else decision["decision"],
+            "cases": report["cases"], "reinstated": report["outcomes"].get("reinstated", 0),
+            "needs_review": report["outcomes"].get("needs_review", 0),
+            "notices_sent": report["notices"].get("sent", 0),
+            "notices_failed": report["notices"].get("failed", 0),
+            "last_run": None if last is None else last["status"],
+            "last_run_started": None if last is None else last["started_at"],
+            "last_run_finished": None if last is None else last["finished_at"],
+        })
+    return rows
+
+
 def iter_cases(conn: Connection, key: str, outcome: str | None = None,
                page: int = 5000) -> Iterator[dict[str, Any]]:
     """Every case of the incident, in id order, read page by page (keyset)."""

@@ -8,19 +8,53 @@ through it, the flow.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from reinstatement import approval, runner, runs
+from reinstatement.errors import BadInput
 from reinstatement.failed_notices import by_reason as failed_notices_by_reason
 from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
 from tasks.pipeline import run_actor
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Bad input a task met (a refused transition or decision, an unknown key), handed
+    back as a value: the flow then ends Failed with it as one plain line (flows/run_state),
+    where an exception would put a traceback in the task's log."""
+
+    message: str
+
+
+def plain(value: T | Refused) -> T:
+    """A task's value; its refusal raised as the flow's BadInput."""
+    if isinstance(value, Refused):
+        raise BadInput(value.message)
+    return value
+
+
+def _refusals_as_values(function: Callable[P, T]) -> Callable[P, T | Refused]:
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T | Refused:
+        try:
+            return function(*args, **kwargs)
+        except BadInput as exc:
+            return Refused(str(exc))
+
+    return wrapper
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
@@ -38,6 +72,7 @@ def finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None
 
 
 @task(name="load-incident", cache_policy=NO_CACHE)
+@_refusals_as_values
 def load_registered(incident_key: str) -> RegisteredIncident:
     """The incident registered under `incident_key`."""
     with resources().engine.connect() as conn:
@@ -51,12 +86,14 @@ def incident_state(incident: RegisteredIncident) -> IncidentState:
 
 
 @task(name="begin-real-run", cache_policy=NO_CACHE)
+@_refusals_as_values
 def begin_real_run(incident: RegisteredIncident) -> IncidentState:
     """Mark the incident running for a real run, where its status allows one."""
     return runner.begin_real_run(resources().engine, incident, run_actor())
 
 
 @task(name="record-preview", cache_policy=NO_CACHE)
+@_refusals_as_values
 def record_preview(incident: RegisteredIncident) -> IncidentState:
     """Record that a dry run previewed the incident."""
     return runner.record_preview(resources().engine, incident, run_actor())
@@ -75,6 +112,7 @@ def complete_if_done(incident: RegisteredIncident) -> bool:
 
 
 @task(name="record-decision", cache_policy=NO_CACHE)
+@_refusals_as_values
 def record_decision(incident: RegisteredIncident, decision: Literal["approve", "reject"],
                     operator: str, plan_digest: str, note: str) -> IncidentState:
     """The operator's decision from the UI, on the plan its form names; a decision already
@@ -99,6 +137,7 @@ def failed_notices(incident: RegisteredIncident) -> dict[str, int]:
 
 
 @task(name="requeue-failed-notices", cache_policy=NO_CACHE)
+@_refusals_as_values
 def requeue_failed_notices(incident: RegisteredIncident, reason: str | None,
                            since: datetime | None) -> int:
     """Queue the incident's failed notices (of `reason`, failed since `since`) again, with

@@ -218,7 +218,37 @@ def publish_report(incident_key: str) -> dict[str, Any]:
         + [{"outcome": f"notice {s}", "accounts": n} for s, n in report["notices"].items()],
         description=f"Counts per outcome and notice state for {incident_key}",
     )
+    create_table_artifact(
+        key=_artifact_key(incident_key, "audit"),
+        table=_audit_rows(incident_key) or [{"at": "-", "to": "no transition yet"}],
+        description=f"The audit trail of incident {incident_key}: each transition of the "
+        "incident, who made it and why (`reinstate audit KEY --cases` adds every case's)",
+    )
     return report
+
+
+def _audit_rows(incident_key: str) -> list[dict[str, Any]]:
+    from reinstatement.audit import trail
+    from reinstatement.incidents import load_incident
+
+    with resources().engine.connect() as conn:
+        incident = load_incident(conn, incident_key)
+        return list(trail(conn, incident.id))
+
+
+@task(name="publish-incidents", cache_policy=NO_CACHE)
+def publish_incidents() -> list[dict[str, Any]]:
+    """Every incident with its status, plan, declarer, decider, counts and last run, as a
+    table artifact (what `reinstate incidents` prints)."""
+    from reinstatement.reports import incident_rows
+
+    with resources().engine.connect() as conn:
+        rows = incident_rows(conn)
+    create_table_artifact(
+        key="incidents", table=rows or [{"incident": "none yet"}],
+        description="Every incident, newest first: status, plan, who declared and who "
+        "decided, counts and the last run")
+    return rows
 
 
 class Progress:

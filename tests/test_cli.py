@@ -159,7 +159,7 @@ def flow_tripwire(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         started.append(request)
         raise AssertionError(f"the flow started for {request!r}")
 
-    monkeypatch.setattr(cli, "_run_flow", tripwire)
+    monkeypatch.setattr(cli, "run_flow", tripwire)
     return started
 
 
@@ -543,7 +543,7 @@ def test_same_key_with_the_same_parameters_goes_on_to_the_flow(
         with flow_engine.connect() as conn:
             return incident_report(conn, request.incident_key)
 
-    monkeypatch.setattr(cli, "_run_flow", fake_flow)
+    monkeypatch.setattr(cli, "run_flow", fake_flow)
     result = invoke("run", INCIDENT_KEY, "--faulty", INCIDENT_FAULTY[1],
                     "--faulty", INCIDENT_FAULTY[0], "--since", "2025-04-01T02:00:00+02:00",
                     "--until", "2025-04-14T19:00:00-05:00", "--batch-size", "7")

@@ -228,22 +228,23 @@ def test_the_nightly_publishes_suspects_and_alerts_each_once(
         prefect_api: str, engine: Engine, cli_env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.reconcile as nightly
+    import tasks.reconciliation as steps
 
     options, planted = seeded(engine, 8)
     emitted: list[dict[str, Any]] = []
-    real_emit = nightly.emit_event
+    real_emit = steps.emit_event
 
     def recording_emit(**kwargs: Any) -> Any:
         emitted.append(kwargs)
         return real_emit(**kwargs)
 
-    monkeypatch.setattr(nightly, "emit_event", recording_emit)
+    monkeypatch.setattr(steps, "emit_event", recording_emit)
     before = snapshot(engine)
     findings = nightly.nightly_reconciliation(detect_days=DAYS, detect_until=HISTORY_END)
     versions = sorted(f.name for f in planted)
     assert sorted(s["version"] for s in findings["faults"]["suspects"]) == versions
     assert sorted(e["resource"]["prefect.resource.name"] for e in emitted) == versions
-    assert {e["event"] for e in emitted} == {nightly.SUSPECT_EVENT}
+    assert {e["event"] for e in emitted} == {steps.SUSPECT_EVENT}
     assert snapshot(engine) == before  # a suspect restores nothing
     published = latest_artifact("fault-suspects")
     assert all(version in published for version in versions)
