@@ -26,7 +26,6 @@ from prefect.exceptions import Pause
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment
-from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -34,7 +33,14 @@ from pydantic import Field
 # and tests that take them from this module.
 from flows.batches import MAX_PARALLEL_TASKS, pending
 from flows.incident_step import StepRunner, require_step_deployment
-from flows.run_state import failed_for_notices, failed_plainly, tag_run_with_incident
+from flows.run_state import (
+    failed_for_notices,
+    failed_plainly,
+    on_cancelled,
+    on_crashed,
+    rejected,
+    tag_run_with_incident,
+)
 from reinstatement import lifecycle, plans
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe as describe_failed
@@ -125,6 +131,8 @@ def _resume_run_name() -> str:
     # run's start, so that it fails in plain words rather than as Prefect's parameter error.
     validate_parameters=False,
     flow_run_name=_incident_run_name,
+    on_cancellation=[on_cancelled],
+    on_crashed=[on_crashed],
 )
 def reinstate_incident(request: IncidentRequest) -> Any:
     """Reinstate the accounts of one incident; returns the incident's report.
@@ -211,10 +219,8 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
         state = plain(record_decision(incident, decision.decision, decision.operator,
                                       decision.plan, decision.note))
         if state.status == IncidentStatus.REJECTED:
-            logger.warning("incident %s %s: nothing restored", incident.key,
-                           state.describe())
             publish_report(incident.key)
-            return "rejected", Cancelled(message=state.describe())
+            return "rejected", rejected(incident.key, state.describe())
         state = plain(begin_real_run(incident))
         started = None  # the operator's decision came between: no one figure for the steps
     if not state.may_restore() and state.status != IncidentStatus.COMPLETED:
@@ -373,6 +379,8 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     description="Continue an incident that a crashed or cancelled run left mid-way.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_TASKS),  # type: ignore[arg-type]
     flow_run_name=_resume_run_name,
+    on_cancellation=[on_cancelled],
+    on_crashed=[on_crashed],
 )
 def resume_incident(
     incident_key: Annotated[str, Field(min_length=1, max_length=200)],

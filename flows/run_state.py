@@ -5,11 +5,12 @@ Shared by the incident flow, its child step runs and the review flow.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect.exceptions import Abort
 from prefect.logging import get_run_logger
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 
 from reinstatement.errors import BadInput
 
@@ -60,3 +61,50 @@ def failed_for_notices(message: str) -> State[Any]:
     line and the state's message; the CLI exits 1 with it."""
     get_run_logger().error("%s", message)
     return Failed(message=message, data=NoticesFailed(message))
+
+
+class RejectedRun(Abort):
+    """An operator rejected the incident's plan: the run ends Cancelled, named Rejected.
+
+    An `Abort`, as `RefusedRun` is, so that Prefect's engine logs the end at INFO with no
+    traceback: a rejection is a decision, not a crash."""
+
+
+def rejected(incident_key: str, message: str) -> State[Any]:
+    """The run's end when an operator rejected the plan it waited on; `message` says who
+    and why."""
+    get_run_logger().info("incident %s %s: nothing was restored, and nothing will be "
+                          "under this key", incident_key, message)
+    return Cancelled(name="Rejected", message=message, data=RejectedRun(message))
+
+
+def _ended_by_prefect(status: str) -> Any:
+    def hook(flow: Any, flow_run: Any, state: Any) -> None:
+        """Where Prefect ended the run from outside (Cancel in the UI, a crash): its runs
+        say so, and the incident's report is published again as the database has it."""
+        from reinstatement import runs
+        from reinstatement.resources import resources
+        from tasks.reporting import publish_report
+
+        key = _incident_key(flow_run.parameters)
+        try:
+            runs.record_ended_by_prefect(resources().engine, str(flow_run.id), status)
+            if key:
+                publish_report.fn(key)
+        except Exception as exc:  # noqa: BLE001 - a hook must not hide the run's own end
+            logging.getLogger(__name__).warning("could not record the %s run of %s: %s",
+                                                status, key or "an incident", exc)
+
+    return hook
+
+
+def _incident_key(parameters: dict[str, Any]) -> str | None:
+    request = parameters.get("request")
+    if isinstance(request, dict):
+        return request.get("incident_key")
+    key = getattr(request, "incident_key", None) or parameters.get("incident_key")
+    return str(key) if key else None
+
+
+on_cancelled = _ended_by_prefect("cancelled")
+on_crashed = _ended_by_prefect("crashed")

@@ -93,6 +93,45 @@ def incident_report(conn: Connection, key: str) -> dict[str, Any]:
     }
 
 
+OUTCOME_MEANINGS = {
+    "reinstated": "every standing ban is a wrongful faulty ban: the account, its pins and a "
+                  "notice come back",
+    "needs_review": "a standing faulty ban is uncertain: a reviewer decides (nothing changes "
+                    "until then)",
+    "skipped": "not banned, not found, or no standing faulty ban: nothing changes",
+    "upheld": "a standing faulty ban is confirmed by the corrected rule: the ban stays",
+    "kept_other_ban": "another ban stands (a moderator's, another rule's, or outside the "
+                      "window): the ban stays",
+}
+
+
+def would_restore(conn: Connection, incident_id: int, *, previewed: bool) -> dict[str, int]:
+    """What restoring the reinstated cases as judged now would do: notices that would go
+    out (accounts with an address, when the incident notifies) and pins that come back
+    (hidden by the bans the restore reverses)."""
+    from reinstatement.platform_schema import accounts, pins
+    from reinstatement.store.bulk import chunks, id_in
+
+    state = (Case.state == "previewed") if previewed else (Case.state == "verified")
+    rows = conn.execute(select(Case.account_id, Case.standing_ban_ids).where(
+        Case.incident_id == incident_id, Case.outcome == "reinstated", state)).all()
+    notify = conn.execute(select(Incident.params).where(Incident.id == incident_id)
+                          ).scalar_one().get("notify", True)
+    account_ids = sorted(row.account_id for row in rows)
+    ban_ids = sorted({int(b) for row in rows for b in (row.standing_ban_ids or [])})
+    notices = 0
+    if notify:
+        for part in chunks(account_ids):
+            notices += int(conn.execute(select(func.count()).select_from(accounts).where(
+                id_in(conn, accounts.c.id, part), accounts.c.email.is_not(None))
+            ).scalar_one())
+    pins_back = 0
+    for part in chunks(ban_ids):
+        pins_back += int(conn.execute(select(func.count()).select_from(pins).where(
+            id_in(conn, pins.c.hidden_by_action_id, part))).scalar_one())
+    return {"notices": notices, "pins": pins_back}
+
+
 def incident_rows(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
     """Every incident (of `status`), newest first: its status, plan, who declared and who
     decided, its counts and its last run."""

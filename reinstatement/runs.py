@@ -67,6 +67,15 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     return run_id
 
 
+def record_ended_by_prefect(engine: Engine, flow_run_id: str, status: str) -> int:
+    """The runs of a flow run that Prefect cancelled (or found crashed) say so, whatever
+    the killed process wrote last ('running', 'failed', 'needs approval'); how many."""
+    return int(in_transaction(engine, lambda conn: conn.execute(
+        update(Run).where(Run.flow_run_id == flow_run_id,
+                          Run.status.in_(["running", "failed", "needs approval"]))
+        .values(status=status, finished_at=utcnow())).rowcount))
+
+
 def finish_run(engine: Engine, run_id: int, status: str, step_seconds: dict[str, float]) -> None:
     try:
         in_transaction(engine, lambda conn: conn.execute(

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
-from reinstatement.reports import OUTCOMES, incident_report
+from reinstatement.reports import OUTCOME_MEANINGS, OUTCOMES, incident_report, would_restore
 from reinstatement.resources import resources
 from reinstatement.review import cases_awaiting_review
 from reinstatement.states import CaseState
@@ -84,7 +84,8 @@ def _decision_lines(report: dict[str, Any]) -> list[str]:
         lines += [f"Plan {md(decision['plan'] or '-')} approved by {md(decision['by'])} at "
                   f"{md(decision['at'])}{note}.", ""]
     if report["status"] == "awaiting_approval":
-        lines += [f"**Awaiting approval.** {md(report['status_words'])}", ""]
+        words = report["status_words"].removeprefix("awaiting approval")
+        lines += [f"**Awaiting approval**{md(words)}", ""]
     return lines
 
 
@@ -100,7 +101,11 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
     window = report["window"]
     lines += ["", f"Window on ban creation: {md(window['since'] or 'open')} to "
               f"{md(window['until'] or 'open')} (end excluded).", ""]
-    lines.append("| outcome | accounts |")
+    if report["status"] == "rejected":
+        lines.append("| outcome as judged (would have been; rejected, so nothing was "
+                     "restored) | accounts |")
+    else:
+        lines.append("| outcome | accounts |")
     lines.append("| --- | ---: |")
     for outcome in OUTCOMES:
         lines.append(f"| {outcome} | {counts.get(outcome, 0):,} |")
@@ -109,7 +114,13 @@ def _markdown(report: dict[str, Any], title: str, counts: dict[str, int]) -> str
         lines += ["", "| notice state | notices |", "| --- | ---: |"]
         lines += [f"| {md(state)} | {n:,} |" for state, n in sorted(report["notices"].items())]
     if title.startswith(("Dry run", "Preview")):
-        lines += ["", "Nothing on the platform has changed yet."]
+        would = report.get("would_restore") or {}
+        lines += ["", "Nothing on the platform has changed yet. Restoring this plan would:", "",
+                  f"- send {would.get('notices', 0):,} notices (the reinstated accounts with "
+                  "an address, when the incident notifies);",
+                  f"- bring back {would.get('pins', 0):,} pins (hidden by the bans it "
+                  "reverses).", "", "What each outcome means:", ""]
+        lines += [f"- **{outcome}**: {OUTCOME_MEANINGS[outcome]}." for outcome in OUTCOMES]
     else:
         lines += ["", f"Pins restored: {report['pins_restored']:,}."]
     if report.get("runs"):
@@ -151,6 +162,10 @@ def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
     """Publish the verified outcomes (counts, rule versions, samples) before any change."""
     report = _report(incident_key)
     counts = report["preview_outcomes"] if dry_run else report["outcomes"]
+    with resources().engine.connect() as conn:
+        incident_id = conn.execute(select(Incident.id).where(Incident.key == incident_key)
+                                   ).scalar_one()
+        report["would_restore"] = would_restore(conn, incident_id, previewed=dry_run)
     title = "Dry run preview" if dry_run else "Preview before restore"
     create_markdown_artifact(
         key=_artifact_key(incident_key, "preview"),

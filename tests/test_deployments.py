@@ -384,15 +384,19 @@ def test_a_rejection_in_the_ui_cancels_the_run_and_restores_nothing(
     resume_flow_run(flow_run.id, run_input={
         "decision": "reject", "operator": "ops-oncall", "note": "corrected rule is wrong"})
     run = _wait_for_state(flow_run.id, "final")
-    assert run.state.type.value == "CANCELLED", run.state
+    assert run.state.type.value == "CANCELLED" and run.state.name == "Rejected", run.state
     assert not run.state.is_completed()
     assert run.state.message == "rejected by ops-oncall: corrected rule is wrong"
+    logs = _run_log_records(flow_run.id, until_seen="nothing was restored")
+    assert any("nothing was restored" in log.message for log in logs)
+    assert not [log.message for log in logs if log.level >= 40 or "Traceback" in log.message]
     assert _restored(engine) == 0
     assert not list(Path(cli_env["REINSTATE_EMAIL_DIR"]).glob("*.eml"))
     report = _report_markdown()
     assert report.startswith(f"# REJECTED: Reinstatement report: {md(INCIDENT_KEY)}")
     assert f"## REJECTED by {md('ops-oncall')}" in report
     assert "corrected rule is wrong" in report
+    assert "| outcome as judged (would have been; rejected, so nothing was restored) |" in report
 
 
 def _incident_parameters(**fields: Any) -> dict[str, Any]:
@@ -400,6 +404,21 @@ def _incident_parameters(**fields: Any) -> dict[str, Any]:
         "incident_key": INCIDENT_KEY, "faulty_versions": list(INCIDENT_FAULTY),
         "since": INCIDENT_SINCE.isoformat(), "until": INCIDENT_UNTIL.isoformat(),
         "batch_size": 100, "declared_by": DECLARER, **fields}}
+
+
+def _run_log_records(flow_run_id: Any, until_seen: str = "", timeout: float = 30
+                     ) -> list[Any]:
+    """The run's log records (message and level), waiting as `_run_logs` does."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        if any(until_seen in log.message for log in logs) or time.monotonic() > deadline:
+            return list(logs)
+        time.sleep(0.5)
 
 
 def _run_logs(flow_run_id: Any, until_seen: str = "", timeout: float = 30) -> list[str]:
@@ -621,3 +640,52 @@ def test_serve_creates_the_global_limits_its_runs_take(served: Server, tmp_path:
                  for name in (DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS)}
     assert found[SMTP_CONNECTIONS].limit == 7
     assert found[DATABASE_BATCHES].limit >= 1 and found[MAIL_RATE].slot_decay_per_second > 0
+
+
+def test_cancelling_a_running_run_records_it_and_publishes_the_report(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], tmp_path: Path,
+    smtp_server: Any,
+) -> None:
+    """Cancel in the UI while notices go out: the run's row says 'cancelled' with its end,
+    and the report is published again with what the database holds (the notices sent)."""
+    from prefect.states import Cancelling
+
+    from reinstatement.models import Notice, Run
+    from tests.smtp_server import RecordingHandler
+
+    seed(engine, SeedOptions(accounts=400, seed=3))
+    mail = smtp_server(RecordingHandler(slow_data_seconds=0.05))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING",
+           **cli_env, "REINSTATE_EMAIL_BACKEND": "smtp", "REINSTATE_SMTP_HOST": "127.0.0.1",
+           "REINSTATE_SMTP_PORT": str(mail.port), "REINSTATE_NOTIFY_RETRY_WAIT_SECONDS": "0"}
+    server = Server(env, tmp_path / "serve.log")
+    server.start()
+    try:
+        flow_run = run_deployment("reinstate-incident/reinstate-incident", timeout=0,
+                                  parameters=_incident_parameters(require_approval=False))
+        deadline = time.monotonic() + 180
+        while len(mail.handler.delivered) < 5:
+            assert time.monotonic() < deadline, "no notice went out"
+            time.sleep(0.2)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        run = _wait_for_state(flow_run.id, "final")
+        assert run.state.is_cancelled(), run.state
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                row = conn.execute(select(Run.status, Run.finished_at).where(
+                    Run.flow_run_id == str(flow_run.id))).one()
+                sent = conn.execute(select(func.count()).select_from(Notice).where(
+                    Notice.state == "sent")).scalar_one()
+            if row.status == "cancelled" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert row.status == "cancelled" and row.finished_at is not None
+        assert 0 < sent < 400
+        report = _report_markdown()
+        assert f"| sent | {sent:,} |" in report
+        assert "| cancelled |" in report
+    finally:
+        server.stop()
+        _remove_global_limits()

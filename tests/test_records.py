@@ -112,3 +112,24 @@ def test_bad_input_is_one_line_and_exit_2(engine: Engine, cli_env: dict[str, str
     seed(engine, SeedOptions(accounts=20, seed=1))
     code, output = invoke(*args)
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1
+
+
+def test_the_preview_says_what_the_restore_then_does(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str],
+) -> None:
+    """The dry run's preview says how many notices would go out and how many pins come
+    back; the real run then sends and restores exactly those; each outcome is explained."""
+    import re
+
+    from tasks.reporting import _artifact_key
+
+    seed(engine, SeedOptions(accounts=300, seed=9))
+    reinstate_incident(incident_request(dry_run=True))
+    preview = latest_artifact(_artifact_key(KEY, "preview"))
+    notices = int(re.search(r"send ([\d,]+) notices", preview).group(1).replace(",", ""))
+    pins_back = int(re.search(r"bring back ([\d,]+) pins", preview).group(1).replace(",", ""))
+    for outcome in ("reinstated", "needs_review", "skipped", "upheld", "kept_other_ban"):
+        assert f"- **{outcome}**: " in preview
+    report = reinstate_incident(incident_request())
+    assert report["notices"].get("sent", 0) == notices > 0
+    assert report["pins_restored"] == pins_back > 0
