@@ -618,19 +618,13 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
 def test_serve_creates_the_global_limits_its_runs_take(served: Server, tmp_path: Path) -> None:
     """Where no limit exists, `reinstate serve` creates each with its default, so no run
     warns of a missing limit; a limit an operator set is kept as it is."""
-    from prefect.exceptions import ObjectNotFound
-
     from tasks.limits import DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS
 
     assert served.process is not None
     served.process.send_signal(signal.SIGINT)
     served.process.wait(timeout=30)
+    _remove_global_limits()
     with get_client(sync_client=True) as client:
-        for name in (DATABASE_BATCHES, MAIL_RATE, SMTP_CONNECTIONS):
-            try:
-                client.delete_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                pass
         client.upsert_global_concurrency_limit_by_name(SMTP_CONNECTIONS, 7)
     again = Server(served.env, tmp_path / "serve-2.log")
     again.start()
