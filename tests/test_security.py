@@ -342,6 +342,36 @@ def test_the_role_marks_a_notice_sent_only_from_its_claim(
             conn.execute(one.values(state="pending", sent_at=None))
 
 
+def test_the_role_queues_a_failed_notice_again_only_unsent_unclaimed_and_as_it_was(
+    engine: Engine, pipeline_role_engine: Engine
+) -> None:
+    """`reinstate notices resend` under the role: a failed notice may become pending again,
+    unclaimed, unsent, with its recipient and Message-ID; nothing else about it changes."""
+    from reinstatement import failed_notices
+
+    build_scenario(engine)
+    run_all(engine, request())
+    with engine.begin() as conn:
+        [notice_id, *_] = conn.execute(select(Notice.id).where(Notice.state == "pending")
+                                       .order_by(Notice.id)).scalars()
+        conn.execute(update(Notice).where(Notice.id == notice_id).values(
+            state="failed", last_error_code=550, last_error_text="no such user"))
+    one = update(Notice).where(Notice.id == notice_id)
+    with pipeline_role_engine.connect() as conn:
+        for values in ({"state": "pending", "claim_token": "t" * 32},
+                       {"state": "pending", "sent_at": T0},
+                       {"state": "pending", "message_id": "<other@example.com>"},
+                       {"state": "sent", "sent_at": T0}):
+            with pytest.raises(ProgrammingError, match="refused"), conn.begin():
+                conn.execute(one.values(**values))
+        with conn.begin():
+            incident_id = conn.execute(select(Notice.incident_id).where(
+                Notice.id == notice_id)).scalar_one()
+            queued = failed_notices.requeue(conn, incident_id, PIPELINE_ACTOR, reason="5xx")
+    assert queued.notices == 1
+    assert _scalar(engine, select(Notice.state).where(Notice.id == notice_id)) == "pending"
+
+
 # -- an approval approves a plan: nothing the role writes or calls restores outside one ----
 
 def _scalar(engine: Engine, statement: Any) -> Any:
