@@ -17,11 +17,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import ColumnElement, Connection, func, select, update
 
 from reinstatement.audit import audit_incident
 from reinstatement.errors import BadInput
-from reinstatement.models import Notice
+from reinstatement.models import Incident, Notice
 from reinstatement.states import NoticeState
 from reinstatement.store import store_for
 from reinstatement.store.engine import utcnow
@@ -46,19 +46,20 @@ def check_reason(reason: str | None) -> str | None:
     return reason
 
 
-def _matching(query: object, reason: str | None, since: datetime | None) -> object:
-    q: object = query
+def _matching(reason: str | None, since: datetime | None) -> list[ColumnElement[bool]]:
+    """The conditions that pick failed notices of `reason`, failed at or after `since`."""
+    code = Notice.last_error_code
+    conditions: list[ColumnElement[bool]] = []
     if reason == NOT_SENDABLE:
-        q = q.where(Notice.last_error_code.is_(None))  # type: ignore[attr-defined]
+        conditions.append(code.is_(None))
     elif reason is not None and reason.endswith("xx"):
         low = int(reason[0]) * 100
-        q = q.where(Notice.last_error_code >= low,  # type: ignore[attr-defined]
-                    Notice.last_error_code < low + 100)
+        conditions += [code >= low, code < low + 100]
     elif reason is not None:
-        q = q.where(Notice.last_error_code == int(reason))  # type: ignore[attr-defined]
+        conditions.append(code == int(reason))
     if since is not None:
-        q = q.where(Notice.updated_at >= since)  # type: ignore[attr-defined]
-    return q
+        conditions.append(Notice.updated_at >= since)
+    return conditions
 
 
 def by_reason(conn: Connection, incident_id: int | None = None) -> dict[str, int]:
@@ -72,6 +73,21 @@ def by_reason(conn: Connection, incident_id: int | None = None) -> dict[str, int
     for code, count in conn.execute(query):
         counts[reason_of(code)] = counts.get(reason_of(code), 0) + int(count)
     return dict(sorted(counts.items()))
+
+
+def by_incident(conn: Connection) -> dict[str, dict[str, int]]:
+    """Per incident key, its notices that failed for good, per reason (one statement)."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, code, count in conn.execute(
+        select(Incident.key, Notice.last_error_code, func.count())
+        .join(Incident, Incident.id == Notice.incident_id)
+        .where(Notice.state == NoticeState.FAILED)
+        .group_by(Incident.key, Notice.last_error_code)
+        .order_by(Incident.key)
+    ):
+        reasons = counts.setdefault(key, {})
+        reasons[reason_of(code)] = reasons.get(reason_of(code), 0) + int(count)
+    return {key: dict(sorted(reasons.items())) for key, reasons in counts.items()}
 
 
 def describe(counts: dict[str, int]) -> str:
@@ -92,9 +108,10 @@ def requeue(conn: Connection, incident_id: int, actor: str, *, reason: str | Non
     """Make the incident's failed notices (those of `reason`, failed at or after `since`)
     due again, each keeping its Message-ID; one audit row says how many and why."""
     reason = check_reason(reason)
-    ids = _matching(select(Notice.id, Notice.case_id).where(
-        Notice.incident_id == incident_id, Notice.state == NoticeState.FAILED), reason, since)
-    rows = conn.execute(store_for(conn).locked(ids)).all()  # type: ignore[call-overload]
+    ids = select(Notice.id, Notice.case_id).where(
+        Notice.incident_id == incident_id, Notice.state == NoticeState.FAILED,
+        *_matching(reason, since))
+    rows = conn.execute(store_for(conn).locked(ids)).all()
     if not rows:
         return Requeued(0, [])
     now = utcnow()

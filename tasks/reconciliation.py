@@ -101,13 +101,7 @@ def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str,
 @task(name="count-failed-notices", cache_policy=NO_CACHE)
 def failed_notices_by_incident() -> dict[str, dict[str, int]]:
     """Per incident, its notices that failed for good, per reason."""
-    from sqlalchemy import select
-
-    from reinstatement.failed_notices import by_reason
-    from reinstatement.models import Incident, Notice
+    from reinstatement.failed_notices import by_incident
 
     with resources().engine.connect() as conn:
-        keys = conn.execute(select(Incident.id, Incident.key).where(Incident.id.in_(
-            select(Notice.incident_id).where(Notice.state == "failed"))
-        ).order_by(Incident.key)).all()
-        return {key: by_reason(conn, incident_id) for incident_id, key in keys}
+        return by_incident(conn)
