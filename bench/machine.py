@@ -121,9 +121,13 @@ def wait_for_backends(database: str | None = None, timeout: float = 10.0) -> boo
                 continue
             try:
                 raw = (entry / "stat").read_text()
-                ended = raw[raw.index("(") + 1:raw.rindex(")")] == "postgres" and raw[
-                    raw.rindex(")") + 2] == "Z"
-                if ended or (title is not None and title in (entry / "cmdline").read_bytes()):
+                if raw[raw.index("(") + 1:raw.rindex(")")] != "postgres":
+                    continue
+                cmdline = (entry / "cmdline").read_bytes()
+                # a backend on its way out has released its memory (an empty command line)
+                # before it becomes a zombie: it is not reaped yet either
+                ended = raw[raw.rindex(")") + 2] == "Z" or not cmdline
+                if ended or (title is not None and title in cmdline):
                     pending = True
                     break
             except OSError:  # it ended meanwhile
