@@ -187,3 +187,21 @@ def print_report(report: dict[str, Any]) -> None:
     if report["notices"]:
         typer.echo("  notices: " + ", ".join(
             f"{state} {count:,}" for state, count in sorted(report["notices"].items())))
+
+
+def record_ended_waits() -> None:
+    """Runs that waited for a decision and that an operator cancelled in the Prefect UI
+    are recorded as such before incidents are shown (Prefect runs no code of ours for
+    that cancel). Only where some run waits, and only with a Prefect server to ask."""
+    from reinstatement import runs
+
+    with resources.resources().engine.connect() as conn:
+        if not runs.waiting_runs(conn):
+            return
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        return
+    from tasks.waits import record_ended_waits as record
+
+    record(publish=False)

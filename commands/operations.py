@@ -21,14 +21,18 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
 
     @app.command()
     @handles_errors
-    def serve() -> None:
+    def serve(
+        take_over: bool = typer.Option(
+            False, "--take-over", help="Serve the deployments from this process even though "
+            "`reinstate deploy` registered them on a work pool (its workers then get none)."),
+    ) -> None:
         """Register the deployments against PREFECT_API_URL and serve their runs."""
         from deployments.serve import main as serve_deployments
         from deployments.serve import stop_on_ctrl_c
 
         stop_on_ctrl_c()
         check_database()
-        serve_deployments()
+        serve_deployments(take_over=take_over)
 
     @app.command()
     @handles_errors

@@ -33,6 +33,9 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
             raise BadInput(f"--status: {status!r} is not one of "
                            f"{', '.join(s.value for s in IncidentStatus)}")
         engine = check_database()
+        from commands.common import record_ended_waits
+
+        record_ended_waits()
         with engine.connect() as conn:
             rows = incident_rows(conn, status)
         if as_json:

@@ -26,6 +26,7 @@ from commands.common import (
     parse_moment,
     print_report,
     process_settings,
+    record_ended_waits,
     require_pipeline_schema,
     require_platform_tables,
     run_flow,
@@ -174,6 +175,7 @@ def report(
 
     engine = engine_for(process_settings())
     require_pipeline_schema(engine)
+    record_ended_waits()
     with engine.connect() as conn:
         result = incident_report(conn, key)
     if as_json:

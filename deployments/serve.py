@@ -18,11 +18,17 @@ import time
 from types import FrameType
 from typing import Any
 
+from reinstatement.errors import BadInput
+
 STOP_SECONDS = 8.0
 # How often the process asks the server for runs to start. Prefect's default is 10 s, so a
 # run an operator starts in the UI waited up to 10 s to begin; PREFECT_RUNNER_POLL_FREQUENCY
 # still overrides it.
 POLL_SECONDS = 2.0
+# How often `serve` checks that `reinstate deploy` has not moved its deployments to a work
+# pool, and looks for runs waiting for a decision that an operator cancelled.
+POOL_CHECK_SECONDS = 5.0
+WAITS_CHECK_SECONDS = 10.0
 logger = logging.getLogger("reinstatement.serve")
 _deadline_started = threading.Event()
 
@@ -84,8 +90,81 @@ def _ensure_limits() -> None:
         ensure_limits(client, LimitSettings())
 
 
-def main(limit: int | None = None) -> None:
-    """Block, executing the deployments' runs as the Prefect server schedules them."""
+class OnAPool(BadInput):
+    """The deployments are registered on a work pool: its workers run them, not `serve`."""
+
+
+def _pools_of(paths: list[str]) -> set[str]:
+    """The work pools the named deployments ("flow/deployment") are registered on."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    pools = set()
+    with get_client(sync_client=True) as client:
+        for path in paths:
+            try:
+                pool = client.read_deployment_by_name(path).work_pool_name
+            except ObjectNotFound:
+                continue
+            if pool:
+                pools.add(pool)
+    return pools
+
+
+def _refuse_if_on_a_pool(paths: list[str]) -> None:
+    pools = _pools_of(paths)
+    if pools:
+        raise OnAPool(
+            f"the deployments are on the work pool {', '.join(sorted(pools))} (`reinstate "
+            "deploy`): its workers run them, with their settings; start `prefect worker "
+            "start --pool NAME`, or `reinstate serve --take-over` to serve them from this "
+            "process instead")
+
+
+def _stop_when_moved_to_a_pool(paths: list[str]) -> None:
+    """Watch, every POOL_CHECK_SECONDS, that no `reinstate deploy` moved the deployments to
+    a work pool meanwhile; if one did, stop serving (the pool's workers run them now, with
+    the settings they were started with)."""
+    def watch() -> None:
+        while True:
+            time.sleep(POOL_CHECK_SECONDS)
+            try:
+                pools = _pools_of(paths)
+            except Exception as exc:  # noqa: BLE001 - the server may be restarting
+                logger.debug("could not read the deployments: %s", exc)
+                continue
+            if pools:
+                logger.error("the deployments were registered on the work pool %s (`reinstate "
+                             "deploy`): this `reinstate serve` stops, and the pool's "
+                             "workers run them", ", ".join(sorted(pools)))
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="serve-pool-watch", daemon=True).start()
+
+
+def _record_ended_waits() -> None:
+    """Every WAITS_CHECK_SECONDS, the runs suspended for a decision that an operator
+    cancelled in the UI are recorded, and their incidents' reports published again
+    (tasks/waits.py): Prefect runs no code of ours for such a cancel."""
+    from tasks.waits import record_ended_waits
+
+    def watch() -> None:
+        while True:
+            time.sleep(WAITS_CHECK_SECONDS)
+            try:
+                record_ended_waits()
+            except Exception as exc:  # noqa: BLE001 - the next look tries again
+                logger.warning("could not check the runs waiting for a decision: %s", exc)
+
+    threading.Thread(target=watch, name="serve-waits-watch", daemon=True).start()
+
+
+def main(limit: int | None = None, take_over: bool = False) -> None:
+    """Block, executing the deployments' runs as the Prefect server schedules them.
+
+    Refuses (OnAPool) when `reinstate deploy` registered them on a work pool, unless
+    `take_over`; stops when that happens while it serves."""
     stop_on_ctrl_c()  # SIGTERM ends the process by default until the runner takes it over
     from deployments.definitions import all_deployments, as_the_operator_left_them
 
@@ -94,9 +173,14 @@ def main(limit: int | None = None) -> None:
     # default, and the nightly would stay off after a restart): an operator pauses them.
     runner = _runner(limit=limit, query_seconds=polling, pause_on_shutdown=False)
     deployments = as_the_operator_left_them(all_deployments())
+    paths = [f"{d.flow_name}/{d.name}" for d in deployments]
+    if not take_over:
+        _refuse_if_on_a_pool(paths)
     _ensure_limits()
     for deployment in deployments:
         runner.add_deployment(deployment)
+    _stop_when_moved_to_a_pool(paths)
+    _record_ended_waits()
     print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console
           f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it", flush=True)
     try:

@@ -43,7 +43,8 @@ from reinstatement import batches, runs
 from reinstatement.errors import BadInput
 from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.models import Batch, Run
-from reinstatement.resources import resources
+from reinstatement.resources import install, resources
+from reinstatement.settings import SettingsError, as_child_of, handed_to_child_runs
 from tasks.notify import send_notices
 from tasks.pipeline import restore_cases, settle_cases, verify_cases
 from tasks.reporting import Progress
@@ -133,7 +134,8 @@ def _launch(incident: RegisteredIncident, step: str, batch_size: int, parent_run
     flow_run: Any = run_deployment(
         STEP_DEPLOYMENT_PATH,
         parameters={"incident_key": incident.key, "step": step, "batch_size": batch_size,
-                    "parent_run_id": parent_run_id},
+                    "parent_run_id": parent_run_id,
+                    "settings": handed_to_child_runs(resources().settings)},
         flow_run_name=f"{incident.key}: {step} {number} of {of}",
         tags=["reinstatement", incident.key],
         timeout=0,
@@ -300,6 +302,7 @@ def incident_step(
     step: StepName,
     parent_run_id: Annotated[int, Field(ge=1)],
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000,
+    settings: dict[str, Any] | None = None,
 ) -> Any:
     """Claim and run batches of one step of an incident until none is left.
 
@@ -308,8 +311,15 @@ def incident_step(
         step: preview, verify, settle (verify and restore in one pass), restore or notify.
         parent_run_id: The incident run (reinstatement_runs.id) this child works for.
         batch_size: Cases or notices per batch task, 1 to 50,000.
+        settings: The incident run's settings, which this run works with (its database
+            must be this process's; passwords stay in each process's environment).
     """
     try:
+        if settings is not None:
+            try:
+                install(as_child_of(resources().settings, settings))
+            except SettingsError as exc:
+                raise BadInput(str(exc)) from None
         engine = resources().engine
         with engine.connect() as conn:
             incident = load_incident(conn, incident_key)

@@ -43,6 +43,7 @@ from tasks.reconciliation import (
     uncovered_accounts,
 )
 from tasks.reporting import publish_incidents
+from tasks.waits import ended_waits
 
 
 class InvariantsBroken(RuntimeError):
@@ -70,6 +71,9 @@ def _markdown(findings: dict[str, Any]) -> str:
                  f"{md(', '.join(findings['auto_incidents']) or 'reported')} |")
     lines.append(f"| runs whose process died | {len(findings.get('crashed_runs', []))} | "
                  "named crashed |")
+    waits = findings.get("cancelled_waits") or []
+    lines.append(f"| runs cancelled while waiting for a decision | {len(waits)} | "
+                 f"{md(', '.join(waits)) + ' still await approval' if waits else '-'} |")
     lines.append(f"| incidents left mid-way | {len(findings['resumed'])} | "
                  f"{'resumed' if findings['resumed'] and not findings['dry_run'] else '-'} |")
     lines.append(f"| notices due or stuck | {findings['notices'].get('cases', 0)} | "
@@ -159,6 +163,7 @@ def nightly_reconciliation(
                                 "dry_run": dry_run, "auto_incidents": [], "resumed": []}
 
     findings["crashed_runs"] = [] if dry_run else name_dead_runs()
+    findings["cancelled_waits"] = [] if dry_run else ended_waits()
     findings["rebanned"] = reopen_rebanned(dry_run)
 
     findings["uncovered"] = find_uncovered()

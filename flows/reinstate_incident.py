@@ -41,7 +41,7 @@ from flows.run_state import (
     rejected,
     tag_run_with_incident,
 )
-from reinstatement import lifecycle, plans
+from reinstatement import lifecycle, plans, runs
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe as describe_failed
 from reinstatement.incident_request import IncidentRequest, build_request
@@ -56,6 +56,7 @@ from tasks.incident_state import (
     finish_run,
     incident_state,
     load_registered,
+    mark_waiting,
     plain,
     record_decision,
     record_preview,
@@ -69,6 +70,7 @@ from tasks.pipeline import (
     register_incident,
 )
 from tasks.reporting import publish_preview, publish_report
+from tasks.waits import ended_waits
 
 APPROVAL_TIMEOUT_SECONDS = 30 * 24 * 3600
 
@@ -165,9 +167,10 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
     incident = register_incident(request)
     lifecycle.refuse_if_rejected(incident_state(incident))
     run_id = start_run(incident.id, request.dry_run)
+    ended_waits()  # a run cancelled while it waited for a decision says so from now on
     steps = StepRunner(run_id, request.batch_size, request.child_runs)
     timings: dict[str, float] = {}
-    final_status = "failed"
+    final_status, end = "failed", None
     try:
         if request.dry_run:
             _plan_and_verify(incident, steps, timings, preview=True)
@@ -175,16 +178,36 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
             publish_preview(incident.key, dry_run=True)
             plain(record_preview(incident))
             final_status = "previewed"
-            return publish_report(incident.key)
-        final_status, result = _carry_on(incident, steps, timings, wait=True)
-        return result
+        else:
+            final_status, end = _carry_on(incident, steps, timings, wait=True)
     except Pause:
         # Suspended for the operator's decision: this run's part ended as it should; the
-        # run after the Resume records its own.
-        final_status = "needs approval"
+        # run after the Resume records its own (and this one's row says 'resumed').
+        final_status = runs.WAITING
         raise
     finally:
-        finish_run(run_id, final_status, timings)
+        report = _finish(incident.key, run_id, final_status, timings)
+    return end if end is not None else report
+
+
+def _finish(incident_key: str, run_id: int, status: str, timings: dict[str, float]) -> Any:
+    """The run's row gets its final status and finish time, then the incident's report is
+    published: its runs table shows this run ended, as the database has it. Called on
+    every way out of a run (a failure's report must not hide the failure: a report that
+    cannot be published then is logged, and the run's own error stands)."""
+    if status == runs.WAITING:
+        # The run is suspended already, and Prefect starts no task of a suspended run:
+        # the same two steps, as plain calls.
+        runs.finish_run(resources().engine, run_id, status, timings)
+        return publish_report.fn(incident_key)
+    finish_run(run_id, status, timings)
+    try:
+        return publish_report(incident_key)
+    except Exception as exc:  # noqa: BLE001 - on the way out of a failure, keep its error
+        if status != "failed":
+            raise
+        get_run_logger().warning("could not publish the report of %s: %s", incident_key, exc)
+        return None
 
 
 def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str, float], *,
@@ -195,8 +218,9 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     operator approved that plan: after verifying, the run makes the plan of the cases as
     judged now (the same plan when nothing changed); a plan nobody approved yet waits for
     a decision. `wait`: a deployment run suspends for it; otherwise the run ends awaiting
-    it. Returns the run's final status and the flow's result (the report, or a Cancelled
-    state for a rejection).
+    it. Returns the run's final status and its end when that is not its report (a Failed
+    state for failed notices, a Cancelled one for a rejection); the caller publishes the
+    report once the run's row holds its end.
     """
     logger = get_run_logger()
     plain(begin_real_run(incident))
@@ -206,20 +230,23 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     if incident.require_approval or state.status == IncidentStatus.AWAITING_APPROVAL:
         state = make_plan(incident, dry_run=False)
     if state.status == IncidentStatus.AWAITING_APPROVAL and state.plan is not None:
-        publish_preview(incident.key, dry_run=False)
         if not wait or deployment.get_id() is None:
             # Not a deployment run: it cannot be suspended, and holding a process for
             # days is worse than ending here; approval comes from `reinstate approve`.
+            publish_preview(incident.key, dry_run=False)
             logger.info("incident %s %s", incident.key, state.describe())
-            return "needs approval", publish_report(incident.key)
+            return "needs approval", None
+        mark_waiting(steps.run_id)  # before the preview, whose words say where to decide
+        publish_preview(incident.key, dry_run=False)
         logger.info("waiting for an operator to approve or reject plan %s of incident %s "
                     "in the UI (Resume, in the run's menu); no process is held meanwhile",
                     state.plan.short, incident.key)
         decision = wait_for_decision(incident, state.plan)
+        mark_waiting(steps.run_id, waiting=False)
         state = plain(record_decision(incident, decision.decision, decision.operator,
                                       decision.plan, decision.note))
+        publish_preview(incident.key, dry_run=False)  # it names the decision from now on
         if state.status == IncidentStatus.REJECTED:
-            publish_report(incident.key)
             return "rejected", rejected(incident.key, state.describe())
         state = plain(begin_real_run(incident))
         started = None  # the operator's decision came between: no one figure for the steps
@@ -236,15 +263,14 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
         if state.status == IncidentStatus.AWAITING_APPROVAL:
             publish_preview(incident.key, dry_run=False)
             logger.info("incident %s %s", incident.key, state.describe())
-            return "needs approval", publish_report(incident.key)
+            return "needs approval", None
     done = complete_if_done(incident)
-    report = publish_report(incident.key)
     failed = failed_notices(incident)
     if failed:
         return "failed", failed_for_notices(
             f"incident {incident.key}: {describe_failed(failed)}; once the mail server "
             f"takes them, `reinstate notices resend {incident.key}` sends them again")
-    return ("completed" if done else "handed over"), report
+    return ("completed" if done else "handed over"), None
 
 
 def _plan_and_verify(incident: RegisteredIncident, steps: StepRunner,
@@ -412,11 +438,11 @@ def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) ->
                        "approved incident is resumed without an operator")
     run_id = start_run(incident.id, dry_run=False)
     timings: dict[str, float] = {}
-    final_status = "failed"
+    final_status, end = "failed", None
     try:
-        final_status, result = _carry_on(incident, StepRunner(run_id, batch_size, child_runs),
-                                         timings, wait=False)
-        return result
+        final_status, end = _carry_on(incident, StepRunner(run_id, batch_size, child_runs),
+                                      timings, wait=False)
     finally:
-        finish_run(run_id, final_status, timings)
+        report = _finish(incident_key, run_id, final_status, timings)
+    return end if end is not None else report
 

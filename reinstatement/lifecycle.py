@@ -38,8 +38,9 @@ from typing import Literal
 from sqlalchemy import Connection, insert, select, update
 
 from reinstatement.errors import BadInput
-from reinstatement.models import AuditEntry, Decision, Incident
+from reinstatement.models import AuditEntry, Decision, Incident, Run
 from reinstatement.plans import PlanRef, newest_plan
+from reinstatement.runs import WAITING
 from reinstatement.store import store_for
 from reinstatement.store.engine import utcnow
 
@@ -97,6 +98,8 @@ class IncidentState:
     declared_via: str | None
     plan: PlanRef | None  # the newest plan: the only one a decision or a restore may name
     decision: DecisionRef | None
+    # Awaiting approval: a deployment run is suspended for the decision (Resume in the UI).
+    run_waits: bool = False
 
     @property
     def approved(self) -> bool:
@@ -111,6 +114,12 @@ class IncidentState:
             return False
         return self.approved or not self.require_approval
 
+    def _in_the_ui(self) -> str:
+        if self.run_waits:
+            return "or Resume the run that waits for it in the Prefect UI"
+        return ("no run waits for it in the Prefect UI: start the incident's deployment "
+                "again to decide there")
+
     def describe(self) -> str:
         """The status in words for operators: who decided, when and why."""
         if self.status == S.REJECTED and self.decision is not None:
@@ -119,7 +128,7 @@ class IncidentState:
             plan = f" of plan {self.plan.short}" if self.plan is not None else ""
             return (f"awaiting approval{plan}: read it with `reinstate plan {self.key}`, then "
                     f"someone other than its declarer approves it with `reinstate approve "
-                    f"{self.key}` (or Resume the run in the Prefect UI), or rejects it with "
+                    f"{self.key}` ({self._in_the_ui()}), or rejects it with "
                     f"`reinstate reject {self.key} --note WHY`")
         return str(self.status)
 
@@ -149,6 +158,9 @@ def current_state(conn: Connection, incident_id: int, *,
         declared_by=row.declared_by, declared_via=row.declared_via,
         plan=newest_plan(conn, incident_id),
         decision=None if decided is None else DecisionRef(*decided),
+        run_waits=row.status == S.AWAITING_APPROVAL and conn.execute(
+            select(Run.id).where(Run.incident_id == incident_id, Run.status == WAITING,
+                                 Run.parent_run_id.is_(None)).limit(1)).first() is not None,
     )
 
 

@@ -11,6 +11,7 @@ that was found).
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, insert, literal, select, text, update
 
@@ -41,6 +42,8 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     A child run (one step of an incident run, fanned out) names its parent and its step.
     """
     name_dead_runs(engine)
+    if flow_run_id is not None and parent_run_id is None:
+        record_resumed(engine, flow_run_id)
     host, pid = this_process()
     values = {"incident_id": incident_id, "flow_run_id": flow_run_id, "dry_run": dry_run,
               "status": "running", "started_at": utcnow(), "host": host, "pid": pid,
@@ -67,13 +70,45 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     return run_id
 
 
-def record_ended_by_prefect(engine: Engine, flow_run_id: str, status: str) -> int:
+# A deployment run that suspended for an operator's decision: no process holds it, and
+# Prefect's Resume reruns the same flow run, which records a new row ('resumed' then here).
+WAITING = "waiting"
+RESUMED = "resumed"
+
+
+def record_ended_by_prefect(engine: Engine, flow_run_id: str, status: str,
+                            at: datetime | None = None) -> int:
     """The runs of a flow run that Prefect cancelled (or found crashed) say so, whatever
-    the killed process wrote last ('running', 'failed', 'needs approval'); how many."""
+    the killed process wrote last ('running', 'failed', 'needs approval', 'waiting'), and
+    when that was (`at`, Prefect's time for it; now if not given); how many."""
+    ended = utcnow() if at is None else at.astimezone(UTC)
     return int(in_transaction(engine, lambda conn: conn.execute(
         update(Run).where(Run.flow_run_id == flow_run_id,
-                          Run.status.in_(["running", "failed", "needs approval"]))
-        .values(status=status, finished_at=utcnow())).rowcount))
+                          Run.status.in_(["running", "failed", "needs approval", WAITING]))
+        .values(status=status, finished_at=ended)).rowcount))
+
+
+def mark_waiting(engine: Engine, run_id: int, waiting: bool = True) -> None:
+    """The run suspends for an operator's decision (its process ends meanwhile), or, with
+    `waiting=False`, goes on with the decision in hand."""
+    in_transaction(engine, lambda conn: conn.execute(
+        update(Run).where(Run.id == run_id).values(status=WAITING if waiting else "running")))
+
+
+def record_resumed(engine: Engine, flow_run_id: str) -> None:
+    """A flow run that waited for a decision runs again (Prefect's Resume reruns it from
+    the top): the row of its wait says it was resumed, and when."""
+    in_transaction(engine, lambda conn: conn.execute(
+        update(Run).where(Run.flow_run_id == flow_run_id, Run.status == WAITING)
+        .values(status=RESUMED, finished_at=utcnow())))
+
+
+def waiting_runs(conn: Connection) -> list[tuple[int, str]]:
+    """The incident runs suspended for a decision: (incident id, flow run id) each."""
+    return [(int(r.incident_id), str(r.flow_run_id)) for r in conn.execute(
+        select(Run.incident_id, Run.flow_run_id).where(
+            Run.status == WAITING, Run.parent_run_id.is_(None),
+            Run.flow_run_id.is_not(None)).order_by(Run.id))]
 
 
 def finish_run(engine: Engine, run_id: int, status: str, step_seconds: dict[str, float]) -> None:

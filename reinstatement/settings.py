@@ -167,6 +167,41 @@ class Settings(BaseSettings):
         return make_url(self.database_url).render_as_string(hide_password=True)
 
 
+# A child run is handed its parent's settings, except those that are secret: the password
+# stays in each process's own environment (or the Secret block named), and the database
+# URL is compared with its password hidden.
+_KEPT_BY_THE_CHILD = ("database_url", "smtp_password")
+
+
+def handed_to_child_runs(settings: Settings) -> dict[str, object]:
+    """The settings a run hands to the child runs it launches (a flow-run parameter, so
+    nothing secret: no password, the database URL with its password hidden)."""
+    values = settings.model_dump(mode="json", exclude=set(_KEPT_BY_THE_CHILD))
+    values["database_url"] = settings.redacted_database_url()
+    return values
+
+
+def as_child_of(own: Settings, parent: dict[str, object]) -> Settings:
+    """The settings a child run works with: its parent's, with this process's database
+    URL and password, once the database is shown to be the parent's. A process started
+    with other settings (a `reinstate serve` left running after `reinstate deploy`, a
+    worker with another mail server) then sends where the incident run sends; one with
+    another database refuses the run (SettingsError) and changes nothing."""
+    theirs = str(parent.get("database_url", ""))
+    if theirs != own.redacted_database_url():
+        raise SettingsError(
+            f"this process's database ({own.redacted_database_url()}) is not the one the "
+            f"incident run works on ({theirs}): start its workers with the same "
+            "REINSTATE_DATABASE_URL")
+    values = {k: v for k, v in parent.items() if k not in _KEPT_BY_THE_CHILD}
+    try:
+        return Settings.model_validate({**values, "database_url": own.database_url,
+                                        "smtp_password": own.smtp_password})
+    except ValidationError as exc:
+        raise SettingsError(f"the incident run's settings cannot be used here: {exc}"
+                            ) from None
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment, turning validation errors into one clear message."""
     try:

@@ -71,6 +71,14 @@ def finish_run(run_id: int, status: str, step_seconds: dict[str, float]) -> None
     runs.finish_run(resources().engine, run_id, status, step_seconds)
 
 
+@task(name="wait-for-decision", cache_policy=NO_CACHE)
+def mark_waiting(run_id: int, waiting: bool = True) -> None:
+    """This run suspends for an operator's decision: its row says it waits (and the
+    incident's status words say Resume is in the Prefect UI); `waiting=False` once the
+    decision is in hand."""
+    runs.mark_waiting(resources().engine, run_id, waiting)
+
+
 @task(name="load-incident", cache_policy=NO_CACHE)
 @_refusals_as_values
 def load_registered(incident_key: str) -> RegisteredIncident:

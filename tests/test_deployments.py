@@ -683,3 +683,80 @@ def test_cancelling_a_running_run_records_it_and_publishes_the_report(
     finally:
         server.stop()
         _remove_global_limits()
+
+
+def _run_rows(engine: Engine) -> list[tuple[str, bool]]:
+    """The incident's top-level runs, oldest first: status and whether a finish is known."""
+    from reinstatement.models import Run
+
+    with engine.connect() as conn:
+        return [(r.status, r.finished_at is not None) for r in conn.execute(
+            select(Run.status, Run.finished_at).where(Run.parent_run_id.is_(None))
+            .order_by(Run.id))]
+
+
+def _preview_markdown() -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.reporting import _artifact_key
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "preview")])))
+    return str(artifact.data)
+
+
+def test_cancelling_a_run_that_waits_for_approval_says_so_and_how_to_go_on(
+    served: Server, engine: Engine, cli_env: dict[str, str]
+) -> None:
+    """⋮ → Cancel on a suspended run runs no code of ours (Prefect's server moves it to
+    Cancelled: no process holds it). `serve` finds it within seconds: the run's row says
+    'cancelled' with Prefect's time, the incident still awaits approval and says no run
+    waits for it in the UI (start the deployment again), and the report and preview say
+    so. Started again and approved, every run in the report has its final status and
+    finish: cancelled, resumed (the wait the Resume ended), completed."""
+    from prefect.states import Cancelling
+
+    seed(engine, SeedOptions(accounts=150, seed=8))
+    flow_run = _start_incident()
+    _wait_for_state(flow_run.id, "Suspended")
+    deadline = time.monotonic() + 30  # its process records its end as it exits
+    while _run_rows(engine) != [("waiting", True)]:
+        assert time.monotonic() < deadline, _run_rows(engine)
+        time.sleep(0.2)
+    assert md("Resume the run that waits for it in the Prefect UI") in _preview_markdown()
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelling())
+    assert _wait_for_state(flow_run.id, "final").state.is_cancelled()
+    deadline = time.monotonic() + 90
+    while _run_rows(engine) != [("cancelled", True)]:
+        assert time.monotonic() < deadline, _run_rows(engine)
+        time.sleep(0.5)
+    with engine.connect() as conn:
+        from reinstatement.lifecycle import state_by_key
+
+        state = state_by_key(conn, INCIDENT_KEY)
+    assert state.status == "awaiting_approval" and not state.run_waits
+    words = "no run waits for it in the Prefect UI: start the incident's deployment again"
+    assert words in state.describe()
+    deadline = time.monotonic() + 30
+    while md(words) not in _report_markdown() or md(words) not in _preview_markdown():
+        assert time.monotonic() < deadline, _report_markdown()
+        time.sleep(0.5)
+    assert "| cancelled |" in _report_markdown()
+    assert md("Resume the run") not in _preview_markdown()
+    done = subprocess.run([sys.executable, "-m", "commands.reinstate", "incidents"],
+                          env={**os.environ, **cli_env}, cwd=PROJECT_ROOT,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and words in done.stdout.decode(), done
+
+    again = _start_incident()
+    _wait_for_state(again.id, "Suspended")
+    resume_flow_run(again.id, run_input={
+        "decision": "approve", "operator": "ops-oncall", "note": "preview checked"})
+    _wait_for_state(again.id, "COMPLETED")
+    assert _run_rows(engine) == [("cancelled", True), ("resumed", True), ("completed", True)]
+    report = _report_markdown()
+    assert "| cancelled |" in report and "| resumed |" in report and "| completed |" in report
+    assert "| running |" not in report and "| waiting |" not in report
