@@ -83,3 +83,32 @@ def test_secrets_never_appear_in_reprs_or_errors(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_child_run_works_with_its_parents_settings_and_its_own_secrets() -> None:
+    """A child run (one step fanned out to a worker or `serve`) is handed its parent's
+    settings without anything secret, sends where its parent sends, keeps its own
+    password, and refuses to work on another database."""
+    import json
+
+    from reinstatement.settings import Settings, as_child_of, handed_to_child_runs
+
+    parent = Settings(database_url="postgresql://pipeline:s3cret@db.internal/platform",
+                      email_backend="smtp", smtp_host="mail.internal", smtp_port=2525,
+                      smtp_password="parent-pw", smtp_password_block="smtp-pw",
+                      smtp_connections=3, email_from="Trust <trust@example.com>")
+    handed = handed_to_child_runs(parent)
+    assert "s3cret" not in json.dumps(handed) and "parent-pw" not in json.dumps(handed)
+    stale = Settings(database_url="postgresql://pipeline:s3cret@db.internal/platform",
+                     email_backend="file", smtp_password="own-pw")
+    child = as_child_of(stale, handed)
+    assert (child.email_backend, child.smtp_host, child.smtp_port, child.smtp_connections,
+            child.smtp_password_block, child.email_from) == (
+        "smtp", "mail.internal", 2525, 3, "smtp-pw", "Trust <trust@example.com>")
+    assert child.database_url == stale.database_url  # with its password
+    assert child.smtp_password is not None
+    assert child.smtp_password.get_secret_value() == "own-pw"
+    for other in ("postgresql://pipeline:s3cret@db.internal/staging",
+                  "sqlite:///reinstatement.db"):
+        with pytest.raises(SettingsError, match="is not the one the incident run works on"):
+            as_child_of(Settings(database_url=other), handed)

@@ -496,3 +496,47 @@ def test_the_mail_rate_holds_across_processes(pool: Pool) -> None:
     # (Not how much slower: Prefect's retry spacing delivers below the rate when the
     # senders contend, the more so on a busy machine; see the README.)
     assert span >= (2 * each - rate) / rate * 0.95, span
+
+
+def test_a_stale_serve_and_a_worker_with_other_settings_deliver_where_the_incident_says(
+    pool: Pool, engine: Engine, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """`reinstate serve` left running with its own settings (notices into files) when an
+    operator runs `reinstate deploy`: it stops serving once the deployments are on the
+    pool, and will not start again on them (exit 2, one line). A worker started with the
+    same stale settings runs the child runs with the incident run's settings: every notice
+    reaches the configured SMTP server, none the stale folder."""
+    seed(engine, SeedOptions(accounts=600, seed=SEED))
+    stale_dir = tmp_path / "stale-outbox"
+    stale = {**pool.env, "REINSTATE_EMAIL_BACKEND": "file",
+             "REINSTATE_EMAIL_DIR": str(stale_dir)}
+    log = tmp_path / "stale-serve.log"
+    with log.open("ab") as out:
+        serve = subprocess.Popen([str(BIN / "reinstate"), "serve"], env=stale, cwd=pool.tmp,
+                                 stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while b"serving " not in log.read_bytes():
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        pool.deploy("--database-batches", "4", "--smtp-connections", "2",
+                    "--mail-rate", "100000")
+        serve.wait(timeout=60)  # it stops serving: the pool's workers run them now
+        assert f"registered on the work pool {pool.name}" in log.read_text(), log.read_text()
+    finally:
+        stop_process(serve)
+    again = subprocess.run([str(BIN / "reinstate"), "serve"], env=stale, cwd=pool.tmp,
+                           capture_output=True, timeout=120)
+    assert again.returncode == 2, again
+    lines = again.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and f"on the work pool {pool.name}" in lines[0], lines
+
+    pool.env, fresh = stale, pool.env  # the worker starts with the stale settings
+    pool.start_worker("w1")
+    pool.env = fresh  # the incident run with the operator's
+    finish(start_incident(pool, tmp_path / "incident.log"), pool)
+    with engine.connect() as conn:
+        sent = conn.execute(select(func.count()).where(Notice.state == "sent")).scalar_one()
+    assert sent > 0
+    assert len(mailbox.handler.delivered_ids) == sent
+    assert not stale_dir.exists() or not list(stale_dir.iterdir())
