@@ -577,11 +577,11 @@ def _nightly(client: Any) -> Any:
 def test_the_nightly_schedule_stays_as_the_operator_left_it(
     served: Server, tmp_path: Path,
 ) -> None:
-    """Stopping `reinstate serve` (Ctrl-C) leaves the nightly on; a schedule an operator
+    """Stopping `reinstate serve` (SIGTERM or Ctrl-C) leaves the nightly on; a schedule an operator
     turned off, or a deployment paused, stays so when `serve` registers them again."""
-    def stop() -> None:
+    def stop(how: signal.Signals) -> None:
         assert served.process is not None
-        served.process.send_signal(signal.SIGINT)
+        served.process.send_signal(how)
         served.process.wait(timeout=30)
 
     def start(log: str) -> None:
@@ -592,7 +592,7 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
     with get_client(sync_client=True) as client:
         nightly = _nightly(client)
         assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", True)]
-    stop()
+    stop(signal.SIGTERM)  # as systemd stops it
     with get_client(sync_client=True) as client:
         nightly = _nightly(client)
         assert not nightly.paused, (tmp_path / "serve.log").read_text()[-2000:]
@@ -604,7 +604,7 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
             nightly = _nightly(client)
             assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", False)]
             client.pause_deployment(nightly.id)
-        stop()
+        stop(signal.SIGINT)  # Ctrl-C
         start("serve-3.log")
         with get_client(sync_client=True) as client:
             assert _nightly(client).paused
