@@ -42,6 +42,7 @@ BACKENDS = ("sqlite", "postgresql")
 # few-test files last, so one worker ran them while the other sat idle), and this order
 # puts them first, so the many quick files fill in behind them.
 SLOW_FILES_FIRST = ("test_faults.py", "test_deployments.py", "test_ui_browser.py",
+                    "test_ui_browser_failures.py",
                     "test_work_pool.py", "test_lifecycle.py", "test_flow.py",
                     "test_reconcile.py", "test_condition_sql.py", "test_cli_operations.py")
 
