@@ -25,6 +25,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from reinstatement.store import queries
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -110,10 +112,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # implicit BEGIN would be DEFERRED and could not be upgraded without deadlock).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA busy_timeout = 60000")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(queries.sql("sqlite", "enforce_foreign_keys"))
+        cursor.execute(queries.sql("sqlite", "wait_for_the_write_lock"))
+        cursor.execute(queries.sql("sqlite", "write_ahead_log"))
+        cursor.execute(queries.sql("sqlite", "sync_at_checkpoints"))
         cursor.close()
         # The functions compiled conditions call (exact decimals, evidence depth).
         from reinstatement.store.condition_sql import register_sqlite_functions
@@ -122,7 +124,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(queries.sql("sqlite", "begin_immediate"))
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

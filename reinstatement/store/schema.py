@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 from reinstatement.platform_schema import create_platform_tables
+from reinstatement.store import queries
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 VERSION_TABLE = "reinstatement_alembic_version"
@@ -72,18 +73,19 @@ def upgrade_pipeline(engine: Engine, revision: str = "head") -> tuple[str | None
             # old copy would fail for rows that reference it. Checks go off for the
             # migration (outside any transaction, where the pragma takes effect) and every
             # reference is verified before the migration commits.
-            _driver_execute(conn, "PRAGMA foreign_keys = OFF")
+            _driver_execute(conn, queries.sql(conn, "suspend_foreign_keys"))
         try:
             with conn.begin():
                 config.attributes["connection"] = conn
                 command.upgrade(config, revision)
                 if sqlite:
-                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    broken = conn.exec_driver_sql(
+                        queries.sql(conn, "broken_references")).fetchall()
                     if broken:
                         raise RuntimeError(f"migration left broken references: {broken[:5]}")
         finally:
             if sqlite:
-                _driver_execute(conn, "PRAGMA foreign_keys = ON")
+                _driver_execute(conn, queries.sql(conn, "enforce_foreign_keys"))
     return before, current_revision(engine) or ""
 
 
