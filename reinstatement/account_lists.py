@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Connection, Engine, bindparam, insert, select
 from reinstatement.errors import BadInput
 from reinstatement.models import AccountList, AccountListMember, IncidentAccount
 from reinstatement.retrying import in_transaction
-from reinstatement.store import store_for
+from reinstatement.store import queries, store_for
 from reinstatement.store.engine import utcnow
 
 MAX_IDS = 5_000_000
@@ -107,8 +107,7 @@ def _write_members(conn: Connection, list_id: int, members: Sequence[int]) -> No
         driver = conn.connection.driver_connection
         assert driver is not None
         with driver.cursor() as cursor, cursor.copy(
-                "COPY reinstatement_account_list_members (list_id, account_id) FROM STDIN"
-        ) as copy:
+                queries.sql(conn, "copy_list_members")) as copy:
             for start in range(0, len(members), 100_000):
                 copy.write("".join(f"{list_id}\t{account_id}\n"
                                    for account_id in members[start:start + 100_000]))

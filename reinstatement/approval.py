@@ -28,14 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select, text
+from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select
 
 from reinstatement import lifecycle, plans
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
 from reinstatement.models import Decision, PlanCase
 from reinstatement.plans import PlanRef
-from reinstatement.store import store_for
+from reinstatement.store import queries, store_for
 from reinstatement.store.engine import utcnow
 
 PIPELINE_ROLE = "reinstatement_pipeline"  # the role sql/least_privilege_role.sql creates
@@ -64,9 +64,7 @@ class Identity:
 def process_identity(conn: Connection) -> Identity:
     """Who runs this command: their own database role, or else their OS login name."""
     if store_for(conn).database_roles:
-        role, superuser = conn.execute(text(
-            "SELECT session_user::text, coalesce((SELECT r.rolsuper FROM pg_roles r "
-            "WHERE r.rolname = session_user), false)")).one()
+        role, superuser = conn.execute(queries.statement(conn, "session_role")).one()
         if role != PIPELINE_ROLE and not superuser:
             return Identity(str(role), VIA_DATABASE_ROLE)
     try:

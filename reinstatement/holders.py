@@ -18,18 +18,18 @@ import os
 import socket
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, cast, func, text
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, cast, func
 from sqlalchemy.dialects.postgresql import BIT
 
-from reinstatement.store import store_for
-
-# One 64-bit key per claim, computed by PostgreSQL itself from the claim's text, so the
-# holder and the askers can never disagree on it.
-KEY_SQL = "('x' || substr(md5({}), 1, 16))::bit(64)::bigint"
+from reinstatement.store import queries, store_for
 
 
 def lock_key(claim: Any) -> ColumnElement[int]:
-    """The advisory-lock key of a claim, as SQL over `claim` (a column or a bound value)."""
+    """The advisory-lock key of a claim, as SQL over `claim` (a column or a bound value).
+
+    One 64-bit key per claim, computed by PostgreSQL itself from the claim's text. The
+    holders take their lock through the statements of sql/queries/holders.sql and
+    runs.sql, which spell the same key (tests/test_outbox.py holds them to this one)."""
     hexdigits = func.concat("x", func.substr(func.md5(claim), 1, 16))
     return cast(cast(hexdigits, BIT(64)), BigInteger)
 
@@ -58,8 +58,7 @@ class SessionHold:
     def open(self) -> SessionHold:
         if self.held_by_database and self.connection is None:
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(text(f"SELECT pg_advisory_lock({KEY_SQL.format(':claim')})"),
-                         {"claim": self.claim})
+            conn.execute(queries.statement(conn, "hold_claim"), {"claim": self.claim})
             self.connection = conn
         return self
 
@@ -69,8 +68,7 @@ class SessionHold:
             return
         try:
             if not conn.invalidated:
-                conn.execute(text(f"SELECT pg_advisory_unlock({KEY_SQL.format(':claim')})"),
-                             {"claim": self.claim})
+                conn.execute(queries.statement(conn, "release_claim"), {"claim": self.claim})
         except Exception:  # noqa: BLE001 - a broken connection holds nothing any more
             conn.invalidate()
         finally:

@@ -14,10 +14,10 @@ well enough without statistics: nothing to do there.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from reinstatement.errors import BadInput
-from reinstatement.store import store_for
+from reinstatement.store import queries, store_for
 
 PLATFORM_TABLES = ("accounts", "enforcement_actions", "pins", "rule_versions")
 
@@ -28,9 +28,7 @@ def refresh(engine: Engine) -> list[str]:
     if not store_for(engine).planner_statistics:
         return []
     with engine.begin() as conn:
-        rows = conn.execute(text(
-            "SELECT table_name, has_statistics, analyzed "
-            "FROM reinstatement_refresh_statistics()")).all()
+        rows = conn.execute(queries.statement(conn, "refresh_statistics")).all()
     missing = [row.table_name for row in rows
                if row.table_name in PLATFORM_TABLES and not row.has_statistics]
     if missing:

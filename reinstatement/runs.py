@@ -13,18 +13,12 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, literal, select, text, update
+from sqlalchemy import Connection, Engine, insert, literal, select, update
 
-from reinstatement.holders import (
-    KEY_SQL,
-    SessionHold,
-    holder_is_gone,
-    process_is_gone,
-    this_process,
-)
+from reinstatement.holders import SessionHold, holder_is_gone, process_is_gone, this_process
 from reinstatement.models import Run
 from reinstatement.retrying import in_transaction
-from reinstatement.store import store_for
+from reinstatement.store import queries, store_for
 from reinstatement.store.engine import utcnow
 
 _holds_lock = threading.Lock()
@@ -55,13 +49,8 @@ def start_run(engine: Engine, incident_id: int, flow_run_id: str | None, dry_run
     try:
         # One statement inserts the row and takes the lock: no other session can see the
         # row 'running' before its run holds it.
-        run_id = int(conn.execute(text(
-            "WITH r AS (INSERT INTO reinstatement_runs (incident_id, flow_run_id, dry_run, "
-            "status, started_at, host, pid, parent_run_id, step) VALUES (:incident_id, "
-            ":flow_run_id, :dry_run, :status, :started_at, :host, :pid, :parent_run_id, "
-            ":step) RETURNING id) "
-            "SELECT id, pg_advisory_lock(" + KEY_SQL.format("'run:' || id") + ") FROM r"
-        ), values).scalar_one())
+        run_id = int(conn.execute(queries.statement(conn, "insert_held_run"), values
+                                  ).scalar_one())
     except BaseException:
         conn.close()
         raise

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from tenacity import wait_none
 
 from reinstatement import outbox
@@ -565,23 +565,47 @@ def test_a_send_that_outlives_its_lease(
 
 
 def test_a_claims_lock_key_is_the_same_in_both_spellings(engine: Engine, backend: str) -> None:
-    """The holder takes its lock through KEY_SQL, askers test it through lock_key()."""
+    """The holders take their lock through sql/queries (holders.sql, runs.sql), the askers
+    test it through lock_key(): the key a holder holds is the one lock_key() computes."""
     if backend != "postgresql":
         pytest.skip("advisory locks are PostgreSQL's")
-    from sqlalchemy import literal, text
+    from sqlalchemy import literal
 
-    from reinstatement.holders import KEY_SQL, SessionHold, holder_is_gone, lock_key
+    from reinstatement import runner, runs
+    from reinstatement.holders import SessionHold, holder_is_gone, lock_key
 
+    def held_keys(pid: int) -> set[int]:
+        with engine.connect() as conn:
+            return {int(key) for key in conn.execute(text(
+                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                "WHERE locktype = 'advisory' AND objsubid = 1 AND pid = :pid"),
+                {"pid": pid}).scalars()}
+
+    def key(claim: str) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(select(lock_key(literal(claim)))).scalar_one())
+
+    for claim in ("run:1", "0f" * 16, "ünï"):
+        with SessionHold(engine, claim) as hold, engine.connect() as conn:
+            assert hold.connection is not None
+            pid = hold.connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            assert held_keys(pid) == {key(claim)}, claim
+            assert conn.execute(select(holder_is_gone(literal(claim)))).scalar() is False
+        assert held_keys(pid) == set()
+        with engine.connect() as conn:
+            assert conn.execute(select(holder_is_gone(literal(claim)))).scalar() is True
+
+    # A run holds its own claim from the statement that inserts its row.
+    build_platform(engine)
+    incident = runner.register(engine, incident_request(), "test")
+    run_id = runs.start_run(engine, incident.id, None, False)
     with engine.connect() as conn:
-        for claim in ("run:1", "0f" * 16, "ünï"):
-            core = conn.execute(select(lock_key(literal(claim)))).scalar_one()
-            raw = conn.execute(text(f"SELECT {KEY_SQL.format(':c')}"), {"c": claim}
-                               ).scalar_one()
-            assert core == raw, claim
-    with SessionHold(engine, "held-claim"), engine.connect() as conn:
-        assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is False
+        assert conn.execute(select(holder_is_gone(literal(runs.run_claim(run_id))))
+                            ).scalar() is False
+        assert runs.is_dead(conn, run_id, None, None) is False
+    runs.finish_run(engine, run_id, "completed", {})
     with engine.connect() as conn:
-        assert conn.execute(select(holder_is_gone(literal("held-claim")))).scalar() is True
+        assert runs.is_dead(conn, run_id, None, None) is True
 
 
 @pytest.mark.parametrize(("due", "size", "connections", "expected"), [
