@@ -19,6 +19,8 @@ runs it fails here, not only on a database migrated later.
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,167 @@ def test_the_files_are_named_for_what_they_create(kind: str) -> None:
         assert created == [path.name.split(".", 1)[0]], (path.name, created)
         if kind == "trigger":
             assert path.name.endswith((".postgresql.sql", ".sqlite.sql")), path.name
+
+
+# -- the static statements: sql/queries (reinstatement/store/queries.py) -----------------------
+
+QUERIES = SQL / "queries"
+PRODUCT = ("reinstatement", "tasks", "flows", "commands", "deployments")
+# Compilers of conditions and verdicts: they build SQL from a condition, not a fixed text.
+COMPILERS = {"reinstatement/store/condition_sql.py", "reinstatement/store/verdict_sql.py"}
+# Statements assembled at run time around names the code holds, each listed in
+# sql/README.md with why: (module, function) -> what is assembled.
+DYNAMIC = {
+    ("reinstatement/store/bulk.py", "move_identities_past_ids"): "the table's name",
+    ("reinstatement/store/bulk.py", "analyze_tables"): "the tables' names",
+    ("reinstatement/store/prepared_records.py", "_raw_record_sql"): "the columns recorded",
+    ("reinstatement/seed/writing.py", "_PostgresCopyWriter.flush"): "the table and its columns",
+    ("reinstatement/seed_history.py", "_Writer.flush"): "the table and its columns",
+}
+# What a statement starts with (a string of SQL, not prose: the words are upper case).
+_STATEMENT = re.compile(
+    r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|COPY|PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|"
+    r"ANALYZE|VACUUM|LOCK|TRUNCATE|CREATE|DROP|ALTER|GRANT|REVOKE|SET|RESET|EXPLAIN|CALL|"
+    r"DO|NOTIFY|LISTEN|PREPARE|EXECUTE)\b")
+_ASKS = {"sql", "statement"}  # queries.sql(bind, NAME), queries.statement(bind, NAME)
+
+
+def _modules() -> list[Path]:
+    return [path for folder in PRODUCT for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))
+            if "migrations" not in path.parts]
+
+
+def _sql_literals_and_asked_names(path: Path) -> tuple[list[tuple[str, int, str]],
+                                                        list[tuple[int, str | None]]]:
+    """The strings of SQL in a module ((function, line, text); an f-string's holes as {})
+    and the names it asks sql/queries for ((line, name); None when not a literal)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    literals: list[tuple[str, int, str]] = []
+    asked: list[tuple[int, str | None]] = []
+
+    def visit(node: ast.AST, where: tuple[str, ...]) -> None:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            where = (*where, node.name)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr in _ASKS and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "queries"):
+            name = node.args[1] if len(node.args) == 2 else None
+            asked.append((node.lineno, name.value if isinstance(name, ast.Constant)
+                          and isinstance(name.value, str) else None))
+        if isinstance(node, ast.JoinedStr):
+            content = "".join(part.value if isinstance(part, ast.Constant) else "{}"
+                              for part in node.values)
+            if _STATEMENT.match(str(content)):
+                literals.append((".".join(where), node.lineno, str(content)))
+            return  # its parts are not strings of their own
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings and _STATEMENT.match(node.value)):
+            literals.append((".".join(where), node.lineno, node.value))
+        for child in ast.iter_child_nodes(node):
+            visit(child, where)
+
+    visit(tree, ())
+    return literals, asked
+
+
+def test_no_static_statement_is_left_in_the_code() -> None:
+    """Every fixed statement of the product's code is a named block under sql/queries;
+    what is left as a string of SQL is a compiler's, or assembled at run time (DYNAMIC)."""
+    left: list[str] = []
+    dynamic_found: set[tuple[str, str]] = set()
+    for path in _modules():
+        module = path.relative_to(PROJECT_ROOT).as_posix()
+        if module in COMPILERS:
+            continue
+        for function, line, content in _sql_literals_and_asked_names(path)[0]:
+            if (module, function) in DYNAMIC:
+                dynamic_found.add((module, function))
+            else:
+                left.append(f"{module}:{line} ({function or 'module'}): {content[:60]!r}")
+    assert left == [], (
+        "static SQL in the code: move each statement into a named block under sql/queries "
+        "and ask for it with queries.statement/queries.sql (sql/README.md):\n"
+        + "\n".join(left))
+    assert dynamic_found == set(DYNAMIC), (
+        f"listed as dynamic but no longer there: {sorted(set(DYNAMIC) - dynamic_found)}")
+
+
+def test_every_named_statement_is_asked_for_and_every_name_asked_is_there() -> None:
+    from reinstatement.store import queries
+
+    held = queries.statements()
+    asked: dict[str, list[str]] = {}
+    not_literal: list[str] = []
+    for path in _modules():
+        module = path.relative_to(PROJECT_ROOT).as_posix()
+        for line, name in _sql_literals_and_asked_names(path)[1]:
+            if name is None:
+                not_literal.append(f"{module}:{line}")
+            else:
+                asked.setdefault(name, []).append(f"{module}:{line}")
+    assert not_literal == [], (
+        f"ask sql/queries for a statement by its name, written out, as "
+        f"queries.statement(conn, 'name'): {not_literal}")
+    assert asked, "nothing asks sql/queries for a statement: the scan is broken"
+    missing = {name: where for name, where in asked.items()
+               if not any(f"{name}.{dialect}" in held or name in held
+                          for dialect in queries.DIALECTS)}
+    assert missing == {}, f"asked for, but no '-- name:' block under sql/queries: {missing}"
+    unused = sorted(name for name in held if name.split(".", 1)[0] not in asked)
+    assert unused == [], f"named blocks under sql/queries that no code asks for: {unused}"
+
+
+def test_the_named_statements_ship_with_the_package() -> None:
+    """The package reads sql/queries through reinstatement/store/sql_queries, a link that
+    its package data (pyproject.toml) carries into a built wheel."""
+    import tomllib
+
+    from reinstatement.store import queries
+
+    assert queries.QUERIES.resolve() == QUERIES.resolve()
+    assert sorted(p.name for p in queries.QUERIES.glob("*.sql")) == sorted(
+        p.name for p in QUERIES.glob("*.sql"))
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "store/sql_queries/*.sql" in (
+        pyproject["tool"]["setuptools"]["package-data"]["reinstatement"])
+
+
+def test_each_queries_file_says_what_it_holds() -> None:
+    paths = sorted(QUERIES.glob("*.sql"))
+    assert paths
+    for path in paths:
+        content = path.read_text(encoding="utf-8")
+        assert content.startswith("-- "), f"{path.name}: start with what the file is for"
+
+
+@pytest.mark.parametrize(("source", "refusal"), [
+    ("SELECT 1;\n-- name: a\n-- b\nSELECT 2;\n", "SQL before the first '-- name:'"),
+    ("-- name: a\nSELECT 1;\n", "a: say what it is for"),
+    ("-- name: a\n-- for\n", "a holds no statement"),
+    ("-- name: a\n-- for\nSELECT 1;\nSELECT 2;\n", "a holds more than one statement"),
+    ("-- name: A-b\n-- for\nSELECT 1;\n", "'A-b' is not a name"),
+    ("-- name: a.mysql\n-- for\nSELECT 1;\n", "'a.mysql' is not a name"),
+    ("-- name: a\n-- for\nSELECT 1;\n-- name: a\n-- for\nSELECT 2;\n", "a is named twice"),
+])
+def test_a_malformed_queries_file_is_refused_with_its_line(source: str, refusal: str) -> None:
+    from reinstatement.store import queries
+
+    with pytest.raises(queries.QueryFileError, match=re.escape(refusal)):
+        queries.parse(source, "f.sql")
+
+
+def test_a_statement_is_chosen_by_dialect_and_a_missing_one_named() -> None:
+    from reinstatement.store import queries
+
+    parsed = queries.parse("-- f\n\n-- name: a.sqlite\n-- for\n-- (two lines)\n"
+                           "SELECT :x\n  FROM t;\n-- name: b\n-- for\nSELECT 2;\n", "f.sql")
+    assert parsed == {"a.sqlite": "SELECT :x\n  FROM t", "b": "SELECT 2"}
+    assert queries.sql("sqlite", "begin_immediate") == "BEGIN IMMEDIATE"
+    with pytest.raises(queries.QueryNotFound, match=(
+            r"no statement 'begin_immediate' for postgresql under sql/queries: neither "
+            r"'-- name: begin_immediate.postgresql' nor '-- name: begin_immediate'")):
+        queries.sql("postgresql", "begin_immediate")
