@@ -117,10 +117,27 @@ def pending_work(conn: Connection, incident_id: int, restore_plan: int | None = 
         counts["verify"] += n
         if state == CaseState.PLANNED:
             counts["preview"] += n
+    counts["restore"] = int(conn.execute(_restorable(incident_id, restore_plan)).scalar_one())
+    return {step: n for step, n in counts.items() if n}
+
+
+def _restorable(incident_id: int, restore_plan: int | None) -> Any:
     restorable = select(func.count()).select_from(Case).where(
         Case.incident_id == incident_id, Case.state == CaseState.VERIFIED,
         Case.outcome == str(Outcome.REINSTATED))
     if restore_plan is not None:
         restorable = _held_by_plan(restorable, restore_plan)
-    counts["restore"] = int(conn.execute(restorable).scalar_one())
-    return {step: n for step, n in counts.items() if n}
+    return restorable
+
+
+def waiting_count(conn: Connection, incident_id: int, step: str,
+                  restore_plan: int | None = None) -> int:
+    """How many cases still wait for one step (`pending_work`'s figure for `step`: preview,
+    verify or restore), in one statement. A case leaves it when its batch commits."""
+    if step == "restore":
+        return int(conn.execute(_restorable(incident_id, restore_plan)).scalar_one())
+    states = [CaseState.PLANNED] if step == "preview" else [CaseState.PLANNED,
+                                                             CaseState.PREVIEWED]
+    return int(conn.execute(
+        select(func.count()).select_from(Case)
+        .where(Case.incident_id == incident_id, Case.state.in_(states))).scalar_one())

@@ -119,14 +119,19 @@ def next_deferred_due(conn: Connection, incident_id: int) -> datetime | None:
     ).scalar_one()
 
 
-def unsettled_count(conn: Connection, incident_id: int, now: datetime | None = None) -> int:
-    """Notices of the incident not yet settled: not sent, failed, without an address or
-    suppressed, nor waiting for a retry time still to come."""
+def unsettled_count(conn: Connection, incident_id: int | None,
+                    now: datetime | None = None) -> int:
+    """Notices of the incident (of every incident, with None) not yet settled: not sent,
+    failed, without an address or suppressed, nor waiting for a retry time still to come.
+
+    A notice a sender claimed counts until its outcome commits: the count falls notice by
+    notice while a batch sends (the notify step's progress reads it)."""
     query = select(func.count()).select_from(Notice).where(
-        Notice.incident_id == incident_id,
         or_(Notice.state.in_([NoticeState.PENDING, NoticeState.SENDING]),
             (Notice.state == NoticeState.RETRY) & (Notice.next_attempt_at <= (now or utcnow()))),
     )
+    if incident_id is not None:
+        query = query.where(Notice.incident_id == incident_id)
     return int(conn.execute(query).scalar_one())
 
 

@@ -339,6 +339,34 @@ def pending(ctx: StepContext) -> dict[str, int]:
         return work
 
 
+def remaining_counter(ctx: StepContext, key: str) -> Callable[[], int]:
+    """A count of one step's work not yet committed (`key`: preview, verify, restore or
+    notify, as `pending` names them), one statement a call: what the step's progress reads
+    while it runs. Cases leave it as their batch commits; notices as each one's outcome
+    does, while its batch still sends (a claimed notice still counts)."""
+    from reinstatement.outbox import unsettled_count
+
+    engine, incident_id = ctx.engine, ctx.incident.id
+    if key == "notify":
+        def notices() -> int:
+            with engine.connect() as conn:
+                return unsettled_count(conn, incident_id)
+
+        return notices
+    restore_plan = None
+    if key == "restore":
+        with engine.connect() as conn:
+            now = lifecycle.current_state(conn, incident_id)
+        restore_plan = now.plan.id if now.require_approval and now.approved and now.plan \
+            else None
+
+    def cases() -> int:
+        with engine.connect() as conn:
+            return claims.waiting_count(conn, incident_id, key, restore_plan)
+
+    return cases
+
+
 # -- the whole job without Prefect ----------------------------------------------------
 
 def run_without_prefect(engine: Engine, request: IncidentRequest,
