@@ -12,6 +12,7 @@ Every future is resolved and every failure counted: a failed batch fails the run
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from prefect import Task
@@ -23,7 +24,7 @@ from reinstatement.batches import StepResult
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.resources import resources
 from tasks.pipeline import step_context
-from tasks.reporting import Progress
+from tasks.reporting import Progress, stopped_by
 
 # The flows' thread pools are sized for the largest of REINSTATE_WORKERS and
 # REINSTATE_SMTP_CONNECTIONS (at most 8 each); run_batches keeps to those settings.
@@ -43,6 +44,53 @@ def pending(incident: RegisteredIncident | None, batch_size: int, pending_key: s
         with resources().engine.connect() as conn:
             return due_count(conn)
     return runner.pending(step_context(incident, batch_size)).get(pending_key, 0)
+
+
+ALL_INCIDENTS = "all-incidents"
+
+
+def remaining_counter(incident: RegisteredIncident | None, batch_size: int,
+                      pending_key: str) -> Callable[[], int]:
+    """A count of the step's work not yet committed, one statement a call (the notices of
+    every incident with None): what its progress card reads while it runs."""
+    if incident is None:
+        from reinstatement.outbox import unsettled_count
+
+        engine = resources().engine
+
+        def every_incident() -> int:
+            with engine.connect() as conn:
+                return unsettled_count(conn, None)
+
+        return every_incident
+    return runner.remaining_counter(step_context(incident, batch_size), pending_key)
+
+
+def step_progress(incident: RegisteredIncident | None, batch_size: int, pending_key: str,
+                  progress_name: str, total: int) -> Progress:
+    """The step's progress card, watching the work it has left (see `Progress`)."""
+    counter = remaining_counter(incident, batch_size, pending_key) if total else None
+    return Progress(incident.key if incident else ALL_INCIDENTS, progress_name, total,
+                    remaining=counter, pending_key=pending_key,
+                    incident=incident.key if incident else "")
+
+
+def remaining_of(incident_key: str, pending_key: str) -> int:
+    """The work an incident's step (all incidents' notices, with "") has left now."""
+    from reinstatement.incidents import load_incident
+
+    if not incident_key:
+        return remaining_counter(None, 1, pending_key)()
+    with resources().engine.connect() as conn:
+        incident = load_incident(conn, incident_key)
+    return remaining_counter(incident, 1, pending_key)()
+
+
+def notices_detail(totals: StepResult) -> str | None:
+    """What a notify step's final card adds: how its notices ended."""
+    if not (totals.sent or totals.retry or totals.failed):
+        return None
+    return f"{totals.sent:,} sent, {totals.retry:,} to retry, {totals.failed:,} failed"
 
 
 
@@ -117,15 +165,22 @@ def run_batches(step: Task[..., dict[str, Any]], incident: RegisteredIncident | 
         parallel = settings.smtp_connections if pending_key == "notify" else settings.workers
     totals = StepResult()
     remaining = pending(incident, batch_size, pending_key)
-    progress = (Progress(incident.key if incident else "all-incidents", progress_name,
-                         remaining) if publish_progress else None)
-    while remaining:
-        processed = _wave(step, incident, batch_size, remaining, parallel, run_id,
-                          progress_name, totals, progress, task_args)
-        if processed == 0:
-            # Another run holds the rest of the work (claims skip locked cases).
-            logger.warning("%d %s cases are being handled by another run", remaining,
-                           progress_name)
-            break
-        remaining = pending(incident, batch_size, pending_key)
+    progress = (step_progress(incident, batch_size, pending_key, progress_name, remaining)
+                if publish_progress else None)
+    try:
+        while remaining:
+            processed = _wave(step, incident, batch_size, remaining, parallel, run_id,
+                              progress_name, totals, progress, task_args)
+            if processed == 0:
+                # Another run holds the rest of the work (claims skip locked cases).
+                logger.warning("%d %s cases are being handled by another run", remaining,
+                               progress_name)
+                break
+            remaining = pending(incident, batch_size, pending_key)
+    except BaseException as exc:
+        if progress is not None:
+            progress.finish(stopped_by(exc))
+        raise
+    if progress is not None:
+        progress.finish(detail=notices_detail(totals) if pending_key == "notify" else None)
     return totals.as_dict()

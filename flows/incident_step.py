@@ -37,7 +37,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from sqlalchemy import Engine, func, select
 
-from flows.batches import MAX_PARALLEL_TASKS, BatchesFailed, pending, run_batches
+from flows.batches import (
+    MAX_PARALLEL_TASKS,
+    BatchesFailed,
+    notices_detail,
+    pending,
+    run_batches,
+    step_progress,
+)
 from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement import batches, runs
 from reinstatement.errors import BadInput
@@ -47,7 +54,7 @@ from reinstatement.resources import install, resources
 from reinstatement.settings import SettingsError, as_child_of, handed_to_child_runs
 from tasks.notify import send_notices
 from tasks.pipeline import restore_cases, settle_cases, verify_cases
-from tasks.reporting import Progress
+from tasks.reporting import Progress, stopped_by
 
 STEP_FLOW = "incident-step"
 STEP_DEPLOYMENT = "incident-step"
@@ -229,12 +236,27 @@ def watch_children(engine: Engine, flow_run_ids: list[UUID],
 def fan_out(incident: RegisteredIncident, step: str, batch_size: int, children: int,
             parent_run_id: int) -> dict[str, Any]:
     """Run one step of the incident as up to `children` child runs at once, until no work
-    of the step is left; returns the step's totals, summed from the children's batches."""
+    of the step is left; returns the step's totals, summed from the children's batches.
+    Its progress card is this run's: it reads the step's work left as the children do it."""
+    spec = _step(step)
+    remaining = pending(incident, batch_size, spec.pending_key)
+    progress = step_progress(incident, batch_size, spec.pending_key, spec.progress_name,
+                             remaining)
+    try:
+        totals = _fan_out(incident, step, batch_size, children, parent_run_id, remaining,
+                          progress)
+    except BaseException as exc:
+        progress.finish(stopped_by(exc))
+        raise
+    progress.finish(detail=notices_detail(totals) if step == "notify" else None)
+    return totals.as_dict()
+
+
+def _fan_out(incident: RegisteredIncident, step: str, batch_size: int, children: int,
+             parent_run_id: int, remaining: int, progress: Progress) -> batches.StepResult:
     logger = get_run_logger()
     spec = _step(step)
     engine = resources().engine
-    remaining = pending(incident, batch_size, spec.pending_key)
-    progress = Progress(incident.key, spec.progress_name, remaining)
     crashed_total = 0
     seen = _child_cases(engine, parent_run_id, step)
 
@@ -277,7 +299,7 @@ def fan_out(incident: RegisteredIncident, step: str, batch_size: int, children: 
             Run.parent_run_id == parent_run_id, Run.step == step)).scalars())
         totals = batches.step_totals(conn, child_ids, step)
     totals.children, totals.children_crashed = len(child_ids), crashed_total
-    return totals.as_dict()
+    return totals
 
 
 # -- the child's side -------------------------------------------------------------------------

@@ -81,12 +81,23 @@ def rejected(incident_key: str, message: str) -> State[Any]:
 def _ended_by_prefect(status: str) -> Any:
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         """Where Prefect ended the run from outside (Cancel in the UI, a crash): its runs
-        say so, and the incident's report is published again as the database has it."""
+        say so, no progress card of it is left mid-way (each says where its step stopped,
+        counted now), and the incident's report is published again as the database has it.
+
+        This runs where Prefect runs it: in the run's own process, or, for a run a worker
+        or `reinstate serve` started, in theirs once the run's process has ended."""
+        from flows.batches import remaining_of
         from reinstatement import runs
         from reinstatement.resources import resources
-        from tasks.reporting import publish_report
+        from tasks.reporting import finish_progress_left_open, publish_report
 
         key = _incident_key(flow_run.parameters)
+        try:
+            finish_progress_left_open(flow_run.id, f"the run was {status}", remaining_of)
+        except Exception as exc:  # noqa: BLE001 - the run's row and report come next
+            logging.getLogger(__name__).warning("could not finish the progress cards of "
+                                                "the %s run of %s: %s", status,
+                                                key or "an incident", exc)
         try:
             runs.record_ended_by_prefect(resources().engine, str(flow_run.id), status)
             if key:

@@ -11,6 +11,7 @@ operator's input and checks the platform rows, the notices written and the repor
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
+from tasks.reporting import _artifact_key
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -244,15 +246,17 @@ def _restored(engine: Engine) -> int:
             Case.state == "restored")).scalar_one())
 
 
-def _report_markdown() -> str:
+def _latest_artifact(key: str) -> Any:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from tasks.reporting import _artifact_key
 
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "report")])))
-    return str(artifact.data)
+            key=ArtifactFilterKey(any_=[key])))
+    return artifact
+
+
+def _report_markdown() -> str:
+    return str(_latest_artifact(_artifact_key(INCIDENT_KEY, "report")).data)
 
 
 def test_operator_runs_an_incident_from_the_deployment(
@@ -641,22 +645,27 @@ def test_cancelling_a_running_run_records_it_and_publishes_the_report(
     smtp_server: Any,
 ) -> None:
     """Cancel in the UI while notices go out: the run's row says 'cancelled' with its end,
-    and the report is published again with what the database holds (the notices sent)."""
+    the report is published again with what the database holds (the notices sent), and
+    the notify step's progress card says where it stopped, with that same count."""
     from prefect.states import Cancelling
 
     from reinstatement.models import Notice, Run
     from tests.smtp_server import RecordingHandler
 
     seed(engine, SeedOptions(accounts=400, seed=3))
-    mail = smtp_server(RecordingHandler(slow_data_seconds=0.05))
+    # Slow enough (about 20 s for the notices) that the cancellation lands mid-step.
+    mail = smtp_server(RecordingHandler(slow_data_seconds=0.2))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING",
            **cli_env, "REINSTATE_EMAIL_BACKEND": "smtp", "REINSTATE_SMTP_HOST": "127.0.0.1",
            "REINSTATE_SMTP_PORT": str(mail.port), "REINSTATE_NOTIFY_RETRY_WAIT_SECONDS": "0"}
     server = Server(env, tmp_path / "serve.log")
     server.start()
     try:
+        # Batches of 20 notices: the batches sending when the run is cancelled finish
+        # (Prefect lets a running task end), and no other starts.
         flow_run = run_deployment("reinstate-incident/reinstate-incident", timeout=0,
-                                  parameters=_incident_parameters(require_approval=False))
+                                  parameters=_incident_parameters(require_approval=False,
+                                                                  batch_size=20))
         deadline = time.monotonic() + 180
         while len(mail.handler.delivered) < 5:
             assert time.monotonic() < deadline, "no notice went out"
@@ -680,6 +689,12 @@ def test_cancelling_a_running_run_records_it_and_publishes_the_report(
         report = _report_markdown()
         assert f"| sent | {sent:,} |" in report
         assert "| cancelled |" in report
+        card = _latest_artifact(_artifact_key(INCIDENT_KEY, "progress-notify"))
+        stopped = re.fullmatch(r"notify: stopped at ([\d,]+) of ([\d,]+) notices handled: "
+                               r"the run was cancelled", card.description or "")
+        assert stopped and int(stopped[1].replace(",", "")) == sent, card.description
+        total = int(stopped[2].replace(",", ""))
+        assert sent < total and card.data == pytest.approx(100 * sent / total)
     finally:
         server.stop()
         _remove_global_limits()
