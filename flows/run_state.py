@@ -78,6 +78,9 @@ def rejected(incident_key: str, message: str) -> State[Any]:
     return Cancelled(name="Rejected", message=message, data=RejectedRun(message))
 
 
+_ENDINGS = {"cancelled": "the run was cancelled", "crashed": "the run crashed"}
+
+
 def _ended_by_prefect(status: str) -> Any:
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         """Where Prefect ended the run from outside (Cancel in the UI, a crash): its runs
@@ -93,7 +96,7 @@ def _ended_by_prefect(status: str) -> Any:
 
         key = _incident_key(flow_run.parameters)
         try:
-            finish_progress_left_open(flow_run.id, f"the run was {status}", remaining_of)
+            finish_progress_left_open(flow_run.id, _ENDINGS[status], remaining_of)
         except Exception as exc:  # noqa: BLE001 - the run's row and report come next
             logging.getLogger(__name__).warning("could not finish the progress cards of "
                                                 "the %s run of %s: %s", status,

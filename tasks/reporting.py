@@ -407,7 +407,7 @@ class Progress:
         pace = (time.monotonic(), 0)  # when, and what was committed, at the last reading
         next_read = pace[0] + PROGRESS_MIN_SECONDS
         while not self._closed:
-            if self._wake.wait(max(0.0, next_read - time.monotonic())):
+            if self._wake.wait(min(max(0.0, next_read - time.monotonic()), 3600.0)):
                 self._wake.clear()
             if self._closed:
                 return
@@ -427,6 +427,8 @@ class Progress:
                 else:
                     wait = PROGRESS_SECONDS
                 next_read = time.monotonic() + wait
+                if left == 0:  # all of it committed: only batch ends and `finish` are left
+                    next_read = float("inf")
             self._publish_if_moved()
 
     def _publish_if_moved(self) -> None:

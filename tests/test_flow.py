@@ -161,6 +161,21 @@ def _recorded_progress(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str
     return updates
 
 
+def _paced(monkeypatch: pytest.MonkeyPatch, batch: str, seconds: float = 0.3) -> None:
+    """Each batch of `runner.<batch>` takes at least `seconds`. A card's update goes to
+    Prefect's server from the card's own thread, with the latest value only: batches that
+    end together on a busy machine move the card once."""
+    from reinstatement import runner
+
+    real = getattr(runner, batch)
+
+    def paced(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, batch, paced)
+
+
 def test_progress_moves_per_batch_and_says_done_of_total(
     prefect_api: str, engine: Engine, cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -173,6 +188,7 @@ def test_progress_moves_per_batch_and_says_done_of_total(
     assert reinstate_incident(request)["status"] == "awaiting_approval"
     approve(resources().engine, request.incident_key)
     updates = _recorded_progress(monkeypatch)
+    _paced(monkeypatch, "restore_one_batch")
     report = reinstate_incident(request)
     restore = [(p, d) for p, d in updates if d and d.startswith("restore:")]
     reinstated = report["outcomes"]["reinstated"]
@@ -190,6 +206,7 @@ def test_progress_of_verifying_and_restoring_in_one_pass(
     cases done of the cases planned, batch by batch."""
     seed(engine, SeedOptions(accounts=300, seed=6))
     updates = _recorded_progress(monkeypatch)
+    _paced(monkeypatch, "settle_one_batch")
     report = reinstate_incident(incident_request(batch_size=20))
     settle = [(p, d) for p, d in updates if d and d.startswith("settle:")]
     cases = sum(report["outcomes"].values())

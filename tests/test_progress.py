@@ -316,13 +316,9 @@ def test_a_cancelled_run_leaves_no_card_mid_way(
     the UI: the runner ends the process, then runs the run's on-cancellation hook in its
     own): the hook finishes the card with the count the database holds now."""
     from prefect import flow
-    from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run as this_run
-    from prefect.states import Cancelling
-    from sqlalchemy import update
 
     from flows.batches import pending, step_progress
-    from flows.run_state import on_cancelled
     from reinstatement.incidents import load_incident
     from reinstatement.resources import resources
     from reinstatement.runner import run_without_prefect
@@ -335,14 +331,30 @@ def test_a_cancelled_run_leaves_no_card_mid_way(
     monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 60.0)
     monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 60.0)
 
+    cards: list[Progress] = []
+
     @flow(name="a-notify-step-cut-short")
     def cut_short(request: Any) -> tuple[str, int]:
         with resources().engine.connect() as conn:
             incident = load_incident(conn, request.incident_key)
         total = pending(incident, 100, "notify")
         # The step's card, then its process ends without a word (no finish).
-        step_progress(incident, 100, "notify", "notify", total)
+        cards.append(step_progress(incident, 100, "notify", "notify", total))
         return str(this_run.get_id()), total
+
+    try:
+        _cut_short_and_cancelled(engine, cut_short, request)
+    finally:
+        for card in cards:  # its watcher thread, which the stopped process took with it
+            card.finish()
+
+
+def _cut_short_and_cancelled(engine: Engine, cut_short: Any, request: Any) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+    from sqlalchemy import update
+
+    from flows.run_state import on_cancelled
 
     flow_run_id, total = cut_short(request)
     with engine.begin() as conn:  # what the sender had done before it was stopped
