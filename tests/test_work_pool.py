@@ -368,6 +368,12 @@ def test_two_workers_share_an_incident_and_hold_the_global_limits(
         summary.expected_outcomes.values())
     markdown = report_artifact(pool.api)
     assert "| w1 |" in markdown and "| w2 |" in markdown
+    # The incident run's cards of its fanned-out steps, each ended by the parent.
+    cases = sum(summary.expected_outcomes.values())
+    sent = notices["sent"]
+    assert progress_card(pool.api, "settle") == (100.0, f"settle: {cases:,} of {cases:,} done")
+    assert progress_card(pool.api, "notify") == (
+        100.0, f"notify: {sent:,} of {sent:,} done: {sent:,} sent, 0 to retry, 0 failed")
 
     # The same run again, with nothing left to do: a no-op, and the incident stays
     # completed (each step's result has one shape, empty or not).
@@ -381,6 +387,20 @@ def test_two_workers_share_an_incident_and_hold_the_global_limits(
         assert conn.execute(select(func.count()).select_from(AuditEntry)
                             ).scalar_one() == audited  # not even to running and back
     assert normalised_platform(engine) == before
+
+
+def progress_card(api: str, step: str) -> tuple[Any, str | None]:
+    """The progress card of `step`, latest: its value and its text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.reporting import _artifact_key
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, f"progress-{step}")])))
+    return artifact.data, artifact.description
 
 
 def report_artifact(api: str) -> str:
