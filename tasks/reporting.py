@@ -470,7 +470,7 @@ class Progress:
                 assert self._baseline is not None and left is not None
                 self._committed = self._baseline - left
             done = min(self.total, max(self._batched, self._committed, 0))
-        if counted and left == 0 or not counted and why is None and done >= self.total:
+        if (counted and left == 0) or (not counted and why is None and done >= self.total):
             self._publish(self.total, progress_text(self.step, self.total, self.total,
                                                     final=True, detail=detail),
                           final=True, percent=100.0)
