@@ -532,8 +532,9 @@ def test_a_stale_serve_and_a_worker_with_other_settings_deliver_where_the_incide
              "REINSTATE_EMAIL_DIR": str(stale_dir)}
     log = tmp_path / "stale-serve.log"
     with log.open("ab") as out:
-        serve = subprocess.Popen([str(BIN / "reinstate"), "serve"], env=stale, cwd=pool.tmp,
-                                 stdout=out, stderr=subprocess.STDOUT)
+        # --take-over: this module's earlier tests left the deployments on their pools
+        serve = subprocess.Popen([str(BIN / "reinstate"), "serve", "--take-over"], env=stale,
+                                 cwd=pool.tmp, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while b"serving " not in log.read_bytes():
