@@ -146,9 +146,13 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
             if newest is not None:
                 typer.echo(f"incident {key}: newest plan {newest.short} ({newest.digest}): "
                            f"{describe_counts(verdict_counts(conn, newest.id))}")
-        state, decided = runner.decide(engine, incident, "approve" if decision == "approve"
-                                       else "reject", identity, plan_digest=plan,
-                                       operator=operator, note=note)
+        from tasks.events import announcing_transitions
+
+        with announcing_transitions(actor=approval.operator_actor(identity),
+                                    incident_id=incident.id):
+            state, decided = runner.decide(
+                engine, incident, "approve" if decision == "approve" else "reject",
+                identity, plan_digest=plan, operator=operator, note=note)
         if decision == "approve":
             typer.echo(f"incident {key}: plan {decided.short} approved by "
                        f"{identity.describe()}. Restore it by running `reinstate run {key}` "
@@ -195,10 +199,13 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         if reinstate == uphold:
             raise BadInput("give exactly one of --reinstate or --uphold")
         check_database()
+        from reinstatement.review import reviewer_actor
+        from tasks.events import announcing_transitions
         from tasks.notify import send_case_notices
 
-        result = apply_review(case_id, "reinstate" if reinstate else "uphold", reviewer, note,
-                              send_notices=send_case_notices)
+        with announcing_transitions(actor=reviewer_actor(reviewer)):
+            result = apply_review(case_id, "reinstate" if reinstate else "uphold", reviewer,
+                                  note, send_notices=send_case_notices)
         typer.echo(f"case {case_id} of {result['incident']}: {result['outcome']} "
                    f"({result['state']})")
         if "notice" in result:

@@ -15,6 +15,7 @@ from flows.batches import MAX_PARALLEL_TASKS, run_batches
 from flows.run_state import failed_for_notices, failed_plainly, tag_run_with_incident
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe
+from tasks.events import emit_notices_failed
 from tasks.incident_state import (
     failed_notices,
     load_registered,
@@ -60,6 +61,7 @@ def resend_notices(
             if queued else {}
         still = failed_notices(incident)
         if still:
+            emit_notices_failed(incident_key, still)
             return failed_for_notices(f"incident {incident_key}: {describe(still)}")
         return {"incident": incident_key, "queued": queued, "sent": sent.get("sent", 0)}
     except BadInput as exc:

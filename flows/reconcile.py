@@ -31,6 +31,7 @@ from reinstatement import account_lists
 from reinstatement.incident_request import build_request
 from reinstatement.markdown import md
 from reinstatement.resources import resources
+from tasks.events import emit_invariants_broken, emit_notices_failed
 from tasks.notify import send_notices
 from tasks.reconciliation import (
     check_invariants,
@@ -127,6 +128,19 @@ def _markdown(findings: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def newly_failed(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+                 ) -> dict[str, dict[str, int]]:
+    """Per incident, the notices that failed for good between the two counts, per reason."""
+    grown: dict[str, dict[str, int]] = {}
+    for key, reasons in after.items():
+        earlier = before.get(key, {})
+        more = {reason: count - earlier.get(reason, 0) for reason, count in reasons.items()
+                if count > earlier.get(reason, 0)}
+        if more:
+            grown[key] = more
+    return grown
+
+
 def _reconciliation_run_name() -> str:
     return f"reconciliation {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
@@ -188,10 +202,14 @@ def nightly_reconciliation(
             logger.info("resuming incident %s", key)
             resume_incident(key, batch_size)
 
+    failed_before = {} if dry_run else failed_notices_by_incident()
     findings["notices"] = {} if dry_run else run_batches(
         send_notices, None, batch_size, "notify", "notify")
 
     findings["failed_notices"] = failed_notices_by_incident()
+    if findings["notices"].get("failed"):
+        for key, counts in newly_failed(failed_before, findings["failed_notices"]).items():
+            emit_notices_failed(key, counts, total=findings["failed_notices"][key])
     findings["invariants"] = check_invariants(repair=not dry_run)
     findings["faults"] = (None if not detect_days
                           else detect_faults(detect_days, detect_until, dry_run))
@@ -219,6 +237,7 @@ def nightly_reconciliation(
         description="Counts per duty",
     )
     if findings["invariants"]["unrepaired"]:
+        emit_invariants_broken(findings["invariants"], dry_run)
         raise InvariantsBroken(
             f"{findings['invariants']['unrepaired']} invariant break(s) need a person: "
             "see the run's artifacts")

@@ -38,6 +38,7 @@ from flows.run_state import (
     failed_plainly,
     on_cancelled,
     on_crashed,
+    on_failed,
     rejected,
     tag_run_with_incident,
 )
@@ -49,6 +50,7 @@ from reinstatement.incidents import RegisteredIncident
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.plans import PlanRef
 from reinstatement.resources import resources
+from tasks.events import emit_notices_failed
 from tasks.incident_state import (
     begin_real_run,
     complete_if_done,
@@ -135,6 +137,7 @@ def _resume_run_name() -> str:
     flow_run_name=_incident_run_name,
     on_cancellation=[on_cancelled],
     on_crashed=[on_crashed],
+    on_failure=[on_failed],
 )
 def reinstate_incident(request: IncidentRequest) -> Any:
     """Reinstate the accounts of one incident; returns the incident's report.
@@ -267,6 +270,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
     done = complete_if_done(incident)
     failed = failed_notices(incident)
     if failed:
+        emit_notices_failed(incident.key, failed)
         return "failed", failed_for_notices(
             f"incident {incident.key}: {describe_failed(failed)}; once the mail server "
             f"takes them, `reinstate notices resend {incident.key}` sends them again")
@@ -407,6 +411,7 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     flow_run_name=_resume_run_name,
     on_cancellation=[on_cancelled],
     on_crashed=[on_crashed],
+    on_failure=[on_failed],
 )
 def resume_incident(
     incident_key: Annotated[str, Field(min_length=1, max_length=200)],

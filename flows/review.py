@@ -17,7 +17,8 @@ from flows.run_state import failed_plainly, tag_run_with_incident
 from reinstatement.approval import VIA_PREFECT_UI
 from reinstatement.errors import BadInput
 from reinstatement.resources import resources
-from reinstatement.review import apply_review
+from reinstatement.review import apply_review, reviewer_actor
+from tasks.events import announcing_transitions
 from tasks.notify import send_case_notices
 from tasks.reporting import publish_report
 
@@ -31,8 +32,9 @@ def apply_review_decision(case_id: int, decision: Literal["reinstate", "uphold"]
     {"refused": why}: bad input, for the flow to fail plainly, not a task traceback.
     """
     try:
-        return apply_review(case_id, decision, reviewer, note, VIA_PREFECT_UI,
-                            send_notices=send_case_notices)
+        with announcing_transitions(actor=reviewer_actor(reviewer)):
+            return apply_review(case_id, decision, reviewer, note, VIA_PREFECT_UI,
+                                send_notices=send_case_notices)
     except BadInput as exc:
         return {"refused": str(exc)}
 

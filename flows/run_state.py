@@ -81,11 +81,22 @@ def rejected(incident_key: str, message: str) -> State[Any]:
 _ENDINGS = {"cancelled": "the run was cancelled", "crashed": "the run crashed"}
 
 
+def on_failed(flow: Any, flow_run: Any, state: Any) -> None:
+    """An incident's run ended Failed (bad input, notices failed for good, a step that
+    kept failing): the event `reinstatement.incident.failed`, for the operators' alerts."""
+    from tasks.events import emit_run_failed
+
+    key = _incident_key(flow_run.parameters)
+    if key:
+        emit_run_failed(key, flow_run, state)
+
+
 def _ended_by_prefect(status: str) -> Any:
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         """Where Prefect ended the run from outside (Cancel in the UI, a crash): its runs
         say so, no progress card of it is left mid-way (each says where its step stopped,
         counted now), and the incident's report is published again as the database has it.
+        A crash is a failure of the incident's run, announced as one.
 
         This runs where Prefect runs it: in the run's own process, or, for a run a worker
         or `reinstate serve` started, in theirs once the run's process has ended."""
@@ -95,6 +106,8 @@ def _ended_by_prefect(status: str) -> Any:
         from tasks.reporting import finish_progress_left_open, publish_report
 
         key = _incident_key(flow_run.parameters)
+        if key and status == "crashed":
+            on_failed(flow, flow_run, state)
         try:
             finish_progress_left_open(flow_run.id, _ENDINGS[status], remaining_of)
         except Exception as exc:  # noqa: BLE001 - the run's row and report come next

@@ -95,6 +95,11 @@ def same_person(first: str | None, second: str | None) -> bool:
 
 # -- decisions --------------------------------------------------------------------------
 
+def operator_actor(identity: Identity) -> str:
+    """Who the audit trail names for an operator's decision."""
+    return f"operator:{identity.name}"
+
+
 def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity: Identity,
            *, plan_digest: str | None = None, operator: str | None = None,
            note: str = "") -> tuple[IncidentState, PlanRef]:
@@ -150,7 +155,7 @@ def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity:
             database_role=None, note=note, decided_at=utcnow()))
     to = IncidentStatus.APPROVED if decision == "approve" else IncidentStatus.REJECTED
     state = lifecycle.transition(
-        conn, incident_id, to, f"operator:{identity.name}",
+        conn, incident_id, to, operator_actor(identity),
         f"{verb}d plan {plan.short} ({identity.describe()})" + (f": {note}" if note else ""))
     return state, plan
 

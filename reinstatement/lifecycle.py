@@ -35,7 +35,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from reinstatement.errors import BadInput
 from reinstatement.models import AuditEntry, Decision, Incident, Run
@@ -188,6 +188,41 @@ def transition(conn: Connection, incident_id: int, to: IncidentStatus, actor: st
         actor=actor, reason=reason, at=utcnow(),
     ))
     return current_state(conn, incident_id)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One transition of an incident's status, as the audit trail holds it."""
+
+    key: str
+    from_status: str | None  # None: the incident was registered
+    to: IncidentStatus
+    actor: str
+    reason: str
+    at: datetime
+
+
+def audit_mark(conn: Connection) -> int:
+    """The newest audit row's id: transitions after it are those made since."""
+    return int(conn.execute(select(func.coalesce(func.max(AuditEntry.id), 0))).scalar_one())
+
+
+def transitions_since(conn: Connection, mark: int, *, incident_id: int | None = None,
+                      actor: str | None = None) -> list[Transition]:
+    """The incidents' transitions committed after `audit_mark` gave `mark`, oldest first
+    (of one incident, by one actor, where given): what a caller's own step changed."""
+    query = (select(Incident.key, AuditEntry.from_state, AuditEntry.to_state,
+                    AuditEntry.actor, AuditEntry.reason, AuditEntry.at)
+             .join(Incident, Incident.id == AuditEntry.incident_id)
+             .where(AuditEntry.id > mark, AuditEntry.case_id.is_(None),
+                    AuditEntry.to_state.in_([str(s) for s in IncidentStatus]))
+             .order_by(AuditEntry.id))
+    if incident_id is not None:
+        query = query.where(AuditEntry.incident_id == incident_id)
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    return [Transition(row.key, row.from_state, IncidentStatus(row.to_state), row.actor,
+                       row.reason, row.at) for row in conn.execute(query)]
 
 
 def refuse_if_rejected(state: IncidentState) -> None:

@@ -125,6 +125,11 @@ def _ready_to_restore(conn: Connection, incident_id: int, actor: str, case_id: i
                              f"case {case_id} reinstated by review")
 
 
+def reviewer_actor(reviewer: str) -> str:
+    """Who the audit trail names for the restore and transitions a review makes."""
+    return f"reviewer:{reviewer.strip()}"
+
+
 def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
                  via: str = VIA_CLI, *,
                  send_notices: Callable[[int, list[int]], SendResult]) -> dict[str, Any]:
@@ -148,7 +153,7 @@ def apply_review(case_id: int, decision: Decision, reviewer: str, note: str,
     if decision == "reinstate":
         with engine.connect() as conn:
             incident = load_incident(conn, key)
-        actor = f"reviewer:{reviewer.strip()}"
+        actor = reviewer_actor(reviewer)
         ctx = runner.StepContext(engine, incident, 1, actor=actor,
                                  sender_domain=sender_domain(settings.email_from))
         restored = runner.restore_cases(ctx, [case_id])

@@ -24,6 +24,7 @@ from reinstatement.incidents import RegisteredIncident, load_incident
 from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
+from tasks.events import announcing_transitions
 from tasks.pipeline import run_actor
 
 P = ParamSpec("P")
@@ -97,14 +98,16 @@ def incident_state(incident: RegisteredIncident) -> IncidentState:
 @_refusals_as_values
 def begin_real_run(incident: RegisteredIncident) -> IncidentState:
     """Mark the incident running for a real run, where its status allows one."""
-    return runner.begin_real_run(resources().engine, incident, run_actor())
+    with announcing_transitions(actor=run_actor(), incident_id=incident.id):
+        return runner.begin_real_run(resources().engine, incident, run_actor())
 
 
 @task(name="record-preview", cache_policy=NO_CACHE)
 @_refusals_as_values
 def record_preview(incident: RegisteredIncident) -> IncidentState:
     """Record that a dry run previewed the incident."""
-    return runner.record_preview(resources().engine, incident, run_actor())
+    with announcing_transitions(actor=run_actor(), incident_id=incident.id):
+        return runner.record_preview(resources().engine, incident, run_actor())
 
 
 @task(name="reset-previews", cache_policy=NO_CACHE)
@@ -116,7 +119,8 @@ def reset_previews(incident_id: int) -> None:
 @task(name="complete-if-done", cache_policy=NO_CACHE)
 def complete_if_done(incident: RegisteredIncident) -> bool:
     """Mark the incident completed when nothing is left to do; whether it was."""
-    return runner.complete_if_done(resources().engine, incident, run_actor())
+    with announcing_transitions(actor=run_actor(), incident_id=incident.id):
+        return runner.complete_if_done(resources().engine, incident, run_actor())
 
 
 @task(name="record-decision", cache_policy=NO_CACHE)
@@ -132,8 +136,10 @@ def record_decision(incident: RegisteredIncident, decision: Literal["approve", "
     if now.status != IncidentStatus.AWAITING_APPROVAL:
         return now
     identity = approval.ui_identity(operator, "operator")
-    state, _ = runner.decide(engine, incident, decision, identity, plan_digest=plan_digest,
-                             operator=operator, note=note)
+    with announcing_transitions(actor=approval.operator_actor(identity),
+                                incident_id=incident.id):
+        state, _ = runner.decide(engine, incident, decision, identity,
+                                 plan_digest=plan_digest, operator=operator, note=note)
     return state
 
 

@@ -26,6 +26,7 @@ from reinstatement.resources import resources
 from reinstatement.retrying import is_transient
 from reinstatement.states import PIPELINE_ACTOR
 from tasks import limits
+from tasks.events import announcing_transitions
 
 
 def run_actor() -> str:
@@ -88,7 +89,8 @@ def register_incident(request: IncidentRequest) -> RegisteredIncident:
             new = registered_parameters(conn, request.incident_key) is None
         if new:
             declarer = approval.ui_identity(request.declared_by, "declared_by")
-    incident = runner.register(engine, request, run_actor(), declarer)
+    with announcing_transitions(actor=run_actor()):
+        incident = runner.register(engine, request, run_actor(), declarer)
     get_run_logger().info("incident %s: %d faulty version(s)", incident.key,
                           len(incident.rules.faulty))
     return incident
@@ -100,8 +102,9 @@ def make_plan(incident: RegisteredIncident, dry_run: bool) -> IncidentState:
     """The plan of the incident's cases as judged now (the newest plan when nothing
     changed), and the incident's status after it: an incident that requires approval and
     whose newest plan nobody approved waits for an operator."""
-    state, made = runner.settle_plan(resources().engine, incident, run_actor(),
-                                     dry_run=dry_run)
+    with announcing_transitions(actor=run_actor(), incident_id=incident.id):
+        state, made = runner.settle_plan(resources().engine, incident, run_actor(),
+                                         dry_run=dry_run)
     plan = made.plan
     get_run_logger().info(
         "plan %s (%s): %d case(s)%s; incident %s", plan.short,

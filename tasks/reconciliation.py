@@ -9,12 +9,12 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
 from reinstatement import detection, reconcile, runs
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
+from tasks.events import announcing_transitions, emit_fault_suspected
 from tasks.pipeline import run_actor
 
 
@@ -30,7 +30,8 @@ def reopen_rebanned(dry_run: bool) -> list[dict[str, Any]]:
                           "new_case": new_case})
         return found
 
-    return in_transaction(resources().engine, work)
+    with announcing_transitions(actor=run_actor()):
+        return in_transaction(resources().engine, work)
 
 
 @task(name="find-uncovered-faulty-bans", cache_policy=NO_CACHE)
@@ -68,9 +69,6 @@ def check_invariants(repair: bool) -> dict[str, Any]:
     return {**vars(report), "unrepaired": report.unrepaired}
 
 
-SUSPECT_EVENT = "reinstatement.fault.suspected"
-
-
 @task(name="detect-faults", cache_policy=NO_CACHE)
 def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str, Any]:
     """Suspect rule versions of the last `days`; each not yet alerted emits an event."""
@@ -83,13 +81,7 @@ def detect_faults(days: int, until: datetime | None, dry_run: bool) -> dict[str,
     pending = detection.record(resources().engine, suspects, now)
     alerted = []
     for suspect in pending:
-        event = emit_event(
-            event=SUSPECT_EVENT,
-            resource={"prefect.resource.id": f"reinstatement.rule-version.{suspect['version']}",
-                      "prefect.resource.name": suspect["version"],
-                      "reinstatement.version": suspect["version"]},
-            payload=suspect)
-        if event is not None:
+        if emit_fault_suspected(suspect):
             alerted.append(suspect["version"])
     detection.mark_alerted(resources().engine, alerted, now)
     if len(alerted) < len(pending):

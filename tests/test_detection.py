@@ -228,7 +228,7 @@ def test_the_nightly_publishes_suspects_and_alerts_each_once(
         prefect_api: str, engine: Engine, cli_env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.reconcile as nightly
-    import tasks.reconciliation as steps
+    import tasks.events as steps
 
     options, planted = seeded(engine, 8)
     emitted: list[dict[str, Any]] = []
@@ -244,7 +244,7 @@ def test_the_nightly_publishes_suspects_and_alerts_each_once(
     versions = sorted(f.name for f in planted)
     assert sorted(s["version"] for s in findings["faults"]["suspects"]) == versions
     assert sorted(e["resource"]["prefect.resource.name"] for e in emitted) == versions
-    assert {e["event"] for e in emitted} == {steps.SUSPECT_EVENT}
+    assert {e["event"] for e in emitted} == {steps.FAULT_SUSPECTED}
     assert snapshot(engine) == before  # a suspect restores nothing
     published = latest_artifact("fault-suspects")
     assert all(version in published for version in versions)
