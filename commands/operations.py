@@ -68,6 +68,7 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
             else:
                 typer.echo(f"  limit {name}: {limit.limit} at once")
         typer.echo(f"deployments: {', '.join(done.deployments)}")
+        typer.echo(done.alerts.describe())
         typer.echo(f"start workers with: prefect worker start --pool {done.pool}")
 
     @app.command()

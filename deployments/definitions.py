@@ -44,6 +44,10 @@ def reconciliation_cron() -> str:
 
 
 FILE = EntrypointType.FILE_PATH
+# Every flow of the pipeline: the alert on failed runs (deployments/alerts.py) knows a
+# pipeline run by its flow, however the run was started.
+PIPELINE_FLOWS = (reinstate_incident, resume_incident, nightly_reconciliation, review_case,
+                  resend_notices, incident_step)
 
 
 def incident_deployment(entrypoint_type: EntrypointType = FILE) -> Any:

@@ -78,16 +78,30 @@ def stop_on_ctrl_c() -> None:
         signal.signal(signal.SIGINT, _on_sigint)
 
 
-def _ensure_limits() -> None:
+def _ensure_limits() -> Any:
     """The global limits the runs take slots of, created with their defaults where the
     server has none (existing ones are kept as an operator set them): no run then warns
-    that a limit is missing."""
+    that a limit is missing. First, the alert block REINSTATE_ALERT_BLOCK names is checked
+    (BadInput, before anything is made, when the server has no such block); returned."""
     from prefect.client.orchestration import get_client
 
+    from deployments.alerts import alert_block
     from tasks.limits import LimitSettings, ensure_limits
 
     with get_client(sync_client=True) as client:
+        block = alert_block(client)
         ensure_limits(client, LimitSettings())
+    return block
+
+
+def _install_alerts(block: Any, nightly_deployment_id: Any) -> str:
+    """The operators' alerts (deployments/alerts.py), in one line for the console."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.alerts import install_alerts
+
+    with get_client(sync_client=True) as client:
+        return install_alerts(client, block, nightly_deployment_id).describe()
 
 
 class OnAPool(BadInput):
@@ -166,7 +180,11 @@ def main(limit: int | None = None, take_over: bool = False) -> None:
     Refuses (OnAPool) when `reinstate deploy` registered them on a work pool, unless
     `take_over`; stops when that happens while it serves."""
     stop_on_ctrl_c()  # SIGTERM ends the process by default until the runner takes it over
-    from deployments.definitions import all_deployments, as_the_operator_left_them
+    from deployments.definitions import (
+        RECONCILIATION_DEPLOYMENT,
+        all_deployments,
+        as_the_operator_left_them,
+    )
 
     polling = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
     # Stopping `serve` leaves the schedules as they are (Prefect's runner pauses them by
@@ -176,13 +194,18 @@ def main(limit: int | None = None, take_over: bool = False) -> None:
     paths = [f"{d.flow_name}/{d.name}" for d in deployments]
     if not take_over:
         _refuse_if_on_a_pool(paths)
-    _ensure_limits()
+    block = _ensure_limits()
+    nightly = None
     for deployment in deployments:
-        runner.add_deployment(deployment)
+        deployment_id = runner.add_deployment(deployment)
+        if deployment.name == RECONCILIATION_DEPLOYMENT:
+            nightly = deployment_id
+    alerts = _install_alerts(block, nightly)
     _stop_when_moved_to_a_pool(paths)
     _record_ended_waits()
     print(f"serving {len(deployments)} deployments: "  # noqa: T201 - the operator's console
-          f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it", flush=True)
+          f"{', '.join(d.name for d in deployments)}; Ctrl-C or SIGTERM stops it\n{alerts}",
+          flush=True)
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:

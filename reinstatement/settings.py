@@ -137,6 +137,27 @@ class Settings(BaseSettings):
         description="How long a claimed notice is held in 'sending' before another run "
         "may take it over (a crashed sender's notices are sent again after this).",
     )
+    alert_block: str | None = Field(
+        None, description="The Prefect notification block the operators' alerts go "
+        "through, as block-type-slug/block-name (slack-webhook/ops-alerts, "
+        "custom-webhook/ops-alerts): `reinstate deploy` and `reinstate serve` create the "
+        "pipeline's automations with it. Unset: no automations are created."
+    )
+    alert_approval_hours: Annotated[float, Field(ge=0.003, le=720)] = Field(
+        24.0, description="How long an incident may await approval before the alert block "
+        "is told (fractions accepted, down to 0.003: about 11 seconds, Prefect's least)."
+    )
+
+    @field_validator("alert_block")
+    @classmethod
+    def _block_slug_and_name(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        slug, _, name = value.strip().partition("/")
+        if not slug.strip() or not name.strip() or "/" in name:
+            raise ValueError("give the notification block as block-type-slug/block-name, "
+                             "e.g. slack-webhook/ops-alerts")
+        return f"{slug.strip()}/{name.strip()}"
 
     @field_validator("database_url")
     @classmethod

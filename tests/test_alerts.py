@@ -1,32 +1,57 @@
-"""Events as an operator's automations meet them: the incident's milestones are Prefect
-events, read back from the server the runs talk to."""
+"""Events and alerts as an operator meets them.
+
+The incident's milestones are Prefect events, read back from the server the runs talk
+to; `reinstate deploy` (and `serve`) create the operators' automations once, by name; and
+against a real `prefect server start`, with a webhook block pointing at a receiver on this
+machine, a failed pipeline run and an incident left awaiting approval each reach the
+receiver.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner, Result
 
 from commands.reinstate import app
+from deployments.alerts import (
+    ALERT_AWAITING_APPROVAL,
+    ALERT_NAMES,
+    ALERT_NIGHTLY_OVERDUE,
+    ALERT_RUN_FAILED,
+    NOT_SET,
+)
 from flows.reinstate_incident import reinstate_incident
 from flows.run_state import NoticesFailed
-from reinstatement import audit, resources
+from reinstatement import audit, lifecycle, resources
 from reinstatement.lifecycle import IncidentStatus
 from reinstatement.models import Case, Incident
 from reinstatement.platform_schema import accounts
-from reinstatement.seed import SeedOptions, seed
+from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_SINCE, INCIDENT_UNTIL, SeedOptions, seed
 from tasks import events
+from tasks.limits import forget_known_limits
 from tests.factories import APPROVER
 from tests.factories import seeded_incident_request as incident_request
 from tests.smtp_server import RecordingHandler
 
 pytestmark = pytest.mark.prefect
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BLOCK = "custom-webhook/ops-alerts"
 
 
 def invoke(*args: str) -> Result:
@@ -172,3 +197,224 @@ def test_an_event_that_cannot_be_sent_never_fails_the_run(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("reinstatement.incident.completed could not be emitted" in w
                and "refused the event" in w for w in warnings), warnings
+
+
+# -- the automations, created by deploy and serve --------------------------------------
+
+def test_deploy_refuses_an_alert_block_the_server_lacks_and_changes_nothing(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REINSTATE_ALERT_BLOCK", "slack-webhook/no-such-block")
+    with get_client(sync_client=True) as client:
+        deployments_before = len(client.read_deployments())
+    result = invoke("deploy", "--pool", "alerts-refused")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: REINSTATE_ALERT_BLOCK: there is no block slack-webhook/no-such-block on the "
+        "Prefect server: create a Slack webhook or custom webhook block of that name first "
+        "(Blocks in the Prefect UI), or correct the setting"]
+    with get_client(sync_client=True) as client:
+        with pytest.raises(ObjectNotFound):
+            client.read_work_pool("alerts-refused")
+        assert len(client.read_deployments()) == deployments_before
+        assert not any(a.name in ALERT_NAMES for a in client.read_automations())
+
+    monkeypatch.setenv("REINSTATE_ALERT_BLOCK", "no-slash")
+    result = invoke("deploy", "--pool", "alerts-refused")
+    assert result.exit_code == 2 and "REINSTATE_ALERT_BLOCK" in result.output
+
+
+class Receiver:
+    """A webhook receiver on this machine: every POST's JSON body, as it arrived."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, matches: Callable[[dict[str, Any]], bool],
+                 timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.received):
+                if matches(message):
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no such notification within {timeout:.0f} s: {self.received}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def alert_block(real_prefect_api: str, receiver: Receiver,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Custom Webhook block posting to the receiver, named by REINSTATE_ALERT_BLOCK."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    CustomWebhookNotificationBlock(
+        name="ops-alerts", url=receiver.url,
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("ops-alerts", overwrite=True)
+    monkeypatch.setenv("REINSTATE_ALERT_BLOCK", BLOCK)
+    _restart_prefect_services()
+    yield BLOCK
+    _restart_prefect_services()
+    forget_known_limits()  # the limits deploy created live on this test's server only
+
+
+def _restart_prefect_services() -> None:
+    """Prefect's background services in this process (the events worker, the concurrency
+    slots) keep talking to the server they first met, whatever PREFECT_API_URL says later:
+    ended here (their work done), they start again with the server of the moment."""
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=20)
+
+
+def _pipeline_automations() -> dict[str, list[Any]]:
+    with get_client(sync_client=True) as client:
+        found: dict[str, list[Any]] = {}
+        for automation in client.read_automations():
+            found.setdefault(automation.name, []).append(automation)
+    return found
+
+
+@pytest.mark.slow
+def test_deploy_and_serve_make_each_automation_once_and_keep_one_turned_off(
+    alert_block: str, real_prefect_api: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("REINSTATE_ALERT_BLOCK")
+    bare = invoke("deploy", "--pool", "alerts-test")
+    assert bare.exit_code == 0, bare.output
+    assert NOT_SET in bare.output.splitlines()  # one line says so
+    assert not set(_pipeline_automations()) & set(ALERT_NAMES)
+
+    monkeypatch.setenv("REINSTATE_ALERT_BLOCK", alert_block)
+    first = invoke("deploy", "--pool", "alerts-test")
+    assert first.exit_code == 0, first.output
+    assert f"alerts: 3 automations notify through {BLOCK} (3 created)" in first.output
+    made = _pipeline_automations()
+    assert all(len(made[name]) == 1 for name in ALERT_NAMES), made
+    with get_client(sync_client=True) as client:
+        client.pause_automation(made[ALERT_NIGHTLY_OVERDUE][0].id)
+        nightly = client.read_deployment_by_name("nightly-reconciliation/nightly-reconciliation")
+        block_id = client.read_block_document_by_name("ops-alerts", "custom-webhook").id
+
+    again = invoke("deploy", "--pool", "alerts-test")
+    assert again.exit_code == 0, again.output
+    assert f"alerts: 3 automations notify through {BLOCK} (3 updated)" in again.output
+
+    # `serve` registers the same deployments from its own process, and the same alerts.
+    env = {**os.environ, "PREFECT_API_URL": real_prefect_api, "REINSTATE_ALERT_BLOCK": BLOCK,
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        served = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env,
+                                  cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while b"alerts: " not in log.read_bytes():
+            assert served.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert f"alerts: 3 automations notify through {BLOCK} (3 updated)" in log.read_text()
+    finally:
+        served.terminate()
+        served.wait(timeout=30)
+
+    after = _pipeline_automations()
+    assert {name: len(after[name]) for name in ALERT_NAMES} == dict.fromkeys(ALERT_NAMES, 1)
+    assert [after[name][0].id for name in ALERT_NAMES] == [made[name][0].id
+                                                          for name in ALERT_NAMES]
+    assert not after[ALERT_NIGHTLY_OVERDUE][0].enabled  # the operator turned it off
+    assert after[ALERT_RUN_FAILED][0].enabled and after[ALERT_AWAITING_APPROVAL][0].enabled
+    for name in ALERT_NAMES:
+        (action,) = after[name][0].actions
+        assert action.type == "send-notification" and action.block_document_id == block_id
+
+    failed = after[ALERT_RUN_FAILED][0].trigger
+    assert failed.posture == "Reactive"
+    assert failed.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert failed.match_related.model_dump() == {  # type: ignore[union-attr]
+        "prefect.resource.role": "flow", "prefect.resource.name": sorted(
+            ["reinstate-incident", "resume-incident", "nightly-reconciliation", "review-case",
+             "resend-notices", "incident-step"])}
+    waiting = after[ALERT_AWAITING_APPROVAL][0].trigger
+    assert (waiting.posture, waiting.within) == ("Proactive", timedelta(hours=24))
+    assert waiting.after == {events.AWAITING_APPROVAL}
+    assert waiting.expect == {events.APPROVED, events.REJECTED}
+    assert waiting.for_each == {"prefect.resource.id"}
+    overdue = after[ALERT_NIGHTLY_OVERDUE][0].trigger
+    assert (overdue.posture, overdue.within) == ("Proactive", timedelta(hours=26))
+    assert overdue.after == overdue.expect == {"prefect.flow-run.Completed"}
+    assert overdue.match_related.model_dump() == {  # type: ignore[union-attr]
+        "prefect.resource.role": "deployment",
+        "prefect.resource.id": f"prefect.deployment.{nightly.id}"}
+
+
+@pytest.mark.slow
+def test_a_failed_run_and_an_incident_left_waiting_reach_the_operators_webhook(
+    alert_block: str, receiver: Receiver, engine: Engine, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, smtp_server: Any,
+) -> None:
+    """Deployed with a reminder after 0.005 hours (18 s): a run that fails is told at once;
+    an incident left awaiting approval is told once its 18 s have passed, and one approved
+    within them is not."""
+    monkeypatch.setenv("REINSTATE_ALERT_APPROVAL_HOURS", "0.005")
+    deployed = invoke("deploy", "--pool", "alerts-test")
+    assert deployed.exit_code == 0, deployed.output
+    seed(engine, SeedOptions(accounts=100, seed=7))
+
+    # From the command line (a run no deployment made), with a mail server that refuses
+    # every notice: the run ends Failed.
+    server = smtp_server(RecordingHandler(refuse_every_message=True))
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
+    monkeypatch.setenv("REINSTATE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REINSTATE_SMTP_PORT", str(server.port))
+    resources.forget()
+    failing = _key("failing")
+    ran = invoke("run", failing, *[f"--faulty={v}" for v in INCIDENT_FAULTY],
+                 f"--since={INCIDENT_SINCE.isoformat()}", f"--until={INCIDENT_UNTIL.isoformat()}")
+    assert ran.exit_code == 1 and "failed for good (554" in ran.output, ran.output
+    told = receiver.wait_for(lambda m: f"{failing}: restore" in m["subject"])
+    assert told["subject"] == f"reinstatement: run {failing}: restore Failed"
+    assert "notices failed for good (554" in told["body"]
+    assert f"Tags: {failing}, reinstatement" in told["body"]
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "file")
+    resources.forget()
+
+    waiting, decided = _key("waiting"), _key("decided")
+    reinstate_incident(incident_request(incident_key=waiting, require_approval=True))
+    events.emit_incident(events.AWAITING_APPROVAL, decided, {})
+    events.emit_incident(events.APPROVED, decided, {})
+    reminded = receiver.wait_for(lambda m: waiting in m["subject"], timeout=90)
+    assert reminded["subject"] == f"reinstatement: incident {waiting} awaits approval"
+    assert f"reinstate plan {waiting}" in reminded["body"]
+    time.sleep(15)  # the approved incident's window has ended meanwhile
+    assert not [m for m in receiver.received if decided in m["subject"]]
+    assert len([m for m in receiver.received if waiting in m["subject"]]) == 1
+    with engine.connect() as conn:
+        assert lifecycle.state_by_key(conn, waiting).status == "awaiting_approval"
