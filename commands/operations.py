@@ -138,6 +138,7 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         from reinstatement.incidents import load_incident
         from reinstatement.lifecycle import current_state
         from reinstatement.plans import describe_counts, verdict_counts
+        from reinstatement.wording import sentence
 
         engine = check_database()
         with engine.connect() as conn:
@@ -159,8 +160,8 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
                        f"{identity.describe()}. Restore it by running `reinstate run {key}` "
                        "(or Resume its run in the Prefect UI).")
         else:
-            typer.echo(f"incident {key}: {state.describe()}. Nothing will be restored under "
-                       "this key.")
+            typer.echo(f"incident {key}: {sentence(state.describe())} Nothing will be "
+                       "restored under this key.")
 
     @review_app.command("list")
     @handles_errors

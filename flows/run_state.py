@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Failed, State
 
 from reinstatement.errors import BadInput
+from reinstatement.wording import sentence
 
 
 def tag_run_with_incident(key: str) -> None:
@@ -73,8 +74,8 @@ class RejectedRun(Abort):
 def rejected(incident_key: str, message: str) -> State[Any]:
     """The run's end when an operator rejected the plan it waited on; `message` says who
     and why."""
-    get_run_logger().info("incident %s %s: nothing was restored, and nothing will be "
-                          "under this key", incident_key, message)
+    get_run_logger().info("incident %s %s Nothing was restored, and nothing will be "
+                          "under this key.", incident_key, sentence(message))
     return Cancelled(name="Rejected", message=message, data=RejectedRun(message))
 
 

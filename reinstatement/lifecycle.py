@@ -43,6 +43,7 @@ from reinstatement.plans import PlanRef, newest_plan
 from reinstatement.runs import WAITING
 from reinstatement.store import store_for
 from reinstatement.store.engine import utcnow
+from reinstatement.wording import sentence
 
 
 class IncidentStatus(StrEnum):
@@ -65,6 +66,8 @@ ALLOWED: dict[IncidentStatus, frozenset[IncidentStatus]] = {
     S.COMPLETED: frozenset({S.RUNNING, S.AWAITING_APPROVAL}),
     S.REJECTED: frozenset(),
 }
+# How `IncidentState.describe` begins for an incident awaiting approval.
+AWAITING_APPROVAL_WORDS = "awaiting approval"
 # Statuses a robot (the nightly reconciliation, the resume deployment) may carry on from.
 RESUMABLE = (S.RUNNING, S.APPROVED)
 
@@ -121,15 +124,22 @@ class IncidentState:
                 "again to decide there")
 
     def describe(self) -> str:
-        """The status in words for operators: who decided, when and why."""
+        """The status in words for operators: who decided, when and why.
+
+        One clause without a full stop of its own (a rejection ends with the operator's
+        note as written): a caller that goes on after it ends it with
+        `reinstatement.wording.sentence`, so a note ending with a full stop gets one, not
+        two. An incident awaiting approval reads "awaiting approval ...", and a heading
+        that says so already shows only the rest (`tasks.reporting`).
+        """
         if self.status == S.REJECTED and self.decision is not None:
             return f"rejected by {self.decision.by}: {self.decision.note}"
         if self.status == S.AWAITING_APPROVAL:
             plan = f" of plan {self.plan.short}" if self.plan is not None else ""
-            return (f"awaiting approval{plan}: read it with `reinstate plan {self.key}`, then "
-                    f"someone other than its declarer approves it with `reinstate approve "
-                    f"{self.key}` ({self._in_the_ui()}), or rejects it with "
-                    f"`reinstate reject {self.key} --note WHY`")
+            return (f"{AWAITING_APPROVAL_WORDS}{plan}: read it with `reinstate plan "
+                    f"{self.key}`, then someone other than its declarer approves it with "
+                    f"`reinstate approve {self.key}` ({self._in_the_ui()}), or rejects it "
+                    f"with `reinstate reject {self.key} --note WHY`")
         return str(self.status)
 
 
@@ -228,8 +238,9 @@ def transitions_since(conn: Connection, mark: int, *, incident_id: int | None = 
 def refuse_if_rejected(state: IncidentState) -> None:
     """A rejected incident is final: no run of its key, dry or real, does anything."""
     if state.status == S.REJECTED:
-        raise TransitionRefused(f"incident {state.key} was {state.describe()}; nothing more "
-                                "is done for it: declare a new incident key to try again")
+        raise TransitionRefused(f"incident {state.key} was {sentence(state.describe())} "
+                                "Nothing more is done for it: declare a new incident key to "
+                                "try again")
 
 
 def refuse_unapproved(state: IncidentState) -> None:

@@ -21,12 +21,14 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
+from reinstatement.lifecycle import AWAITING_APPROVAL_WORDS
 from reinstatement.markdown import cell, md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOME_MEANINGS, OUTCOMES, incident_report, would_restore
 from reinstatement.resources import resources
 from reinstatement.review import cases_awaiting_review
 from reinstatement.states import CaseState
+from reinstatement.wording import sentence
 
 SAMPLES_PER_OUTCOME = 5
 
@@ -84,12 +86,13 @@ def _decision_lines(report: dict[str, Any]) -> list[str]:
         lines += [f"**Plan {md(plan['short'])}** ({md(plan['state'])}): "
                   f"{plan['cases']:,} cases ({counts}). Digest: `{md(plan['digest'])}`.", ""]
     if decision and decision["decision"] == "approve":
-        note = f": {md(decision['note'])}" if decision["note"] else ""
+        said = f": {md(sentence(decision['note']))}" if decision["note"] else "."
         lines += [f"Plan {md(decision['plan'] or '-')} approved by {md(decision['by'])} at "
-                  f"{md(decision['at'])}{note}.", ""]
+                  f"{md(decision['at'])}{said}", ""]
     if report["status"] == "awaiting_approval":
-        words = report["status_words"].removeprefix("awaiting approval")
-        lines += [f"**Awaiting approval**{md(words)}", ""]
+        # The heading says "Awaiting approval"; the words go on from there.
+        words = report["status_words"].removeprefix(AWAITING_APPROVAL_WORDS)
+        lines += [f"**Awaiting approval**{md(sentence(words))}", ""]
     return lines
 
 

@@ -110,3 +110,56 @@ def test_distinct_incident_keys_get_distinct_artifact_keys() -> None:
         assert re.fullmatch(r"[a-z0-9-]+", key) and len(key) <= 100, key
     assert _artifact_key("INC-1", "report") == _artifact_key("INC-1", "report")
     assert len(_artifact_key("I" * 200, "progress-restore")) <= 100
+
+def _state(status: str, note: str = "") -> Any:
+    from datetime import UTC, datetime
+
+    from reinstatement.lifecycle import DecisionRef, IncidentState, IncidentStatus
+    from reinstatement.plans import PlanRef
+
+    at = datetime(2025, 4, 20, tzinfo=UTC)
+    plan = PlanRef(7, "0d380e9f8300" + "a" * 52, 209, False, at, "run", None)
+    decision = DecisionRef("reject", "ana", "cli", None, note, at, 7) if note else None
+    return IncidentState(1, "INC-1", IncidentStatus(status), True, "root", "cli", plan,
+                         decision)
+
+
+def rendered_text(markdown: str) -> str:
+    return re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").enable("table").render(markdown))
+
+
+@pytest.mark.parametrize(("note", "said"), [
+    ("samples read.", "samples read."), ("samples read", "samples read."),
+    ("really?", "really?"), ("fine!  ", "fine!"), ("see the preview…", "see the preview…"),
+])
+def test_a_note_ending_with_a_full_stop_gets_one(note: str, said: str) -> None:
+    from reinstatement.lifecycle import TransitionRefused, refuse_if_rejected
+    from reinstatement.wording import sentence
+
+    assert sentence(note) == said
+    report = {**report_with("INC-1"), "status": "completed", "status_words": "completed",
+              "decision": {"decision": "approve", "by": "ana (CLI)", "at": "then",
+                           "note": note, "plan": "0d380e9f8300"}}
+    text = rendered_text(_markdown(report, "Reinstatement report", {}))
+    assert f"approved by ana (CLI) at then: {said}\n" in text, text
+    assert ".." not in text.replace("...", "")
+    # A rejection's words go on after its note in one sentence, not two full stops.
+    with pytest.raises(TransitionRefused) as refused:
+        refuse_if_rejected(_state("rejected", note))
+    assert f"rejected by ana: {said} Nothing more is done for it" in str(refused.value)
+
+
+def test_the_preview_says_awaiting_approval_once() -> None:
+    """The heading "Awaiting approval" and the status's own words ("awaiting approval of
+    plan ...: read it with ...") make one sentence, not "Awaiting approval. awaiting
+    approval: ..."."""
+    state = _state("awaiting_approval")
+    report = {**report_with("INC-1"), "status": "awaiting_approval",
+              "status_words": state.describe(), "decision": None}
+    text = rendered_text(_markdown(report, "Preview before restore", {}))
+    assert not re.search(r"awaiting approval\W*awaiting approval", text, re.IGNORECASE), text
+    (line,) = [line for line in text.splitlines() if line.startswith("Awaiting approval")]
+    assert line.startswith("Awaiting approval of plan 0d380e9f8300: read it with "
+                           "`reinstate plan INC-1`, then someone other than its declarer ")
+    assert line.endswith("`reinstate reject INC-1 --note WHY`."), line
+
