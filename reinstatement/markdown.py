@@ -3,22 +3,30 @@
 Rule names, incident keys, operators' notes and reasons come from database rows that
 other people wrote. Written verbatim into a markdown artifact, `x](https://evil.test)` or
 `![t](https://evil.test/pixel.png)` becomes a link or a tracking image in the preview an
-operator reads before approving, `<img ...>` becomes HTML, and a `|` breaks the table.
+operator reads before approving, a bare https://evil.test a link, `<img ...>` becomes
+HTML, and a `|` breaks the table.
 `md` escapes a value for markdown text and table cells; `cell` cleans one for a table
 artifact, which the UI shows as plain text.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Every ASCII punctuation character CommonMark lets a backslash escape, less the ones
-# written as HTML entities below: those also keep a renderer that turns bare addresses
-# into links (https://..., www....) from seeing one.
+# written as HTML entities below.
 _MARKDOWN_PUNCTUATION = frozenset("\\`*_{}[]()#+-!|~=$%,;?@^")
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
              "/": "&#47;", ".": "&#46;", ":": "&#58;"}
 MAX_LENGTH = 500
+# Escapes do not stop a bare address from becoming a link: Prefect's UI (remark-gfm's
+# autolink literals) looks for https://..., www.... and a@b.c in the text after escapes
+# and entities are read. A word joiner (U+2060, invisible) where each would begin to match
+# keeps it text: after the scheme, after "www", before the "@" of an address.
+WORD_JOINER = "\u2060"
+_AUTOLINKS = re.compile(r"(?i)(?<=https)(?=://)|(?<=http)(?=://)|(?<=www)(?=\.)"
+                        r"|(?<=[-.\w+])(?=@[-\w]+(?:\.[-\w]+)+)")
 
 
 def _printable(char: str) -> str:
@@ -31,9 +39,9 @@ def md(value: object) -> str:
     text = str(value)
     if len(text) > MAX_LENGTH:
         text = text[:MAX_LENGTH] + "…"
+    text = _AUTOLINKS.sub(WORD_JOINER, "".join(_printable(char) for char in text))
     out = []
     for char in text:
-        char = _printable(char)
         if char in _ENTITIES:
             out.append(_ENTITIES[char])
         elif char in _MARKDOWN_PUNCTUATION:

@@ -163,3 +163,24 @@ def test_the_preview_says_awaiting_approval_once() -> None:
                            "`reinstate plan INC-1`, then someone other than its declarer ")
     assert line.endswith("`reinstate reject INC-1 --note WHY`."), line
 
+
+# What Prefect's UI turns into a link in text, after escapes and entities are read
+# (remark-gfm's autolink literals: mdast-util-gfm-autolink-literal's two expressions).
+GFM_AUTOLINKS = [re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.IGNORECASE),
+                 re.compile(r"([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)")]
+
+
+ADDRESSES = ["mail ops@evil.test or HTTPS://Evil.test/x",
+             "see www.evil.test/p?q=1, mailto:a.b+c@evil.co.uk"]
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, *ADDRESSES])
+def test_a_web_address_in_a_value_stays_text_in_the_uis_markdown(value: str) -> None:
+    from html import unescape
+
+    from reinstatement.markdown import WORD_JOINER
+
+    text = unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").render(md(value))))
+    assert not [p.pattern for p in GFM_AUTOLINKS if p.search(text)], text
+    if value in ADDRESSES:  # only invisible word joiners were added
+        assert text.strip().replace(WORD_JOINER, "") == value
