@@ -71,7 +71,7 @@ from tasks.pipeline import (
     refresh_statistics,
     register_incident,
 )
-from tasks.reporting import publish_preview, publish_report
+from tasks.reporting import preview_key, publish_preview, publish_report, samples_key
 from tasks.waits import ended_waits
 
 APPROVAL_TIMEOUT_SECONDS = 30 * 24 * 3600
@@ -395,9 +395,12 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     with resources().engine.connect() as conn:
         counts = plans.verdict_counts(conn, plan.id)
     described = (f"**Plan {plan.short}** of incident {incident.key} "
-                 f"(digest `{plan.digest}`): {plans.describe_counts(counts)}. Read the "
-                 "preview on this run's Artifacts tab before you decide. Approving restores "
-                 "exactly this plan; whoever declared the incident may not approve it.")
+                 f"(digest `{plan.digest}`): {plans.describe_counts(counts)}. Read its "
+                 f"preview on this run's Artifacts tab "
+                 f"(`{preview_key(incident.key, plan.short)}`, and its sample cases "
+                 f"`{samples_key(incident.key, plan.short)}`) before you decide. Approving "
+                 "restores exactly this plan; whoever declared the incident may not approve "
+                 "it.")
     form = ApprovalDecision.with_initial_data(description=described, plan=plan.digest)
     decision: ApprovalDecision = suspend_flow_run(
         wait_for_input=form, timeout=APPROVAL_TIMEOUT_SECONDS, key=decision_key(plan))

@@ -34,11 +34,15 @@ def _printable(char: str) -> str:
     return " " if unicodedata.category(char)[0] in "CZ" and char != " " else char
 
 
-def md(value: object) -> str:
-    """`value` as inert markdown text: no link, image, HTML, emphasis or table break."""
+def md(value: object, *, limit: int | None = MAX_LENGTH) -> str:
+    """`value` as inert markdown text: no link, image, HTML, emphasis or table break.
+
+    Cut at `limit` characters (with "…"); `limit=None` keeps all of it, for a list that
+    promises whole values (the review list's reasons).
+    """
     text = str(value)
-    if len(text) > MAX_LENGTH:
-        text = text[:MAX_LENGTH] + "…"
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
     text = _AUTOLINKS.sub(WORD_JOINER, "".join(_printable(char) for char in text))
     out = []
     for char in text:

@@ -31,6 +31,7 @@ from reinstatement.states import CaseState
 from reinstatement.wording import sentence
 
 SAMPLES_PER_OUTCOME = 5
+MAX_KEY_LENGTH = 100  # Prefect's limit on an artifact key
 
 
 def _artifact_key(incident_key: str, what: str) -> str:
@@ -42,7 +43,42 @@ def _artifact_key(incident_key: str, what: str) -> str:
     cleaned = "".join(c if c.isascii() and c.isalnum() else "-"
                       for c in incident_key.lower()).strip("-")
     digest = hashlib.sha256(incident_key.encode()).hexdigest()[:10]
-    return f"{what}-{cleaned[:60]}-{digest}"
+    room = MAX_KEY_LENGTH - len(what) - len(digest) - 2
+    return f"{what}-{cleaned[:min(60, room)]}-{digest}"
+
+
+def _publish_markdown_once_per_run(key: str, markdown: str, description: str) -> None:
+    """Publish a markdown card that this flow run shows once: the first time as a new
+    version of `key`, each later time by bringing that same card up to date in place.
+
+    A deployment run resumed after the operator's decision runs again from the top and
+    reaches the preview again, and publishes it once more when the decision is taken (it
+    then names the decision): each a second card under the same key on one run's Artifacts
+    tab, had each made a new version.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if run_id is not None:
+        with get_client(sync_client=True) as client:
+            shown = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
+            if shown:
+                client.update_artifact(shown[0].id, ArtifactUpdate(
+                    data=markdown, description=description))
+                return
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
 def _samples(incident_key: str) -> list[dict[str, Any]]:
@@ -59,9 +95,23 @@ def _samples(incident_key: str) -> list[dict[str, Any]]:
                     "case": case.id,
                     "account": case.account_id,
                     "outcome": case.outcome,
-                    "why": cell((case.reasons or {}).get("summary", "")),
+                    "why": (case.reasons or {}).get("summary", ""),
                 })
     return rows
+
+
+def _samples_markdown(incident_key: str, plan: str, rows: list[dict[str, Any]]) -> str:
+    """The sample cases as a markdown table: the UI wraps a long reason in a markdown
+    table, where a table artifact's cell cuts it off."""
+    lines = [f"# Sample cases of plan {md(plan)}: {md(incident_key)}", "",
+             f"Up to {SAMPLES_PER_OUTCOME} cases per outcome, the lowest case ids first, "
+             "with why each came out so.", "",
+             "| case id | account | outcome | why |", "| ---: | ---: | --- | --- |"]
+    lines += [f"| {int(row['case'])} | {int(row['account'])} | {md(row['outcome'])} | "
+              f"{md(row['why'], limit=None)} |" for row in rows]
+    if not rows:
+        lines.append("| - | - | - | no case yet |")
+    return "\n".join(lines)
 
 
 def _report(incident_key: str) -> dict[str, Any]:
@@ -164,26 +214,45 @@ def _where_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _plan_short(report: dict[str, Any]) -> str:
+    plan = report.get("plan")
+    return str(plan["short"]) if plan else "none"
+
+
+def preview_key(incident_key: str, plan: str) -> str:
+    """The key of the preview of one plan (its short digest) of the incident: a run that
+    waits again for a newer plan shows each plan's preview under its own name."""
+    return _artifact_key(incident_key, f"preview-plan-{plan}")
+
+
+def samples_key(incident_key: str, plan: str) -> str:
+    """The key of the sample cases that go with the preview of `plan`."""
+    return _artifact_key(incident_key, f"samples-plan-{plan}")
+
+
 @task(name="publish-preview", cache_policy=NO_CACHE)
 def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
-    """Publish the verified outcomes (counts, rule versions, samples) before any change."""
+    """Publish the verified outcomes of the incident's newest plan (counts, rule versions,
+    sample cases) before any change: one card each per run and plan, brought up to date
+    when the run publishes them again (after the operator's decision, say)."""
     report = _report(incident_key)
     counts = report["preview_outcomes"] if dry_run else report["outcomes"]
+    plan = _plan_short(report)
     with resources().engine.connect() as conn:
         incident_id = conn.execute(select(Incident.id).where(Incident.key == incident_key)
                                    ).scalar_one()
         report["would_restore"] = would_restore(conn, incident_id, previewed=dry_run)
     title = "Dry run preview" if dry_run else "Preview before restore"
-    create_markdown_artifact(
-        key=_artifact_key(incident_key, "preview"),
-        markdown=_markdown(report, title, counts),
-        description=f"{title} of incident {incident_key}",
-    )
-    create_table_artifact(
-        key=_artifact_key(incident_key, "preview-samples"),
-        table=_samples(incident_key),
-        description=f"Up to {SAMPLES_PER_OUTCOME} sample cases per outcome",
-    )
+    what = "Dry-run preview" if dry_run else "Preview, before anything is restored,"
+    _publish_markdown_once_per_run(
+        preview_key(incident_key, plan), _markdown(report, title, counts),
+        f"{what} of plan {plan} of incident {md(incident_key)}: its counts per outcome, "
+        "the rule versions, and what restoring it would do")
+    _publish_markdown_once_per_run(
+        samples_key(incident_key, plan),
+        _samples_markdown(incident_key, plan, _samples(incident_key)),
+        f"Sample cases of plan {plan} of incident {md(incident_key)}: up to "
+        f"{SAMPLES_PER_OUTCOME} per outcome, each with why (they go with its preview)")
     return dict(counts)
 
 
@@ -216,7 +285,8 @@ def publish_review_queue(incident_key: str) -> int:
         key=_artifact_key(incident_key, "review"),
         table=rows or [{"case id": "", "account": "", "reason": "no case waits for review",
                         "incident": cell(incident_key)}],
-        description=(f"Cases of {md(incident_key)} waiting for review: {shown}. Decide one "
+        description=(f"Review list of incident {md(incident_key)}, the cases waiting for "
+                     f"a reviewer: {shown}. Decide one "
                      "with the review-case deployment (Deployments, review-case, Run, "
                      "Custom run, and the case id from this table)."),
     )
@@ -225,25 +295,30 @@ def publish_review_queue(incident_key: str) -> int:
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(incident_key: str) -> dict[str, Any]:
-    """Publish the incident's counts as markdown and table artifacts, and the cases
-    waiting for review; republished whenever they change."""
+    """Publish the incident's report (markdown), its counts and audit trail (tables), and
+    its review list; republished whenever they change, each under one key per incident,
+    so the key's newest version is the incident as it is now."""
     report = _report(incident_key)
     publish_review_queue(incident_key)
+    key = _artifact_key(incident_key, "report")
     create_markdown_artifact(
-        key=_artifact_key(incident_key, "report"),
+        key=key,
         markdown=_markdown(report, "Reinstatement report", report["outcomes"]),
-        description=f"Outcome of incident {incident_key}",
+        description=f"Report of incident {md(incident_key)}: its status, plan and decision, "
+        f"counts per outcome, notices and runs, as of this run (the newest version, "
+        f"Artifacts, {key}, is the incident now)",
     )
     create_table_artifact(
         key=_artifact_key(incident_key, "outcomes"),
         table=[{"outcome": o, "accounts": report["outcomes"].get(o, 0)} for o in OUTCOMES]
         + [{"outcome": f"notice {s}", "accounts": n} for s, n in report["notices"].items()],
-        description=f"Counts per outcome and notice state for {incident_key}",
+        description=f"Report counts of incident {md(incident_key)}: accounts per outcome "
+        "and notices per state, as a table",
     )
     create_table_artifact(
         key=_artifact_key(incident_key, "audit"),
         table=_audit_rows(incident_key) or [{"at": "-", "to": "no transition yet"}],
-        description=f"The audit trail of incident {incident_key}: each transition of the "
+        description=f"Audit trail of incident {md(incident_key)}: each transition of the "
         "incident, who made it and why (`reinstate audit KEY --cases` adds every case's)",
     )
     return report

@@ -312,6 +312,19 @@ def test_operator_runs_an_incident_from_the_deployment(
     report = _report_markdown()
     assert f"approved by {md('ops-oncall (the Prefect UI)')} at " in report
     assert f"Declared by {md(DECLARER + ' (the Prefect UI)')}" in report
+    # Run again from the top after the Resume, the run still shows its preview once.
+    # (A step's progress card can show twice: a step the resumed run finds done.)
+    from collections import Counter
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        cards = client.read_artifacts(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run.id])))
+    shown = Counter(str(card.key) for card in cards)
+    assert sum(n for key, n in shown.items() if key.startswith("preview-plan-")) == 1, shown
+    assert [key for key, n in shown.items() if n > 1 and not key.startswith("progress-")
+            ] == [], shown
 
 
 def test_the_ui_approves_exactly_the_plan_it_previewed(
@@ -710,14 +723,19 @@ def _run_rows(engine: Engine) -> list[tuple[str, bool]]:
             .order_by(Run.id))]
 
 
-def _preview_markdown() -> str:
+def _preview_markdown(engine: Engine) -> str:
+    """The newest version of the preview of the incident's newest plan."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.reporting import _artifact_key
+    from reinstatement.lifecycle import state_by_key
+    from tasks.reporting import preview_key
 
+    with engine.connect() as conn:
+        plan = state_by_key(conn, INCIDENT_KEY).plan
+    assert plan is not None
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "preview")])))
+            key=ArtifactFilterKey(any_=[preview_key(INCIDENT_KEY, plan.short)])))
     return str(artifact.data)
 
 
@@ -739,7 +757,7 @@ def test_cancelling_a_run_that_waits_for_approval_says_so_and_how_to_go_on(
     while _run_rows(engine) != [("waiting", True)]:
         assert time.monotonic() < deadline, _run_rows(engine)
         time.sleep(0.2)
-    assert md("Resume the run that waits for it in the Prefect UI") in _preview_markdown()
+    assert md("Resume the run that waits for it in the Prefect UI") in _preview_markdown(engine)
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run.id, Cancelling())
@@ -756,11 +774,11 @@ def test_cancelling_a_run_that_waits_for_approval_says_so_and_how_to_go_on(
     words = "no run waits for it in the Prefect UI: start the incident's deployment again"
     assert words in state.describe()
     deadline = time.monotonic() + 30
-    while md(words) not in _report_markdown() or md(words) not in _preview_markdown():
+    while md(words) not in _report_markdown() or md(words) not in _preview_markdown(engine):
         assert time.monotonic() < deadline, _report_markdown()
         time.sleep(0.5)
     assert "| cancelled |" in _report_markdown()
-    assert md("Resume the run") not in _preview_markdown()
+    assert md("Resume the run") not in _preview_markdown(engine)
     done = subprocess.run([sys.executable, "-m", "commands.reinstate", "incidents"],
                           env={**os.environ, **cli_env}, cwd=PROJECT_ROOT,
                           capture_output=True, timeout=120)

@@ -121,11 +121,15 @@ def test_the_preview_says_what_the_restore_then_does(
     back; the real run then sends and restores exactly those; each outcome is explained."""
     import re
 
-    from tasks.reporting import _artifact_key
+    from reinstatement.lifecycle import state_by_key
+    from tasks.reporting import preview_key
 
     seed(engine, SeedOptions(accounts=300, seed=9))
     reinstate_incident(incident_request(dry_run=True))
-    preview = latest_artifact(_artifact_key(KEY, "preview"))
+    with engine.connect() as conn:
+        plan = state_by_key(conn, KEY).plan
+    assert plan is not None
+    preview = latest_artifact(preview_key(KEY, plan.short))
     notices = int(re.search(r"send ([\d,]+) notices", preview).group(1).replace(",", ""))
     pins_back = int(re.search(r"bring back ([\d,]+) pins", preview).group(1).replace(",", ""))
     for outcome in ("reinstated", "needs_review", "skipped", "upheld", "kept_other_ban"):

@@ -1,0 +1,184 @@
+"""What a run shows on its Artifacts tab: cards an operator can tell apart.
+
+Artifacts are read back through the Prefect client and their markdown rendered by a
+CommonMark renderer with tables (markdown-it-py, as in tests/test_artifacts.py).
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from markdown_it import MarkdownIt
+from prefect import flow
+from sqlalchemy import Engine, select
+
+from flows.reinstate_incident import reinstate_incident
+from reinstatement.models import Incident
+from reinstatement.seed import SeedOptions, seed
+from tasks.reporting import _artifact_key
+from tests.factories import approve
+from tests.factories import seeded_incident_request as incident_request
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def key() -> str:
+    """An incident key of this test's own: the session's Prefect server keeps every
+    artifact of the tests before it."""
+    return f"INC-{uuid4().hex[:12]}"
+
+
+class Cells(HTMLParser):
+    """The rows of every table in rendered HTML (each cell's text), and every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.links: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "a":
+            self.links.append(dict(attrs).get("href") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def rendered(markdown: str) -> Cells:
+    cells = Cells()
+    cells.feed(MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown))
+    return cells
+
+
+def latest(keys: list[str]) -> dict[str, Any]:
+    """The newest version of each key that has one."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        return {str(a.key): a for a in client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
+                any_=keys)), limit=len(keys))}
+
+
+def test_a_typical_approval_run_shows_each_card_once_and_says_what_it_is(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], key: str
+) -> None:
+    """A dry run, a run that ends awaiting approval, the approval (its note ending with a
+    full stop) and the run that restores: on each run's Artifacts tab every key appears
+    once and every description is its own and says what the card is; the report has one
+    key per incident, whose newest version is the last run's and the incident now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    seed(engine, SeedOptions(accounts=300, seed=9))
+    reinstate_incident(incident_request(incident_key=key, dry_run=True, require_approval=True))
+    reinstate_incident(incident_request(incident_key=key, require_approval=True))
+    plan = approve(engine, key, note="samples read.")
+    reinstate_incident(incident_request(incident_key=key, require_approval=True))
+
+    digest = _artifact_key(key, "x").rsplit("-", 1)[1]  # in each key of this incident
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(like_=digest)), limit=200)
+    assert 0 < len(artifacts) < 200 and all(a.flow_run_id for a in artifacts)
+    runs: dict[Any, list[Any]] = {}
+    for artifact in sorted(artifacts, key=lambda a: a.created):
+        runs.setdefault(artifact.flow_run_id, []).append(artifact)
+    assert len(runs) == 3
+    kinds = ("Dry-run preview of plan ", "Preview, before anything is restored, of plan ",
+             "Sample cases of plan ", "Review list of incident ", "Report of incident ",
+             "Report counts of incident ", "Audit trail of incident ")
+    steps = re.compile(r"^(verify|restore|notify|settle|preview|plan): ")
+    for cards in runs.values():
+        keys = [card.key for card in cards]
+        assert len(keys) == len(set(keys)), keys
+        descriptions = [card.description for card in cards]
+        assert len(descriptions) == len(set(descriptions)), descriptions
+        for card in cards:
+            assert card.description.startswith(kinds) or steps.match(card.description), (
+                card.key, card.description)
+    dry, waiting, restoring = runs.values()
+    assert sum(card.description.startswith("Dry-run preview") for card in dry) == 1
+    assert sum(card.description.startswith("Preview, before") for card in waiting) == 1
+    assert not any(card.description.startswith(("Preview", "Dry-run")) for card in restoring)
+
+    report_key = _artifact_key(key, "report")
+    assert all(sum(card.key == report_key for card in cards) == 1 for cards in runs.values())
+    (newest,) = latest([report_key]).values()
+    assert newest.latest_id == next(card.id for card in restoring if card.key == report_key)
+    with engine.connect() as conn:
+        status = conn.execute(select(Incident.status).where(Incident.key == key)).scalar_one()
+    assert status == "completed" and newest.data.startswith("# Reinstatement report")
+
+    # The approval's note is one sentence; the preview says "awaiting approval" once.
+    text = MarkdownIt("commonmark").enable("table").render(str(newest.data))
+    assert "approved by ana (OS login on the command line) at" in text
+    assert "samples read." in text and "samples read.." not in text
+    preview = next(card for card in waiting if card.description.startswith("Preview"))
+    said = MarkdownIt("commonmark").enable("table").render(str(preview.data))
+    assert not re.search(r"awaiting approval\W*awaiting approval", said, re.IGNORECASE)
+    assert re.search(rf"<strong>Awaiting approval</strong> of plan {plan.short}: read it "
+                     rf"with `reinstate plan {key}`, .* --note WHY`\.</p>", said), said
+
+
+def test_a_run_resumed_from_the_top_shows_its_preview_once_and_up_to_date(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], key: str
+) -> None:
+    """A deployment run resumed after the operator's decision runs again from the top,
+    reaches the preview again and publishes it once more with the decision: its Artifacts
+    tab still shows the preview and the samples of that plan once each, the preview naming
+    the decision."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.runtime import flow_run
+
+    from reinstatement.lifecycle import state_by_key
+    from tasks.reporting import preview_key, publish_preview, samples_key
+
+    seed(engine, SeedOptions(accounts=150, seed=3))
+    reinstate_incident(incident_request(incident_key=key, require_approval=True))
+
+    @flow
+    def preview_decide_preview() -> str:
+        publish_preview(key, dry_run=False)
+        publish_preview(key, dry_run=False)  # the run from the top, after the Resume
+        approve(engine, key, note="samples read")
+        publish_preview(key, dry_run=False)  # once the decision is taken
+        return str(flow_run.get_id())
+
+    run_id = preview_decide_preview()
+    with get_client(sync_client=True) as client:
+        cards = client.read_artifacts(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[run_id])))
+    with engine.connect() as conn:
+        plan = state_by_key(conn, key).plan
+    assert plan is not None
+    shown = {card.key: card for card in cards}
+    assert sorted(card.key for card in cards) == sorted(
+        [preview_key(key, plan.short), samples_key(key, plan.short)])
+    preview = str(shown[preview_key(key, plan.short)].data)
+    assert f"Plan {plan.short} approved by ana" in preview and "(approved)" in preview
+    # The card is the key's newest version too.
+    (newest,) = latest([preview_key(key, plan.short)]).values()
+    assert newest.latest_id == shown[preview_key(key, plan.short)].id
+    assert str(newest.data) == preview
