@@ -6,7 +6,9 @@ Registered on the main `reinstate` app by commands/reinstate.py, with its error 
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -168,18 +170,32 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
     def review_list(
         key: str | None = typer.Argument(None, help="Only this incident."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+        as_csv: bool = typer.Option(
+            False, "--csv", help="CSV with a header row (case_id, incident, account_id, "
+            "round, reason), for a spreadsheet: `reinstate review list KEY --csv > "
+            "review.csv`."),
     ) -> None:
-        """Cases waiting for a reviewer, with why each is uncertain."""
+        """Every case waiting for a reviewer, oldest first, with why each is uncertain
+        (the whole reason; the Prefect UI shows the same list in pages)."""
+        from reinstatement.errors import BadInput
         from reinstatement.review import cases_awaiting_review
 
+        if as_json and as_csv:
+            raise BadInput("give at most one of --json or --csv")
         engine = check_database()
         with engine.connect() as conn:
             if key is not None:
                 from reinstatement.incidents import load_incident
 
                 load_incident(conn, key)  # an unknown key is bad input, not an empty list
+            out = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
+            if out is not None:
+                out.writerow(["case_id", "incident", "account_id", "round", "reason"])
             for case in cases_awaiting_review(conn, key):
-                if as_json:
+                if out is not None:
+                    out.writerow([case["case_id"], case["incident"], case["account_id"],
+                                  case["round"], case["why"]])
+                elif as_json:
                     typer.echo(json.dumps(case, sort_keys=True, ensure_ascii=False))
                 else:
                     typer.echo(f"{case['case_id']:>8} {case['incident']} account "

@@ -61,10 +61,11 @@ def _review_run_name() -> str:
 def review_case(
     case_id: Annotated[int, Field(
         ge=1, title="Case id",
-        description="In the Prefect UI: Artifacts, then the incident's review table "
-        "(review-...) lists every case waiting, with its case id, account and reason; the "
-        "incident run's Artifacts tab shows the same table. From a terminal: `reinstate "
-        "review list KEY`.")],
+        description="In the Prefect UI: Artifacts, then the incident's review list "
+        "(review-..., its first page; more pages are review-page-2-... and on) lists every "
+        "case waiting, with its case id, account and whole reason; the incident run's "
+        "Artifacts tab shows the same pages. From a terminal: `reinstate review list KEY` "
+        "(--csv for a spreadsheet).")],
     decision: Annotated[Literal["reinstate", "uphold"], Field(
         title="Decision",
         description="reinstate: lift the ban, restore the pins it hid and notify the user; "
@@ -74,14 +75,15 @@ def review_case(
     note: Annotated[str, Field(min_length=1, max_length=2000, title="Note",
                                description="Why you decided so, for the audit trail.")],
 ) -> Any:
-    """Apply one reviewer's decision to one case; the incident's report and review table
+    """Apply one reviewer's decision to one case; the incident's report and review list
     are published again with it.
 
     Args:
         case_id: The case to decide. In the Prefect UI: open the incident's run, its
-            Artifacts tab, and the table review-... : it lists the cases waiting, with
-            case id, account and reason (the newest version, after other decisions, is
-            at /v2/artifacts/key/review-...). From a terminal: `reinstate review list KEY`.
+            Artifacts tab, and the review list review-... : it lists the cases waiting,
+            with case id, account and whole reason, in pages (review-page-2-... and on,
+            linked from each page; the newest version, after other decisions, is at
+            /v2/artifacts/key/review-...). From a terminal: `reinstate review list KEY`.
         decision: reinstate: lift the ban, restore the pins it hid and notify the user;
             uphold: keep the ban.
         reviewer: Your name or handle, for the audit trail.

@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -19,15 +18,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from reinstatement.lifecycle import AWAITING_APPROVAL_WORDS
-from reinstatement.markdown import cell, md
+from reinstatement.markdown import md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOME_MEANINGS, OUTCOMES, incident_report, would_restore
 from reinstatement.resources import resources
 from reinstatement.review import cases_awaiting_review
-from reinstatement.states import CaseState
 from reinstatement.wording import sentence
 
 SAMPLES_PER_OUTCOME = 5
@@ -256,40 +254,134 @@ def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
     return dict(counts)
 
 
-REVIEW_ROWS = 500  # cases listed in the review table; the CLI lists every one
+REVIEW_PAGE_ROWS = 200  # cases per page of the review list in the UI
 
 
-def review_queue_rows(incident_key: str, limit: int = REVIEW_ROWS) -> tuple[list[dict[str, Any]],
-                                                                          int]:
-    """The cases of the incident waiting for review (oldest first, up to `limit`), and how
-    many wait in all."""
+def review_page_key(incident_key: str, page: int) -> str:
+    """Page `page` of the incident's review list: page 1 under the incident's review key
+    (`review-...`), page n under `review-page-n-...`."""
+    return _artifact_key(incident_key, "review" if page == 1 else f"review-page-{page}")
+
+
+def review_queue_rows(incident_key: str) -> list[dict[str, Any]]:
+    """Every case of the incident waiting for review, oldest first, read once: the pages
+    made from it agree with each other and with the count they state."""
     with resources().engine.connect() as conn:
-        waiting = conn.execute(
-            select(func.count()).select_from(Case).join(Incident, Incident.id == Case.incident_id)
-            .where(Incident.key == incident_key, Case.state == CaseState.REVIEW)
-        ).scalar_one()
-        rows = [{"case id": case["case_id"], "account": case["account_id"],
-                 "reason": cell(case["why"]), "incident": cell(case["incident"])}
-                for case in islice(cases_awaiting_review(conn, incident_key, page=limit),
-                                   limit)]
-    return rows, waiting
+        return list(cases_awaiting_review(conn, incident_key))
 
 
-def publish_review_queue(incident_key: str) -> int:
-    """The table of cases waiting for review, under one key per incident: each call
-    publishes its current state (after a run, after each review decision)."""
-    rows, waiting = review_queue_rows(incident_key)
-    shown = (f"all {waiting}" if waiting <= len(rows)
-             else f"the oldest {len(rows)} of {waiting}; `reinstate review list` lists all")
-    create_table_artifact(
-        key=_artifact_key(incident_key, "review"),
-        table=rows or [{"case id": "", "account": "", "reason": "no case waits for review",
-                        "incident": cell(incident_key)}],
-        description=(f"Review list of incident {md(incident_key)}, the cases waiting for "
-                     f"a reviewer: {shown}. Decide one "
-                     "with the review-case deployment (Deployments, review-case, Run, "
-                     "Custom run, and the case id from this table)."),
+def _review_page(incident_key: str, cases: list[dict[str, Any]], page: int, pages: int,
+                 first: int, waiting: int, ids: list[UUID] | None = None) -> str:
+    """Page `page` of the review list; `ids`: every page's artifact, for the links from
+    one page to its neighbours, the first and the last of the same list."""
+    lines = [f"# Cases waiting for review: {md(incident_key)}", ""]
+    if not waiting:
+        return "\n".join([*lines, "No case of this incident waits for review."])
+    last = first + len(cases) - 1
+    lines += [f"Page {page} of {pages}: cases {first:,} to {last:,} of {waiting:,} waiting, "
+              "oldest (lowest case id) first. Every reason is shown whole.", ""]
+    if ids:
+        # Relative links: an artifact's page is .../artifacts/artifact/ID wherever the UI
+        # is served.
+        near = dict.fromkeys(n for n in (1, page - 1, page + 1, pages) if 1 <= n <= pages
+                             and n != page)
+        lines += ["Pages: " + " · ".join(f"[page {n}](../artifact/{ids[n - 1]})"
+                                         for n in near) + ". Page n of the newest list is the "
+                  f"artifact `{review_page_key(incident_key, 2).replace('-2-', '-n-', 1)}` "
+                  f"(page 1: `{review_page_key(incident_key, 1)}`).", ""]
+    lines += ["Decide a case with the review-case deployment: Deployments, review-case, Run, "
+              "Custom run, and its case id. `reinstate review list KEY --csv` gives the "
+              "whole list as CSV.", "",
+              "| case id | account | reason |", "| ---: | ---: | --- |"]
+    lines += [f"| {int(case['case_id'])} | {int(case['account_id'])} | "
+              f"{md(case['why'], limit=None)} |" for case in cases]
+    return "\n".join(lines)
+
+
+def _empty_page(incident_key: str) -> str:
+    return "\n".join([
+        f"# Cases waiting for review: {md(incident_key)}", "",
+        "This page is empty now: fewer cases wait than when it was written. The first "
+        f"page, `{review_page_key(incident_key, 1)}`, says how many pages the list has "
+        "now."])
+
+
+def _published_review_pages(incident_key: str) -> dict[int, str]:
+    """The pages after the first that the incident's review list has had, each with its
+    newest markdown."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
     )
+
+    digest = _artifact_key(incident_key, "x").rsplit("-", 1)[1]
+    found: dict[int, str] = {}
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            batch = client.read_latest_artifacts(
+                artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
+                    like_=f"review-page-%-{digest}")), limit=200, offset=offset)
+            for artifact in batch:
+                number = str(artifact.key).removeprefix("review-page-").split("-", 1)[0]
+                if number.isdigit() and review_page_key(incident_key, int(number)) == \
+                        artifact.key:
+                    found[int(number)] = str(artifact.data)
+            if len(batch) < 200:
+                return found
+            offset += 200
+
+
+def publish_review_queue(incident_key: str, page_rows: int = REVIEW_PAGE_ROWS) -> int:
+    """The incident's review list: every case waiting, oldest first, `page_rows` to a
+    markdown artifact (the UI wraps a long reason in a markdown table; a table artifact's
+    cell cuts it off). Page 1 keeps the incident's review key and its description gives
+    the page count; a page the list no longer reaches is published again as empty.
+    Each call publishes the list as it is now (after a run, after each review decision);
+    returns how many cases wait."""
+    cases = review_queue_rows(incident_key)
+    waiting = len(cases)
+    pages = max(1, -(-waiting // page_rows))
+    parts = [(cases[(n - 1) * page_rows:n * page_rows], (n - 1) * page_rows + 1)
+             for n in range(1, pages + 1)]
+    ids: list[UUID] = []
+    for page, (part, first) in enumerate(parts, start=1):
+        if page == 1:
+            more = (f"; pages 2 to {pages} are the artifacts review-page-2-... to "
+                    f"review-page-{pages}-..." if pages > 1 else "")
+            description = (
+                f"Review list of incident {md(incident_key)}, page 1 of {pages}: "
+                f"{waiting:,} cases waiting for a reviewer, oldest first, with whole "
+                f"reasons{more}. Decide one with the review-case deployment (Deployments, "
+                "review-case, Run, Custom run) and its case id.")
+        else:
+            description = (f"Review list of incident {md(incident_key)}, page {page} of "
+                           f"{pages}: cases {first:,} to {first + len(part) - 1:,} of "
+                           f"{waiting:,} waiting for a reviewer")
+        created = create_markdown_artifact(
+            key=review_page_key(incident_key, page),
+            markdown=_review_page(incident_key, part, page, pages, first, waiting),
+            description=description)
+        if isinstance(created, UUID):  # (called from async code it would be awaitable)
+            ids.append(created)
+    if pages > 1 and len(ids) == pages:
+        # Each page links to the pages of the same list, known once every page exists.
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            for page, ((part, first), artifact_id) in enumerate(zip(parts, ids, strict=True),
+                                                                start=1):
+                client.update_artifact(artifact_id, ArtifactUpdate(data=_review_page(
+                    incident_key, part, page, pages, first, waiting, ids)))
+    empty = _empty_page(incident_key)
+    for page, newest in sorted(_published_review_pages(incident_key).items()):
+        if page > pages and newest != empty:
+            create_markdown_artifact(
+                key=review_page_key(incident_key, page), markdown=empty,
+                description=f"Review list of incident {md(incident_key)}, page {page}: "
+                f"empty now (the list has {pages} page{'s' if pages > 1 else ''})")
     return waiting
 
 

@@ -111,6 +111,7 @@ def test_distinct_incident_keys_get_distinct_artifact_keys() -> None:
     assert _artifact_key("INC-1", "report") == _artifact_key("INC-1", "report")
     assert len(_artifact_key("I" * 200, "progress-restore")) <= 100
 
+
 def _state(status: str, note: str = "") -> Any:
     from datetime import UTC, datetime
 

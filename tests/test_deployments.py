@@ -510,10 +510,10 @@ def test_bad_input_is_refused_at_the_form_or_fails_at_once_in_plain_words(
 def test_review_in_the_ui_lists_the_cases_and_refreshes_the_report(
     served: Server, engine: Engine
 ) -> None:
-    """The incident's review table lists the cases waiting (id, account, reason); a
+    """The incident's review list lists the cases waiting (id, account, reason); a
     decision through the review-case deployment takes the case off it and moves the
     report's counts."""
-    from tasks.reporting import _artifact_key
+    from tasks.reporting import review_page_key
 
     seed(engine, SeedOptions(accounts=200, seed=8))
     flow_run = run_deployment("reinstate-incident/reinstate-incident", timeout=0,
@@ -521,15 +521,15 @@ def test_review_in_the_ui_lists_the_cases_and_refreshes_the_report(
     _wait_for_state(flow_run.id, "COMPLETED")
 
     def review_table() -> list[dict[str, Any]]:
-        import json
-
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        from tests.test_run_artifacts import review_rows
 
         with get_client(sync_client=True) as client:
             (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "review")])))
-        data = artifact.data
-        return json.loads(data) if isinstance(data, str) else data
+                key=ArtifactFilterKey(any_=[review_page_key(INCIDENT_KEY, 1)])))
+        assert "page 1 of 1:" in str(artifact.description)
+        return review_rows(str(artifact.data))
 
     waiting = review_table()
     with engine.connect() as conn:

@@ -1,12 +1,18 @@
-"""What a run shows on its Artifacts tab: cards an operator can tell apart.
+"""What a run shows on its Artifacts tab: every case waiting for review, each reason whole,
+and cards an operator can tell apart.
 
-Artifacts are read back through the Prefect client and their markdown rendered by a
-CommonMark renderer with tables (markdown-it-py, as in tests/test_artifacts.py).
+The review list is read back through the Prefect client and its markdown rendered by a
+CommonMark renderer with tables (markdown-it-py, as in tests/test_artifacts.py), so what is
+checked is the text a person reads in the UI's markdown view, where a long cell wraps (a
+table artifact's cell is cut to one line: `truncate` in the UI's table view).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 from uuid import uuid4
@@ -14,12 +20,16 @@ from uuid import uuid4
 import pytest
 from markdown_it import MarkdownIt
 from prefect import flow
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select, update
+from typer.testing import CliRunner
 
+from commands.reinstate import app
 from flows.reinstate_incident import reinstate_incident
-from reinstatement.models import Incident
+from reinstatement import runner
+from reinstatement.markdown import WORD_JOINER
+from reinstatement.models import Case, Incident
 from reinstatement.seed import SeedOptions, seed
-from tasks.reporting import _artifact_key
+from tasks.reporting import _artifact_key, review_page_key
 from tests.factories import approve
 from tests.factories import seeded_incident_request as incident_request
 
@@ -66,6 +76,15 @@ def rendered(markdown: str) -> Cells:
     return cells
 
 
+def review_rows(markdown: str) -> list[dict[str, Any]]:
+    """The rows of a page of the review list, as a person reads them (less the invisible
+    word joiners that keep a web address in a reason from becoming a link)."""
+    table = rendered(markdown).rows
+    assert table[0] == ["case id", "account", "reason"], table[:1]
+    return [{"case id": int(case), "account": int(account),
+             "reason": text.replace(WORD_JOINER, "")} for case, account, text in table[1:]]
+
+
 def latest(keys: list[str]) -> dict[str, Any]:
     """The newest version of each key that has one."""
     from prefect.client.orchestration import get_client
@@ -78,6 +97,120 @@ def latest(keys: list[str]) -> dict[str, Any]:
         return {str(a.key): a for a in client.read_latest_artifacts(
             artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
                 any_=keys)), limit=len(keys))}
+
+
+def versions(key: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
+
+
+def reason(number: int) -> str:
+    """A reason longer than any cut (500 characters), with what markdown would act on."""
+    return (f"needs review: spam_burst@8 is unknown on ban {number} by spam_burst@7 "
+            "(verified_email absent; links_per_hour null | repeat_text_ratio 'n/a') "
+            + "*evidence* [x](https://evil.test) <b>&amp; a_b_c ` # > " * 9
+            + f"end of reason {number}.")
+
+
+@flow
+def publish_review_list(key: str, page_rows: int) -> int:
+    from tasks.reporting import publish_review_queue
+
+    return publish_review_queue(key, page_rows=page_rows)
+
+
+def waiting_for_review(engine: Engine, key: str, count: int) -> list[tuple[int, int, str]]:
+    """The seeded incident registered under `key`, with `count` cases waiting for review:
+    (case id, account, reason), oldest first."""
+    seed(engine, SeedOptions(accounts=20, seed=1))
+    incident = runner.register(engine, incident_request(incident_key=key), "test")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(Case), [
+            {"incident_id": incident.id, "account_id": 1_000_000 + n, "round": 1,
+             "state": "review", "outcome": "needs_review",
+             "reasons": {"summary": reason(n)}, "created_at": now, "updated_at": now}
+            for n in range(count)])
+    return review_list(engine, key)
+
+
+def review_list(engine: Engine, key: str) -> list[tuple[int, int, str]]:
+    with engine.connect() as conn:
+        return [(row.id, row.account_id, row.reasons["summary"]) for row in conn.execute(
+            select(Case.id, Case.account_id, Case.reasons).join(Incident).where(
+                Incident.key == key, Case.state == "review").order_by(Case.id))]
+
+
+def pages_as_published(key: str, pages: int
+                       ) -> tuple[list[tuple[int, int, str]], dict[str, Any]]:
+    """The rows of the review list's pages 1 to `pages`, in page order, and the pages."""
+    keys = [review_page_key(key, n) for n in range(1, pages + 1)]
+    published = latest(keys)
+    rows: list[tuple[int, int, str]] = []
+    for page in keys:
+        rows += [(row["case id"], row["account"], row["reason"])
+                 for row in review_rows(str(published[page].data))]
+    return rows, published
+
+
+def test_the_review_list_reaches_every_case_with_its_whole_reason(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], key: str
+) -> None:
+    """773 cases at 100 a page: eight pages that together list every case once, oldest
+    first, each reason whole and inert; the first page's description gives the page count
+    and each page links to its neighbours, the first and the last. When fewer cases wait,
+    the pages past the end say they are empty (once), and the CLI's CSV is the same
+    list."""
+    expected = waiting_for_review(engine, key, 773)
+    assert len(expected) == 773 and all(len(text) > 500 for _, _, text in expected)
+    assert publish_review_list(key, 100) == 773
+
+    rows, published = pages_as_published(key, 8)
+    assert rows == expected
+    first = published[review_page_key(key, 1)]
+    assert first.type == "markdown" and "page 1 of 8: 773 cases waiting" in first.description
+    assert "Page 1 of 8: cases 1 to 100 of 773" in str(first.data)
+    assert "cases 701 to 773 of 773" in published[review_page_key(key, 8)].description
+    assert latest([review_page_key(key, 9)]) == {}
+    assert review_page_key(key, 1) == _artifact_key(key, "review")  # the key it had
+    # The only links are the pages' own: nothing in a reason became one.
+    ids = [published[review_page_key(key, n)].latest_id for n in range(1, 9)]
+    page_3 = rendered(str(published[review_page_key(key, 3)].data))
+    assert page_3.links == [f"../artifact/{ids[n - 1]}" for n in (1, 2, 4, 8)]
+    page_1 = rendered(str(published[review_page_key(key, 1)].data))
+    assert page_1.links == [f"../artifact/{ids[n - 1]}" for n in (2, 8)]
+    for page in published:
+        assert all(link.startswith("../artifact/") for link in rendered(
+            str(published[page].data)).links)
+
+    # 700 cases decided: one page left, pages 2 to 8 say they are empty.
+    with engine.begin() as conn:
+        conn.execute(update(Case).where(Case.id.in_([c for c, _, _ in expected[:700]]))
+                     .values(state="closed", outcome="upheld"))
+    assert publish_review_list(key, 100) == 73
+    rows, published = pages_as_published(key, 1)
+    assert rows == expected[700:] == review_list(engine, key)
+    assert "page 1 of 1: 73 cases waiting" in published[review_page_key(key, 1)].description
+    stale = latest([review_page_key(key, n) for n in range(2, 9)])
+    assert len(stale) == 7
+    for artifact in stale.values():
+        assert "empty now" in artifact.description and "| case id" not in str(artifact.data)
+    # Published again with nothing changed, an empty page gets no new version.
+    publish_review_list(key, 100)
+    assert len(versions(review_page_key(key, 5))) == 2
+    assert len(versions(review_page_key(key, 1))) == 3
+
+    result = CliRunner().invoke(app, ["review", "list", key, "--csv"])
+    assert result.exit_code == 0, result.output
+    table = list(csv.reader(io.StringIO(result.stdout)))
+    assert table[0] == ["case_id", "incident", "account_id", "round", "reason"]
+    assert [(int(c), int(a), text) for c, _, a, _, text in table[1:]] == expected[700:]
+    both = CliRunner().invoke(app, ["review", "list", key, "--csv", "--json"])
+    assert both.exit_code == 2
 
 
 def test_a_typical_approval_run_shows_each_card_once_and_says_what_it_is(

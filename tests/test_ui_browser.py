@@ -4,7 +4,7 @@ A real `prefect server start` (its UI: prefect_test_harness serves none) and `re
 serve` in child processes, a seeded platform database, and a browser doing what the
 operator guide says: the incident's Custom run form (a bad faulty version refused, then the
 right values), Resume in the suspended run's menu with the approval form, the run's
-Artifacts tab, the review table, the review-case form, and the report that changed.
+Artifacts tab, the review list, the review-case form, and the report that changed.
 
 Screenshots of every step go to REINSTATE_SCREENSHOTS_DIR (docs/ui/ with `make
 ui-screenshots`), else to the test's tmp_path. Without Chromium or Playwright the test
@@ -14,7 +14,6 @@ skips with the reason, except under CI=true, where that is a failure.
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
+from reinstatement.markdown import WORD_JOINER
 from reinstatement.models import Case
 from reinstatement.seed import (
     INCIDENT_FAULTY,
@@ -35,8 +35,9 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
-from tasks.reporting import _artifact_key
+from tasks.reporting import _artifact_key, review_page_key
 from tests.test_deployments import PROJECT_ROOT, Server, _run_logs, _wait_for_state
+from tests.test_run_artifacts import review_rows
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -150,10 +151,6 @@ def _artifacts(key: str) -> list[Any]:
         return list(client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
             sort=ArtifactSort.CREATED_DESC))
-
-
-def _table(data: Any) -> list[dict[str, Any]]:
-    return json.loads(data) if isinstance(data, str) else list(data)
 
 
 def _deployment_runs(name: str) -> list[Any]:
@@ -446,24 +443,30 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
                    ).to_be_visible()
             shot(page, "07-run-artifacts")
 
-            # 5. The review table (the run's Artifacts tab, its review card), a case id
-            # read off the page, the review-case form, the case gone from the republished
-            # table (the key's page, newest version) and the report changed.
-            review_key = _artifact_key(INCIDENT_KEY, "review")
+            # 5. The review list (the run's Artifacts tab, its review card: page 1), a case
+            # id read off the page with its whole reason, the review-case form, the case
+            # gone from the republished list (the key's page, newest version) and the
+            # report changed.
+            review_key = review_page_key(INCIDENT_KEY, 1)
             report_key = _artifact_key(INCIDENT_KEY, "report")
             report_before = _artifacts(report_key)[0].data
-            waiting_before = [row["case id"] for row in _table(_artifacts(review_key)[0].data)]
+            listed = review_rows(str(_artifacts(review_key)[0].data))
+            waiting_before = [row["case id"] for row in listed]
             assert waiting_before and waiting_before == _in_review(engine)
-            # The card opens that artifact's own page (/artifacts/artifact/ID), the table.
+            # The card opens that artifact's own page (/artifacts/artifact/ID), the list:
+            # a markdown table, whose cells wrap (a table artifact's cells are cut off).
             page.get_by_role("link", name=re.compile(rf"\b{review_key}")).first.click()
             page.wait_for_url(re.compile(r"/artifacts/artifact/"))
             table = page.get_by_role("table")
             expect(table).to_be_visible()
             headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
-            assert headers == ["case id", "account", "reason", "incident"]
+            assert headers == ["case id", "account", "reason"]
             first_row = table.get_by_role("row").nth(1).get_by_role("cell")
             case_id = int(first_row.first.inner_text().strip())
             assert case_id == waiting_before[0]
+            reason = first_row.nth(2)
+            assert reason.inner_text().strip().replace(WORD_JOINER, "") == listed[0]["reason"]
+            assert reason.evaluate("cell => cell.scrollWidth <= cell.clientWidth")
             shot(page, "08-review-table")
 
             reviews_before = {r.id for r in _deployment_runs(review_deployment)}
@@ -481,7 +484,8 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             review = _wait_for_state(review.id, "COMPLETED", timeout=120)
             assert review.name == f"review case {case_id} ({INCIDENT_KEY})"
 
-            waiting_after = [row["case id"] for row in _table(_artifacts(review_key)[0].data)]
+            waiting_after = [row["case id"] for row in review_rows(
+                str(_artifacts(review_key)[0].data))]
             assert waiting_after == waiting_before[1:]
             open_latest_version(page, review_key)
             expect(page.get_by_role("table")).to_be_visible()
@@ -509,3 +513,76 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     assert restored > 0
     assert case_id not in _in_review(engine)
     assert (PROJECT_ROOT / "docs" / "ui").is_dir()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
+    chromium: str, real_prefect_api: str, prefect_server: str, engine: Engine,
+    cli_env: dict[str, str], shots: Path,
+) -> None:
+    """In Prefect's UI a page of the review list shows each reason whole, wrapped in its
+    cell (the same reason in a table artifact's cell is cut to one line), and its links
+    open the other pages of the same list."""
+    from playwright.sync_api import expect, sync_playwright
+    from prefect import flow
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.reporting import publish_review_queue
+    from tests.test_run_artifacts import latest, waiting_for_review
+
+    key = "INC-REVIEW-PAGES"
+    expected = waiting_for_review(engine, key, 12)
+
+    @flow
+    def publish() -> None:
+        publish_review_queue(key, page_rows=5)
+        create_table_artifact(key="review-as-a-table", table=[
+            {"case id": case, "account": account, "reason": reason}
+            for case, account, reason in expected[:5]])
+
+    publish()
+    pages = latest([review_page_key(key, n) for n in (1, 2, 3)])
+    ids = [pages[review_page_key(key, n)].latest_id for n in (1, 2, 3)]
+    (table_artifact,) = latest(["review-as-a-table"]).values()
+    ui = f"{prefect_server}/v2"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            page.goto(f"{ui}/artifacts/artifact/{ids[0]}")
+            table = page.get_by_role("table")
+            expect(table).to_be_visible()
+            reason = table.get_by_role("row").nth(1).get_by_role("cell").nth(2)
+            assert reason.inner_text().strip().replace(WORD_JOINER, "") == expected[0][2]
+            # Wrapped over several lines, within the window: read without scrolling.
+            assert reason.evaluate("""cell => cell.scrollWidth <= cell.clientWidth
+                && cell.getBoundingClientRect().height > 60
+                && cell.getBoundingClientRect().right <= document.documentElement.clientWidth""")
+            # The only links are the pages': a web address in a reason stays text (the
+            # UI's markdown turns a bare https://..., www.... or a@b.c into a link).
+            hrefs = page.get_by_test_id("markdown-display").locator("a").evaluate_all(
+                "links => links.map(link => link.getAttribute('href'))")
+            assert hrefs == [f"../artifact/{ids[1]}", f"../artifact/{ids[2]}"], hrefs
+            shot_path = shots / "review-list-page-1.png"
+            page.screenshot(path=str(shot_path), full_page=True)
+
+            page.get_by_role("link", name="page 2", exact=True).click()
+            page.wait_for_url(re.compile(rf"/artifacts/artifact/{ids[1]}$"))
+            rows = page.get_by_role("table").get_by_role("row")
+            expect(rows.nth(1).get_by_role("cell").first).to_have_text(str(expected[5][0]))
+            page.get_by_role("link", name="page 3", exact=True).click()
+            page.wait_for_url(re.compile(rf"/artifacts/artifact/{ids[2]}$"))
+            expect(page.get_by_role("table").get_by_role("row")).to_have_count(3)
+
+            # What the list was: a table artifact cuts the same reason to one line.
+            page.goto(f"{ui}/artifacts/artifact/{table_artifact.latest_id}")
+            cut = page.get_by_title(expected[0][2], exact=True)
+            expect(cut).to_be_visible()
+            page.wait_for_timeout(1000)  # the table is drawn again once its data is in
+            # One line of some 4,000 pixels in a box of some 700 that scrolls sideways.
+            assert cut.evaluate("""span => span.getBoundingClientRect().height < 30
+                && span.getBoundingClientRect().width
+                   > 2 * span.closest('table').parentElement.clientWidth""")
+        finally:
+            browser.close()
