@@ -217,11 +217,11 @@ def nightly_reconciliation(
         create_table_artifact(
             key="fault-suspects", table=_suspect_rows(findings["faults"]["suspects"]) or [
                 {"version": "none", "why": f"no suspect in the last {detect_days} days"}],
-            description="Rule versions whose bans look like a fault (a suspect restores "
-                        "nothing)")
+            description="Fault suspects found by the nightly reconciliation: rule versions "
+                        "whose bans look like a fault (a suspect restores nothing)")
     publish_incidents()
     create_markdown_artifact(key="nightly-reconciliation", markdown=_markdown(findings),
-                             description="What the nightly reconciliation found and did")
+                             description="Nightly reconciliation report: what it found and did")
     create_table_artifact(
         key="nightly-reconciliation-findings",
         table=[{"duty": "rebanned", "count": len(findings["rebanned"])},
@@ -234,7 +234,7 @@ def nightly_reconciliation(
                {"duty": "pins repaired", "count": findings["invariants"]["pins_repaired"]},
                {"duty": "unrepaired invariant breaks",
                 "count": findings["invariants"]["unrepaired"]}],
-        description="Counts per duty",
+        description="Nightly reconciliation counts, one per duty (a table)",
     )
     if findings["invariants"]["unrepaired"]:
         emit_invariants_broken(findings["invariants"], dry_run)

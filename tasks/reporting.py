@@ -435,8 +435,8 @@ def publish_incidents() -> list[dict[str, Any]]:
         rows = incident_rows(conn)
     create_table_artifact(
         key="incidents", table=rows or [{"incident": "none yet"}],
-        description="Every incident, newest first: status, plan, who declared and who "
-        "decided, counts and the last run")
+        description="All incidents, newest first, each with its status, plan, who declared "
+        "and who decided, counts and last run")
     return rows
 
 
