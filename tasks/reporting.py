@@ -45,38 +45,43 @@ def _artifact_key(incident_key: str, what: str) -> str:
     return f"{what}-{cleaned[:min(60, room)]}-{digest}"
 
 
-def _publish_markdown_once_per_run(key: str, markdown: str, description: str) -> None:
-    """Publish a markdown card that this flow run shows once: the first time as a new
-    version of `key`, each later time by bringing that same card up to date in place.
+def _publish_once_per_run(key: str, description: str, *, markdown: str | None = None,
+                          table: list[dict[str, Any]] | None = None) -> UUID | None:
+    """Publish a markdown (or table) card under `key` that this flow run shows once: when
+    the key's newest version is this run's, that card is brought up to date in place;
+    otherwise a new version is made. Either way the key's newest version is what was
+    published last. Returns the card's artifact id.
 
-    A deployment run resumed after the operator's decision runs again from the top and
-    reaches the preview again, and publishes it once more when the decision is taken (it
-    then names the decision): each a second card under the same key on one run's Artifacts
-    tab, had each made a new version.
+    A deployment run resumed after the operator's decision runs again from the top: it
+    reaches the preview again, publishes it once more when the decision is taken (it then
+    names the decision), and publishes the report when it suspends and again at its end;
+    each time a new version, its Artifacts tab would show the same key twice.
     """
+    from prefect.artifacts import TableArtifact
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactUpdate
     from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterId,
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
     )
-    from prefect.client.schemas.sorting import ArtifactSort
     from prefect.runtime import flow_run
 
     run_id = flow_run.get_id()
-    if run_id is not None:
+    data = markdown if table is None else TableArtifact(table=table).format()
+    if run_id is not None and isinstance(data, str):
         with get_client(sync_client=True) as client:
-            shown = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
-                sort=ArtifactSort.CREATED_DESC, limit=1)
-            if shown:
-                client.update_artifact(shown[0].id, ArtifactUpdate(
-                    data=markdown, description=description))
-                return
-    create_markdown_artifact(key=key, markdown=markdown, description=description)
+            newest = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[key])), limit=1)
+            if newest and str(newest[0].flow_run_id) == str(run_id):
+                client.update_artifact(newest[0].latest_id, ArtifactUpdate(
+                    data=data, description=description))
+                return newest[0].latest_id
+    if table is None:
+        created = create_markdown_artifact(key=key, markdown=markdown or "",
+                                           description=description)
+    else:
+        created = create_table_artifact(key=key, table=table, description=description)
+    return created if isinstance(created, UUID) else None  # (awaitable from async code)
 
 
 def _samples(incident_key: str) -> list[dict[str, Any]]:
@@ -242,14 +247,14 @@ def publish_preview(incident_key: str, dry_run: bool) -> dict[str, int]:
         report["would_restore"] = would_restore(conn, incident_id, previewed=dry_run)
     title = "Dry run preview" if dry_run else "Preview before restore"
     what = "Dry-run preview" if dry_run else "Preview, before anything is restored,"
-    _publish_markdown_once_per_run(
-        preview_key(incident_key, plan), _markdown(report, title, counts),
-        f"{what} of plan {plan} of incident {md(incident_key)}: its counts per outcome, "
-        "the rule versions, and what restoring it would do")
-    _publish_markdown_once_per_run(
+    _publish_once_per_run(
+        preview_key(incident_key, plan), markdown=_markdown(report, title, counts),
+        description=f"{what} of plan {plan} of incident {md(incident_key)}: its counts per "
+        "outcome, the rule versions, and what restoring it would do")
+    _publish_once_per_run(
         samples_key(incident_key, plan),
-        _samples_markdown(incident_key, plan, _samples(incident_key)),
-        f"Sample cases of plan {plan} of incident {md(incident_key)}: up to "
+        markdown=_samples_markdown(incident_key, plan, _samples(incident_key)),
+        description=f"Sample cases of plan {plan} of incident {md(incident_key)}: up to "
         f"{SAMPLES_PER_OUTCOME} per outcome, each with why (they go with its preview)")
     return dict(counts)
 
@@ -359,12 +364,12 @@ def publish_review_queue(incident_key: str, page_rows: int = REVIEW_PAGE_ROWS) -
             description = (f"Review list of incident {md(incident_key)}, page {page} of "
                            f"{pages}: cases {first:,} to {first + len(part) - 1:,} of "
                            f"{waiting:,} waiting for a reviewer")
-        created = create_markdown_artifact(
-            key=review_page_key(incident_key, page),
+        published = _publish_once_per_run(
+            review_page_key(incident_key, page),
             markdown=_review_page(incident_key, part, page, pages, first, waiting),
             description=description)
-        if isinstance(created, UUID):  # (called from async code it would be awaitable)
-            ids.append(created)
+        if published is not None:
+            ids.append(published)
     if pages > 1 and len(ids) == pages:
         # Each page links to the pages of the same list, known once every page exists.
         from prefect.client.orchestration import get_client
@@ -378,8 +383,8 @@ def publish_review_queue(incident_key: str, page_rows: int = REVIEW_PAGE_ROWS) -
     empty = _empty_page(incident_key)
     for page, newest in sorted(_published_review_pages(incident_key).items()):
         if page > pages and newest != empty:
-            create_markdown_artifact(
-                key=review_page_key(incident_key, page), markdown=empty,
+            _publish_once_per_run(
+                review_page_key(incident_key, page), markdown=empty,
                 description=f"Review list of incident {md(incident_key)}, page {page}: "
                 f"empty now (the list has {pages} page{'s' if pages > 1 else ''})")
     return waiting
@@ -393,22 +398,21 @@ def publish_report(incident_key: str) -> dict[str, Any]:
     report = _report(incident_key)
     publish_review_queue(incident_key)
     key = _artifact_key(incident_key, "report")
-    create_markdown_artifact(
-        key=key,
-        markdown=_markdown(report, "Reinstatement report", report["outcomes"]),
+    _publish_once_per_run(
+        key, markdown=_markdown(report, "Reinstatement report", report["outcomes"]),
         description=f"Report of incident {md(incident_key)}: its status, plan and decision, "
         f"counts per outcome, notices and runs, as of this run (the newest version, "
         f"Artifacts, {key}, is the incident now)",
     )
-    create_table_artifact(
-        key=_artifact_key(incident_key, "outcomes"),
+    _publish_once_per_run(
+        _artifact_key(incident_key, "outcomes"),
         table=[{"outcome": o, "accounts": report["outcomes"].get(o, 0)} for o in OUTCOMES]
         + [{"outcome": f"notice {s}", "accounts": n} for s, n in report["notices"].items()],
         description=f"Report counts of incident {md(incident_key)}: accounts per outcome "
         "and notices per state, as a table",
     )
-    create_table_artifact(
-        key=_artifact_key(incident_key, "audit"),
+    _publish_once_per_run(
+        _artifact_key(incident_key, "audit"),
         table=_audit_rows(incident_key) or [{"at": "-", "to": "no transition yet"}],
         description=f"Audit trail of incident {md(incident_key)}: each transition of the "
         "incident, who made it and why (`reinstate audit KEY --cases` adds every case's)",

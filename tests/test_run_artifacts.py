@@ -286,7 +286,7 @@ def test_a_run_resumed_from_the_top_shows_its_preview_once_and_up_to_date(
     from prefect.runtime import flow_run
 
     from reinstatement.lifecycle import state_by_key
-    from tasks.reporting import preview_key, publish_preview, samples_key
+    from tasks.reporting import preview_key, publish_preview, publish_report, samples_key
 
     seed(engine, SeedOptions(accounts=150, seed=3))
     reinstate_incident(incident_request(incident_key=key, require_approval=True))
@@ -294,9 +294,11 @@ def test_a_run_resumed_from_the_top_shows_its_preview_once_and_up_to_date(
     @flow
     def preview_decide_preview() -> str:
         publish_preview(key, dry_run=False)
+        publish_report(key)  # as the run suspends
         publish_preview(key, dry_run=False)  # the run from the top, after the Resume
         approve(engine, key, note="samples read")
         publish_preview(key, dry_run=False)  # once the decision is taken
+        publish_report(key)  # at its end
         return str(flow_run.get_id())
 
     run_id = preview_decide_preview()
@@ -308,10 +310,42 @@ def test_a_run_resumed_from_the_top_shows_its_preview_once_and_up_to_date(
     assert plan is not None
     shown = {card.key: card for card in cards}
     assert sorted(card.key for card in cards) == sorted(
-        [preview_key(key, plan.short), samples_key(key, plan.short)])
+        [preview_key(key, plan.short), samples_key(key, plan.short), review_page_key(key, 1),
+         *(_artifact_key(key, what) for what in ("report", "outcomes", "audit"))])
     preview = str(shown[preview_key(key, plan.short)].data)
     assert f"Plan {plan.short} approved by ana" in preview and "(approved)" in preview
+    assert f"Plan {plan.short} approved by ana" in str(shown[_artifact_key(key, "report")].data)
+    assert "approved" in str(shown[_artifact_key(key, "audit")].data)
     # The card is the key's newest version too.
     (newest,) = latest([preview_key(key, plan.short)]).values()
     assert newest.latest_id == shown[preview_key(key, plan.short)].id
     assert str(newest.data) == preview
+
+
+def test_a_card_another_run_published_over_is_published_anew(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], key: str
+) -> None:
+    """A run that publishes its report again after another run published the incident's
+    (a reviewer's decision while it waited) makes a new version: the key's newest version
+    is always the last one published, never an older card brought up to date."""
+    from tasks.reporting import publish_report
+
+    seed(engine, SeedOptions(accounts=150, seed=3))
+    reinstate_incident(incident_request(incident_key=key, require_approval=True))
+    report_key = _artifact_key(key, "report")
+
+    @flow
+    def another_run() -> None:
+        publish_report(key)
+
+    @flow
+    def waiting_run() -> None:
+        publish_report(key)
+        another_run()
+        approve(engine, key, note="samples read")
+        publish_report(key)
+
+    waiting_run()
+    (newest,) = latest([report_key]).values()
+    assert "approved by ana" in str(newest.data)
+    assert len(versions(report_key)) == 1 + 3  # the first run's, then three
