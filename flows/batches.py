@@ -24,7 +24,7 @@ from reinstatement.batches import StepResult
 from reinstatement.incidents import RegisteredIncident
 from reinstatement.resources import resources
 from tasks.pipeline import step_context
-from tasks.reporting import Progress, stopped_by
+from tasks.progress import Progress, stopped_by
 
 # The flows' thread pools are sized for the largest of REINSTATE_WORKERS and
 # REINSTATE_SMTP_CONNECTIONS (at most 8 each); run_batches keeps to those settings.

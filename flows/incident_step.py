@@ -54,7 +54,7 @@ from reinstatement.resources import install, resources
 from reinstatement.settings import SettingsError, as_child_of, handed_to_child_runs
 from tasks.notify import send_notices
 from tasks.pipeline import restore_cases, settle_cases, verify_cases
-from tasks.reporting import Progress, stopped_by
+from tasks.progress import Progress, stopped_by
 
 STEP_FLOW = "incident-step"
 STEP_DEPLOYMENT = "incident-step"

@@ -104,7 +104,8 @@ def _ended_by_prefect(status: str) -> Any:
         from flows.batches import remaining_of
         from reinstatement import runs
         from reinstatement.resources import resources
-        from tasks.reporting import finish_progress_left_open, publish_report
+        from tasks.progress import finish_progress_left_open
+        from tasks.reporting import publish_report
 
         key = _incident_key(flow_run.parameters)
         if key and status == "crashed":

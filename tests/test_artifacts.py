@@ -16,7 +16,8 @@ from markdown_it import MarkdownIt
 
 from flows.reconcile import _markdown as reconciliation_markdown
 from reinstatement.markdown import cell, md
-from tasks.reporting import _artifact_key, _markdown
+from tasks.artifacts import artifact_key
+from tasks.reporting import _markdown
 
 HOSTILE = [
     "x](https://evil.test) ![t](https://evil.test/pixel.png) [Approve",
@@ -104,12 +105,12 @@ def test_table_cells_are_one_bounded_line() -> None:
 
 def test_distinct_incident_keys_get_distinct_artifact_keys() -> None:
     keys = ["INC-1", "inc-1", "INC.1", "INC_1", "INC:1", "inc--1"]
-    artifact_keys = {_artifact_key(key, "report") for key in keys}
+    artifact_keys = {artifact_key(key, "report") for key in keys}
     assert len(artifact_keys) == len(keys)
     for key in artifact_keys:
         assert re.fullmatch(r"[a-z0-9-]+", key) and len(key) <= 100, key
-    assert _artifact_key("INC-1", "report") == _artifact_key("INC-1", "report")
-    assert len(_artifact_key("I" * 200, "progress-restore")) <= 100
+    assert artifact_key("INC-1", "report") == artifact_key("INC-1", "report")
+    assert len(artifact_key("I" * 200, "progress-restore")) <= 100
 
 
 def _state(status: str, note: str = "") -> Any:

@@ -39,7 +39,7 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
-from tasks.reporting import _artifact_key
+from tasks.artifacts import artifact_key
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def _latest_artifact(key: str) -> Any:
 
 
 def _report_markdown() -> str:
-    return str(_latest_artifact(_artifact_key(INCIDENT_KEY, "report")).data)
+    return str(_latest_artifact(artifact_key(INCIDENT_KEY, "report")).data)
 
 
 def test_operator_runs_an_incident_from_the_deployment(
@@ -513,7 +513,7 @@ def test_review_in_the_ui_lists_the_cases_and_refreshes_the_report(
     """The incident's review list lists the cases waiting (id, account, reason); a
     decision through the review-case deployment takes the case off it and moves the
     report's counts."""
-    from tasks.reporting import review_page_key
+    from tasks.review_list import review_page_key
 
     seed(engine, SeedOptions(accounts=200, seed=8))
     flow_run = run_deployment("reinstate-incident/reinstate-incident", timeout=0,
@@ -702,7 +702,7 @@ def test_cancelling_a_running_run_records_it_and_publishes_the_report(
         report = _report_markdown()
         assert f"| sent | {sent:,} |" in report
         assert "| cancelled |" in report
-        card = _latest_artifact(_artifact_key(INCIDENT_KEY, "progress-notify"))
+        card = _latest_artifact(artifact_key(INCIDENT_KEY, "progress-notify"))
         stopped = re.fullmatch(r"notify: stopped at ([\d,]+) of ([\d,]+) notices handled: "
                                r"the run was cancelled", card.description or "")
         assert stopped and int(stopped[1].replace(",", "")) == sent, card.description

@@ -147,7 +147,7 @@ def test_bad_input_from_the_ui_fails_the_run_with_the_same_message(
 
 
 def _recorded_progress(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | None]]:
-    import tasks.reporting as reporting
+    import tasks.progress as reporting
 
     updates: list[tuple[float, str | None]] = []
     real_update = reporting.update_progress_artifact

@@ -19,9 +19,9 @@ from uuid import UUID, uuid4
 import pytest
 from sqlalchemy import Engine, func, select
 
-import tasks.reporting as reporting
+import tasks.progress as progress_module
 from reinstatement.models import Notice
-from tasks.reporting import Progress, progress_text
+from tasks.progress import Progress, progress_text
 
 Update = tuple[float, float, str]  # (when, percent, text)
 
@@ -51,8 +51,8 @@ class Card:
 @pytest.fixture
 def card(monkeypatch: pytest.MonkeyPatch) -> Card:
     recorded = Card()
-    monkeypatch.setattr(reporting, "_create_progress", recorded.create)
-    monkeypatch.setattr(reporting, "update_progress_artifact", recorded.update)
+    monkeypatch.setattr(progress_module, "_create_progress", recorded.create)
+    monkeypatch.setattr(progress_module, "update_progress_artifact", recorded.update)
     return recorded
 
 
@@ -83,8 +83,8 @@ def test_the_card_moves_with_the_work_committed_between_batches(
 ) -> None:
     """No batch ends, yet the card moves, at least every PROGRESS_SECONDS, and sooner when
     2% of the step goes faster than that: the pace seen so far sets the next reading."""
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 2.0)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 0.1)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 2.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", 0.1)
     work = Work(total=1000, rate=100.0)  # 2% (20) every 0.2 s
     progress = Progress("INC-1", "notify", 1000, remaining=work.left, pending_key="notify")
     time.sleep(1.6)
@@ -104,8 +104,8 @@ def test_the_card_moves_with_the_work_committed_between_batches(
 def test_a_batch_end_moves_the_card_at_once_and_the_end_is_final(
     card: Card, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 60.0)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", 60.0)
     left = [9866]
     progress = Progress("INC-1", "restore", 9866, remaining=lambda: left[0],
                         pending_key="restore")
@@ -129,13 +129,13 @@ def test_a_stopped_step_says_where_it_stopped_with_the_count_read_at_its_end(
 ) -> None:
     """The final count is read when the step ends, not taken from the batches: notices
     sent by a batch that never returned are counted."""
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 60.0)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", 60.0)
     work = Work(total=9403, rate=0.0)
     progress = Progress("INC-1", "notify", 9403, remaining=work.left, pending_key="notify")
     progress.advance(2000)
     work.stopped_at = 3764
-    progress.finish(reporting.stopped_by(RuntimeError("a batch failed")))
+    progress.finish(progress_module.stopped_by(RuntimeError("a batch failed")))
     assert card.updates[-1][1:] == (
         pytest.approx(100 * 3764 / 9403),
         "notify: stopped at 3,764 of 9,403 notices handled: the step failed; the run's log "
@@ -145,8 +145,8 @@ def test_a_stopped_step_says_where_it_stopped_with_the_count_read_at_its_end(
 def test_a_failing_card_update_never_fails_the_step(
     card: Card, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 0.1)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 0.1)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 0.1)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", 0.1)
     card.failing = 3
     work = Work(total=100, rate=50.0)
 
@@ -182,12 +182,12 @@ def _notify_cards(incident_key: str) -> list[Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from tasks.reporting import _artifact_key
+    from tasks.artifacts import artifact_key
 
     with get_client(sync_client=True) as client:
         return list(client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-                any_=[_artifact_key(incident_key, "progress-notify")])),
+                any_=[artifact_key(incident_key, "progress-notify")])),
             sort=ArtifactSort.CREATED_DESC))
 
 
@@ -201,7 +201,8 @@ def _notices(engine: Engine, *states: str) -> int:
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Update]]:
     """Every creation and update of a progress card, with when it came, as sent."""
     updates: list[Update] = []
-    real_create, real_update = reporting._create_progress, reporting.update_progress_artifact
+    real_create = progress_module._create_progress
+    real_update = progress_module.update_progress_artifact
     lock = threading.Lock()
 
     def create(key: str, progress: float, description: str, metadata: dict[str, str]) -> UUID:
@@ -214,8 +215,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Update]]:
             updates.append((time.monotonic(), progress, description or ""))
         return real_update(artifact_id, progress, description=description)
 
-    monkeypatch.setattr(reporting, "_create_progress", create)
-    monkeypatch.setattr(reporting, "update_progress_artifact", update)
+    monkeypatch.setattr(progress_module, "_create_progress", create)
+    monkeypatch.setattr(progress_module, "update_progress_artifact", update)
     yield updates
 
 
@@ -245,8 +246,8 @@ def test_the_notify_card_moves_notice_by_notice_against_a_slow_mail_server(
     from tests.factories import seeded_incident_request
     from tests.smtp_server import RecordingHandler
 
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", INTERVAL)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", INTERVAL)  # a reading an interval
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", INTERVAL)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", INTERVAL)  # a reading an interval
     seed(engine, SeedOptions(accounts=300, seed=6))
     server = smtp_server(RecordingHandler(slow_data_seconds=0.04))
     _smtp_env(monkeypatch, server.port)
@@ -328,8 +329,8 @@ def test_a_cancelled_run_leaves_no_card_mid_way(
     seed(engine, SeedOptions(accounts=300, seed=6))
     request = seeded_incident_request()
     run_without_prefect(engine, request)  # restored, its notices queued
-    monkeypatch.setattr(reporting, "PROGRESS_SECONDS", 60.0)
-    monkeypatch.setattr(reporting, "PROGRESS_MIN_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_SECONDS", 60.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_SECONDS", 60.0)
 
     cards: list[Progress] = []
 

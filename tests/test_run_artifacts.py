@@ -29,7 +29,8 @@ from reinstatement import runner
 from reinstatement.markdown import WORD_JOINER
 from reinstatement.models import Case, Incident
 from reinstatement.seed import SeedOptions, seed
-from tasks.reporting import _artifact_key, review_page_key
+from tasks.artifacts import artifact_key
+from tasks.review_list import review_page_key
 from tests.factories import approve
 from tests.factories import seeded_incident_request as incident_request
 
@@ -118,7 +119,7 @@ def reason(number: int) -> str:
 
 @flow
 def publish_review_list(key: str, page_rows: int) -> int:
-    from tasks.reporting import publish_review_queue
+    from tasks.review_list import publish_review_queue
 
     return publish_review_queue(key, page_rows=page_rows)
 
@@ -176,7 +177,7 @@ def test_the_review_list_reaches_every_case_with_its_whole_reason(
     assert "Page 1 of 8: cases 1 to 100 of 773" in str(first.data)
     assert "cases 701 to 773 of 773" in published[review_page_key(key, 8)].description
     assert latest([review_page_key(key, 9)]) == {}
-    assert review_page_key(key, 1) == _artifact_key(key, "review")  # the key it had
+    assert review_page_key(key, 1) == artifact_key(key, "review")  # the key it had
     # The only links are the pages' own: nothing in a reason became one.
     ids = [published[review_page_key(key, n)].latest_id for n in range(1, 9)]
     page_3 = rendered(str(published[review_page_key(key, 3)].data))
@@ -229,7 +230,7 @@ def test_a_typical_approval_run_shows_each_card_once_and_says_what_it_is(
     plan = approve(engine, key, note="samples read.")
     reinstate_incident(incident_request(incident_key=key, require_approval=True))
 
-    digest = _artifact_key(key, "x").rsplit("-", 1)[1]  # in each key of this incident
+    digest = artifact_key(key, "x").rsplit("-", 1)[1]  # in each key of this incident
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(like_=digest)), limit=200)
@@ -255,7 +256,7 @@ def test_a_typical_approval_run_shows_each_card_once_and_says_what_it_is(
     assert sum(card.description.startswith("Preview, before") for card in waiting) == 1
     assert not any(card.description.startswith(("Preview", "Dry-run")) for card in restoring)
 
-    report_key = _artifact_key(key, "report")
+    report_key = artifact_key(key, "report")
     assert all(sum(card.key == report_key for card in cards) == 1 for cards in runs.values())
     (newest,) = latest([report_key]).values()
     assert newest.latest_id == next(card.id for card in restoring if card.key == report_key)
@@ -311,11 +312,11 @@ def test_a_run_resumed_from_the_top_shows_its_preview_once_and_up_to_date(
     shown = {card.key: card for card in cards}
     assert sorted(card.key for card in cards) == sorted(
         [preview_key(key, plan.short), samples_key(key, plan.short), review_page_key(key, 1),
-         *(_artifact_key(key, what) for what in ("report", "outcomes", "audit"))])
+         *(artifact_key(key, what) for what in ("report", "outcomes", "audit"))])
     preview = str(shown[preview_key(key, plan.short)].data)
     assert f"Plan {plan.short} approved by ana" in preview and "(approved)" in preview
-    assert f"Plan {plan.short} approved by ana" in str(shown[_artifact_key(key, "report")].data)
-    assert "approved" in str(shown[_artifact_key(key, "audit")].data)
+    assert f"Plan {plan.short} approved by ana" in str(shown[artifact_key(key, "report")].data)
+    assert "approved" in str(shown[artifact_key(key, "audit")].data)
     # The card is the key's newest version too.
     (newest,) = latest([preview_key(key, plan.short)]).values()
     assert newest.latest_id == shown[preview_key(key, plan.short)].id
@@ -332,7 +333,7 @@ def test_a_card_another_run_published_over_is_published_anew(
 
     seed(engine, SeedOptions(accounts=150, seed=3))
     reinstate_incident(incident_request(incident_key=key, require_approval=True))
-    report_key = _artifact_key(key, "report")
+    report_key = artifact_key(key, "report")
 
     @flow
     def another_run() -> None:

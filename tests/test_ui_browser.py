@@ -35,7 +35,8 @@ from reinstatement.seed import (
     SeedOptions,
     seed,
 )
-from tasks.reporting import _artifact_key, review_page_key
+from tasks.artifacts import artifact_key
+from tasks.review_list import review_page_key
 from tests.test_deployments import PROJECT_ROOT, Server, _run_logs, _wait_for_state
 from tests.test_run_artifacts import review_rows
 
@@ -424,8 +425,8 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             assert run.state.is_completed()
 
             # 4. The progress bars reached 100% through values in between.
-            restore_key = _artifact_key(INCIDENT_KEY, "progress-restore")
-            verify_key = _artifact_key(INCIDENT_KEY, "progress-verify")
+            restore_key = artifact_key(INCIDENT_KEY, "progress-restore")
+            verify_key = artifact_key(INCIDENT_KEY, "progress-verify")
             for key in (restore_key, verify_key):
                 assert any(0 < value < 100 for value in progress.seen.get(key, [])), (
                     key, progress.seen)
@@ -448,7 +449,7 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             # gone from the republished list (the key's page, newest version) and the
             # report changed.
             review_key = review_page_key(INCIDENT_KEY, 1)
-            report_key = _artifact_key(INCIDENT_KEY, "report")
+            report_key = artifact_key(INCIDENT_KEY, "report")
             report_before = _artifacts(report_key)[0].data
             listed = review_rows(str(_artifacts(review_key)[0].data))
             waiting_before = [row["case id"] for row in listed]
@@ -527,7 +528,7 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
     from prefect import flow
     from prefect.artifacts import create_table_artifact
 
-    from tasks.reporting import publish_review_queue
+    from tasks.review_list import publish_review_queue
     from tests.test_run_artifacts import latest, waiting_for_review
 
     key = "INC-REVIEW-PAGES"

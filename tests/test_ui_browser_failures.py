@@ -32,7 +32,7 @@ from sqlalchemy import Engine, func, select
 
 from reinstatement.models import Case, Notice, Run
 from reinstatement.seed import INCIDENT_KEY, SeedOptions, seed
-from tasks.reporting import _artifact_key
+from tasks.artifacts import artifact_key
 from tests.smtp_server import RecordingHandler
 from tests.test_deployments import Server, _incident_parameters, _run_log_records, _wait_for_state
 from tests.test_ui_browser import (
@@ -141,7 +141,7 @@ def test_operator_cancels_rejects_and_resends_in_the_prefect_ui(
         page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
         page.wait_for_url(re.compile(r"/artifacts/artifact/"))
 
-    report_key = _artifact_key(INCIDENT_KEY, "report")
+    report_key = artifact_key(INCIDENT_KEY, "report")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000},

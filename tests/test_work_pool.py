@@ -395,11 +395,11 @@ def progress_card(api: str, step: str) -> tuple[Any, str | None]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.reporting import _artifact_key
+    from tasks.artifacts import artifact_key
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, f"progress-{step}")])))
+            key=ArtifactFilterKey(any_=[artifact_key(INCIDENT_KEY, f"progress-{step}")])))
     return artifact.data, artifact.description
 
 
@@ -408,11 +408,11 @@ def report_artifact(api: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.reporting import _artifact_key
+    from tasks.artifacts import artifact_key
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[_artifact_key(INCIDENT_KEY, "report")])))
+            key=ArtifactFilterKey(any_=[artifact_key(INCIDENT_KEY, "report")])))
     return str(artifact.data)
 
 
