@@ -459,9 +459,10 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             page.get_by_role("link", name=re.compile(rf"\b{review_key}")).first.click()
             page.wait_for_url(re.compile(r"/artifacts/artifact/"))
             table = page.get_by_role("table")
-            expect(table).to_be_visible()
-            headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
-            assert headers == ["case id", "account", "reason"]
+            # (The markdown is drawn again once loaded: wait for the table's final form.)
+            expect(table.get_by_role("columnheader")).to_have_text(
+                ["case id", "account", "reason"])
+            expect(table.get_by_role("row")).to_have_count(len(listed) + 1)
             first_row = table.get_by_role("row").nth(1).get_by_role("cell")
             case_id = int(first_row.first.inner_text().strip())
             assert case_id == waiting_before[0]
@@ -553,7 +554,9 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
         try:
             page.goto(f"{ui}/artifacts/artifact/{ids[0]}")
             table = page.get_by_role("table")
-            expect(table).to_be_visible()
+            expect(table.get_by_role("columnheader")).to_have_text(
+                ["case id", "account", "reason"])
+            expect(table.get_by_role("row")).to_have_count(6)
             reason = table.get_by_role("row").nth(1).get_by_role("cell").nth(2)
             assert reason.inner_text().strip().replace(WORD_JOINER, "") == expected[0][2]
             # Wrapped over several lines, within the window: read without scrolling.
