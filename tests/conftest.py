@@ -230,3 +230,13 @@ def _dispose_cached_engines() -> Iterator[None]:
 
     forget_resources()
     dispose_engines()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where a browser test's screenshots go: REINSTATE_SCREENSHOTS_DIR (docs/ui/ with `make
+    ui-screenshots`), else the test's tmp_path."""
+    target = os.environ.get("REINSTATE_SCREENSHOTS_DIR")
+    directory = Path(target) if target else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

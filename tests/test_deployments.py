@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,17 @@ class Server:
             self.process.kill()
             self.process.wait(timeout=30)
 
+    @classmethod
+    @contextmanager
+    def running(cls, env: dict[str, str], log: Path) -> Iterator[Server]:
+        """`reinstate serve` for the length of a `with` block."""
+        server = cls(env, log)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -173,12 +185,10 @@ class Server:
 def served(prefect_api: str, cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING",
            **cli_env}
-    server = Server(env, tmp_path / "serve.log")
-    server.start()
     try:
-        yield server
+        with Server.running(env, tmp_path / "serve.log") as server:
+            yield server
     finally:
-        server.stop()
         _remove_global_limits()
 
 

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +86,32 @@ def served(real_prefect_api: str, cli_env: dict[str, str], tmp_path: Path
     # Logging at INFO: the run's Logs tab, in the screenshots, tells where Resume is.
     env = {**os.environ, "PREFECT_API_URL": real_prefect_api, "REINSTATE_EMAIL_BACKEND": "file",
            **cli_env}
-    server = Server(env, tmp_path / "serve.log")
-    server.start()  # returns once the 4 deployments are registered
-    try:
+    with Server.running(env, tmp_path / "serve.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    target = os.environ.get("REINSTATE_SCREENSHOTS_DIR")
-    directory = Path(target) if target else tmp_path / "screenshots"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+@contextmanager
+def operator_browser(chromium: str, shots: Path) -> Iterator[Any]:
+    """A page of headless Chromium as an operator's (1400 by 1000, UTC); on a failure, the
+    page as it was goes to `shots` (99-failure.png and .html)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      timezone_id="UTC")
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.new_page()
+        try:
+            yield page
+        except Exception:
+            with suppress(Exception):
+                page.screenshot(path=str(shots / "99-failure.png"), full_page=True)
+                (shots / "99-failure.html").write_text(page.content())
+            raise
+        finally:
+            context.close()
+            browser.close()
 
 
 class ProgressWatcher:
@@ -225,7 +237,7 @@ def _resume_until_taken(page: Any, dialog: Any, flow_run_id: Any, attempts: int 
 def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
 ) -> None:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -337,177 +349,163 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
         page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
         page.wait_for_url(re.compile(r"/artifacts/artifact/"))
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                      timezone_id="UTC")
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.new_page()
-        try:
-            # 1. The incident's Custom run form: a faulty version without @version is
-            # refused before any run exists.
-            open_custom_run(page, "reinstate-incident")
-            page.get_by_label("Incident key").fill(INCIDENT_KEY)
-            page.get_by_label("Declared by").fill("dev-declarer")
-            faulty = page.get_by_role("group").filter(
-                has=page.get_by_role("button", name="Add item"))
+    with operator_browser(chromium, shots) as page:
+        # 1. The incident's Custom run form: a faulty version without @version is
+        # refused before any run exists.
+        open_custom_run(page, "reinstate-incident")
+        page.get_by_label("Incident key").fill(INCIDENT_KEY)
+        page.get_by_label("Declared by").fill("dev-declarer")
+        faulty = page.get_by_role("group").filter(
+            has=page.get_by_role("button", name="Add item"))
+        page.get_by_role("button", name="Add item").click()
+        faulty.get_by_role("textbox").last.fill("spam_burst")
+        page.get_by_label("Batch size").fill(str(BATCH_SIZE))
+        shot(page, "01-incident-form")
+        runs_before = {run.id for run in _deployment_runs(incident_deployment)}
+        page.get_by_role("button", name="Submit").click()
+        refusal = page.get_by_text(re.compile(r"^'spam_burst' does not match"))
+        expect(refusal).to_be_visible()
+        expect(page.get_by_text(
+            "Validation failed for field 'request.faulty_versions[0]'")).to_be_visible()
+        shot(page, "02-incident-form-refused")
+        page.wait_for_timeout(1000)
+        assert {run.id for run in _deployment_runs(incident_deployment)} == runs_before
+
+        # 2. The right values, dates left empty (None), approval on by default.
+        faulty.get_by_role("textbox").last.fill(INCIDENT_FAULTY[0])
+        for version in INCIDENT_FAULTY[1:]:
             page.get_by_role("button", name="Add item").click()
-            faulty.get_by_role("textbox").last.fill("spam_burst")
-            page.get_by_label("Batch size").fill(str(BATCH_SIZE))
-            shot(page, "01-incident-form")
-            runs_before = {run.id for run in _deployment_runs(incident_deployment)}
-            page.get_by_role("button", name="Submit").click()
-            refusal = page.get_by_text(re.compile(r"^'spam_burst' does not match"))
-            expect(refusal).to_be_visible()
-            expect(page.get_by_text(
-                "Validation failed for field 'request.faulty_versions[0]'")).to_be_visible()
-            shot(page, "02-incident-form-refused")
-            page.wait_for_timeout(1000)
-            assert {run.id for run in _deployment_runs(incident_deployment)} == runs_before
-
-            # 2. The right values, dates left empty (None), approval on by default.
-            faulty.get_by_role("textbox").last.fill(INCIDENT_FAULTY[0])
-            for version in INCIDENT_FAULTY[1:]:
-                page.get_by_role("button", name="Add item").click()
-                faulty.get_by_role("textbox").last.fill(version)
-            # (The refusal stays under the item until the form is submitted again.)
-            shot(page, "03-incident-form-filled")
-            with ProgressWatcher() as progress:
-                submit_until_created(page)
-                flow_run = _wait_for_new_run(incident_deployment, runs_before)
-                assert flow_run.parameters["request"]["faulty_versions"] == list(
-                    INCIDENT_FAULTY)
-                assert flow_run.parameters["request"]["since"] is None
-                assert flow_run.parameters["request"]["require_approval"] is True
-                assert flow_run.parameters["request"]["batch_size"] == BATCH_SIZE
-
-                # 3. Suspended for approval; Resume in the run's menu, the form, approve.
-                _wait_for_state(flow_run.id, "Suspended", timeout=120)
-                page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
-                expect(page.get_by_text("Suspended").first).to_be_visible()
-                # The run's log says where the decision is made (read through the
-                # API: logs arrive a moment after the state); the Logs tab, newest first.
-                assert any("(Resume, in the run's menu)" in line for line in _run_logs(
-                    flow_run.id, until_seen="(Resume, in the run's menu)"))
-                page.reload()
-                page.get_by_text("Oldest to newest").click()
-                page.get_by_role("option", name="Newest to oldest").click()
-                shot(page, "04-run-suspended")
-                page.get_by_role("button", name="Open menu").first.click()
-                expect(page.get_by_role("menuitem", name="Resume")).to_be_visible()
-                shot(page, "05-run-menu-resume")
-                page.get_by_role("menuitem", name="Resume").click()
-                dialog = page.get_by_role("dialog")
-                expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
-                dialog.get_by_role("button", name="Select Decision").click()
-                page.get_by_role("option", name="approve", exact=True).click()
-                dialog.get_by_label("Operator").fill("ops-oncall")
-                dialog.get_by_label("Note").fill("preview checked")
-                shot(page, "06-resume-form")
-                # The first resume request is lost on its way (as on a busy server): the UI
-                # shows an error toast, the run stays Suspended, and Resume again takes the
-                # decision.
-                lost: list[str] = []
-
-                def lose_the_first(route: Any) -> None:
-                    if lost:
-                        route.continue_()
-                    else:
-                        lost.append(route.request.url)
-                        route.abort("connectionreset")
-
-                resume_url = re.compile(r"/api/flow_runs/[0-9a-f-]+/resume$")
-                page.route(resume_url, lose_the_first)
-                errors = _resume_until_taken(page, dialog, flow_run.id)
-                page.unroute(resume_url)
-                assert len(lost) == 1 and errors, (lost, errors)
-                run = _wait_for_state(flow_run.id, "COMPLETED", timeout=150)
-            assert run.state.is_completed()
-
-            # 4. The progress bars reached 100% through values in between.
-            restore_key = artifact_key(INCIDENT_KEY, "progress-restore")
-            verify_key = artifact_key(INCIDENT_KEY, "progress-verify")
-            for key in (restore_key, verify_key):
-                assert any(0 < value < 100 for value in progress.seen.get(key, [])), (
-                    key, progress.seen)
-                assert 100.0 in progress.seen[key], (key, progress.seen)
-            (restore,) = _artifacts(restore_key)
-            assert restore.data == 100.0
-            assert restore.description.startswith("restore: ") and restore.description.endswith(
-                " done")
-            assert any(v.data == 100.0 for v in _artifacts(verify_key))
-            page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
-            expect(page.get_by_text("Completed").first).to_be_visible()
-            page.get_by_role("tab", name="Artifacts").click()
-            expect(page.get_by_text(restore_key).first).to_be_visible()
-            expect(page.get_by_text(re.compile(r"^restore: [\d,]+ of [\d,]+ done$"))
-                   ).to_be_visible()
-            shot(page, "07-run-artifacts")
-
-            # 5. The review list (the run's Artifacts tab, its review card: page 1), a case
-            # id read off the page with its whole reason, the review-case form, the case
-            # gone from the republished list (the key's page, newest version) and the
-            # report changed.
-            review_key = review_page_key(INCIDENT_KEY, 1)
-            report_key = artifact_key(INCIDENT_KEY, "report")
-            report_before = _artifacts(report_key)[0].data
-            listed = review_rows(str(_artifacts(review_key)[0].data))
-            waiting_before = [row["case id"] for row in listed]
-            assert waiting_before and waiting_before == _in_review(engine)
-            # The card opens that artifact's own page (/artifacts/artifact/ID), the list:
-            # a markdown table, whose cells wrap (a table artifact's cells are cut off).
-            page.get_by_role("link", name=re.compile(rf"\b{review_key}")).first.click()
-            page.wait_for_url(re.compile(r"/artifacts/artifact/"))
-            table = page.get_by_role("table")
-            # (The markdown is drawn again once loaded: wait for the table's final form.)
-            expect(table.get_by_role("columnheader")).to_have_text(
-                ["case id", "account", "reason"])
-            expect(table.get_by_role("row")).to_have_count(len(listed) + 1)
-            first_row = table.get_by_role("row").nth(1).get_by_role("cell")
-            case_id = int(first_row.first.inner_text().strip())
-            assert case_id == waiting_before[0]
-            reason = first_row.nth(2)
-            assert reason.inner_text().strip().replace(WORD_JOINER, "") == listed[0]["reason"]
-            assert reason.evaluate("cell => cell.scrollWidth <= cell.clientWidth")
-            shot(page, "08-review-table")
-
-            reviews_before = {r.id for r in _deployment_runs(review_deployment)}
-            open_custom_run(page, "review-case")
-            # This form's labels are the parameter names (the Field titles do not reach
-            # the deployment's schema); the descriptions are shown under them.
-            page.get_by_label("case_id", exact=True).fill(str(case_id))
-            page.get_by_role("button", name="Select decision").click()
-            page.get_by_role("option", name="reinstate", exact=True).click()
-            page.get_by_label("reviewer", exact=True).fill("ana")
-            page.get_by_label("note", exact=True).fill("the signal was missing, not high")
-            shot(page, "09-review-form")
+            faulty.get_by_role("textbox").last.fill(version)
+        # (The refusal stays under the item until the form is submitted again.)
+        shot(page, "03-incident-form-filled")
+        with ProgressWatcher() as progress:
             submit_until_created(page)
-            review = _wait_for_new_run(review_deployment, reviews_before)
-            review = _wait_for_state(review.id, "COMPLETED", timeout=120)
-            assert review.name == f"review case {case_id} ({INCIDENT_KEY})"
+            flow_run = _wait_for_new_run(incident_deployment, runs_before)
+            assert flow_run.parameters["request"]["faulty_versions"] == list(
+                INCIDENT_FAULTY)
+            assert flow_run.parameters["request"]["since"] is None
+            assert flow_run.parameters["request"]["require_approval"] is True
+            assert flow_run.parameters["request"]["batch_size"] == BATCH_SIZE
 
-            waiting_after = [row["case id"] for row in review_rows(
-                str(_artifacts(review_key)[0].data))]
-            assert waiting_after == waiting_before[1:]
-            open_latest_version(page, review_key)
-            expect(page.get_by_role("table")).to_be_visible()
-            cells = page.get_by_role("table").get_by_role("row").all_inner_texts()
-            assert not any(re.match(rf"^{case_id}\s", row) for row in cells[1:]), cells
-            shot(page, "10-review-table-after")
-            report_after = _artifacts(report_key)[0].data
-            assert report_after != report_before
-            open_latest_version(page, report_key)
-            expect(page.get_by_role("heading", name=re.compile("Reinstatement report"))
-                   ).to_be_visible()
-            shot(page, "11-report-updated")
-        except Exception:
-            with suppress(Exception):
-                shot(page, "99-failure")
-                (shots / "99-failure.html").write_text(page.content())
-            raise
-        finally:
-            context.close()
-            browser.close()
+            # 3. Suspended for approval; Resume in the run's menu, the form, approve.
+            _wait_for_state(flow_run.id, "Suspended", timeout=120)
+            page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
+            expect(page.get_by_text("Suspended").first).to_be_visible()
+            # The run's log says where the decision is made (read through the
+            # API: logs arrive a moment after the state); the Logs tab, newest first.
+            assert any("(Resume, in the run's menu)" in line for line in _run_logs(
+                flow_run.id, until_seen="(Resume, in the run's menu)"))
+            page.reload()
+            page.get_by_text("Oldest to newest").click()
+            page.get_by_role("option", name="Newest to oldest").click()
+            shot(page, "04-run-suspended")
+            page.get_by_role("button", name="Open menu").first.click()
+            expect(page.get_by_role("menuitem", name="Resume")).to_be_visible()
+            shot(page, "05-run-menu-resume")
+            page.get_by_role("menuitem", name="Resume").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
+            dialog.get_by_role("button", name="Select Decision").click()
+            page.get_by_role("option", name="approve", exact=True).click()
+            dialog.get_by_label("Operator").fill("ops-oncall")
+            dialog.get_by_label("Note").fill("preview checked")
+            shot(page, "06-resume-form")
+            # The first resume request is lost on its way (as on a busy server): the UI
+            # shows an error toast, the run stays Suspended, and Resume again takes the
+            # decision.
+            lost: list[str] = []
+
+            def lose_the_first(route: Any) -> None:
+                if lost:
+                    route.continue_()
+                else:
+                    lost.append(route.request.url)
+                    route.abort("connectionreset")
+
+            resume_url = re.compile(r"/api/flow_runs/[0-9a-f-]+/resume$")
+            page.route(resume_url, lose_the_first)
+            errors = _resume_until_taken(page, dialog, flow_run.id)
+            page.unroute(resume_url)
+            assert len(lost) == 1 and errors, (lost, errors)
+            run = _wait_for_state(flow_run.id, "COMPLETED", timeout=150)
+        assert run.state.is_completed()
+
+        # 4. The progress bars reached 100% through values in between.
+        restore_key = artifact_key(INCIDENT_KEY, "progress-restore")
+        verify_key = artifact_key(INCIDENT_KEY, "progress-verify")
+        for key in (restore_key, verify_key):
+            assert any(0 < value < 100 for value in progress.seen.get(key, [])), (
+                key, progress.seen)
+            assert 100.0 in progress.seen[key], (key, progress.seen)
+        (restore,) = _artifacts(restore_key)
+        assert restore.data == 100.0
+        assert restore.description.startswith("restore: ") and restore.description.endswith(
+            " done")
+        assert any(v.data == 100.0 for v in _artifacts(verify_key))
+        page.goto(f"{ui}/runs/flow-run/{flow_run.id}")
+        expect(page.get_by_text("Completed").first).to_be_visible()
+        page.get_by_role("tab", name="Artifacts").click()
+        expect(page.get_by_text(restore_key).first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^restore: [\d,]+ of [\d,]+ done$"))
+               ).to_be_visible()
+        shot(page, "07-run-artifacts")
+
+        # 5. The review list (the run's Artifacts tab, its review card: page 1), a case
+        # id read off the page with its whole reason, the review-case form, the case
+        # gone from the republished list (the key's page, newest version) and the
+        # report changed.
+        review_key = review_page_key(INCIDENT_KEY, 1)
+        report_key = artifact_key(INCIDENT_KEY, "report")
+        report_before = _artifacts(report_key)[0].data
+        listed = review_rows(str(_artifacts(review_key)[0].data))
+        waiting_before = [row["case id"] for row in listed]
+        assert waiting_before and waiting_before == _in_review(engine)
+        # The card opens that artifact's own page (/artifacts/artifact/ID), the list:
+        # a markdown table, whose cells wrap (a table artifact's cells are cut off).
+        page.get_by_role("link", name=re.compile(rf"\b{review_key}")).first.click()
+        page.wait_for_url(re.compile(r"/artifacts/artifact/"))
+        table = page.get_by_role("table")
+        # (The markdown is drawn again once loaded: wait for the table's final form.)
+        expect(table.get_by_role("columnheader")).to_have_text(
+            ["case id", "account", "reason"])
+        expect(table.get_by_role("row")).to_have_count(len(listed) + 1)
+        first_row = table.get_by_role("row").nth(1).get_by_role("cell")
+        case_id = int(first_row.first.inner_text().strip())
+        assert case_id == waiting_before[0]
+        reason = first_row.nth(2)
+        assert reason.inner_text().strip().replace(WORD_JOINER, "") == listed[0]["reason"]
+        assert reason.evaluate("cell => cell.scrollWidth <= cell.clientWidth")
+        shot(page, "08-review-table")
+
+        reviews_before = {r.id for r in _deployment_runs(review_deployment)}
+        open_custom_run(page, "review-case")
+        # This form's labels are the parameter names (the Field titles do not reach
+        # the deployment's schema); the descriptions are shown under them.
+        page.get_by_label("case_id", exact=True).fill(str(case_id))
+        page.get_by_role("button", name="Select decision").click()
+        page.get_by_role("option", name="reinstate", exact=True).click()
+        page.get_by_label("reviewer", exact=True).fill("ana")
+        page.get_by_label("note", exact=True).fill("the signal was missing, not high")
+        shot(page, "09-review-form")
+        submit_until_created(page)
+        review = _wait_for_new_run(review_deployment, reviews_before)
+        review = _wait_for_state(review.id, "COMPLETED", timeout=120)
+        assert review.name == f"review case {case_id} ({INCIDENT_KEY})"
+
+        waiting_after = [row["case id"] for row in review_rows(
+            str(_artifacts(review_key)[0].data))]
+        assert waiting_after == waiting_before[1:]
+        open_latest_version(page, review_key)
+        expect(page.get_by_role("table")).to_be_visible()
+        cells = page.get_by_role("table").get_by_role("row").all_inner_texts()
+        assert not any(re.match(rf"^{case_id}\s", row) for row in cells[1:]), cells
+        shot(page, "10-review-table-after")
+        report_after = _artifacts(report_key)[0].data
+        assert report_after != report_before
+        open_latest_version(page, report_key)
+        expect(page.get_by_role("heading", name=re.compile("Reinstatement report"))
+               ).to_be_visible()
+        shot(page, "11-report-updated")
 
     with engine.connect() as conn:
         restored = conn.execute(select(func.count()).select_from(Case).where(

@@ -23,7 +23,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,13 @@ from tasks.artifacts import artifact_key
 from tests.smtp_server import RecordingHandler
 from tests.test_deployments import Server, _incident_parameters, _run_log_records, _wait_for_state
 from tests.test_ui_browser import (
-    CHROMIUM_ARGS,
     UI_TIMEOUT_MS,
     _artifacts,
     _deployment_runs,
     _require_browser,
     _resume_until_taken,
     _wait_for_new_run,
+    operator_browser,
 )
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -68,20 +67,8 @@ def served(real_prefect_api: str, cli_env: dict[str, str], tmp_path: Path,
            "REINSTATE_EMAIL_BACKEND": "smtp", "REINSTATE_SMTP_HOST": "127.0.0.1",
            "REINSTATE_SMTP_PORT": str(refusing_mail.port),
            "REINSTATE_NOTIFY_RETRY_WAIT_SECONDS": "0"}
-    server = Server(env, tmp_path / "serve.log")
-    server.start()
-    try:
+    with Server.running(env, tmp_path / "serve.log") as server:
         yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    target = os.environ.get("REINSTATE_SCREENSHOTS_DIR")
-    directory = Path(target) if target else tmp_path / "screenshots"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def _run_statuses(engine: Engine, key: str) -> list[str]:
@@ -119,7 +106,7 @@ def test_operator_cancels_rejects_and_resends_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path,
     refusing_mail: Any,
 ) -> None:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
     seed(engine, SeedOptions(accounts=150, seed=8))
@@ -142,106 +129,92 @@ def test_operator_cancels_rejects_and_resends_in_the_prefect_ui(
         page.wait_for_url(re.compile(r"/artifacts/artifact/"))
 
     report_key = artifact_key(INCIDENT_KEY, "report")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                      timezone_id="UTC")
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.new_page()
-        try:
-            # 1. Cancel a run that waits for approval, from its menu.
-            waiting = _start(_incident_parameters(batch_size=50))
-            _wait_for_state(waiting.id, "Suspended", timeout=180)
-            open_run_menu(page, waiting.id)
-            page.get_by_role("menuitem", name="Cancel").click()
-            page.get_by_role("button", name="Cancel Flow Run").click()  # the confirmation
-            assert _wait_for_state(waiting.id, "final").state.is_cancelled()
-            _until(lambda: _run_statuses(engine, INCIDENT_KEY) == ["cancelled"],
-                   "the cancelled wait recorded")
-            _until(lambda: "no run waits for it in the Prefect UI" in latest(report_key)
-                   .replace("\\", ""), "the report published again")
-            open_latest_version(page, report_key)
-            expect(page.get_by_text(re.compile(WAITING_WORDS)).first).to_be_visible()
-            expect(page.get_by_role("cell", name="cancelled", exact=True)).to_be_visible()
-            shot(page, "20-cancelled-while-waiting")
+    with operator_browser(chromium, shots) as page:
+        # 1. Cancel a run that waits for approval, from its menu.
+        waiting = _start(_incident_parameters(batch_size=50))
+        _wait_for_state(waiting.id, "Suspended", timeout=180)
+        open_run_menu(page, waiting.id)
+        page.get_by_role("menuitem", name="Cancel").click()
+        page.get_by_role("button", name="Cancel Flow Run").click()  # the confirmation
+        assert _wait_for_state(waiting.id, "final").state.is_cancelled()
+        _until(lambda: _run_statuses(engine, INCIDENT_KEY) == ["cancelled"],
+               "the cancelled wait recorded")
+        _until(lambda: "no run waits for it in the Prefect UI" in latest(report_key)
+               .replace("\\", ""), "the report published again")
+        open_latest_version(page, report_key)
+        expect(page.get_by_text(re.compile(WAITING_WORDS)).first).to_be_visible()
+        expect(page.get_by_role("cell", name="cancelled", exact=True)).to_be_visible()
+        shot(page, "20-cancelled-while-waiting")
 
-            # 2. Started again; the operator rejects it in the Resume form.
-            again = _start(_incident_parameters(batch_size=50))
-            _wait_for_state(again.id, "Suspended", timeout=180)
-            open_run_menu(page, again.id)
-            page.get_by_role("menuitem", name="Resume").click()
-            dialog = page.get_by_role("dialog")
-            expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
-            dialog.get_by_role("button", name="Select Decision").click()
-            page.get_by_role("option", name="reject", exact=True).click()
-            dialog.get_by_label("Operator").fill("ops-oncall")
-            dialog.get_by_label("Note").fill("the corrected rule is wrong")
-            _resume_until_taken(page, dialog, again.id)
-            run = _wait_for_state(again.id, "final")
-            assert (run.state.type.value, run.state.name) == ("CANCELLED", "Rejected")
-            page.goto(f"{ui}/runs/flow-run/{again.id}")
-            expect(page.get_by_text("Rejected").first).to_be_visible()
-            shot(page, "21-run-rejected")
-            time.sleep(3)  # the run's last log lines reach the server after its state
-            logs = _run_log_records(again.id)
-            assert not [log.message for log in logs
-                        if log.level >= 40 or "Traceback" in log.message]
-            _until(lambda: latest(report_key).startswith("# REJECTED"), "the REJECTED report")
-            open_latest_version(page, report_key)
-            expect(page.get_by_text(re.compile(r"REJECTED by ops-oncall")).first).to_be_visible()
-            expect(page.get_by_role("columnheader", name=re.compile("would have been"))
-                   ).to_be_visible()
-            shot(page, "22-report-rejected")
-            assert _run_statuses(engine, INCIDENT_KEY) == ["cancelled", "resumed", "rejected"]
+        # 2. Started again; the operator rejects it in the Resume form.
+        again = _start(_incident_parameters(batch_size=50))
+        _wait_for_state(again.id, "Suspended", timeout=180)
+        open_run_menu(page, again.id)
+        page.get_by_role("menuitem", name="Resume").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
+        dialog.get_by_role("button", name="Select Decision").click()
+        page.get_by_role("option", name="reject", exact=True).click()
+        dialog.get_by_label("Operator").fill("ops-oncall")
+        dialog.get_by_label("Note").fill("the corrected rule is wrong")
+        _resume_until_taken(page, dialog, again.id)
+        run = _wait_for_state(again.id, "final")
+        assert (run.state.type.value, run.state.name) == ("CANCELLED", "Rejected")
+        page.goto(f"{ui}/runs/flow-run/{again.id}")
+        expect(page.get_by_text("Rejected").first).to_be_visible()
+        shot(page, "21-run-rejected")
+        time.sleep(3)  # the run's last log lines reach the server after its state
+        logs = _run_log_records(again.id)
+        assert not [log.message for log in logs
+                    if log.level >= 40 or "Traceback" in log.message]
+        _until(lambda: latest(report_key).startswith("# REJECTED"), "the REJECTED report")
+        open_latest_version(page, report_key)
+        expect(page.get_by_text(re.compile(r"REJECTED by ops-oncall")).first).to_be_visible()
+        expect(page.get_by_role("columnheader", name=re.compile("would have been"))
+               ).to_be_visible()
+        shot(page, "22-report-rejected")
+        assert _run_statuses(engine, INCIDENT_KEY) == ["cancelled", "resumed", "rejected"]
 
-            # 3. Every notice refused for good: the run is Failed and says why.
-            failing = _start({"request": {
-                                         **_incident_parameters()["request"],
-                                         "incident_key": SECOND_KEY,
-                                         "require_approval": False}})
-            run = _wait_for_state(failing.id, "final", timeout=240)
-            assert run.state.is_failed(), run.state
-            assert "failed for good" in run.state.message and "554" in run.state.message
-            page.goto(f"{ui}/runs/flow-run/{failing.id}")
-            expect(page.get_by_text("Failed").first).to_be_visible()
-            page.get_by_text("Oldest to newest").click()  # the Logs tab, newest first
-            page.get_by_role("option", name="Newest to oldest").click()
-            expect(page.get_by_text(re.compile(r"notices? failed for good")).first
-                   ).to_be_visible()
-            shot(page, "23-run-failed-notices")
-            with engine.connect() as conn:
-                failed = conn.execute(select(func.count()).select_from(Notice).where(
-                    Notice.state == "failed")).scalar_one()
-                restored = conn.execute(select(func.count()).select_from(Case).where(
-                    Case.state == "restored")).scalar_one()
-            assert failed > 0 and restored > 0
-            assert not refusing_mail.handler.delivered
+        # 3. Every notice refused for good: the run is Failed and says why.
+        failing = _start({"request": {
+                                     **_incident_parameters()["request"],
+                                     "incident_key": SECOND_KEY,
+                                     "require_approval": False}})
+        run = _wait_for_state(failing.id, "final", timeout=240)
+        assert run.state.is_failed(), run.state
+        assert "failed for good" in run.state.message and "554" in run.state.message
+        page.goto(f"{ui}/runs/flow-run/{failing.id}")
+        expect(page.get_by_text("Failed").first).to_be_visible()
+        page.get_by_text("Oldest to newest").click()  # the Logs tab, newest first
+        page.get_by_role("option", name="Newest to oldest").click()
+        expect(page.get_by_text(re.compile(r"notices? failed for good")).first
+               ).to_be_visible()
+        shot(page, "23-run-failed-notices")
+        with engine.connect() as conn:
+            failed = conn.execute(select(func.count()).select_from(Notice).where(
+                Notice.state == "failed")).scalar_one()
+            restored = conn.execute(select(func.count()).select_from(Case).where(
+                Case.state == "restored")).scalar_one()
+        assert failed > 0 and restored > 0
+        assert not refusing_mail.handler.delivered
 
-            # The mail server takes them now; the resend-notices form sends each once.
-            refusing_mail.handler.refuse_every_message = False
-            resends_before = {r.id for r in _deployment_runs("resend-notices/resend-notices")}
-            page.goto(f"{ui}/deployments")
-            page.get_by_role("link", name="resend-notices", exact=True).first.click()
-            page.wait_for_url(re.compile(r"/deployments/deployment/"))
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Custom run").click()
-            page.get_by_label("incident_key", exact=True).fill(SECOND_KEY)
-            shot(page, "24-resend-form")
-            page.get_by_role("button", name="Submit").click()
-            resend = _wait_for_new_run("resend-notices/resend-notices", resends_before,
-                                       timeout=120)
-            resend = _wait_for_state(resend.id, "COMPLETED", timeout=240)
-            page.goto(f"{ui}/runs/flow-run/{resend.id}")
-            expect(page.get_by_text("Completed").first).to_be_visible()
-            shot(page, "25-resend-completed")
-        except Exception:
-            with suppress(Exception):
-                shot(page, "99-failure")
-                (shots / "99-failure.html").write_text(page.content())
-            raise
-        finally:
-            context.close()
-            browser.close()
+        # The mail server takes them now; the resend-notices form sends each once.
+        refusing_mail.handler.refuse_every_message = False
+        resends_before = {r.id for r in _deployment_runs("resend-notices/resend-notices")}
+        page.goto(f"{ui}/deployments")
+        page.get_by_role("link", name="resend-notices", exact=True).first.click()
+        page.wait_for_url(re.compile(r"/deployments/deployment/"))
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Custom run").click()
+        page.get_by_label("incident_key", exact=True).fill(SECOND_KEY)
+        shot(page, "24-resend-form")
+        page.get_by_role("button", name="Submit").click()
+        resend = _wait_for_new_run("resend-notices/resend-notices", resends_before,
+                                   timeout=120)
+        resend = _wait_for_state(resend.id, "COMPLETED", timeout=240)
+        page.goto(f"{ui}/runs/flow-run/{resend.id}")
+        expect(page.get_by_text("Completed").first).to_be_visible()
+        shot(page, "25-resend-completed")
 
     with engine.connect() as conn:
         sent = conn.execute(select(func.count()).select_from(Notice).where(
