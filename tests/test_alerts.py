@@ -98,6 +98,17 @@ def assert_names_the_incident(event: Any, key: str) -> None:
 
 # -- the events of a real incident, read back from the server --------------------------
 
+
+def _mail_refusing_everything(monkeypatch: pytest.MonkeyPatch, smtp_server: Any) -> Any:
+    """Notices go by SMTP to a server that refuses every message for good (554)."""
+    server = smtp_server(RecordingHandler(refuse_every_message=True))
+    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
+    monkeypatch.setenv("REINSTATE_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("REINSTATE_SMTP_PORT", str(server.port))
+    resources.forget()
+    return server
+
+
 def test_each_transition_of_an_incident_is_one_event_as_its_audit_trail_says(
     prefect_api: str, engine: Engine, cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -137,11 +148,7 @@ def test_a_run_that_leaves_notices_failed_says_so_once_with_the_reasons(
     monkeypatch: pytest.MonkeyPatch, smtp_server: Any,
 ) -> None:
     seed(engine, SeedOptions(accounts=150, seed=3))
-    server = smtp_server(RecordingHandler(refuse_every_message=True))
-    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
-    monkeypatch.setenv("REINSTATE_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("REINSTATE_SMTP_PORT", str(server.port))
-    resources.forget()
+    _mail_refusing_everything(monkeypatch, smtp_server)
     key = _key("notices")
     since = datetime.now(UTC) - timedelta(seconds=5)
     with pytest.raises(NoticesFailed) as refused:
@@ -390,11 +397,7 @@ def test_a_failed_run_and_an_incident_left_waiting_reach_the_operators_webhook(
 
     # From the command line (a run no deployment made), with a mail server that refuses
     # every notice: the run ends Failed.
-    server = smtp_server(RecordingHandler(refuse_every_message=True))
-    monkeypatch.setenv("REINSTATE_EMAIL_BACKEND", "smtp")
-    monkeypatch.setenv("REINSTATE_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("REINSTATE_SMTP_PORT", str(server.port))
-    resources.forget()
+    _mail_refusing_everything(monkeypatch, smtp_server)
     failing = _key("failing")
     ran = invoke("run", failing, *[f"--faulty={v}" for v in INCIDENT_FAULTY],
                  f"--since={INCIDENT_SINCE.isoformat()}", f"--until={INCIDENT_UNTIL.isoformat()}")

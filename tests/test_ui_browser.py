@@ -74,6 +74,20 @@ def _require_browser() -> str:
     return chromium
 
 
+def fill_decision(page: Any, decision: str, operator: str, note: str) -> Any:
+    """The Resume dialog (open once Resume in the run's menu was clicked) filled in; the
+    dialog, for its Resume button."""
+    from playwright.sync_api import expect
+
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
+    dialog.get_by_role("button", name="Select Decision").click()
+    page.get_by_role("option", name=decision, exact=True).click()
+    dialog.get_by_label("Operator").fill(operator)
+    dialog.get_by_label("Note").fill(note)
+    return dialog
+
+
 @pytest.fixture
 def chromium() -> str:
     """Checked first, before any server starts."""
@@ -403,12 +417,7 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
             expect(page.get_by_role("menuitem", name="Resume")).to_be_visible()
             shot(page, "05-run-menu-resume")
             page.get_by_role("menuitem", name="Resume").click()
-            dialog = page.get_by_role("dialog")
-            expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
-            dialog.get_by_role("button", name="Select Decision").click()
-            page.get_by_role("option", name="approve", exact=True).click()
-            dialog.get_by_label("Operator").fill("ops-oncall")
-            dialog.get_by_label("Note").fill("preview checked")
+            dialog = fill_decision(page, "approve", "ops-oncall", "preview checked")
             shot(page, "06-resume-form")
             # The first resume request is lost on its way (as on a busy server): the UI
             # shows an error toast, the run stays Suspended, and Resume again takes the

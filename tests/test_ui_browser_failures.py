@@ -41,6 +41,7 @@ from tests.test_ui_browser import (
     _require_browser,
     _resume_until_taken,
     _wait_for_new_run,
+    fill_decision,
     operator_browser,
 )
 
@@ -151,12 +152,7 @@ def test_operator_cancels_rejects_and_resends_in_the_prefect_ui(
         _wait_for_state(again.id, "Suspended", timeout=180)
         open_run_menu(page, again.id)
         page.get_by_role("menuitem", name="Resume").click()
-        dialog = page.get_by_role("dialog")
-        expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
-        dialog.get_by_role("button", name="Select Decision").click()
-        page.get_by_role("option", name="reject", exact=True).click()
-        dialog.get_by_label("Operator").fill("ops-oncall")
-        dialog.get_by_label("Note").fill("the corrected rule is wrong")
+        dialog = fill_decision(page, "reject", "ops-oncall", "the corrected rule is wrong")
         _resume_until_taken(page, dialog, again.id)
         run = _wait_for_state(again.id, "final")
         assert (run.state.type.value, run.state.name) == ("CANCELLED", "Rejected")
