@@ -26,7 +26,8 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
     def serve(
         take_over: bool = typer.Option(
             False, "--take-over", help="Serve the deployments from this process even though "
-            "`reinstate deploy` registered them on a work pool (its workers then get none)."),
+            "`reinstate deploy` registered them on a work pool (beside the pool's workers, "
+            "until the next `reinstate deploy`)."),
     ) -> None:
         """Register the deployments against PREFECT_API_URL and serve their runs."""
         from deployments.serve import main as serve_deployments

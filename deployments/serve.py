@@ -108,21 +108,26 @@ class OnAPool(BadInput):
     """The deployments are registered on a work pool: its workers run them, not `serve`."""
 
 
-def _pools_of(paths: list[str]) -> set[str]:
-    """The work pools the named deployments ("flow/deployment") are registered on."""
+def _placed(paths: list[str]) -> dict[str, tuple[str | None, Any]]:
+    """For each named deployment ("flow/deployment"): the work pool it is registered on
+    (None: served) and when it was last registered."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    pools = set()
+    placed = {}
     with get_client(sync_client=True) as client:
         for path in paths:
             try:
-                pool = client.read_deployment_by_name(path).work_pool_name
+                deployment = client.read_deployment_by_name(path)
             except ObjectNotFound:
                 continue
-            if pool:
-                pools.add(pool)
-    return pools
+            placed[path] = (deployment.work_pool_name, deployment.updated)
+    return placed
+
+
+def _pools_of(paths: list[str]) -> set[str]:
+    """The work pools the named deployments are registered on."""
+    return {pool for pool, _ in _placed(paths).values() if pool}
 
 
 def _refuse_if_on_a_pool(paths: list[str]) -> None:
@@ -139,14 +144,18 @@ def _stop_when_moved_to_a_pool(paths: list[str]) -> None:
     """Watch, every POOL_CHECK_SECONDS, that no `reinstate deploy` moved the deployments to
     a work pool meanwhile; if one did, stop serving (the pool's workers run them now, with
     the settings they were started with)."""
+    served = _placed(paths)  # as this process registered them (on a pool: --take-over)
+
     def watch() -> None:
         while True:
             time.sleep(POOL_CHECK_SECONDS)
             try:
-                pools = _pools_of(paths)
+                now = _placed(paths)
             except Exception as exc:  # noqa: BLE001 - the server may be restarting
                 logger.debug("could not read the deployments: %s", exc)
                 continue
+            pools = {pool for path, (pool, updated) in now.items()
+                     if pool and served.get(path, (None, None))[1] != updated}
             if pools:
                 logger.error("the deployments were registered on the work pool %s (`reinstate "
                              "deploy`): this `reinstate serve` stops, and the pool's "

@@ -91,10 +91,27 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def real_prefect_api(prefect_server: str) -> Iterator[str]:
-    """This process's Prefect client pointed at the real server, for the whole test."""
+    """This process's Prefect client pointed at the real server, for the whole test.
+
+    Prefect's background services in this process (the events worker, the log worker, the
+    concurrency slots) keep talking to the server they first met, whatever PREFECT_API_URL
+    says later: they are ended before (their work sent where it was meant to go) and again
+    after the test, while its server is still up, so they start again with the server of
+    the moment. Left bound to this test's server once it stopped, the session's Prefect
+    test server could not end: its teardown waited for them to send to a server gone."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    _end_prefect_services()
     with temporary_settings({PREFECT_API_URL: f"{prefect_server}/api"}):
-        yield f"{prefect_server}/api"
+        try:
+            yield f"{prefect_server}/api"
+        finally:
+            _end_prefect_services()
+
+
+def _end_prefect_services() -> None:
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=20)
 
 

@@ -285,19 +285,8 @@ def alert_block(real_prefect_api: str, receiver: Receiver,
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("ops-alerts", overwrite=True)
     monkeypatch.setenv("REINSTATE_ALERT_BLOCK", BLOCK)
-    _restart_prefect_services()
     yield BLOCK
-    _restart_prefect_services()
     forget_known_limits()  # the limits deploy created live on this test's server only
-
-
-def _restart_prefect_services() -> None:
-    """Prefect's background services in this process (the events worker, the concurrency
-    slots) keep talking to the server they first met, whatever PREFECT_API_URL says later:
-    ended here (their work done), they start again with the server of the moment."""
-    from prefect._internal.concurrency.services import QueueService
-
-    QueueService.drain_all(timeout=20)
 
 
 def _pipeline_automations() -> dict[str, list[Any]]:
@@ -339,7 +328,9 @@ def test_deploy_and_serve_make_each_automation_once_and_keep_one_turned_off(
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     log = tmp_path / "serve.log"
     with log.open("ab") as out:
-        served = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env,
+        # --take-over: the deploys above put the deployments on a pool
+        served = subprocess.Popen([sys.executable, "-c", "from deployments.serve import main; "
+                                   "main(take_over=True)"], env=env,
                                   cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -348,6 +339,11 @@ def test_deploy_and_serve_make_each_automation_once_and_keep_one_turned_off(
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         assert f"alerts: 3 automations notify through {BLOCK} (3 updated)" in log.read_text()
+        # Taken over, the deployments are no longer on the pool: it goes on serving.
+        from deployments.serve import POOL_CHECK_SECONDS
+
+        time.sleep(POOL_CHECK_SECONDS * 2 + 2)
+        assert served.poll() is None, log.read_text()
     finally:
         served.terminate()
         served.wait(timeout=30)

@@ -134,7 +134,10 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "commands.reinstate", "serve"],
+            # --take-over: an earlier test on this worker's Prefect server may have left
+            # the deployments on a pool (the refusal itself: tests/test_work_pool.py)
+            self.process = subprocess.Popen([sys.executable, "-m", "commands.reinstate", "serve",
+                                             "--take-over"],
                                             env=self.env, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT)
         self._wait_until_serving()
