@@ -141,7 +141,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("connect_args", {"connect_timeout": 10, "application_name": "reinstatement"})
+    # prepare_threshold=None: psycopg prepares no statement of its own. One it had prepared
+    # made it send DEALLOCATE ALL at the connection's next ROLLBACK (the pool's reset on
+    # return), which took the outbox's own prepared record statement with it
+    # (store/prepared_records.py): "prepared statement ... does not exist" in a notify batch.
+    kwargs.setdefault("connect_args", {"connect_timeout": 10, "application_name": "reinstatement",
+                                       "prepare_threshold": None})
     return create_engine(url, **kwargs)
 
 

@@ -98,8 +98,14 @@ def record_prepared(conn: Connection, notice_id: int, claim_token: str,
         parameters = [_text_parameter(value, encoding, dialect) for value in (
             utcnow(), *(values[column] for column in columns),
             notice_id, NoticeState.SENDING, claim_token)]
-        prepared: set[bytes] = conn.connection.info.setdefault(_PREPARED_KEY, set())
         pgconn = driver.pgconn
+        # Per server session: a pool entry whose connection was replaced (the server ended
+        # the old one) keeps its `info`, but the new session has nothing prepared.
+        remembered = conn.connection.info.get(_PREPARED_KEY)
+        if remembered is None or remembered[0] != pgconn.backend_pid:
+            remembered = (pgconn.backend_pid, set())
+            conn.connection.info[_PREPARED_KEY] = remembered
+        prepared: set[bytes] = remembered[1]
         if name not in prepared:
             try:
                 _check(pgconn.prepare(name, sql), encoding)
