@@ -567,9 +567,18 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
             reason = table.get_by_role("row").nth(1).get_by_role("cell").nth(2)
             assert reason.inner_text().strip().replace(WORD_JOINER, "") == expected[0][2]
             # Wrapped over several lines, within the window: read without scrolling.
-            assert reason.evaluate("""cell => cell.scrollWidth <= cell.clientWidth
+            # The UI lays the page out again as its parts come in: wait for the last layout.
+            reads_whole = """cell => cell.scrollWidth <= cell.clientWidth
                 && cell.getBoundingClientRect().height > 60
-                && cell.getBoundingClientRect().right <= document.documentElement.clientWidth""")
+                && cell.getBoundingClientRect().right <= document.documentElement.clientWidth"""
+            try:
+                page.wait_for_function(reads_whole, arg=reason.element_handle())
+            except Exception:
+                raise AssertionError("the reason's cell is not whole and wrapped: " + str(
+                    reason.evaluate("""cell => ({scroll: cell.scrollWidth,
+                        client: cell.clientWidth, height: cell.getBoundingClientRect().height,
+                        right: cell.getBoundingClientRect().right,
+                        window: document.documentElement.clientWidth})"""))) from None
             # The only links are the pages': a web address in a reason stays text (the
             # UI's markdown turns a bare https://..., www.... or a@b.c into a link).
             hrefs = page.get_by_test_id("markdown-display").locator("a").evaluate_all(
