@@ -219,9 +219,10 @@ def publish_report(incident_key: str) -> dict[str, Any]:
     )
     publish_once_per_run(
         artifact_key(incident_key, "audit"),
-        table=_audit_rows(incident_key) or [{"at": "-", "to": "no transition yet"}],
+        markdown=audit_markdown(incident_key, _audit_rows(incident_key)),
         description=f"Audit trail of incident {md(incident_key)}: each transition of the "
-        "incident, who made it and why (`reinstate audit KEY --cases` adds every case's)",
+        "incident, who made it and why, whole (`reinstate audit KEY --cases` adds every "
+        "case's)",
     )
     return report
 
@@ -233,6 +234,22 @@ def _audit_rows(incident_key: str) -> list[dict[str, Any]]:
     with resources().engine.connect() as conn:
         incident = load_incident(conn, incident_key)
         return list(trail(conn, incident.id))
+
+
+def audit_markdown(incident_key: str, rows: list[dict[str, Any]]) -> str:
+    """The incident's audit trail as the UI shows it: a markdown table, so that each
+    reason (an operator's note, a decision's why) is shown whole and wrapped, where a table
+    artifact's cell cuts it to one line."""
+    lines = [f"# Audit trail: {md(incident_key)}", ""]
+    if not rows:
+        return "\n".join([*lines, "No transition of this incident yet."])
+    lines += [f"{len(rows):,} transitions of the incident, oldest first; "
+              "`reinstate audit KEY --cases` adds every case's.", "",
+              "| at | from | to | who | why |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {md(row['at'])} | {md(row['from'] or '-')} | {md(row['to'])} | "
+              f"{md(row['actor'] or '-')} | {md(row['reason'] or '-', limit=None)} |"
+              for row in rows]
+    return "\n".join(lines)
 
 
 @task(name="publish-incidents", cache_policy=NO_CACHE)

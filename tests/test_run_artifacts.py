@@ -350,3 +350,37 @@ def test_a_card_another_run_published_over_is_published_anew(
     (newest,) = latest([report_key]).values()
     assert "approved by ana" in str(newest.data)
     assert len(versions(report_key)) == 1 + 3  # the first run's, then three
+
+
+def test_the_audit_card_shows_each_transition_with_its_whole_reason(
+    prefect_api: str, engine: Engine, cli_env: dict[str, str], key: str
+) -> None:
+    """The audit trail in the UI: every transition of the incident, oldest first, who made
+    it and its reason whole and inert (an approval's long note with markdown in it),
+    where a table artifact's cell cuts it to one line."""
+    from reinstatement.audit import trail
+    from reinstatement.incidents import load_incident
+    from tasks.reporting import publish_report
+
+    seed(engine, SeedOptions(accounts=150, seed=3))
+    reinstate_incident(incident_request(incident_key=key, require_approval=True))
+    note = reason(7)
+    approve(engine, key, note=note)
+
+    @flow
+    def report() -> None:
+        publish_report(key)
+
+    report()
+    (card,) = latest([artifact_key(key, "audit")]).values()
+    assert card.type == "markdown"
+    page = rendered(str(card.data))
+    assert page.links == []
+    header, *rows = page.rows
+    assert header == ["at", "from", "to", "who", "why"]
+    with engine.connect() as conn:
+        expected = list(trail(conn, load_incident(conn, key).id))
+    assert len(rows) == len(expected) >= 3
+    assert [(row[2], row[4].replace(WORD_JOINER, "")) for row in rows] == [
+        (entry["to"], entry["reason"] or "-") for entry in expected]
+    assert any(note in row[4].replace(WORD_JOINER, "") for row in rows)
