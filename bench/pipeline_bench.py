@@ -364,6 +364,27 @@ class FlowRun:
     report: dict[str, Any]
     cpu_seconds: float = 0.0
     task_runs: int = 0
+    # Per step, the longest the committed work stood still (`longest_still`).
+    still_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def longest_still(step_seconds: dict[str, float],
+                  ends: dict[str, list[datetime]]) -> dict[str, float]:
+    """Per step with batches, the longest time its committed work did not move: between
+    the step's start (its last batch's end less the step's time) and its first batch's end,
+    or between two batch ends. A progress card reads the committed work (at least every 4
+    s, and at each batch's end), so in a step whose batches commit whole (verify, settle,
+    restore) this is the longest its card can stand still; notify's card moves notice by
+    notice within a batch as well."""
+    found = {}
+    for step, finished in ends.items():
+        if step not in step_seconds or not finished:
+            continue
+        finished = sorted(finished)
+        started = finished[-1].timestamp() - step_seconds[step]
+        marks = [started, *(end.timestamp() for end in finished)]
+        found[step] = round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 2)
+    return found
 
 
 def run_flow_child(env: dict[str, str], batch_size: int, notify: bool, db_url: str,
@@ -392,13 +413,20 @@ def run_flow_child(env: dict[str, str], batch_size: int, notify: bool, db_url: s
     try:
         with engine.connect() as conn:
             row = conn.execute(text(
-                "SELECT flow_run_id, step_seconds FROM reinstatement_runs ORDER BY id DESC "
-                "LIMIT 1")).one()
+                "SELECT id, flow_run_id, step_seconds FROM reinstatement_runs ORDER BY id "
+                "DESC LIMIT 1")).one()
+            ends: dict[str, list[datetime]] = {}
+            for step, finished in conn.execute(text(
+                    "SELECT step, finished_at FROM reinstatement_batches WHERE run_id = :run"),
+                    {"run": row.id}):
+                ends.setdefault(step, []).append(finished)
     finally:
         engine.dispose()
+    steps = dict(row.step_seconds or {})
     return FlowRun(wall_seconds=wall, peak_rss_mb=usage.ru_maxrss / 1024,
-                   step_seconds=dict(row.step_seconds or {}), flow_run_id=row.flow_run_id,
-                   report=report, cpu_seconds=usage.ru_utime + usage.ru_stime)
+                   step_seconds=steps, flow_run_id=row.flow_run_id,
+                   report=report, cpu_seconds=usage.ru_utime + usage.ru_stime,
+                   still_seconds=longest_still(steps, ends))
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -459,6 +487,9 @@ class BenchResult:
     # PostgreSQL's CPU seconds over run A and over the floor (`bench/machine.py`).
     run_a_database_cpu: float | None = None
     floor_database_cpu: float | None = None
+    # Per step, the longest its committed work (what its progress card reads) stood still:
+    # run A's steps and run B's notify.
+    still_seconds: dict[str, float] = field(default_factory=dict)
 
     def markdown_row(self) -> str:
         def num(value: float | None, fmt: str) -> str:
@@ -551,6 +582,7 @@ def bench(args: argparse.Namespace) -> BenchResult:
                 result.settle_seconds + result.restore_seconds, 1e-9)
             result.peak_rss_mb, result.task_runs = run_a.peak_rss_mb, run_a.task_runs
             result.run_a_cpu_seconds = run_a.cpu_seconds
+            result.still_seconds = dict(run_a.still_seconds)
             log(f"run A: {steps} wall {run_a.wall_seconds:.1f} s, peak RSS "
                 f"{run_a.peak_rss_mb:.0f} MB, {run_a.cpu_seconds:.1f} CPU s, {run_a.task_runs} "
                 f"task runs, {result.run_a_wal}, outcomes {outcomes}"
@@ -583,6 +615,8 @@ def bench(args: argparse.Namespace) -> BenchResult:
                 result.notify_peak_rss_mb = run_b.peak_rss_mb
                 result.notify_cpu_seconds = run_b.cpu_seconds - run_a.cpu_seconds
                 result.notify_task_runs = run_b.task_runs
+                if "notify" in run_b.still_seconds:
+                    result.still_seconds["notify"] = run_b.still_seconds["notify"]
                 log(f"run B: {run_b.step_seconds} notices {notices}, peak RSS "
                     f"{run_b.peak_rss_mb:.0f} MB, {run_b.cpu_seconds:.1f} CPU s, "
                     f"{run_b.task_runs} task runs" + (f"; {others_b}" if others_b else ""))
@@ -736,6 +770,14 @@ def verdicts(result: BenchResult) -> list[str]:
                     f"{os.cpu_count() or 1} cores during run {run}, whose notices need "
                     "every core (the senders, PostgreSQL's commit of each notice, the mail "
                     "server): measure on a quiet machine")
+    if result.still_seconds:
+        still = max(result.still_seconds.values())
+        lines.append(
+            f"target progress moves at least every 5 s: {'met' if still <= 5 else 'NOT met'} "
+            "(the longest any step's committed work stood still, batch end to batch end: "
+            + ", ".join(f"{step} {seconds:.1f} s" for step, seconds
+                        in result.still_seconds.items())
+            + "; notify's card also moves notice by notice within a batch)")
     rss = max(result.peak_rss_mb, result.notify_peak_rss_mb or 0)
     lines.append(f"target peak RSS at most 300 MB: {'met' if rss <= 300 else 'NOT met'} "
                  f"({rss:.0f} MB)")

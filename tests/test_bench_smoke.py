@@ -275,3 +275,26 @@ def test_the_database_cpu_is_postgresqls(templates: Any,
     cpu.update(postgres=12.5, python3=27.0, sh=31.0)
     spent = machine.other_work_since(mark)
     assert spent is not None and spent.database_cpu_seconds == pytest.approx(2.5), spent
+
+
+def test_the_benchmark_says_how_long_each_steps_progress_stood_still() -> None:
+    """The longest wait between moves of a step's committed work: from the step's start to
+    its first batch's end, or between two batch ends, whichever is longest."""
+    from datetime import UTC, datetime, timedelta
+
+    from bench.pipeline_bench import BenchResult, longest_still, verdicts
+
+    start = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    ends = {"verify": [start + timedelta(seconds=s) for s in (3.0, 1.5, 4.0)],
+            "restore": [start + timedelta(seconds=s) for s in (10.0, 17.5)],
+            "notify": [start + timedelta(seconds=30)]}
+    still = longest_still({"verify": 4.5, "restore": 9.0, "plan": 1.0}, ends)
+    # verify began at -0.5 s: 2.0, 1.5, 1.0; restore began at 8.5 s: 1.5, 7.5.
+    assert still == {"verify": 2.0, "restore": 7.5}
+    lines = verdicts(BenchResult(accounts=10, batch_size=5, command="x", still_seconds=still))
+    assert ("target progress moves at least every 5 s: NOT met (the longest any step's "
+            "committed work stood still, batch end to batch end: verify 2.0 s, restore 7.5 s"
+            ) in "\n".join(lines)
+    lines = verdicts(BenchResult(accounts=10, batch_size=5, command="x",
+                                 still_seconds={"verify": 2.0}))
+    assert "target progress moves at least every 5 s: met" in "\n".join(lines)
