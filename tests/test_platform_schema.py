@@ -5,8 +5,9 @@ schema module, so the test fails if either the schema or the document moves. Eve
 column's type, nullability and default, every primary key, unique constraint, index and
 foreign key is compared on the reflected database, on SQLite and on PostgreSQL.
 
-One deliberate difference, documented in the README: on SQLite an id primary key is
-spelt INTEGER, because only INTEGER PRIMARY KEY is SQLite's auto-numbered (64-bit) rowid.
+One deliberate difference, documented in docs/guarantees.md ("Where the contract left
+room"): on SQLite an id primary key is spelt INTEGER, because only INTEGER PRIMARY KEY is
+SQLite's auto-numbered (64-bit) rowid.
 """
 
 from __future__ import annotations
