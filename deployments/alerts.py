@@ -104,7 +104,8 @@ def automations(block: AlertBlock, nightly_deployment_id: UUID | None,
     run_failed = AutomationCore(
         name=ALERT_RUN_FAILED,
         description="A run of the pipeline's flows entered Failed or Crashed: its state "
-        "message says why (reinstate report KEY; README, 'When something fails').",
+        "message says why (reinstate report KEY; docs/operator-guide.md, 'When something "
+        "fails').",
         trigger=EventTrigger(
             expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
             match={"prefect.resource.id": "prefect.flow-run.*"},
