@@ -1,5 +1,5 @@
 # The image the pipeline's flow runs start from on a Docker or Kubernetes work pool
-# (README, "Outgrowing one machine"). It holds the package and its dependencies; settings
+# (docs/scale-out.md, "Work-pool settings"). It holds the package and its dependencies; settings
 # come from the environment (REINSTATE_*, PREFECT_API_URL), set on the work pool or the
 # deployment's job variables, never baked in.
 #

@@ -46,8 +46,8 @@ def running_prefect_server(workdir: Path) -> Iterator[str]:
 
     A batch refused a global concurrency slot is told by the server to come back after
     the limit's average occupancy times the slots waiting, up to 30 s by default: with
-    batches of a second or two, a batch slept 14 s while slots stood free. The README
-    has operators cap that wait at 2 s; this server does the same.
+    batches of a second or two, a batch slept 14 s while slots stood free.
+    docs/scale-out.md has operators cap that wait at 2 s; this server does the same.
     """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

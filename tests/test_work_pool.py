@@ -514,7 +514,7 @@ def test_the_mail_rate_holds_across_processes(pool: Pool) -> None:
     span = moments[-1] - moments[0]
     # One second's burst (20), then 20 a second at most: 80 sends take at least 3 s.
     # (Not how much slower: Prefect's retry spacing delivers below the rate when the
-    # senders contend, the more so on a busy machine; see the README.)
+    # senders contend, the more so on a busy machine; see docs/scale-out.md.)
     assert span >= (2 * each - rate) / rate * 0.95, span
 
 
