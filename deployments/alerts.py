@@ -33,7 +33,7 @@ from typing import Any
 from uuid import UUID
 
 from reinstatement.errors import BadInput
-from reinstatement.settings import load_settings
+from reinstatement.resources import resources
 from tasks.events import APPROVED, AWAITING_APPROVAL, INCIDENT, REJECTED
 
 ALERT_RUN_FAILED = "reinstatement: a pipeline run failed"
@@ -72,7 +72,7 @@ def alert_block(client: Any) -> AlertBlock | None:
     the setting is unset. BadInput naming it when it does not exist or cannot notify."""
     from prefect.exceptions import ObjectNotFound
 
-    spec = load_settings().alert_block
+    spec = resources().settings.alert_block
     if spec is None:
         return None
     slug, _, name = spec.partition("/")
@@ -189,7 +189,7 @@ def install_alerts(client: Any, block: AlertBlock | None,
     registered); none without one."""
     if block is None:
         return AlertsDone(None)
-    hours = load_settings().alert_approval_hours
+    hours = resources().settings.alert_approval_hours
     created, updated = ensure_automations(
         client, automations(block, nightly_deployment_id, hours))
     return AlertsDone(block.spec, created, updated)

@@ -387,6 +387,7 @@ def test_a_failed_run_and_an_incident_left_waiting_reach_the_operators_webhook(
     an incident left awaiting approval is told once its 18 s have passed, and one approved
     within them is not."""
     monkeypatch.setenv("REINSTATE_ALERT_APPROVAL_HOURS", "0.005")
+    resources.forget()
     deployed = invoke("deploy", "--pool", "alerts-test")
     assert deployed.exit_code == 0, deployed.output
     seed(engine, SeedOptions(accounts=100, seed=7))

@@ -174,3 +174,34 @@ def test_the_layer_check_finds_an_upward_import() -> None:
 
 def test_only_the_orchestration_layer_imports_prefect() -> None:
     assert prefect_imports() == []
+
+
+SETTINGS_HOME = "reinstatement/resources.py"  # the one place a process reads its settings
+
+
+def settings_reads(path: Path) -> list[str]:
+    """Where a module reads the settings from the environment itself (`load_settings()`)
+    instead of taking them from the process's resources."""
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    return [f"{where}:{node.lineno} calls load_settings()"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Call) and (
+                getattr(node.func, "id", None) == "load_settings"
+                or getattr(node.func, "attr", None) == "load_settings")]
+
+
+def test_a_process_reads_its_settings_in_one_place() -> None:
+    """Every flow, task, command and deployment takes the settings from the process's
+    resources, which read them once (a command reads them again at its start)."""
+    elsewhere = [read for path in _modules().values()
+                 if str(path.relative_to(ROOT)) != SETTINGS_HOME
+                 for read in settings_reads(path)]
+    assert elsewhere == []
+
+
+def test_the_settings_check_finds_a_read(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from reinstatement import settings\nx = settings.load_settings()\n"
+                      "def f():\n    return load_settings().alert_block\n")
+    assert settings_reads(module) == ["m.py:2 calls load_settings()",
+                                      "m.py:4 calls load_settings()"]
