@@ -30,13 +30,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from bench.pipeline_bench import free_port, log, smtp_sink, smtp_sink_path
-from reinstatement.notices.backends import PipeliningSmtpBackend, backend_from_settings
+from reinstatement.notices.backends import PipeliningSmtpBackend
 from reinstatement.notices.render import (
     SUPPORTED_LOCALES,
     NoticeContext,
     NoticeRenderer,
     message_id_for,
 )
+from reinstatement.resources import backend_from_settings
 from reinstatement.settings import EmailBackendName, Settings
 
 SENDER = "Trust & Safety <trust-and-safety@example.com>"

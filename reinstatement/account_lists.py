@@ -12,7 +12,6 @@ the incident's own accounts. A staged list is written once per digest and never 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, insert, select
 
 from reinstatement.errors import BadInput
+from reinstatement.incident_request import digest_of
 from reinstatement.models import AccountList, AccountListMember, IncidentAccount
 from reinstatement.retrying import in_transaction
 from reinstatement.store import queries, store_for
@@ -52,15 +52,6 @@ def parse_reference(text: str) -> ListReference:
 def normalised(ids: Iterable[int]) -> list[int]:
     """The ids as a list holds them: distinct, ascending."""
     return sorted(set(ids))
-
-
-def digest_of(ids: Sequence[int]) -> str:
-    """The sha256 of normalised ids, comma-separated (an incident's parameters hold it)."""
-    digest = hashlib.sha256()
-    for start in range(0, len(ids), 100_000):
-        chunk = ",".join(map(str, ids[start:start + 100_000]))
-        digest.update((("," if start else "") + chunk).encode())
-    return digest.hexdigest()
 
 
 def reference_of(members: Sequence[int]) -> ListReference:

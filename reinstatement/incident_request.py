@@ -10,14 +10,15 @@ carried out exactly as meant is refused as `BadInput` with nothing written.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reinstatement import account_lists
 from reinstatement.errors import BadInput
 
 BIGINT_MAX = 2**63 - 1
@@ -38,6 +39,15 @@ FaultySpec = Annotated[str, Field(
     json_schema_extra={"pattern": FAULTY_ITEM_PATTERN}, title="rule@version",
     description="A faulty rule version as rule@version (spam_burst@7), or "
     "rule@version=rule@version to name its correction (spam_burst@7=spam_burst@8).")]
+
+
+def digest_of(ids: Sequence[int]) -> str:
+    """The sha256 of normalised ids, comma-separated (an incident's parameters hold it)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(ids), 100_000):
+        chunk = ",".join(map(str, ids[start:start + 100_000]))
+        digest.update((("," if start else "") + chunk).encode())
+    return digest.hexdigest()
 
 
 def _form_schema(schema: dict[str, Any]) -> None:
@@ -235,7 +245,7 @@ class IncidentRequest(BaseModel):
         listed: dict[str, Any] | None = None
         if self.account_ids is not None:
             listed = {"count": len(self.account_ids),
-                      "sha256": account_lists.digest_of(self.account_ids)}
+                      "sha256": digest_of(self.account_ids)}
         elif self.account_list is not None:
             count, digest = self.account_list.split(":")
             listed = {"count": int(count), "sha256": digest}

@@ -18,9 +18,15 @@ from functools import cached_property
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from reinstatement.notices.backends import EmailBackend, backend_from_settings
+from reinstatement.notices.backends import (
+    ConsoleBackend,
+    EmailBackend,
+    FileBackend,
+    PipeliningSmtpBackend,
+    SmtpBackend,
+)
 from reinstatement.notices.render import NoticeRenderer
-from reinstatement.settings import Settings, load_settings
+from reinstatement.settings import EmailBackendName, Settings, load_settings
 from reinstatement.store.engine import get_engine
 
 SecretResolver = Callable[[str], str]
@@ -66,6 +72,31 @@ class Resources:
         connection) as the settings ask, with the password."""
         return backend_from_settings(self.settings, smtp_password=self.smtp_password)
 
+
+
+def backend_from_settings(
+    settings: Settings, *, smtp_password: SecretStr | None = None
+) -> EmailBackend:
+    """The backend the settings ask for. `smtp_password` overrides the settings' password
+    (a caller may have it from a Prefect Secret block rather than the environment).
+
+    SMTP pipelining is on unless `REINSTATE_SMTP_PIPELINING` turns it off; off, every
+    notice goes one command at a time (`SmtpBackend`)."""
+    if settings.email_backend == EmailBackendName.FILE:
+        return FileBackend(settings.email_dir, sync=settings.email_file_sync)
+    if settings.email_backend == EmailBackendName.CONSOLE:
+        return ConsoleBackend()
+    smtp = PipeliningSmtpBackend if settings.smtp_pipelining else SmtpBackend
+    return smtp(
+        settings.smtp_host,
+        settings.smtp_port,
+        username=settings.smtp_username,
+        password=smtp_password if smtp_password is not None else settings.smtp_password,
+        starttls=settings.smtp_starttls,
+        ssl=settings.smtp_ssl,
+        timeout=settings.smtp_timeout_seconds,
+        sender=settings.email_from,
+    )
 
 _lock = threading.Lock()
 _process: Resources | None = None

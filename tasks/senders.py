@@ -118,10 +118,9 @@ def _start_child(parent: int, password: SecretStr | None, processes: int,
         os.environ["PREFECT_API_URL"] = api_url
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="watch-parent").start()
-    from reinstatement.notices.backends import backend_from_settings
     from reinstatement.notices.ratelimit import RateLimiter
     from reinstatement.notices.render import NoticeRenderer
-    from reinstatement.resources import resources
+    from reinstatement.resources import backend_from_settings, resources
 
     settings = resources().settings
     rate = settings.notify_rate_per_second  # per process, as for a flow's own process

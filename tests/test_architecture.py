@@ -205,3 +205,53 @@ def test_the_settings_check_finds_a_read(tmp_path: Path) -> None:
                       "def f():\n    return load_settings().alert_block\n")
     assert settings_reads(module) == ["m.py:2 calls load_settings()",
                                       "m.py:4 calls load_settings()"]
+
+
+# The domain that is plain Python: the rules, read and changed without a database or
+# Prefect. The rest of reinstatement/ (planning, claims, facts, verify, restore, the
+# outbox, reports) runs the rules against the database through SQLAlchemy Core.
+PLAIN_DOMAIN = ("reinstatement.conditions", "reinstatement.verdicts", "reinstatement.states",
+                "reinstatement.incident_request", "reinstatement.wording",
+                "reinstatement.markdown", "reinstatement.errors", "reinstatement.notices",
+                "reinstatement.detection_model", "reinstatement.detection_suspects")
+NOT_IN_THE_DOMAIN = {"sqlalchemy", "psycopg", "prefect", "alembic"}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def impure_domain(graph: dict[str, set[str]], modules: dict[str, Path]) -> list[str]:
+    """Each plain-domain module that reaches (itself or through what it imports)
+    SQLAlchemy, a database driver, Alembic or Prefect, with the module that imports it."""
+    found = []
+    for name in sorted(modules):
+        if not name.startswith(PLAIN_DOMAIN):
+            continue
+        seen, todo = {name}, [name]
+        while todo:
+            module = todo.pop()
+            bad = third_party_imports(modules[module]) & NOT_IN_THE_DOMAIN
+            found += [f"{name} reaches {b} through {module}" for b in sorted(bad)]
+            todo += [t for t in graph[module] if t not in seen and not seen.add(t)]
+    return found
+
+
+def test_the_domains_rules_are_plain_python() -> None:
+    assert impure_domain(import_graph(), _modules()) == []
+
+
+def test_the_domain_check_finds_a_database_import(tmp_path: Path) -> None:
+    rule, helper = tmp_path / "rule.py", tmp_path / "helper.py"
+    rule.write_text("from x import helper\n")
+    helper.write_text("def f():\n    from sqlalchemy import select\n")
+    graph = {"reinstatement.verdicts": {"reinstatement.helper"}, "reinstatement.helper": set()}
+    modules = {"reinstatement.verdicts": rule, "reinstatement.helper": helper}
+    assert impure_domain(graph, modules) == [
+        "reinstatement.verdicts reaches sqlalchemy through reinstatement.helper"]

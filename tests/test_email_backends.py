@@ -50,13 +50,13 @@ from reinstatement.notices.backends import (
     PipeliningSmtpBackend,
     SmtpBackend,
     TransientDeliveryError,
-    backend_from_settings,
     mask_email,
     smtp_path,
 )
 from reinstatement.notices.backends.smtp import dot_stuffed
 from reinstatement.notices.ratelimit import RateLimiter
 from reinstatement.notices.render import NoticeContext, NoticeRenderer
+from reinstatement.resources import backend_from_settings
 from reinstatement.settings import EmailBackendName, Settings, load_settings
 from tests.smtp_server import RecordingHandler, ServerFactory, SmtpServer, free_port
 

@@ -25,7 +25,6 @@ from reinstatement.notices.backends import (
     PipeliningSmtpBackend,
     SmtpBackend,
     TransientDeliveryError,
-    backend_from_settings,
     mask_email,
 )
 from reinstatement.notices.ratelimit import RateLimiter
@@ -53,7 +52,6 @@ __all__ = [
     "RateLimiter",
     "SmtpBackend",
     "TransientDeliveryError",
-    "backend_from_settings",
     "mask_email",
     "message_id_for",
     "normalise_recipient",

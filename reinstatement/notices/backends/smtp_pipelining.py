@@ -9,7 +9,7 @@ buffered reader to keep replies that arrive together.
 
 Everything else (connecting, TLS, login, retries, how a failure maps to a
 `DeliveryError`) is `SmtpBackend`'s (smtp.py), and a server without PIPELINING gets its
-plain transaction. `REINSTATE_SMTP_PIPELINING=false` makes `backend_from_settings` build
+plain transaction. `REINSTATE_SMTP_PIPELINING=false` makes `resources.backend_from_settings` build
 the plain backend instead of this one.
 """
 
