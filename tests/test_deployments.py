@@ -622,7 +622,8 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
     with get_client(sync_client=True) as client:
         nightly = _nightly(client)
         assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", True)]
-    stop(signal.SIGTERM)  # as systemd stops it
+    # Ctrl-C ends Prefect's runner cleanly, where it would pause its deployments' schedules.
+    stop(signal.SIGINT)
     with get_client(sync_client=True) as client:
         nightly = _nightly(client)
         assert not nightly.paused, (tmp_path / "serve.log").read_text()[-2000:]
@@ -634,7 +635,7 @@ def test_the_nightly_schedule_stays_as_the_operator_left_it(
             nightly = _nightly(client)
             assert [(s.slug, s.active) for s in nightly.schedules] == [("nightly", False)]
             client.pause_deployment(nightly.id)
-        stop(signal.SIGINT)  # Ctrl-C
+        stop(signal.SIGTERM)  # as systemd stops it
         start("serve-3.log")
         with get_client(sync_client=True) as client:
             assert _nightly(client).paused
