@@ -770,14 +770,19 @@ def verdicts(result: BenchResult) -> list[str]:
                     f"{os.cpu_count() or 1} cores during run {run}, whose notices need "
                     "every core (the senders, PostgreSQL's commit of each notice, the mail "
                     "server): measure on a quiet machine")
-    if result.still_seconds:
-        still = max(result.still_seconds.values())
+    # Notify's card moves notice by notice within a batch (each notice is its own commit);
+    # the other steps' cards move when a batch commits.
+    whole = {step: s for step, s in result.still_seconds.items() if step != "notify"}
+    if whole:
+        still = max(whole.values())
+        between = result.still_seconds.get("notify")
         lines.append(
             f"target progress moves at least every 5 s: {'met' if still <= 5 else 'NOT met'} "
-            "(the longest any step's committed work stood still, batch end to batch end: "
-            + ", ".join(f"{step} {seconds:.1f} s" for step, seconds
-                        in result.still_seconds.items())
-            + "; notify's card also moves notice by notice within a batch)")
+            "(the longest a step's committed work stood still, batch end to batch end: "
+            + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in whole.items())
+            + ("" if between is None else
+               f"; notify {between:.1f} s between batch ends, its card moving notice by "
+               "notice within each") + ")")
     rss = max(result.peak_rss_mb, result.notify_peak_rss_mb or 0)
     lines.append(f"target peak RSS at most 300 MB: {'met' if rss <= 300 else 'NOT met'} "
                  f"({rss:.0f} MB)")

@@ -536,6 +536,10 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
     from prefect import flow
     from prefect.artifacts import create_table_artifact
 
+    from reinstatement.audit import trail
+    from reinstatement.incidents import load_incident
+    from tasks.artifacts import artifact_key
+    from tasks.reporting import publish_report
     from tasks.review_list import publish_review_queue
     from tests.test_run_artifacts import latest, waiting_for_review
 
@@ -545,6 +549,7 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
     @flow
     def publish() -> None:
         publish_review_queue(key, page_rows=5)
+        publish_report(key)  # with the incident's audit card
         create_table_artifact(key="review-as-a-table", table=[
             {"case id": case, "account": account, "reason": reason}
             for case, account, reason in expected[:5]])
@@ -553,6 +558,11 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
     pages = latest([review_page_key(key, n) for n in (1, 2, 3)])
     ids = [pages[review_page_key(key, n)].latest_id for n in (1, 2, 3)]
     (table_artifact,) = latest(["review-as-a-table"]).values()
+    (audit_card,) = latest([artifact_key(key, "audit")]).values()
+    with engine.connect() as conn:
+        longest = max((row["reason"] or "" for row in trail(conn, load_incident(conn, key).id)),
+                      key=len)
+    assert len(longest) > 150, longest
     ui = f"{prefect_server}/v2"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -604,5 +614,16 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
             assert cut.evaluate("""span => span.getBoundingClientRect().height < 30
                 && span.getBoundingClientRect().width
                    > 2 * span.closest('table').parentElement.clientWidth""")
+
+            # The audit card: each transition's reason whole, wrapped in its cell.
+            page.goto(f"{ui}/artifacts/artifact/{audit_card.latest_id}")
+            table = page.get_by_role("table")
+            expect(table.get_by_role("columnheader")).to_have_text(
+                ["at", "from", "to", "who", "why"])
+            why = table.get_by_role("cell").filter(has_text=longest[:40]).first
+            expect(why).to_be_visible()
+            assert why.inner_text().strip().replace(WORD_JOINER, "") == longest
+            page.wait_for_function(reads_whole.replace("> 60", "> 30"),
+                                   arg=why.element_handle())
         finally:
             browser.close()
