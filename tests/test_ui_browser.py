@@ -548,8 +548,8 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
 
     @flow
     def publish() -> None:
+        publish_report(key)  # with the incident's audit card (and its review list)
         publish_review_queue(key, page_rows=5)
-        publish_report(key)  # with the incident's audit card
         create_table_artifact(key="review-as-a-table", table=[
             {"case id": case, "account": account, "reason": reason}
             for case, account, reason in expected[:5]])
