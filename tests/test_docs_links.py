@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -104,3 +105,48 @@ def test_a_dead_link_is_noticed(tmp_path: Path) -> None:
         "[gone](nowhere.md) [no heading](there.md#elsewhere)\n", encoding="utf-8")
     assert broken_links(page) == ["missing.png: no such file", "nowhere.md: no such file",
                                   "there.md#elsewhere: no heading 'elsewhere' in there.md"]
+
+
+def command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every command a user can type, as `reinstate db upgrade` (a group is what has
+    commands of its own)."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        if command.hidden:
+            continue
+        if hasattr(command, "commands"):
+            found += command_paths(command, (*prefix, name))
+        else:
+            found.append(" ".join(("reinstate", *prefix, name)))
+    return found
+
+
+def documented_commands(page: str) -> set[str]:
+    """The commands the commands table of `page` has a row for: each `reinstate ...` in a
+    row's first cell."""
+    found = set()
+    for line in page.splitlines():
+        if line.startswith("| `reinstate"):
+            first_cell = line[1:].split(" | ", 1)[0]
+            found |= {match.group(1) for match in
+                      re.finditer(r"`(reinstate(?: [a-z][a-z-]*)+)", first_cell)}
+    return found
+
+
+def test_the_commands_table_lists_every_command() -> None:
+    import typer
+
+    from commands.reinstate import app
+
+    commands = command_paths(typer.main.get_command(app))
+    assert {"reinstate serve", "reinstate reconcile", "reinstate review list",
+            "reinstate notices resend", "reinstate db upgrade"} <= set(commands)
+    table = documented_commands((ROOT / "docs" / "commands.md").read_text(encoding="utf-8"))
+    assert [command for command in commands if command not in table] == []
+
+
+def test_the_commands_check_sees_a_missing_row() -> None:
+    page = ("| `reinstate run KEY` | runs `reinstate report` |\n"
+            "| `reinstate db upgrade`, `reinstate review decide CASE --note T` | migrates |\n")
+    assert documented_commands(page) == {"reinstate run", "reinstate db upgrade",
+                                         "reinstate review decide"}
