@@ -140,7 +140,8 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
         from reinstatement import approval, runner
         from reinstatement.incidents import load_incident
         from reinstatement.lifecycle import current_state
-        from reinstatement.plans import describe_counts, verdict_counts
+        from reinstatement.plan_records import verdict_counts
+        from reinstatement.plans import describe_counts
         from reinstatement.wording import sentence
 
         engine = check_database()

@@ -213,7 +213,7 @@ def plan(
         else:
             _print_plan(result)
         if cases and result["plan"] is not None:
-            from reinstatement.plans import plan_entries
+            from reinstatement.plan_records import plan_entries
 
             for entry in plan_entries(conn, result["plan"]["id"]):
                 if as_json:

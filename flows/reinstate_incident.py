@@ -42,7 +42,7 @@ from flows.run_state import (
     rejected,
     tag_run_with_incident,
 )
-from reinstatement import lifecycle, plans, runs
+from reinstatement import lifecycle, plan_records, plans, runs
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe as describe_failed
 from reinstatement.incident_request import IncidentRequest, build_request
@@ -393,7 +393,7 @@ def wait_for_decision(incident: RegisteredIncident, plan: PlanRef) -> ApprovalDe
     from prefect.flow_runs import suspend_flow_run
 
     with resources().engine.connect() as conn:
-        counts = plans.verdict_counts(conn, plan.id)
+        counts = plan_records.verdict_counts(conn, plan.id)
     described = (f"**Plan {plan.short}** of incident {incident.key} "
                  f"(digest `{plan.digest}`): {plans.describe_counts(counts)}. Read its "
                  f"preview on this run's Artifacts tab "

@@ -30,7 +30,7 @@ from typing import Literal
 
 from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select
 
-from reinstatement import lifecycle, plans
+from reinstatement import lifecycle, plan_records, plans
 from reinstatement.errors import BadInput
 from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
 from reinstatement.models import Decision, PlanCase
@@ -118,7 +118,7 @@ def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity:
         raise TransitionRefused(f"incident {key} has no plan to decide on yet: run it "
                                 "first, and read its preview")
     if plan_digest is not None and plan_digest.strip():
-        named = plans.find_plan(conn, incident_id, plan_digest)
+        named = plan_records.find_plan(conn, incident_id, plan_digest)
         if named is None:
             raise BadInput(f"--plan: incident {key} has no plan {plan_digest.strip()!r} "
                            "(give at least 8 digits of a digest `reinstate plan` shows)")
@@ -138,7 +138,7 @@ def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity:
         raise TransitionRefused(
             f"{identity.name} declared incident {key} and may not approve it: another "
             "person approves")
-    if plans.stored_digest(conn, plan.id, key) != plan.digest:
+    if plan_records.stored_digest(conn, plan.id, key) != plan.digest:
         raise TransitionRefused(f"plan {plan.short} of incident {key} no longer matches its "
                                 "digest: nothing can be approved until it is made again")
     display = (operator or "").strip()[:NAME_LENGTH] or None

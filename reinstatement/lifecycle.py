@@ -39,7 +39,8 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from reinstatement.errors import BadInput
 from reinstatement.models import AuditEntry, Decision, Incident, Run
-from reinstatement.plans import PlanRef, newest_plan
+from reinstatement.plan_records import newest_plan
+from reinstatement.plans import PlanRef
 from reinstatement.runs import WAITING
 from reinstatement.store import store_for
 from reinstatement.store.engine import utcnow

@@ -209,7 +209,8 @@ class Notice(Base):
 
 class Plan(Base):
     """What a preview showed: every case of the incident with its verdict and the bans it
-    would reverse, fixed once written, named by its digest (reinstatement/plans.py).
+    would reverse, fixed once written, named by its digest (reinstatement/plans.py;
+    written and read by reinstatement/plan_records.py).
 
     An incident's newest plan is the one that counts: an approval approves a plan, and a
     restore writes only what the newest plan holds, once an operator approved it.

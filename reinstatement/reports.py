@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from reinstatement import failed_notices, lifecycle, plans
+from reinstatement import failed_notices, lifecycle, plan_records, plans
 from reinstatement.batches import where_batches_ran
 from reinstatement.incidents import load_incident
 from reinstatement.models import Case, Decision, Incident, Notice, Run
@@ -221,7 +221,7 @@ def _plan(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | 
             "dry_run": plan.dry_run, "created_at": plan.created_at.isoformat(),
             "created_by": plan.created_by, "decision": plan.decision,
             "state": _plan_state(state, plan),
-            "counts": plans.verdict_counts(conn, plan.id)}
+            "counts": plan_records.verdict_counts(conn, plan.id)}
 
 
 def _decision(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | None:
@@ -230,7 +230,7 @@ def _decision(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any
         return None
     plan = None
     if decided.plan_id is not None:
-        plan = next((p.short for p in plans.plans_of(conn, state.id)
+        plan = next((p.short for p in plan_records.plans_of(conn, state.id)
                      if p.id == decided.plan_id), None)
     return {"decision": decided.decision, "by": _person(decided.by, decided.via),
             "name": decided.by, "via": decided.via, "operator": decided.operator,
@@ -241,7 +241,7 @@ def plan_report(conn: Connection, key: str) -> dict[str, Any]:
     """The incident's newest plan, every decision taken on its plans, and earlier plans."""
     incident = load_incident(conn, key)
     state = lifecycle.current_state(conn, incident.id)
-    shorts = {p.id: p.short for p in plans.plans_of(conn, incident.id)}
+    shorts = {p.id: p.short for p in plan_records.plans_of(conn, incident.id)}
     decisions = [
         {"decision": d.decision, "by": d.decided_by, "via": _VIA_WORDS.get(d.decided_via,
                                                                          d.decided_via),
@@ -259,5 +259,5 @@ def plan_report(conn: Connection, key: str) -> dict[str, Any]:
         "earlier_plans": [{"digest": p.digest, "short": p.short, "cases": p.cases,
                            "dry_run": p.dry_run, "created_at": p.created_at.isoformat(),
                            "decision": p.decision}
-                          for p in plans.plans_of(conn, incident.id)[:-1]],
+                          for p in plan_records.plans_of(conn, incident.id)[:-1]],
     }

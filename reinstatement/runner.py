@@ -26,9 +26,9 @@ from reinstatement import (
     batches,
     claims,
     lifecycle,
+    plan_records,
     planner_statistics,
     planning,
-    plans,
     restore,
     verify,
 )
@@ -186,13 +186,13 @@ def settle_plan(engine: Engine, incident: RegisteredIncident, actor: str, *,
                 dry_run: bool) -> tuple[IncidentState, PlanMade]:
     """The plan of the incident's cases as judged now, and where that leaves the incident.
 
-    The plan is new when the judgement changed since the newest plan (`plans.make_plan`).
+    The plan is new when the judgement changed since the newest plan (`plan_records.make_plan`).
     For an incident that requires approval, a real run whose newest plan is not approved
     goes to awaiting approval (from wherever it was, short of rejected), and one whose
     newest plan is approved goes on running; a dry run's new plan supersedes an approved
     one, and sends the incident back to the operator too.
     """
-    made = plans.make_plan_in_transaction(engine, incident, actor, dry_run=dry_run)
+    made = plan_records.make_plan_in_transaction(engine, incident, actor, dry_run=dry_run)
     now = state(engine, incident)
     if not incident.require_approval:
         return now, made

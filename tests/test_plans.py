@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from typer.testing import Result
 
-from reinstatement import plans, runner
+from reinstatement import plan_records, plans, runner
 from reinstatement.incidents import load_incident
 from reinstatement.lifecycle import IncidentStatus, state_by_key
 from reinstatement.models import Case, Decision, Incident, Plan, PlanCase
@@ -292,8 +292,8 @@ def test_a_plan_is_what_was_judged_and_keeps_its_digest_until_the_judgement_chan
     state = newest(engine)
     plan = state.plan
     with engine.connect() as conn:
-        entries = list(plans.plan_entries(conn, plan.id))
-        assert plans.stored_digest(conn, plan.id, KEY) == plan.digest
+        entries = list(plan_records.plan_entries(conn, plan.id))
+        assert plan_records.stored_digest(conn, plan.id, KEY) == plan.digest
         assert conn.execute(select(func.count()).select_from(Case)).scalar_one() == len(
             entries) == plan.cases
     assert plans.plan_digest(KEY, entries) == plan.digest

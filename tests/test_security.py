@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, text, u
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from reinstatement import approval, lifecycle, outbox, plans, runner
+from reinstatement import approval, lifecycle, outbox, plan_records, runner
 from reinstatement.approval import Identity
 from reinstatement.lifecycle import ALLOWED, IncidentStatus
 from reinstatement.models import (
@@ -531,8 +531,8 @@ def test_nothing_the_role_writes_or_calls_restores_outside_an_approved_plan(
 
     # A newer plan supersedes the approved one: nothing more restores until it is approved.
     with pipeline_role_engine.begin() as conn:
-        superseding = plans.make_plan(conn, runner_incident(engine), "flow-run:y",
-                                      dry_run=True)
+        superseding = plan_records.make_plan(conn, runner_incident(engine), "flow-run:y",
+                                             dry_run=True)
     assert superseding.new
     attempts = {"restore under a superseded plan":
                 _restore([case_of[a]], [a], bans_a, [a] * len(bans_a))}
