@@ -26,7 +26,7 @@ def register(app: typer.Typer, handles_errors: Callable[[Any], Any],
     ) -> None:
         """Every incident, newest first: status, plan, declarer, decider, counts, last run."""
         from reinstatement.errors import BadInput
-        from reinstatement.lifecycle import IncidentStatus
+        from reinstatement.incident_states import IncidentStatus
         from reinstatement.reports import incident_rows
 
         if status is not None and status not in {s.value for s in IncidentStatus}:

@@ -42,12 +42,12 @@ from flows.run_state import (
     rejected,
     tag_run_with_incident,
 )
-from reinstatement import lifecycle, plan_records, plans, runs
+from reinstatement import incident_states, plan_records, plans, runs
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import describe as describe_failed
 from reinstatement.incident_request import IncidentRequest, build_request
+from reinstatement.incident_states import IncidentStatus
 from reinstatement.incidents import RegisteredIncident
-from reinstatement.lifecycle import IncidentStatus
 from reinstatement.plans import PlanRef
 from reinstatement.resources import resources
 from tasks.events import emit_notices_failed
@@ -168,7 +168,7 @@ def _reinstate_incident(request: IncidentRequest) -> Any:
     tag_run_with_incident(request.incident_key)
     refresh_statistics()  # the platform's, before anything is written or read at scale
     incident = register_incident(request)
-    lifecycle.refuse_if_rejected(incident_state(incident))
+    incident_states.refuse_if_rejected(incident_state(incident))
     run_id = start_run(incident.id, request.dry_run)
     ended_waits()  # a run cancelled while it waited for a decision says so from now on
     steps = StepRunner(run_id, request.batch_size, request.child_runs)
@@ -254,7 +254,7 @@ def _carry_on(incident: RegisteredIncident, steps: StepRunner, timings: dict[str
         state = plain(begin_real_run(incident))
         started = None  # the operator's decision came between: no one figure for the steps
     if not state.may_restore() and state.status != IncidentStatus.COMPLETED:
-        raise lifecycle.TransitionRefused(
+        raise incident_states.TransitionRefused(
             f"incident {incident.key} may not restore: it is {state.describe()}")
     # (A completed incident that planning found no work for stays completed: the steps
     # below find nothing to restore, and send only notices that came due.)
@@ -440,8 +440,8 @@ def _resume_incident(incident_key: str, batch_size: int, child_runs: int = 1) ->
     tag_run_with_incident(incident_key)
     incident = plain(load_registered(incident_key))
     state = incident_state(incident)
-    lifecycle.refuse_unapproved(state)
-    if state.status not in (*lifecycle.RESUMABLE, IncidentStatus.COMPLETED):
+    incident_states.refuse_unapproved(state)
+    if state.status not in (*incident_states.RESUMABLE, IncidentStatus.COMPLETED):
         raise BadInput(f"incident {incident_key} is {state.describe()}: only a running or "
                        "approved incident is resumed without an operator")
     run_id = start_run(incident.id, dry_run=False)

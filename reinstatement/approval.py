@@ -30,9 +30,9 @@ from typing import Literal
 
 from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, select
 
-from reinstatement import lifecycle, plan_records, plans
+from reinstatement import incident_states, lifecycle, plan_records, plans
 from reinstatement.errors import BadInput
-from reinstatement.lifecycle import IncidentState, IncidentStatus, TransitionRefused
+from reinstatement.incident_states import IncidentState, IncidentStatus, TransitionRefused
 from reinstatement.models import Decision, PlanCase
 from reinstatement.plans import PlanRef
 from reinstatement.store import queries, store_for
@@ -108,7 +108,7 @@ def decide(conn: Connection, incident_id: int, decision: DecisionKind, identity:
     name that plan. Raises `TransitionRefused` (a BadInput), changing nothing, when the
     decision is not allowed."""
     state = lifecycle.current_state(conn, incident_id, lock=True)
-    lifecycle.refuse_if_rejected(state)
+    incident_states.refuse_if_rejected(state)
     key = state.key
     if state.status != IncidentStatus.AWAITING_APPROVAL:
         raise TransitionRefused(f"incident {key} is not awaiting approval (it is "
@@ -212,7 +212,7 @@ def review_permit(conn: Connection, incident_id: int, case_id: int) -> IncidentS
     incident that requires approval restores a reviewed case only when its approved plan
     holds it as needing review. Locks the incident's row; raises `TransitionRefused`."""
     state = lifecycle.current_state(conn, incident_id, lock=True)
-    lifecycle.refuse_unapproved(state)
+    incident_states.refuse_unapproved(state)
     if state.require_approval and state.plan is not None:
         verdict = conn.execute(select(PlanCase.verdict).where(
             PlanCase.plan_id == state.plan.id, PlanCase.case_id == case_id)

@@ -1,147 +1,35 @@
-"""The incident's lifecycle: its states, the transitions allowed, and the one function that
-performs them.
+"""The incident's lifecycle: the one function that changes an incident's status, and the
+reads of its state and of its transitions.
 
 Every change of an incident's status in the pipeline goes through `transition`: the flows,
 the CLI's approve and reject, the reconciliation and review. It locks the incident's row,
 checks the move is allowed from the status the row holds now (not from what a caller
 loaded earlier), writes it and audits it with the actor and the reason, in the caller's
 transaction. A move that is not allowed raises `TransitionRefused`, a `BadInput`: the
-CLI's exit status 2, never a silent change.
-
-    registered ──dry run──▶ previewed ──┐
-        │                      │        │ (approval required)
-        │                      │        ▼
-        │                      │   awaiting_approval ──reject──▶ rejected (final)
-        │                      │        │    ▲
-        │                      │     approve │ a new plan: the judgement changed
-        │                      │        ▼    │ since the approved one
-        └──(no approval)───────┴──▶ running ◀── approved
-                                     │   ▲
-                                     ▼   │ banned again by a faulty version
-                                   completed ──(a new plan)──▶ awaiting_approval
-
-Whether an incident requires approval is one of the parameters its key was registered
-with. Such an incident restores only what an operator approved: a decision names a plan
-(`reinstatement.plans`), approved and rejected follow a decision on the newest plan, and a
-new plan (anything the approved one did not hold) sends the incident back to awaiting
-approval. `may_restore` is the incident's half of the test; which cases may be restored is
-`reinstatement.approval.Permit`'s.
+CLI's exit status 2, never a silent change. The states, the moves allowed between them
+(with the diagram) and that check, `check_transition`, are plain Python in
+`reinstatement.incident_states`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 from typing import Literal
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from reinstatement.errors import BadInput
+from reinstatement.incident_states import (
+    DecisionRef,
+    IncidentState,
+    IncidentStatus,
+    Transition,
+    check_transition,
+)
 from reinstatement.models import AuditEntry, Decision, Incident, Run
 from reinstatement.plan_records import newest_plan
-from reinstatement.plans import PlanRef
 from reinstatement.runs import WAITING
 from reinstatement.store import store_for
 from reinstatement.store.engine import utcnow
-from reinstatement.wording import sentence
-
-
-class IncidentStatus(StrEnum):
-    REGISTERED = "registered"  # the key is registered; nothing previewed yet
-    PREVIEWED = "previewed"  # a dry run published a preview; nothing changed
-    AWAITING_APPROVAL = "awaiting_approval"  # previewed for a real run; an operator decides
-    APPROVED = "approved"  # an operator approved; restoring may start
-    REJECTED = "rejected"  # an operator rejected: final, nothing is ever restored
-    RUNNING = "running"  # restoring and notifying
-    COMPLETED = "completed"  # every case settled
-
-
-S = IncidentStatus
-ALLOWED: dict[IncidentStatus, frozenset[IncidentStatus]] = {
-    S.REGISTERED: frozenset({S.PREVIEWED, S.AWAITING_APPROVAL, S.RUNNING}),
-    S.PREVIEWED: frozenset({S.PREVIEWED, S.AWAITING_APPROVAL, S.RUNNING}),
-    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED}),
-    S.APPROVED: frozenset({S.RUNNING, S.AWAITING_APPROVAL}),
-    S.RUNNING: frozenset({S.COMPLETED, S.AWAITING_APPROVAL}),
-    S.COMPLETED: frozenset({S.RUNNING, S.AWAITING_APPROVAL}),
-    S.REJECTED: frozenset(),
-}
-# How `IncidentState.describe` begins for an incident awaiting approval.
-AWAITING_APPROVAL_WORDS = "awaiting approval"
-# Statuses a robot (the nightly reconciliation, the resume deployment) may carry on from.
-RESUMABLE = (S.RUNNING, S.APPROVED)
-
-
-class TransitionRefused(BadInput):
-    """A status change the lifecycle does not allow; nothing was changed."""
-
-
-@dataclass(frozen=True)
-class DecisionRef:
-    """The newest decision on one of the incident's plans."""
-
-    decision: str  # 'approve' or 'reject'
-    by: str
-    via: str
-    operator: str | None
-    note: str
-    at: datetime
-    plan_id: int | None
-
-
-@dataclass(frozen=True)
-class IncidentState:
-    """An incident's status as its row holds it, its newest plan and newest decision."""
-
-    id: int
-    key: str
-    status: IncidentStatus
-    require_approval: bool
-    declared_by: str | None
-    declared_via: str | None
-    plan: PlanRef | None  # the newest plan: the only one a decision or a restore may name
-    decision: DecisionRef | None
-    # Awaiting approval: a deployment run is suspended for the decision (Resume in the UI).
-    run_waits: bool = False
-
-    @property
-    def approved(self) -> bool:
-        """Whether the newest plan is approved (and so nothing unseen is in it)."""
-        return self.plan is not None and self.plan.approved
-
-    def may_restore(self) -> bool:
-        """Whether restoring and notifying may happen for this incident now: it is running
-        and, if it requires approval, its newest plan is approved. Which cases: see
-        `reinstatement.approval.Permit`."""
-        if self.status != S.RUNNING:
-            return False
-        return self.approved or not self.require_approval
-
-    def _in_the_ui(self) -> str:
-        if self.run_waits:
-            return "or Resume the run that waits for it in the Prefect UI"
-        return ("no run waits for it in the Prefect UI: start the incident's deployment "
-                "again to decide there")
-
-    def describe(self) -> str:
-        """The status in words for operators: who decided, when and why.
-
-        One clause without a full stop of its own (a rejection ends with the operator's
-        note as written): a caller that goes on after it ends it with
-        `reinstatement.wording.sentence`, so a note ending with a full stop gets one, not
-        two. An incident awaiting approval reads "awaiting approval ...", and a heading
-        that says so already shows only the rest (`tasks.reporting`).
-        """
-        if self.status == S.REJECTED and self.decision is not None:
-            return f"rejected by {self.decision.by}: {self.decision.note}"
-        if self.status == S.AWAITING_APPROVAL:
-            plan = f" of plan {self.plan.short}" if self.plan is not None else ""
-            return (f"{AWAITING_APPROVAL_WORDS}{plan}: read it with `reinstate plan "
-                    f"{self.key}`, then someone other than its declarer approves it with "
-                    f"`reinstate approve {self.key}` ({self._in_the_ui()}), or rejects it "
-                    f"with `reinstate reject {self.key} --note WHY`")
-        return str(self.status)
 
 
 def current_state(conn: Connection, incident_id: int, *,
@@ -169,7 +57,7 @@ def current_state(conn: Connection, incident_id: int, *,
         declared_by=row.declared_by, declared_via=row.declared_via,
         plan=newest_plan(conn, incident_id),
         decision=None if decided is None else DecisionRef(*decided),
-        run_waits=row.status == S.AWAITING_APPROVAL and conn.execute(
+        run_waits=row.status == IncidentStatus.AWAITING_APPROVAL and conn.execute(
             select(Run.id).where(Run.incident_id == incident_id, Run.status == WAITING,
                                  Run.parent_run_id.is_(None)).limit(1)).first() is not None,
     )
@@ -191,7 +79,7 @@ def transition(conn: Connection, incident_id: int, to: IncidentStatus, actor: st
     nothing, when the move is not allowed.
     """
     state = current_state(conn, incident_id, lock=True)
-    _check(state, to)
+    check_transition(state, to)
     conn.execute(update(Incident).where(Incident.id == incident_id)
                  .values(status=str(to), updated_at=utcnow()))
     conn.execute(insert(AuditEntry).values(
@@ -199,18 +87,6 @@ def transition(conn: Connection, incident_id: int, to: IncidentStatus, actor: st
         actor=actor, reason=reason, at=utcnow(),
     ))
     return current_state(conn, incident_id)
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One transition of an incident's status, as the audit trail holds it."""
-
-    key: str
-    from_status: str | None  # None: the incident was registered
-    to: IncidentStatus
-    actor: str
-    reason: str
-    at: datetime
 
 
 def audit_mark(conn: Connection) -> int:
@@ -234,35 +110,3 @@ def transitions_since(conn: Connection, mark: int, *, incident_id: int | None = 
         query = query.where(AuditEntry.actor == actor)
     return [Transition(row.key, row.from_state, IncidentStatus(row.to_state), row.actor,
                        row.reason, row.at) for row in conn.execute(query)]
-
-
-def refuse_if_rejected(state: IncidentState) -> None:
-    """A rejected incident is final: no run of its key, dry or real, does anything."""
-    if state.status == S.REJECTED:
-        raise TransitionRefused(f"incident {state.key} was {sentence(state.describe())} "
-                                "Nothing more is done for it: declare a new incident key to "
-                                "try again")
-
-
-def refuse_unapproved(state: IncidentState) -> None:
-    """Nothing is restored for an incident that requires approval and is not approved."""
-    refuse_if_rejected(state)
-    if state.require_approval and not state.approved:
-        raise TransitionRefused(f"incident {state.key} requires an operator's approval "
-                                f"before anything is restored: it is {state.describe()}")
-
-
-def _check(state: IncidentState, to: IncidentStatus) -> None:
-    key = state.key
-    if to not in ALLOWED[state.status]:
-        refuse_if_rejected(state)
-        if to in (S.APPROVED, S.REJECTED):
-            raise TransitionRefused(f"incident {key} is not awaiting approval (it is "
-                                    f"{state.status})")
-        raise TransitionRefused(f"incident {key} cannot go from {state.status} to {to}")
-    wanted = {S.APPROVED: "approve", S.REJECTED: "reject"}.get(to)
-    if wanted is not None and (state.plan is None or state.plan.decision != wanted):
-        raise TransitionRefused(f"incident {key} is {to} only by a decision on its newest "
-                                "plan (reinstatement.approval.decide)")
-    if to == S.RUNNING:
-        refuse_unapproved(state)

@@ -22,9 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, exists, false, func, insert, or_, select, update
 
-from reinstatement import lifecycle
+from reinstatement import incident_states, lifecycle
 from reinstatement.claims import pending_work
-from reinstatement.lifecycle import IncidentStatus
+from reinstatement.incident_states import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, IncidentVersion, Notice
 from reinstatement.platform_schema import accounts, enforcement_actions, pins, rule_versions
 from reinstatement.states import PIPELINE_ACTOR, CaseState, NoticeState
@@ -143,7 +143,7 @@ def incidents_to_resume(conn: Connection) -> list[str]:
     keys = []
     for incident_id, key in conn.execute(
         select(Incident.id, Incident.key)
-        .where(Incident.status.in_([str(s) for s in lifecycle.RESUMABLE]
+        .where(Incident.status.in_([str(s) for s in incident_states.RESUMABLE]
                                    + [str(IncidentStatus.COMPLETED)]))
         .order_by(Incident.id)
     ):

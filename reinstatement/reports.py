@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from reinstatement import failed_notices, lifecycle, plan_records, plans
+from reinstatement import failed_notices, incident_states, lifecycle, plan_records, plans
 from reinstatement.batches import where_batches_ran
 from reinstatement.incidents import load_incident
 from reinstatement.models import Case, Decision, Incident, Notice, Run
@@ -205,15 +205,15 @@ def _person(name: str | None, via: str | None) -> str | None:
     return f"{name} ({_VIA_WORDS.get(via or '', via or 'unknown')})"
 
 
-def _plan_state(state: lifecycle.IncidentState, plan: plans.PlanRef) -> str:
+def _plan_state(state: incident_states.IncidentState, plan: plans.PlanRef) -> str:
     if plan.decision is not None:
         return f"{plan.decision}d"
-    if state.status == lifecycle.IncidentStatus.AWAITING_APPROVAL:
+    if state.status == incident_states.IncidentStatus.AWAITING_APPROVAL:
         return "awaiting approval"
     return "no decision needed" if not state.require_approval else "not decided"
 
 
-def _plan(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | None:
+def _plan(conn: Connection, state: incident_states.IncidentState) -> dict[str, Any] | None:
     plan = state.plan
     if plan is None:
         return None
@@ -224,7 +224,7 @@ def _plan(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | 
             "counts": plan_records.verdict_counts(conn, plan.id)}
 
 
-def _decision(conn: Connection, state: lifecycle.IncidentState) -> dict[str, Any] | None:
+def _decision(conn: Connection, state: incident_states.IncidentState) -> dict[str, Any] | None:
     decided = state.decision
     if decided is None:
         return None

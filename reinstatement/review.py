@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, Connection, Text, bindparam, func, insert, se
 from reinstatement import lifecycle
 from reinstatement.approval import VIA_CLI, VIA_DATABASE_ROLE, process_identity, review_permit
 from reinstatement.errors import BadInput
-from reinstatement.lifecycle import IncidentStatus
+from reinstatement.incident_states import IncidentStatus
 from reinstatement.models import AuditEntry, Case, Incident, Review
 from reinstatement.states import CaseState
 from reinstatement.store import store_for

@@ -25,6 +25,7 @@ from reinstatement import (
     audit,
     batches,
     claims,
+    incident_states,
     lifecycle,
     plan_records,
     planner_statistics,
@@ -34,8 +35,8 @@ from reinstatement import (
 )
 from reinstatement.approval import Identity
 from reinstatement.incident_request import IncidentRequest
+from reinstatement.incident_states import IncidentState, IncidentStatus
 from reinstatement.incidents import RegisteredIncident, register_incident
-from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.models import Case, Incident
 from reinstatement.plans import PlanMade, PlanRef
 from reinstatement.retrying import in_transaction
@@ -381,7 +382,7 @@ def run_without_prefect(engine: Engine, request: IncidentRequest,
     stops after verification, as a crash would.
     """
     incident = register(engine, request, actor)
-    lifecycle.refuse_if_rejected(state(engine, incident))
+    incident_states.refuse_if_rejected(state(engine, incident))
     ctx = StepContext(engine, incident, request.batch_size, actor=actor)
     if request.dry_run:
         planner_statistics.refresh(engine)

@@ -41,7 +41,7 @@ from typing import Any
 from prefect.events import emit_event
 
 from reinstatement import lifecycle
-from reinstatement.lifecycle import IncidentStatus, Transition
+from reinstatement.incident_states import IncidentStatus, Transition
 from reinstatement.resources import resources
 
 INCIDENT = "reinstatement.incident"

@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 from reinstatement import approval, runner, runs
 from reinstatement.errors import BadInput
 from reinstatement.failed_notices import by_reason as failed_notices_by_reason
+from reinstatement.incident_states import IncidentState, IncidentStatus
 from reinstatement.incidents import RegisteredIncident, load_incident
-from reinstatement.lifecycle import IncidentState, IncidentStatus
 from reinstatement.resources import resources
 from reinstatement.retrying import in_transaction
 from tasks.events import announcing_transitions

@@ -19,8 +19,8 @@ from prefect.states import State
 
 from reinstatement import account_lists, approval, planner_statistics, runner
 from reinstatement.incident_request import IncidentRequest, read_account_ids
+from reinstatement.incident_states import IncidentState
 from reinstatement.incidents import RegisteredIncident, registered_parameters
-from reinstatement.lifecycle import IncidentState
 from reinstatement.notices.render import sender_domain
 from reinstatement.resources import resources
 from reinstatement.retrying import is_transient

@@ -11,7 +11,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import select
 
-from reinstatement.lifecycle import AWAITING_APPROVAL_WORDS
+from reinstatement.incident_states import AWAITING_APPROVAL_WORDS
 from reinstatement.markdown import md
 from reinstatement.models import Case, Incident
 from reinstatement.reports import OUTCOME_MEANINGS, OUTCOMES, incident_report, would_restore

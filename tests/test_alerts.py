@@ -39,7 +39,7 @@ from deployments.alerts import (
 from flows.reinstate_incident import reinstate_incident
 from flows.run_state import NoticesFailed
 from reinstatement import audit, lifecycle, resources
-from reinstatement.lifecycle import IncidentStatus
+from reinstatement.incident_states import IncidentStatus
 from reinstatement.models import Case, Incident
 from reinstatement.platform_schema import accounts
 from reinstatement.seed import INCIDENT_FAULTY, INCIDENT_SINCE, INCIDENT_UNTIL, SeedOptions, seed

@@ -208,11 +208,13 @@ def test_the_settings_check_finds_a_read(tmp_path: Path) -> None:
 
 
 # The domain that is plain Python: the rules, read and changed without a database or
-# Prefect (a plan's entries and digest among them). The rest of reinstatement/ (planning,
-# claims, facts, verify, restore, the outbox, reports, plans' records) runs the rules
-# against the database through SQLAlchemy Core.
+# Prefect (a plan's entries and digest, an incident's states and the moves allowed among
+# them). The rest of reinstatement/ (planning, claims, facts, verify, restore, the outbox,
+# reports, plan_records, lifecycle's transitions) runs the rules against the database
+# through SQLAlchemy Core.
 PLAIN_DOMAIN = ("reinstatement.conditions", "reinstatement.verdicts", "reinstatement.states",
-                "reinstatement.incident_request", "reinstatement.plans", "reinstatement.wording",
+                "reinstatement.incident_request", "reinstatement.incident_states",
+                "reinstatement.plans", "reinstatement.wording",
                 "reinstatement.markdown", "reinstatement.errors", "reinstatement.notices",
                 "reinstatement.detection_model", "reinstatement.detection_suspects")
 NOT_IN_THE_DOMAIN = {"sqlalchemy", "psycopg", "prefect", "alembic"}

@@ -116,7 +116,7 @@ def test_distinct_incident_keys_get_distinct_artifact_keys() -> None:
 def _state(status: str, note: str = "") -> Any:
     from datetime import UTC, datetime
 
-    from reinstatement.lifecycle import DecisionRef, IncidentState, IncidentStatus
+    from reinstatement.incident_states import DecisionRef, IncidentState, IncidentStatus
     from reinstatement.plans import PlanRef
 
     at = datetime(2025, 4, 20, tzinfo=UTC)
@@ -135,7 +135,7 @@ def rendered_text(markdown: str) -> str:
     ("really?", "really?"), ("fine!  ", "fine!"), ("see the preview…", "see the preview…"),
 ])
 def test_a_note_ending_with_a_full_stop_gets_one(note: str, said: str) -> None:
-    from reinstatement.lifecycle import TransitionRefused, refuse_if_rejected
+    from reinstatement.incident_states import TransitionRefused, refuse_if_rejected
     from reinstatement.wording import sentence
 
     assert sentence(note) == said

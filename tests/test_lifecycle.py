@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from typer.testing import Result
 
-from reinstatement import lifecycle, runner
+from reinstatement import incident_states, lifecycle, runner
 from reinstatement.approval import Identity
 from reinstatement.errors import BadInput
-from reinstatement.lifecycle import IncidentStatus, TransitionRefused
+from reinstatement.incident_states import IncidentStatus, TransitionRefused
 from reinstatement.models import AuditEntry, Case, Incident, Notice
 from reinstatement.platform_schema import accounts, rule_versions
 from reinstatement.states import PIPELINE_ACTOR, CaseState
@@ -217,7 +217,7 @@ def test_only_the_allowed_transitions_happen_and_each_is_audited(
     incident = runner.register(engine, request(require_approval=require_approval),
                                PIPELINE_ACTOR)
     S = IncidentStatus
-    for source, targets in lifecycle.ALLOWED.items():
+    for source, targets in incident_states.ALLOWED.items():
         for target in S:
             if target in targets:
                 continue

@@ -22,8 +22,9 @@ from sqlalchemy import Engine, func, select, text
 from typer.testing import Result
 
 from reinstatement import plan_records, plans, runner
+from reinstatement.incident_states import IncidentStatus
 from reinstatement.incidents import load_incident
-from reinstatement.lifecycle import IncidentStatus, state_by_key
+from reinstatement.lifecycle import state_by_key
 from reinstatement.models import Case, Decision, Incident, Plan, PlanCase
 from reinstatement.platform_schema import accounts, enforcement_actions
 from reinstatement.states import PIPELINE_ACTOR

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from reinstatement import approval, lifecycle, outbox, plan_records, runner
 from reinstatement.approval import Identity
-from reinstatement.lifecycle import ALLOWED, IncidentStatus
+from reinstatement.incident_states import ALLOWED, IncidentStatus
 from reinstatement.models import (
     AuditEntry,
     Case,
