@@ -248,6 +248,82 @@ def _resume_until_taken(page: Any, dialog: Any, flow_run_id: Any, attempts: int 
                          f"{errors}; the dialog: {dialog.inner_text()!r}")
 
 
+def submit_until_created(page: Any) -> None:
+    """Submit until the form asks the server for the run; see "... scheduled to start now".
+
+    The form validates the values on the server (/ui/schemas/validate), then asks for
+    the run (/deployments/{id}/create_flow_run). After a refusal its first Submit only
+    validates again (and clears the message): no run is asked for, and the operator
+    clicks again. Submit is clicked again only once a validation has come back and no
+    run was asked for within 3 s of it, never while a request may still be on its way
+    (on a busy server each takes seconds), so the test never makes two runs. A 503
+    (Prefect's server found its database busy and kept nothing) is what an operator
+    meets on a busy server too: they submit again, and so does the test, twice at most."""
+    from playwright.sync_api import expect
+
+    validated: list[float] = []
+    asked: list[str] = []
+    answers: list[str] = []
+
+    def creates(request: Any) -> bool:
+        return bool(request.method == "POST" and request.url.endswith("/create_flow_run"))
+
+    def finished(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/ui/schemas/validate"):
+            validated.append(time.monotonic())
+
+    def sent(request: Any) -> None:
+        if creates(request):
+            asked.append(request.url)
+
+    def answered(response: Any) -> None:
+        if creates(response.request):
+            answers.append(f"HTTP {response.status}")
+
+    def failed(request: Any) -> None:
+        if creates(request):
+            answers.append(f"failed: {request.failure}")
+
+    page.on("requestfinished", finished)
+    page.on("request", sent)
+    page.on("response", answered)
+    page.on("requestfailed", failed)
+    toast = page.get_by_text("scheduled to start now")
+    try:
+        for attempt in range(3):
+            asked.clear()
+            answers.clear()
+            for _ in range(2):
+                validated.clear()
+                page.get_by_role("button", name="Submit").click()
+                deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+                while not asked and time.monotonic() < deadline and not (
+                        validated and time.monotonic() - validated[-1] > 3):
+                    page.wait_for_timeout(200)
+                if asked:
+                    break
+            assert len(asked) == 1, f"Submit asked for {len(asked)} run(s)"
+            # The toast follows the server's answer, which a busy server gives late
+            # (the suite's other workers share its two cores, and the served flows
+            # write to the same Prefect database): the answer is awaited for up to
+            # five minutes, and the toast must then follow it.
+            deadline = time.monotonic() + 300
+            while not answers and not toast.count() and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            assert answers or toast.count(), "the server did not answer the run's creation"
+            if answers[:1] != ["HTTP 503"] or attempt == 2:
+                break
+            page.wait_for_timeout(1000)
+        assert not answers or answers[0].startswith("HTTP 2"), (
+            f"the server refused the run's creation: {answers}")
+        expect(toast).to_be_visible()
+    finally:
+        page.remove_listener("requestfinished", finished)
+        page.remove_listener("request", sent)
+        page.remove_listener("response", answered)
+        page.remove_listener("requestfailed", failed)
+
+
 def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
     chromium: str, served: Server, prefect_server: str, engine: Engine, shots: Path
 ) -> None:
@@ -282,79 +358,6 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Custom run").click()
         expect(page.get_by_role("button", name="Submit")).to_be_visible()
-
-    def submit_until_created(page: Page) -> None:
-        """Submit until the form asks the server for the run; see "... scheduled to start now".
-
-        The form validates the values on the server (/ui/schemas/validate), then asks for
-        the run (/deployments/{id}/create_flow_run). After a refusal its first Submit only
-        validates again (and clears the message): no run is asked for, and the operator
-        clicks again. Submit is clicked again only once a validation has come back and no
-        run was asked for within 3 s of it, never while a request may still be on its way
-        (on a busy server each takes seconds), so the test never makes two runs. A 503
-        (Prefect's server found its database busy and kept nothing) is what an operator
-        meets on a busy server too: they submit again, and so does the test, twice at most."""
-        validated: list[float] = []
-        asked: list[str] = []
-        answers: list[str] = []
-
-        def creates(request: Any) -> bool:
-            return bool(request.method == "POST" and request.url.endswith("/create_flow_run"))
-
-        def finished(request: Any) -> None:
-            if request.method == "POST" and request.url.endswith("/ui/schemas/validate"):
-                validated.append(time.monotonic())
-
-        def sent(request: Any) -> None:
-            if creates(request):
-                asked.append(request.url)
-
-        def answered(response: Any) -> None:
-            if creates(response.request):
-                answers.append(f"HTTP {response.status}")
-
-        def failed(request: Any) -> None:
-            if creates(request):
-                answers.append(f"failed: {request.failure}")
-
-        page.on("requestfinished", finished)
-        page.on("request", sent)
-        page.on("response", answered)
-        page.on("requestfailed", failed)
-        toast = page.get_by_text("scheduled to start now")
-        try:
-            for attempt in range(3):
-                asked.clear()
-                answers.clear()
-                for _ in range(2):
-                    validated.clear()
-                    page.get_by_role("button", name="Submit").click()
-                    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-                    while not asked and time.monotonic() < deadline and not (
-                            validated and time.monotonic() - validated[-1] > 3):
-                        page.wait_for_timeout(200)
-                    if asked:
-                        break
-                assert len(asked) == 1, f"Submit asked for {len(asked)} run(s)"
-                # The toast follows the server's answer, which a busy server gives late
-                # (the suite's other workers share its two cores, and the served flows
-                # write to the same Prefect database): the answer is awaited for up to
-                # five minutes, and the toast must then follow it.
-                deadline = time.monotonic() + 300
-                while not answers and not toast.count() and time.monotonic() < deadline:
-                    page.wait_for_timeout(250)
-                assert answers or toast.count(), "the server did not answer the run's creation"
-                if answers[:1] != ["HTTP 503"] or attempt == 2:
-                    break
-                page.wait_for_timeout(1000)
-            assert not answers or answers[0].startswith("HTTP 2"), (
-                f"the server refused the run's creation: {answers}")
-            expect(toast).to_be_visible()
-        finally:
-            page.remove_listener("requestfinished", finished)
-            page.remove_listener("request", sent)
-            page.remove_listener("response", answered)
-            page.remove_listener("requestfailed", failed)
 
     def open_latest_version(page: Page, key: str) -> None:
         """The key's page (/artifacts/key/KEY: its versions, newest first), then the

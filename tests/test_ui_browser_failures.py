@@ -43,6 +43,7 @@ from tests.test_ui_browser import (
     _wait_for_new_run,
     fill_decision,
     operator_browser,
+    submit_until_created,
 )
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -204,7 +205,7 @@ def test_operator_cancels_rejects_and_resends_in_the_prefect_ui(
         page.get_by_role("menuitem", name="Custom run").click()
         page.get_by_label("incident_key", exact=True).fill(SECOND_KEY)
         shot(page, "24-resend-form")
-        page.get_by_role("button", name="Submit").click()
+        submit_until_created(page)  # as an operator does: Submit until the run is made
         resend = _wait_for_new_run("resend-notices/resend-notices", resends_before,
                                    timeout=120)
         resend = _wait_for_state(resend.id, "COMPLETED", timeout=240)
