@@ -528,6 +528,26 @@ def test_operator_runs_approves_and_reviews_an_incident_in_the_prefect_ui(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def until_laid_out(page: Any, cell: Any, judged: str, failure: str) -> None:
+    """Until `judged` (a function of the cell, in the page) holds of the cell found by
+    `cell` (a locator, found again at each look: the UI may draw a table anew after its
+    first layout), for up to UI_TIMEOUT_MS; else fails with what the cell measured."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cell.evaluate(judged, timeout=5_000):
+                return
+        except Exception:  # noqa: BLE001 - the cell drawn anew between finding and judging
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(failure + ": " + str(cell.evaluate(
+                """cell => ({scroll: cell.scrollWidth, client: cell.clientWidth,
+                    height: cell.getBoundingClientRect().height,
+                    right: cell.getBoundingClientRect().right,
+                    window: document.documentElement.clientWidth})""")))
+        page.wait_for_timeout(250)
+
+
 def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
     chromium: str, real_prefect_api: str, prefect_server: str, engine: Engine,
     cli_env: dict[str, str], shots: Path,
@@ -580,18 +600,13 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
             reason = table.get_by_role("row").nth(1).get_by_role("cell").nth(2)
             assert reason.inner_text().strip().replace(WORD_JOINER, "") == expected[0][2]
             # Wrapped over several lines, within the window: read without scrolling.
-            # The UI lays the page out again as its parts come in: wait for the last layout.
+            # The UI lays the page out again, and may draw the table anew, as its parts come
+            # in: the cell is found again at each look, until the last layout is in.
             reads_whole = """cell => cell.scrollWidth <= cell.clientWidth
                 && cell.getBoundingClientRect().height > 60
                 && cell.getBoundingClientRect().right <= document.documentElement.clientWidth"""
-            try:
-                page.wait_for_function(reads_whole, arg=reason.element_handle())
-            except Exception:
-                raise AssertionError("the reason's cell is not whole and wrapped: " + str(
-                    reason.evaluate("""cell => ({scroll: cell.scrollWidth,
-                        client: cell.clientWidth, height: cell.getBoundingClientRect().height,
-                        right: cell.getBoundingClientRect().right,
-                        window: document.documentElement.clientWidth})"""))) from None
+            until_laid_out(page, reason, reads_whole, "the reason's cell is not whole and "
+                           "wrapped")
             # The only links are the pages': a web address in a reason stays text (the
             # UI's markdown turns a bare https://..., www.... or a@b.c into a link).
             hrefs = page.get_by_test_id("markdown-display").locator("a").evaluate_all(
@@ -626,7 +641,7 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
             why = table.get_by_role("cell").filter(has_text=longest[:40]).first
             expect(why).to_be_visible()
             assert why.inner_text().strip().replace(WORD_JOINER, "") == longest
-            page.wait_for_function(reads_whole.replace("> 60", "> 30"),
-                                   arg=why.element_handle())
+            until_laid_out(page, why, reads_whole.replace("> 60", "> 30"),
+                           "the audit card's reason is not whole and wrapped")
         finally:
             browser.close()
