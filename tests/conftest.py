@@ -13,7 +13,9 @@ failure: a green CI must mean both databases were tested.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,13 +97,24 @@ def require_backend(backend: str) -> None:
 
 
 class _Templates:
-    """One migrated template database per backend, made on first use in the session."""
+    """One migrated template database per backend, made on first use in the session.
+
+    On PostgreSQL a test's database is made and dropped by a thread beside the tests: the
+    next test's copy of the template is made while a test runs, and a finished test's
+    database is dropped after it (DROP DATABASE waits on the server's disk, 50 to 500 ms
+    here, and CREATE ... TEMPLATE 70 to 120 ms: about 0.4 s a PostgreSQL test, a quarter of
+    the quick suite's time, when each test waited for both)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.sqlite_template: Path | None = None
         self.pg_template: str | None = None
         self.pg_databases: list[str] = []
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._spares: queue.Queue[str] = queue.Queue()
+        self._helper: threading.Thread | None = None
+        self._helper_error: BaseException | None = None
 
     def _prepare(self, url: str) -> None:
         engine = make_engine(url)
@@ -111,6 +124,42 @@ class _Templates:
         finally:
             engine.dispose()
 
+    def _help(self) -> None:
+        """The thread's loop: make a spare copy of the template, or drop a database."""
+        with _pg_admin() as conn:
+            while True:
+                job, name = self._jobs.get()
+                try:
+                    if job == "stop":
+                        return
+                    if job == "copy":
+                        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
+                        self._spares.put(name)
+                    else:
+                        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                        with self._lock:
+                            if name in self.pg_databases:
+                                self.pg_databases.remove(name)
+                except BaseException as exc:  # told to the next test that asks for one
+                    self._helper_error = exc
+                    if job == "copy":
+                        self._spares.put("")  # no copy: the test waiting makes its own
+                finally:
+                    self._jobs.task_done()
+
+    def _ask(self, job: str, name: str) -> None:
+        if self._helper is None:
+            self._helper = threading.Thread(target=self._help, name="test-databases",
+                                            daemon=True)
+            self._helper.start()
+        self._jobs.put((job, name))
+
+    def _copy_later(self) -> None:
+        name = f"reinstate_t_{uuid.uuid4().hex[:12]}"
+        with self._lock:
+            self.pg_databases.append(name)
+        self._ask("copy", name)
+
     def new_database(self, backend: str) -> str:
         if backend == "sqlite":
             if self.sqlite_template is None:
@@ -119,17 +168,30 @@ class _Templates:
             target = self.workdir / f"test-{uuid.uuid4().hex[:12]}.db"
             shutil.copyfile(self.sqlite_template, target)
             return f"sqlite:///{target}"
+        error, self._helper_error = self._helper_error, None
+        if error is not None:
+            raise AssertionError(f"the test databases' thread failed: {error}") from error
         if self.pg_template is None:
             name = f"reinstate_tmpl_{uuid.uuid4().hex[:10]}"
             with _pg_admin() as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
             self._prepare(_pg_url(name))
             self.pg_template = name
-            self.pg_databases.append(name)
-        name = f"reinstate_t_{uuid.uuid4().hex[:12]}"
-        with _pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
-        self.pg_databases.append(name)
+            with self._lock:
+                self.pg_databases.append(name)
+        try:
+            # The copy the thread made while the last test ran (waiting for it if the
+            # thread is still at it), else one made now.
+            name = self._spares.get(timeout=60) if self._helper is not None else ""
+        except queue.Empty:
+            name = ""
+        if not name:
+            name = f"reinstate_t_{uuid.uuid4().hex[:12]}"
+            with self._lock:
+                self.pg_databases.append(name)
+            with _pg_admin() as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
+        self._copy_later()
         return _pg_url(name)
 
     def empty_database(self, backend: str) -> str:
@@ -139,19 +201,30 @@ class _Templates:
         name = f"reinstate_e_{uuid.uuid4().hex[:12]}"
         with _pg_admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        self.pg_databases.append(name)
+        with self._lock:
+            self.pg_databases.append(name)
         return _pg_url(name)
 
     def drop(self, url: str) -> None:
+        """Dropped by the thread, after the test (or at once, before any test asked for a
+        copy of the template)."""
         parsed = make_url(url)
         if parsed.get_backend_name() != "postgresql" or parsed.database is None:
             return
+        if self._helper is not None:
+            self._ask("drop", parsed.database)
+            return
         with _pg_admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-        if parsed.database in self.pg_databases:
-            self.pg_databases.remove(parsed.database)
+        with self._lock:
+            if parsed.database in self.pg_databases:
+                self.pg_databases.remove(parsed.database)
 
     def drop_all(self) -> None:
+        if self._helper is not None:
+            self._jobs.put(("stop", ""))
+            self._helper.join(timeout=120)
+            self._helper = None
         if not self.pg_databases or pg_unavailable_reason() is not None:
             return
         with _pg_admin() as conn:

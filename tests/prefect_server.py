@@ -4,10 +4,14 @@ module to use them (tests/conftest.py imports them for every module)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +22,39 @@ import pytest
 
 # The server process behind each URL the fixture yields, for a test that stops it.
 PROCESSES: dict[str, subprocess.Popen[bytes]] = {}
+_template: Path | None = None
+_template_lock = threading.Lock()
+
+
+def _prefect_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+def migrated_prefect_database() -> Path:
+    """A Prefect database migrated once in this process, which each server starts from.
+
+    A server given a fresh PREFECT_HOME runs all of Prefect's migrations before it
+    answers: 10.5 s to its first healthy answer on a quiet machine, against 5.1 s from a
+    migrated copy. `prefect server database upgrade` makes the copy without serving, so
+    it holds no run, deployment or block of any test."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            home = Path(tempfile.mkdtemp(prefix="prefect-migrated-"))
+            atexit.register(shutil.rmtree, home, ignore_errors=True)
+            done = subprocess.run(
+                [str(Path(sys.executable).with_name("prefect")), "server", "database",
+                 "upgrade", "-y"], env=_prefect_env(home), cwd=home, capture_output=True,
+                timeout=300)
+            database = home / "prefect.db"
+            if done.returncode != 0 or not database.exists():
+                raise AssertionError(f"Prefect's database was not migrated: "
+                                     f"{(done.stdout + done.stderr).decode()[-2000:]}")
+            _template = database
+        return _template
 
 
 def _free_port() -> int:
@@ -51,10 +88,12 @@ def running_prefect_server(workdir: Path) -> Iterator[str]:
     """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(workdir / "prefect-home"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+    home = workdir / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "prefect.db").exists():
+        shutil.copyfile(migrated_prefect_database(), home / "prefect.db")
+    env = _prefect_env(home)
+    env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
                PREFECT_UI_API_URL=f"{base}/api",
                PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="2")
     log = workdir / "prefect-server.log"
