@@ -303,10 +303,15 @@ def prefect_api() -> Iterator[str]:
 
     Yields its API URL, for flows run in child processes.
     """
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings({PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False}), \
+            prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
 
 
