@@ -27,8 +27,11 @@ _template_lock = threading.Lock()
 
 
 def _prefect_env(home: Path) -> dict[str, str]:
+    """This process's environment for a Prefect of its own in `home`: its database there
+    (under either name Prefect reads it by), no API of another server."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL")}
+           if k not in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+                        "PREFECT_SERVER_DATABASE_CONNECTION_URL")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     return env
 
