@@ -154,7 +154,10 @@ def _sql_rows(conn: Any, conditions: list[Any]) -> dict[int, list[bool | None]]:
     """Each probe row's truth under each condition, judged in the database in one query."""
     evidence = cast(probe.c.evidence, Text)
     doc = readable_evidence(evidence, conn.dialect.name)
-    inner = select(probe.c.id, doc.label("doc"), evidence.label("text")).subquery()
+    # Behind OFFSET 0, as the pipeline's verdict statement reads it (verdict_sql.py):
+    # PostgreSQL does not flatten the subquery, so each row's evidence is read once, not
+    # once for each comparison that refers to it.
+    inner = select(probe.c.id, doc.label("doc"), evidence.label("text")).offset(0).subquery()
     truths = [compile_condition(c, inner.c.doc, conn.dialect.name, inner.c.text)
               for c in conditions]
     return {row[0]: [None if t is None else bool(t) for t in row[1:]]
@@ -231,6 +234,17 @@ def test_the_sql_verdict_is_the_python_verdict(probe_engine: Engine) -> None:
      '{"links": 9, "x": 2, "x": 1}', True),
     ({"signal": "b", "op": "==", "value": 5}, '{"a": 1.' + "1" * 17_000 + ', "b": 5}', None),
     ({"signal": "b", "op": "==", "value": 5}, '{"a": 1.' + "1" * 6383 + ', "b": 5}', True),
+    # the border: 6,385 fractional digits are unreadable, 6,384 are read (with an
+    # exponent of -9999, the most numeric's scale takes)
+    ({"signal": "b", "op": "==", "value": 5},
+     '{"a": 0.' + "0" * 6384 + '1e-9999, "b": 5}', None),
+    ({"signal": "b", "op": "==", "value": 5},
+     '{"a": 0.' + "0" * 6383 + '1e-9999, "b": 5}', True),
+    # every digit in the long fraction (PostgreSQL finds it with digits read as zeros)
+    ({"signal": "b", "op": "==", "value": 5},
+     '{"a": 9.' + "9876543210" * 639 + ', "b": 5}', None),
+    ({"signal": "b", "op": "==", "value": 5},
+     '{"a": 9.' + "9876543210" * 638 + "9876" + ', "b": 5}', True),
 ])
 def test_edge_values_judged_alike(probe_engine: Engine, condition: dict[str, Any],
                                   evidence: str | None, truth: bool | None) -> None:

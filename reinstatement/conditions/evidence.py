@@ -56,9 +56,9 @@ UNREADABLE_EXPONENT = r"[0-9][eE][+-]?[0-9]{5,}"
 # A number with 6,385 or more digits after its decimal point: with an exponent of -9999 (a
 # longer one is unreadable already) its scale would pass the 16,383 digits after the point
 # that PostgreSQL's numeric holds (6,384 + 9,999 = 16,383 is the most it takes). Written
-# as nested counts because PostgreSQL's regular expressions allow at most 255 repetitions
-# (96 x 66 + 49 = 6,385). Only text at least this long can hold one, which
-# condition_sql.py tests first.
+# as nested counts, 96 x 66 + 49 = 6,385 (a regular expression of PostgreSQL's allows at
+# most 255 repetitions; condition_sql.py finds it there with strpos, which is faster).
+# Only text at least this long can hold one, which condition_sql.py tests first.
 UNREADABLE_FRACTION_DIGITS = 6385
 UNREADABLE_FRACTION = r"\.(?:[0-9]{96}){66}[0-9]{49}"
 UNREADABLE_TEXT = re.compile(
