@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 from sqlalchemy import column, select, text
@@ -51,7 +52,7 @@ def main() -> None:
         conn.execute(text("CREATE TEMP TABLE unreadable_rows (i int, x text)"))
         for i, sql in enumerate(ROWS.values()):
             conn.execute(text(f"INSERT INTO unreadable_rows VALUES ({i}, {sql})"))
-        print(f"{'row':45} " + " ".join(f"{name:>34}" for name in checks))
+        sys.stdout.write(f"{'row':45} " + " ".join(f"{name:>34}" for name in checks) + "\n")
         for i, name in enumerate(ROWS):
             cells = []
             for check in checks.values():
@@ -63,7 +64,7 @@ def main() -> None:
                     found = conn.execute(statement).scalar_one()
                     times.append(time.perf_counter() - started)
                 cells.append(f"{statistics.median(times) * 1000:8.1f} ms ({found})")
-            print(f"{name:45} " + " ".join(f"{cell:>34}" for cell in cells))
+            sys.stdout.write(f"{name:45} " + " ".join(f"{cell:>34}" for cell in cells) + "\n")
     engine.dispose()
 
 
