@@ -121,7 +121,7 @@ def _pg_unreadable(evidence_text: ColumnElement[Any]) -> ColumnElement[bool]:
 def _pg_long_fraction(evidence_text: ColumnElement[Any]) -> ColumnElement[bool]:
     """Whether the text matches UNREADABLE_FRACTION (a point, then 6,385 digits).
 
-    PostgreSQL's regular expression of it took 50 to 80 ms a row on text holding a long
+    PostgreSQL's regular expression of it took 50 to 110 ms a row on text holding a long
     fraction. Here a point and 255 digits are looked for first (0.6 to 1.4 ms on 99 KB),
     and only where found, the text with its digits read as zeros, reversed (so that a
     long run of digits without a point costs strpos one comparison a character), is
