@@ -4,12 +4,11 @@
 
 Reads every process's CPU time from /proc twice a second (a process's CPU after the last
 read before it ends is missed, up to half a second of it; the suite's processes live
-seconds at least, so the figures are a little low) and, when the
-command ends, prints to stderr the CPU seconds each kind used since it started, by the
-kind its command line names: pytest workers, Prefect servers, `reinstate` processes,
-flow runs in child processes, Chromium, PostgreSQL, and the rest. Processes of the whole
-machine are counted, so run it with nothing else running. docs/testing.md has the
-figures it gave.
+seconds at least, so the figures are a little low) and, when the command ends, prints to
+stderr the CPU seconds each kind used since it started, by the kind its command line
+names: pytest workers, Prefect servers, `reinstate` processes, flow runs in child
+processes, Chromium, PostgreSQL, and the rest. Processes of the whole machine are
+counted, so run it with nothing else running. docs/testing.md has the figures it gave.
 """
 
 from __future__ import annotations
@@ -23,6 +22,9 @@ from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = (  # the first whose words all appear in the command line
+    # A PostgreSQL backend's title names its database (reinstate_t_...): first.
+    ("PostgreSQL", ("postgres:",)),
+    ("PostgreSQL", ("bin/postgres",)),
     ("Chromium", ("chromium",)),
     ("Prefect test servers", ("uvicorn", "prefect.server")),
     ("`prefect server start`", ("prefect", "server", "start")),
@@ -34,8 +36,6 @@ KINDS = (  # the first whose words all appear in the command line
     ("`reinstate` processes", ("reinstate",)),
     ("`reinstate` processes", ("deployments.serve",)),
     ("other Prefect commands", ("bin/prefect",)),
-    ("PostgreSQL", ("postgres:",)),
-    ("PostgreSQL", ("bin/postgres",)),
 )
 
 
