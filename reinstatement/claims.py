@@ -65,6 +65,13 @@ def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit
     over in id order and the scan stops at `limit`. With `state IN (...)` PostgreSQL read
     every case of both states and sorted them for each batch: at 1M accounts, 685,000
     cases sorted on disk, 200 ms a batch.
+
+    The state is asked for as a range of one value, ordered by state then id, which only
+    that index hands over in order. Asked for as `state = :state` ordered by id, PostgreSQL
+    could as well read the primary key in id order and filter, and chose it whenever its
+    statistics said most cases wait, as they do after planning: batches settle the cases in
+    id order, so each claim then passed every case settled before it (at 1M accounts 0.5
+    to 1.2 s a claim, 64 s of a 118 s run; tests/test_planner_statistics.py).
     """
     claimed: list[ClaimedCase] = []
     for state in dict.fromkeys(states):
@@ -73,8 +80,8 @@ def claim_cases(conn: Connection, incident_id: int, states: Sequence[str], limit
         query = (
             select(Case.id, Case.account_id, Case.state, Case.outcome, Case.standing_ban_ids,
                    Case.round, Case.review_decision)
-            .where(Case.incident_id == incident_id, Case.state == state)
-            .order_by(Case.id)
+            .where(Case.incident_id == incident_id, Case.state >= state, Case.state <= state)
+            .order_by(Case.state, Case.id)
             .limit(limit - len(claimed))
         )
         if outcome is not None:
