@@ -103,9 +103,9 @@ def _claim_plan(engine: Engine, incident_id: int, states: list[str]) -> tuple[st
 
     with engine.connect() as conn:
         event.listen(conn, "before_cursor_execute", keep)
-        with conn.begin():
-            claimed = [c.id for c in claim_cases(conn, incident_id, states, 100)]
-            conn.rollback()
+        transaction = conn.begin()
+        claimed = [c.id for c in claim_cases(conn, incident_id, states, 100)]
+        transaction.rollback()
         event.remove(conn, "before_cursor_execute", keep)
         statement, parameters = next((s, p) for s, p in sent if "reinstatement_cases" in s)
         prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
