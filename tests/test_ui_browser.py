@@ -614,7 +614,9 @@ def test_the_review_list_reads_whole_in_the_ui_and_its_pages_link(
             until_laid_out(page, reason, reads_whole, "the reason's cell is not whole and "
                            "wrapped")
             # The only links are the pages': a web address in a reason stays text (the
-            # UI's markdown turns a bare https://..., www.... or a@b.c into a link).
+            # UI's markdown turns a bare https://..., www.... or a@b.c into a link). Read
+            # once the pages' links are drawn: the table can be laid out before them.
+            expect(page.get_by_role("link", name="page 3", exact=True)).to_be_visible()
             hrefs = page.get_by_test_id("markdown-display").locator("a").evaluate_all(
                 "links => links.map(link => link.getAttribute('href'))")
             assert hrefs == [f"../artifact/{ids[1]}", f"../artifact/{ids[2]}"], hrefs
